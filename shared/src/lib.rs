@@ -1,0 +1,31 @@
+//! Arbor's pure core: identifiers, the hybrid logical clock, ops, sibling
+//! order keys and the tree CRDT (Kleppmann et al., "A highly-available move
+//! operation for replicated trees", 2021). No I/O, no async runtime, no
+//! wall-clock reads: time and randomness are passed in. Compiles for native
+//! targets and `wasm32-unknown-unknown`.
+//!
+//! # Layout
+//!
+//! - [`id`]: [`NodeId`] (UUID, with `ROOT` and `TRASH`) and [`ReplicaId`].
+//! - [`clock`]: [`Hlc`], [`Clock`] (tick / observe / drift check) and
+//!   [`Stamp`], the op id and total order.
+//! - [`op`]: [`Op`] (`Move`, `Set`) with its stable JSON shape and limits.
+//! - [`key`]: [`OrderKey`] and [`KeyGen`], fractional sibling keys with
+//!   per-replica jitter.
+//! - [`tree`]: the CRDT ([`Tree`]) over the [`TreeStore`] trait, and the
+//!   in-memory [`MemoryStore`].
+//! - [`sim`]: the [`sim::Action`] enum and a network of replicas that drives
+//!   property tests, regression tests and (later) fuzz targets.
+
+pub mod clock;
+pub mod id;
+pub mod key;
+pub mod op;
+pub mod sim;
+pub mod tree;
+
+pub use clock::{Clock, ClockError, Hlc, Stamp};
+pub use id::{NodeId, ReplicaId};
+pub use key::{KeyGen, OrderKey};
+pub use op::{MoveOp, Op, OpError, SetOp};
+pub use tree::{Applied, Child, Effect, LogEntry, MemoryStore, Payload, Place, Tree, TreeError, TreeStore};

@@ -1,0 +1,504 @@
+//! The in-memory [`TreeStore`]: compact slots indexed by `u32`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+
+use foldhash::fast::RandomState;
+
+use super::{Child, Effect, LogEntry, Payload, Place, TreeStore};
+use crate::clock::Stamp;
+use crate::id::NodeId;
+use crate::key::OrderKey;
+
+/// No slot (no parent, no child list).
+const NONE: u32 = u32::MAX;
+/// `MemLog::prev_parent` of a skipped move.
+const SKIPPED: u32 = u32::MAX - 1;
+const ROOT_IX: u32 = 0;
+const TRASH_IX: u32 = 1;
+/// A small child list becomes a B-tree above this many children...
+const LARGE_AT: usize = 512;
+/// ...and a B-tree becomes a small list again below this many.
+const SMALL_AT: usize = 128;
+
+/// One node id known to the store. 40 bytes.
+#[derive(Debug, Clone)]
+struct Slot {
+    /// Invariant: `index[id]` is this slot's position.
+    id: NodeId,
+    /// Parent slot; [`NONE`] when the node is not in the tree (a placeholder
+    /// for an id only referenced so far, a removed node, or ROOT/TRASH).
+    parent: u32,
+    /// Order key among the parent's children (meaningless without parent).
+    key: OrderKey,
+    /// Position in `lists` of this node's children, or [`NONE`] if it has
+    /// none. Invariant: a list is never empty.
+    children: u32,
+}
+
+/// Children of one parent in `(key, id)` order.
+#[derive(Debug, Clone)]
+enum ChildList {
+    /// Invariant: sorted by `(slots[c].key, slots[c].id)`; every `c` has
+    /// this list's owner as parent.
+    Small(Vec<u32>),
+    /// For large sibling sets (100k siblings under one parent): inserts and
+    /// removals in `O(log n)` instead of a memmove.
+    Large(BTreeMap<(OrderKey, NodeId), u32>),
+}
+
+/// A logged move, by slot. 64 bytes.
+#[derive(Debug, Clone)]
+struct MemLog {
+    stamp: Stamp,
+    node: u32,
+    parent: u32,
+    key: OrderKey,
+    /// Previous parent slot; [`NONE`] if the node was not in the tree,
+    /// [`SKIPPED`] if the move was skipped.
+    prev_parent: u32,
+    prev_key: OrderKey,
+}
+
+/// Infallible in-memory store. Memory per node of a 1M-node tree built by
+/// creates, log included: see `docs/BENCHMARKS.md`.
+#[derive(Debug, Clone)]
+pub struct MemoryStore {
+    /// Invariant: maps every slot's id to its position; slots are never
+    /// freed (a removed node keeps its slot as a placeholder).
+    index: HashMap<NodeId, u32, RandomState>,
+    slots: Vec<Slot>,
+    /// Child lists; entries on `free_lists` are empty and unused.
+    lists: Vec<ChildList>,
+    free_lists: Vec<u32>,
+    /// Invariant: number of slots other than ROOT/TRASH with a parent.
+    live: u64,
+    /// Invariant: strictly increasing stamps, all above `horizon`.
+    log: Vec<MemLog>,
+    horizon: Option<Stamp>,
+    /// Registers per node, each list sorted by field name.
+    payloads: HashMap<NodeId, Vec<(Box<str>, Payload)>, RandomState>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty tree (ROOT and TRASH only).
+    pub fn new() -> Self {
+        Self::with_capacity(0)
+    }
+
+    /// An empty tree with room for `nodes` nodes and log entries.
+    pub fn with_capacity(nodes: usize) -> Self {
+        let mut s = MemoryStore {
+            index: HashMap::with_capacity_and_hasher(nodes + 2, RandomState::default()),
+            slots: Vec::with_capacity(nodes + 2),
+            lists: Vec::new(),
+            free_lists: Vec::new(),
+            live: 0,
+            log: Vec::with_capacity(nodes),
+            horizon: None,
+            payloads: HashMap::with_hasher(RandomState::default()),
+        };
+        s.intern(NodeId::ROOT);
+        s.intern(NodeId::TRASH);
+        s
+    }
+
+    fn intern(&mut self, id: NodeId) -> u32 {
+        if let Some(&ix) = self.index.get(&id) {
+            return ix;
+        }
+        let ix = self.slots.len() as u32;
+        self.slots.push(Slot {
+            id,
+            parent: NONE,
+            key: OrderKey::new(&[0x80]).unwrap_or_else(|_| unreachable!()),
+            children: NONE,
+        });
+        self.index.insert(id, ix);
+        ix
+    }
+
+    fn slot(&self, ix: u32) -> &Slot {
+        &self.slots[ix as usize]
+    }
+
+    fn cmp_child(&self, c: u32, key: &OrderKey, id: NodeId) -> std::cmp::Ordering {
+        cmp_child(&self.slots, c, key, id)
+    }
+
+    /// Removes `ix` from its parent's list (using its current key).
+    fn unlink(&mut self, ix: u32) {
+        let (parent, key, id) = {
+            let s = self.slot(ix);
+            (s.parent, s.key.clone(), s.id)
+        };
+        let li = self.slot(parent).children;
+        let empty = match &mut self.lists[li as usize] {
+            ChildList::Small(v) => {
+                let slots = &self.slots;
+                if let Ok(p) = v.binary_search_by(|&c| cmp_child(slots, c, &key, id)) {
+                    v.remove(p);
+                }
+                v.is_empty()
+            }
+            ChildList::Large(m) => {
+                m.remove(&(key, id));
+                if m.len() < SMALL_AT {
+                    let v: Vec<u32> = m.values().copied().collect();
+                    self.lists[li as usize] = ChildList::Small(v);
+                }
+                false
+            }
+        };
+        if empty {
+            self.free_lists.push(li);
+            self.slots[parent as usize].children = NONE;
+        }
+    }
+
+    /// Inserts `ix` into its parent's list (its slot already updated).
+    fn link(&mut self, ix: u32) {
+        let (parent, key, id) = {
+            let s = self.slot(ix);
+            (s.parent, s.key.clone(), s.id)
+        };
+        let li = self.slot(parent).children;
+        if li == NONE {
+            let li = match self.free_lists.pop() {
+                Some(li) => {
+                    self.lists[li as usize] = ChildList::Small(vec![ix]);
+                    li
+                }
+                None => {
+                    self.lists.push(ChildList::Small(vec![ix]));
+                    (self.lists.len() - 1) as u32
+                }
+            };
+            self.slots[parent as usize].children = li;
+            return;
+        }
+        match &mut self.lists[li as usize] {
+            ChildList::Small(v) => {
+                let slots = &self.slots;
+                let pos = v
+                    .binary_search_by(|&c| cmp_child(slots, c, &key, id))
+                    .unwrap_or_else(|p| p);
+                v.insert(pos, ix);
+                if v.len() > LARGE_AT {
+                    let m = v
+                        .iter()
+                        .map(|&c| {
+                            let s = &slots[c as usize];
+                            ((s.key.clone(), s.id), c)
+                        })
+                        .collect();
+                    self.lists[li as usize] = ChildList::Large(m);
+                }
+            }
+            ChildList::Large(m) => {
+                m.insert((key, id), ix);
+            }
+        }
+    }
+
+    fn exists(&self, ix: u32) -> bool {
+        ix == ROOT_IX || ix == TRASH_IX || self.slot(ix).parent != NONE
+    }
+
+    fn to_entry(&self, e: &MemLog) -> LogEntry {
+        let effect = match e.prev_parent {
+            SKIPPED => Effect::Skipped,
+            NONE => Effect::Moved { prev: None },
+            p => Effect::Moved {
+                prev: Some(Place {
+                    parent: self.slot(p).id,
+                    key: e.prev_key.clone(),
+                }),
+            },
+        };
+        LogEntry {
+            stamp: e.stamp,
+            node: self.slot(e.node).id,
+            parent: self.slot(e.parent).id,
+            key: e.key.clone(),
+            effect,
+        }
+    }
+
+    /// Bytes of heap and inline memory this store holds, by part: an
+    /// estimate from capacities (used by the memory benchmark).
+    pub fn approx_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let heap_key = |k: &OrderKey| if k.as_bytes().len() > 7 { k.as_bytes().len() } else { 0 };
+        let index = self.index.capacity() * (size_of::<(NodeId, u32)>() + 1);
+        let slots = self.slots.capacity() * size_of::<Slot>() + self.slots.iter().map(|s| heap_key(&s.key)).sum::<usize>();
+        let lists: usize = self
+            .lists
+            .iter()
+            .map(|l| match l {
+                ChildList::Small(v) => v.capacity() * 4,
+                ChildList::Large(m) => m.len() * 40,
+            })
+            .sum::<usize>()
+            + self.lists.capacity() * size_of::<ChildList>();
+        let log = self.log.capacity() * size_of::<MemLog>();
+        index + slots + lists + log
+    }
+}
+
+fn cmp_child(slots: &[Slot], c: u32, key: &OrderKey, id: NodeId) -> std::cmp::Ordering {
+    let s = &slots[c as usize];
+    (&s.key, s.id).cmp(&(key, id))
+}
+
+impl TreeStore for MemoryStore {
+    type Error = Infallible;
+
+    fn place(&self, node: NodeId) -> Result<Option<Place>, Infallible> {
+        Ok(self.index.get(&node).and_then(|&ix| {
+            let s = self.slot(ix);
+            (s.parent != NONE).then(|| Place {
+                parent: self.slot(s.parent).id,
+                key: s.key.clone(),
+            })
+        }))
+    }
+
+    fn parent(&self, node: NodeId) -> Result<Option<NodeId>, Infallible> {
+        Ok(self.index.get(&node).and_then(|&ix| {
+            let p = self.slot(ix).parent;
+            (p != NONE).then(|| self.slot(p).id)
+        }))
+    }
+
+    fn contains(&self, node: NodeId) -> Result<bool, Infallible> {
+        Ok(self.index.get(&node).is_some_and(|&ix| self.exists(ix)))
+    }
+
+    fn has_children(&self, node: NodeId) -> Result<bool, Infallible> {
+        Ok(self.index.get(&node).is_some_and(|&ix| self.slot(ix).children != NONE))
+    }
+
+    fn set_place(&mut self, node: NodeId, place: Place) -> Result<(), Infallible> {
+        let ix = self.intern(node);
+        let pix = self.intern(place.parent);
+        if self.slot(ix).parent != NONE {
+            self.unlink(ix);
+        } else {
+            self.live += 1;
+        }
+        let s = &mut self.slots[ix as usize];
+        s.parent = pix;
+        s.key = place.key;
+        self.link(ix);
+        Ok(())
+    }
+
+    fn remove(&mut self, node: NodeId) -> Result<(), Infallible> {
+        if let Some(&ix) = self.index.get(&node) {
+            if self.slot(ix).parent != NONE {
+                self.unlink(ix);
+                self.slots[ix as usize].parent = NONE;
+                self.live -= 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn children(
+        &self,
+        parent: NodeId,
+        after: Option<(&OrderKey, NodeId)>,
+        limit: usize,
+    ) -> Result<Vec<Child>, Infallible> {
+        let Some(&pix) = self.index.get(&parent) else {
+            return Ok(Vec::new());
+        };
+        let li = self.slot(pix).children;
+        if li == NONE || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let child = |c: u32| {
+            let s = self.slot(c);
+            Child {
+                id: s.id,
+                key: s.key.clone(),
+            }
+        };
+        Ok(match &self.lists[li as usize] {
+            ChildList::Small(v) => {
+                let start = match after {
+                    None => 0,
+                    Some((k, id)) => v.partition_point(|&c| self.cmp_child(c, k, id).is_le()),
+                };
+                v[start..].iter().take(limit).map(|&c| child(c)).collect()
+            }
+            ChildList::Large(m) => match after {
+                None => m.values().take(limit).map(|&c| child(c)).collect(),
+                Some((k, id)) => {
+                    use std::ops::Bound;
+                    m.range((Bound::Excluded((k.clone(), id)), Bound::Unbounded))
+                        .take(limit)
+                        .map(|(_, &c)| child(c))
+                        .collect()
+                }
+            },
+        })
+    }
+
+    fn node_count(&self) -> Result<u64, Infallible> {
+        Ok(self.live)
+    }
+
+    fn all_nodes(&self) -> Result<Vec<(NodeId, Place)>, Infallible> {
+        Ok(self
+            .slots
+            .iter()
+            .filter(|s| s.parent != NONE)
+            .map(|s| {
+                (
+                    s.id,
+                    Place {
+                        parent: self.slot(s.parent).id,
+                        key: s.key.clone(),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    fn log_last(&self) -> Result<Option<Stamp>, Infallible> {
+        Ok(self.log.last().map(|e| e.stamp))
+    }
+
+    fn log_contains(&self, stamp: Stamp) -> Result<bool, Infallible> {
+        Ok(self.log.binary_search_by_key(&stamp, |e| e.stamp).is_ok())
+    }
+
+    fn log_push(&mut self, entry: LogEntry) -> Result<(), Infallible> {
+        let node = self.intern(entry.node);
+        let parent = self.intern(entry.parent);
+        let (prev_parent, prev_key) = match entry.effect {
+            Effect::Skipped => (SKIPPED, entry.key.clone()),
+            Effect::Moved { prev: None } => (NONE, entry.key.clone()),
+            Effect::Moved { prev: Some(p) } => (self.intern(p.parent), p.key),
+        };
+        self.log.push(MemLog {
+            stamp: entry.stamp,
+            node,
+            parent,
+            key: entry.key,
+            prev_parent,
+            prev_key,
+        });
+        Ok(())
+    }
+
+    fn log_pop_above(&mut self, stamp: Stamp, out: &mut Vec<LogEntry>) -> Result<(), Infallible> {
+        let cut = self.log.partition_point(|e| e.stamp <= stamp);
+        out.reserve(self.log.len() - cut);
+        for e in self.log[cut..].iter().rev() {
+            out.push(self.to_entry(e));
+        }
+        self.log.truncate(cut);
+        Ok(())
+    }
+
+    fn log_truncate_through(&mut self, stamp: Stamp) -> Result<u64, Infallible> {
+        let cut = self.log.partition_point(|e| e.stamp <= stamp);
+        self.log.drain(..cut);
+        Ok(cut as u64)
+    }
+
+    fn log_len(&self) -> Result<u64, Infallible> {
+        Ok(self.log.len() as u64)
+    }
+
+    fn log_entries(&self) -> Result<Vec<LogEntry>, Infallible> {
+        Ok(self.log.iter().map(|e| self.to_entry(e)).collect())
+    }
+
+    fn horizon(&self) -> Result<Option<Stamp>, Infallible> {
+        Ok(self.horizon)
+    }
+
+    fn set_horizon(&mut self, horizon: Stamp) -> Result<(), Infallible> {
+        self.horizon = Some(horizon);
+        Ok(())
+    }
+
+    fn payload(&self, node: NodeId, field: &str) -> Result<Option<Payload>, Infallible> {
+        Ok(self.payloads.get(&node).and_then(|v| {
+            v.binary_search_by(|(f, _)| (**f).cmp(field))
+                .ok()
+                .and_then(|i| v.get(i))
+                .map(|(_, p)| p.clone())
+        }))
+    }
+
+    fn set_payload(&mut self, node: NodeId, field: &str, payload: Payload) -> Result<(), Infallible> {
+        let v = self.payloads.entry(node).or_default();
+        match v.binary_search_by(|(f, _)| (**f).cmp(field)) {
+            Ok(i) => v[i].1 = payload,
+            Err(i) => v.insert(i, (field.into(), payload)),
+        }
+        Ok(())
+    }
+
+    fn payloads(&self, node: NodeId) -> Result<Vec<(String, Payload)>, Infallible> {
+        Ok(self
+            .payloads
+            .get(&node)
+            .map(|v| v.iter().map(|(f, p)| (f.to_string(), p.clone())).collect())
+            .unwrap_or_default())
+    }
+
+    fn all_payloads(&self) -> Result<Vec<(NodeId, String, Payload)>, Infallible> {
+        Ok(self
+            .payloads
+            .iter()
+            .flat_map(|(n, v)| v.iter().map(move |(f, p)| (*n, f.to_string(), p.clone())))
+            .collect())
+    }
+
+    fn check_store(&self) -> Result<(), String> {
+        if self.index.len() != self.slots.len() {
+            return Err("index and slots differ in size".into());
+        }
+        for (i, s) in self.slots.iter().enumerate() {
+            if self.index.get(&s.id) != Some(&(i as u32)) {
+                return Err(format!("index does not map {:?} to its slot", s.id));
+            }
+            if (i as u32 == ROOT_IX || i as u32 == TRASH_IX) && s.parent != NONE {
+                return Err("ROOT or TRASH has a parent".into());
+            }
+            if s.children != NONE {
+                match &self.lists[s.children as usize] {
+                    ChildList::Small(v) => {
+                        if v.is_empty() || v.len() > LARGE_AT {
+                            return Err(format!("bad small child list size {}", v.len()));
+                        }
+                        if v.iter().any(|&c| self.slot(c).parent != i as u32) {
+                            return Err(format!("child list of {:?} holds a foreign node", s.id));
+                        }
+                    }
+                    ChildList::Large(m) => {
+                        for ((k, id), &c) in m {
+                            let cs = self.slot(c);
+                            if cs.parent != i as u32 || &cs.key != k || cs.id != *id {
+                                return Err(format!("large child list of {:?} is stale", s.id));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,615 @@
+//! The tree CRDT (Kleppmann et al. 2021) over a storage trait.
+//!
+//! The state is a log of moves sorted by stamp plus the tree it produces.
+//! Applying a batch undoes every logged move newer than the batch's lowest
+//! new stamp (newest first), then redoes the merged sequence of undone and
+//! new moves in stamp order. `do` records the node's effective previous
+//! place, or that the move was skipped because it would make a cycle. `Set`
+//! ops are last-writer-wins registers and never undo.
+//!
+//! Fast paths: a batch whose moves are all newer than the log needs no undo;
+//! a move of a node without children needs no ancestor walk (a node with
+//! no descendants cannot be an ancestor of its new parent).
+
+mod memory;
+
+use std::collections::BTreeMap;
+
+pub use memory::MemoryStore;
+
+use crate::clock::Stamp;
+use crate::id::NodeId;
+use crate::key::OrderKey;
+use crate::op::{MoveOp, Op, OpError, SetOp};
+
+/// Where a node sits: its parent and its order key among the siblings.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Place {
+    /// The parent node.
+    pub parent: NodeId,
+    /// Order key among the parent's children.
+    pub key: OrderKey,
+}
+
+/// What applying a logged move did (what undo must revert).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// The move would have made a cycle (or moved a node under itself):
+    /// nothing changed.
+    Skipped,
+    /// The node moved; `prev` is its effective place before (None: it was
+    /// not in the tree, so undo removes it).
+    Moved {
+        /// The place before the move.
+        prev: Option<Place>,
+    },
+}
+
+/// One entry of the move log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// The move's stamp (the log is sorted by it, strictly increasing).
+    pub stamp: Stamp,
+    /// The node moved.
+    pub node: NodeId,
+    /// The requested parent.
+    pub parent: NodeId,
+    /// The requested order key.
+    pub key: OrderKey,
+    /// What the move did when last (re)done.
+    pub effect: Effect,
+}
+
+/// A last-writer-wins register value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payload {
+    /// Stamp of the winning write.
+    pub stamp: Stamp,
+    /// The value (`None`: cleared).
+    pub value: Option<String>,
+}
+
+/// A child in sibling order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Child {
+    /// The child node.
+    pub id: NodeId,
+    /// Its order key.
+    pub key: OrderKey,
+}
+
+/// Storage the CRDT runs over: the in-memory [`MemoryStore`] here, SQLite
+/// in the client. Methods are primitive reads and writes; the algorithm
+/// lives in [`Tree`].
+///
+/// ROOT and TRASH are always present and have no place.
+pub trait TreeStore {
+    /// The store's own error type (I/O for durable stores).
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// The node's place, or `None` if it is not in the tree (or is ROOT or
+    /// TRASH).
+    fn place(&self, node: NodeId) -> Result<Option<Place>, Self::Error>;
+    /// The node's parent (default: from [`TreeStore::place`]).
+    fn parent(&self, node: NodeId) -> Result<Option<NodeId>, Self::Error> {
+        Ok(self.place(node)?.map(|p| p.parent))
+    }
+    /// True if ROOT, TRASH, or a node in the tree.
+    fn contains(&self, node: NodeId) -> Result<bool, Self::Error>;
+    /// True if any node has `node` as its parent.
+    fn has_children(&self, node: NodeId) -> Result<bool, Self::Error>;
+    /// Inserts the node or moves it (keeping the children index in step).
+    fn set_place(&mut self, node: NodeId, place: Place) -> Result<(), Self::Error>;
+    /// Takes the node out of the tree (its children keep pointing at it).
+    fn remove(&mut self, node: NodeId) -> Result<(), Self::Error>;
+    /// Up to `limit` children of `parent` in `(key, id)` order, starting
+    /// after the cursor `(key, id)` if given.
+    fn children(
+        &self,
+        parent: NodeId,
+        after: Option<(&OrderKey, NodeId)>,
+        limit: usize,
+    ) -> Result<Vec<Child>, Self::Error>;
+    /// Number of nodes in the tree, ROOT and TRASH excluded.
+    fn node_count(&self) -> Result<u64, Self::Error>;
+    /// Every node with its place, in any order (checks and tests).
+    fn all_nodes(&self) -> Result<Vec<(NodeId, Place)>, Self::Error>;
+
+    /// The newest logged stamp.
+    fn log_last(&self) -> Result<Option<Stamp>, Self::Error>;
+    /// True if a move with this stamp is logged.
+    fn log_contains(&self, stamp: Stamp) -> Result<bool, Self::Error>;
+    /// Appends an entry newer than every logged one.
+    fn log_push(&mut self, entry: LogEntry) -> Result<(), Self::Error>;
+    /// Removes every entry newer than `stamp`, appending them to `out`
+    /// newest first.
+    fn log_pop_above(&mut self, stamp: Stamp, out: &mut Vec<LogEntry>) -> Result<(), Self::Error>;
+    /// Removes every entry at or below `stamp`; returns how many.
+    fn log_truncate_through(&mut self, stamp: Stamp) -> Result<u64, Self::Error>;
+    /// Number of logged entries.
+    fn log_len(&self) -> Result<u64, Self::Error>;
+    /// Every logged entry in log order (checks and tests).
+    fn log_entries(&self) -> Result<Vec<LogEntry>, Self::Error>;
+
+    /// The lowest stamp that may still be applied is above this one.
+    fn horizon(&self) -> Result<Option<Stamp>, Self::Error>;
+    /// Sets the horizon.
+    fn set_horizon(&mut self, horizon: Stamp) -> Result<(), Self::Error>;
+
+    /// The register of `(node, field)`.
+    fn payload(&self, node: NodeId, field: &str) -> Result<Option<Payload>, Self::Error>;
+    /// Overwrites the register of `(node, field)`.
+    fn set_payload(&mut self, node: NodeId, field: &str, payload: Payload) -> Result<(), Self::Error>;
+    /// Every register of `node`, sorted by field.
+    fn payloads(&self, node: NodeId) -> Result<Vec<(String, Payload)>, Self::Error>;
+    /// Every register, in any order (checks and tests).
+    fn all_payloads(&self) -> Result<Vec<(NodeId, String, Payload)>, Self::Error>;
+
+    /// Store-internal consistency (indexes agree with rows). Default: none.
+    fn check_store(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Errors of [`Tree::apply`] and queries.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError<E: std::error::Error + 'static> {
+    /// An op is malformed; nothing was applied.
+    #[error(transparent)]
+    Op(#[from] OpError),
+    /// An op's stamp is at or below the horizon; nothing was applied.
+    #[error("op {stamp} is at or below the log horizon {horizon}: re-stamp and retry")]
+    Stale {
+        /// The op.
+        stamp: Stamp,
+        /// The horizon.
+        horizon: Stamp,
+    },
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[source] E),
+}
+
+/// A broken invariant found by [`Tree::check_invariants`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invariant broken: {0}")]
+pub struct InvariantError(pub String);
+
+/// What one [`Tree::apply`] call did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// New moves logged.
+    pub moves: usize,
+    /// Of those, moves skipped as cycles (at their place in stamp order).
+    pub skipped: usize,
+    /// Moves already logged (duplicates), ignored.
+    pub duplicates: usize,
+    /// Logged moves undone and redone to make room for older new ones.
+    pub redone: usize,
+    /// Sets that won their register.
+    pub sets_won: usize,
+}
+
+/// A full state dump, for comparisons in tests: node places and registers.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TreeState {
+    /// Every node's place.
+    pub nodes: BTreeMap<NodeId, Place>,
+    /// Every register.
+    pub payloads: BTreeMap<(NodeId, String), Payload>,
+}
+
+/// The replicated tree: the CRDT algorithm over a [`TreeStore`].
+#[derive(Debug, Clone, Default)]
+pub struct Tree<S> {
+    store: S,
+}
+
+type Res<T, S> = Result<T, TreeError<<S as TreeStore>::Error>>;
+
+impl<S: TreeStore> Tree<S> {
+    /// Wraps a store (empty or holding a previous state).
+    pub fn new(store: S) -> Self {
+        Tree { store }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The store, mutably (callers must keep the CRDT's invariants).
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// Unwraps the store.
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    /// Applies a batch of ops, in any order, duplicates allowed. Either the
+    /// whole batch is validated and applied, or (on a validation error)
+    /// nothing changes.
+    pub fn apply(&mut self, ops: &[Op]) -> Res<Applied, S> {
+        let horizon = self.store.horizon().map_err(TreeError::Store)?;
+        for op in ops {
+            op.validate()?;
+            if let Some(h) = horizon {
+                if op.stamp() <= h {
+                    return Err(TreeError::Stale {
+                        stamp: op.stamp(),
+                        horizon: h,
+                    });
+                }
+            }
+        }
+        let mut applied = Applied::default();
+        let mut moves: Vec<&MoveOp> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Move(m) => Some(m),
+                Op::Set(_) => None,
+            })
+            .collect();
+        if !moves.is_sorted_by_key(|m| m.stamp) {
+            moves.sort_unstable_by_key(|m| m.stamp);
+        }
+        let before = moves.len();
+        moves.dedup_by_key(|m| m.stamp);
+        applied.duplicates = before - moves.len();
+        if let Some(first) = moves.first() {
+            let last = self.store.log_last().map_err(TreeError::Store)?;
+            if last.is_none_or(|l| first.stamp > l) {
+                for m in &moves {
+                    applied.skipped += usize::from(self.do_move(m.stamp, m.node, m.parent, &m.key)?);
+                }
+                applied.moves = moves.len();
+            } else {
+                // Drop moves already logged; they can only be at or below
+                // the newest logged stamp.
+                let mut fresh = Vec::with_capacity(moves.len());
+                for m in moves {
+                    if last.is_some_and(|l| m.stamp <= l) && self.store.log_contains(m.stamp).map_err(TreeError::Store)? {
+                        applied.duplicates += 1;
+                    } else {
+                        fresh.push(m);
+                    }
+                }
+                if let Some(first) = fresh.first() {
+                    applied.moves = fresh.len();
+                    let (redone, skipped) = self.undo_redo(first.stamp, &fresh)?;
+                    applied.redone = redone;
+                    applied.skipped = skipped;
+                }
+            }
+        }
+        for op in ops {
+            if let Op::Set(s) = op {
+                applied.sets_won += usize::from(self.set(s)?);
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Undoes every logged move above `lowest`, then redoes them merged
+    /// with `fresh` (sorted, none logged). Returns (redone, skipped fresh).
+    fn undo_redo(&mut self, lowest: Stamp, fresh: &[&MoveOp]) -> Res<(usize, usize), S> {
+        let mut undone = Vec::new();
+        self.store.log_pop_above(lowest, &mut undone).map_err(TreeError::Store)?;
+        for e in &undone {
+            match &e.effect {
+                Effect::Skipped => {}
+                Effect::Moved { prev: None } => self.store.remove(e.node).map_err(TreeError::Store)?,
+                Effect::Moved { prev: Some(p) } => {
+                    self.store.set_place(e.node, p.clone()).map_err(TreeError::Store)?
+                }
+            }
+        }
+        let redone = undone.len();
+        let mut skipped = 0;
+        // Merge: `undone` is newest first, so pop from its end.
+        let mut fresh = fresh.iter().peekable();
+        loop {
+            let take_fresh = match (fresh.peek(), undone.last()) {
+                (Some(f), Some(u)) => f.stamp < u.stamp,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            if take_fresh {
+                if let Some(m) = fresh.next() {
+                    skipped += usize::from(self.do_move(m.stamp, m.node, m.parent, &m.key)?);
+                }
+            } else if let Some(e) = undone.pop() {
+                self.do_move(e.stamp, e.node, e.parent, &e.key)?;
+            }
+        }
+        Ok((redone, skipped))
+    }
+
+    /// `do` of the paper; returns true if the move was skipped.
+    fn do_move(&mut self, stamp: Stamp, node: NodeId, parent: NodeId, key: &OrderKey) -> Res<bool, S> {
+        let st = &mut self.store;
+        let prev = st.place(node).map_err(TreeError::Store)?;
+        let skip = node == parent
+            || (st.has_children(node).map_err(TreeError::Store)? && self.is_ancestor(node, parent)?);
+        let st = &mut self.store;
+        let effect = if skip {
+            Effect::Skipped
+        } else {
+            st.set_place(
+                node,
+                Place {
+                    parent,
+                    key: key.clone(),
+                },
+            )
+            .map_err(TreeError::Store)?;
+            Effect::Moved { prev }
+        };
+        st.log_push(LogEntry {
+            stamp,
+            node,
+            parent,
+            key: key.clone(),
+            effect,
+        })
+        .map_err(TreeError::Store)?;
+        Ok(skip)
+    }
+
+    fn set(&mut self, s: &SetOp) -> Res<bool, S> {
+        let cur = self.store.payload(s.node, &s.field).map_err(TreeError::Store)?;
+        if cur.is_some_and(|p| p.stamp >= s.stamp) {
+            return Ok(false);
+        }
+        self.store
+            .set_payload(
+                s.node,
+                &s.field,
+                Payload {
+                    stamp: s.stamp,
+                    value: s.value.clone(),
+                },
+            )
+            .map_err(TreeError::Store)?;
+        Ok(true)
+    }
+
+    /// True if `a` is `b` or an ancestor of `b` (walks up from `b`, no
+    /// depth limit).
+    pub fn is_ancestor(&self, a: NodeId, b: NodeId) -> Res<bool, S> {
+        let mut cur = b;
+        loop {
+            if cur == a {
+                return Ok(true);
+            }
+            match self.store.parent(cur).map_err(TreeError::Store)? {
+                Some(p) => cur = p,
+                None => return Ok(false),
+            }
+        }
+    }
+
+    /// Truncates the log at or below `stamp` and raises the horizon to it:
+    /// ops at or below it are refused from now on. Returns entries removed.
+    pub fn truncate_log(&mut self, stamp: Stamp) -> Res<u64, S> {
+        let cur = self.store.horizon().map_err(TreeError::Store)?;
+        let h = cur.map_or(stamp, |c| c.max(stamp));
+        self.store.set_horizon(h).map_err(TreeError::Store)?;
+        self.store.log_truncate_through(h).map_err(TreeError::Store)
+    }
+
+    /// The log horizon.
+    pub fn horizon(&self) -> Res<Option<Stamp>, S> {
+        self.store.horizon().map_err(TreeError::Store)
+    }
+
+    /// The node's parent (`None` for ROOT, TRASH and unknown nodes).
+    pub fn parent(&self, node: NodeId) -> Res<Option<NodeId>, S> {
+        self.store.parent(node).map_err(TreeError::Store)
+    }
+
+    /// The node's place.
+    pub fn place(&self, node: NodeId) -> Res<Option<Place>, S> {
+        self.store.place(node).map_err(TreeError::Store)
+    }
+
+    /// True if the node is in the tree (ROOT and TRASH always are).
+    pub fn contains(&self, node: NodeId) -> Res<bool, S> {
+        self.store.contains(node).map_err(TreeError::Store)
+    }
+
+    /// A page of `parent`'s children in sibling order, after `cursor`.
+    pub fn children(&self, parent: NodeId, cursor: Option<&Child>, limit: usize) -> Res<Vec<Child>, S> {
+        self.store
+            .children(parent, cursor.map(|c| (&c.key, c.id)), limit)
+            .map_err(TreeError::Store)
+    }
+
+    /// Ancestors of `node`, its parent first, ending at ROOT or TRASH (or
+    /// at a parent not yet in the tree).
+    pub fn ancestors(&self, node: NodeId) -> Res<Vec<NodeId>, S> {
+        let mut out = Vec::new();
+        let mut cur = node;
+        while let Some(p) = self.parent(cur)? {
+            out.push(p);
+            cur = p;
+        }
+        Ok(out)
+    }
+
+    /// True if `node` is TRASH or below it (deleted).
+    pub fn is_in_trash(&self, node: NodeId) -> Res<bool, S> {
+        self.is_ancestor(NodeId::TRASH, node)
+    }
+
+    /// Pre-order iteration over `root`'s subtree (root excluded), yielding
+    /// `(node, depth)` with depth 1 for children; children are read in
+    /// pages, so memory grows with depth, not with subtree size.
+    pub fn subtree(&self, root: NodeId) -> Subtree<'_, S> {
+        Subtree {
+            tree: self,
+            stack: vec![Frame {
+                parent: root,
+                page: Vec::new(),
+                pos: 0,
+                done: false,
+            }],
+        }
+    }
+
+    /// The register of `(node, field)`.
+    pub fn payload(&self, node: NodeId, field: &str) -> Res<Option<Payload>, S> {
+        self.store.payload(node, field).map_err(TreeError::Store)
+    }
+
+    /// Number of nodes in the tree (ROOT and TRASH excluded).
+    pub fn node_count(&self) -> Res<u64, S> {
+        self.store.node_count().map_err(TreeError::Store)
+    }
+
+    /// Every node place and register, for comparisons.
+    pub fn state(&self) -> Res<TreeState, S> {
+        let nodes = self.store.all_nodes().map_err(TreeError::Store)?.into_iter().collect();
+        let payloads = self
+            .store
+            .all_payloads()
+            .map_err(TreeError::Store)?
+            .into_iter()
+            .map(|(n, f, p)| ((n, f), p))
+            .collect();
+        Ok(TreeState { nodes, payloads })
+    }
+
+    /// Checks the CRDT's invariants: every node has one parent, the parent
+    /// relation is acyclic, every node reaches ROOT or TRASH (or a parent not
+    /// yet received), the children index agrees with the parents, and the log
+    /// is strictly sorted and above the horizon. Costs O(nodes + log).
+    pub fn check_invariants(&self) -> Result<(), InvariantError> {
+        let err = |m: String| InvariantError(m);
+        let store_err = |e: S::Error| InvariantError(format!("store: {e}"));
+        self.store.check_store().map_err(err)?;
+        let nodes: BTreeMap<NodeId, Place> = self.store.all_nodes().map_err(store_err)?.into_iter().collect();
+        for reserved in [NodeId::ROOT, NodeId::TRASH] {
+            if nodes.contains_key(&reserved) {
+                return Err(err(format!("{reserved:?} has a parent")));
+            }
+        }
+        if self.store.node_count().map_err(store_err)? != nodes.len() as u64 {
+            return Err(err("node_count disagrees with the node list".into()));
+        }
+        // Acyclic and rooted: walk up from each node, memoizing nodes known
+        // to reach a root (ROOT, TRASH or a node not in the tree).
+        let mut rooted: std::collections::HashSet<NodeId> = std::collections::HashSet::new();
+        for &start in nodes.keys() {
+            let mut path = Vec::new();
+            let mut cur = start;
+            loop {
+                if rooted.contains(&cur) {
+                    break;
+                }
+                match nodes.get(&cur) {
+                    None => break, // ROOT, TRASH, or parent not received yet
+                    Some(p) => {
+                        path.push(cur);
+                        if path.len() > nodes.len() {
+                            return Err(err(format!("cycle through {start:?}")));
+                        }
+                        cur = p.parent;
+                    }
+                }
+            }
+            rooted.extend(path);
+        }
+        // Children index agrees with parents, in (key, id) order.
+        let mut by_parent: BTreeMap<NodeId, Vec<(OrderKey, NodeId)>> = BTreeMap::new();
+        for (id, p) in &nodes {
+            by_parent.entry(p.parent).or_default().push((p.key.clone(), *id));
+        }
+        let mut listed = 0usize;
+        for (parent, mut kids) in by_parent {
+            kids.sort();
+            let got = self.store.children(parent, None, usize::MAX).map_err(store_err)?;
+            let got: Vec<(OrderKey, NodeId)> = got.into_iter().map(|c| (c.key, c.id)).collect();
+            if got != kids {
+                return Err(err(format!("children index of {parent:?} disagrees with parents")));
+            }
+            listed += got.len();
+        }
+        if listed != nodes.len() {
+            return Err(err("children index lists a different number of nodes".into()));
+        }
+        let log = self.store.log_entries().map_err(store_err)?;
+        if !log.windows(2).all(|w| w[0].stamp < w[1].stamp) {
+            return Err(err("log not strictly sorted by stamp".into()));
+        }
+        if let (Some(h), Some(first)) = (self.store.horizon().map_err(store_err)?, log.first()) {
+            if first.stamp <= h {
+                return Err(err(format!("log entry {:?} at or below horizon {h:?}", first.stamp)));
+            }
+        }
+        if self.store.log_len().map_err(store_err)? != log.len() as u64 {
+            return Err(err("log_len disagrees with the log".into()));
+        }
+        Ok(())
+    }
+}
+
+struct Frame {
+    parent: NodeId,
+    page: Vec<Child>,
+    pos: usize,
+    done: bool,
+}
+
+/// Iterator returned by [`Tree::subtree`].
+pub struct Subtree<'a, S> {
+    tree: &'a Tree<S>,
+    stack: Vec<Frame>,
+}
+
+const SUBTREE_PAGE: usize = 256;
+
+impl<S: TreeStore> Iterator for Subtree<'_, S> {
+    type Item = Res<(NodeId, usize), S>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let depth = self.stack.len();
+            let frame = self.stack.last_mut()?;
+            if frame.pos == frame.page.len() {
+                if frame.done {
+                    self.stack.pop();
+                    continue;
+                }
+                let cursor = frame.page.last().cloned();
+                match self.tree.children(frame.parent, cursor.as_ref(), SUBTREE_PAGE) {
+                    Ok(page) => {
+                        frame.done = page.len() < SUBTREE_PAGE;
+                        frame.page = page;
+                        frame.pos = 0;
+                        if frame.page.is_empty() {
+                            self.stack.pop();
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        self.stack.clear();
+                        return Some(Err(e));
+                    }
+                }
+            }
+            let id = frame.page.get(frame.pos).map(|c| c.id)?;
+            frame.pos += 1;
+            self.stack.push(Frame {
+                parent: id,
+                page: Vec::new(),
+                pos: 0,
+                done: false,
+            });
+            return Some(Ok((id, depth)));
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Integration tests of the `arbor-shared` core, linked into one binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs, unreachable_pub)]
+
+mod differential;
+mod engine;
+mod props;
+mod regressions;
+mod scaling;
+mod util;
