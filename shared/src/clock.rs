@@ -39,7 +39,9 @@ impl Hlc {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClockError {
     /// A remote value is further ahead of local wall time than allowed.
-    #[error("remote clock {remote_ms} ms is {ahead_ms} ms ahead of local time (limit {limit_ms} ms)")]
+    #[error(
+        "remote clock {remote_ms} ms is {ahead_ms} ms ahead of local time (limit {limit_ms} ms)"
+    )]
     TooFarAhead {
         /// The remote value's milliseconds.
         remote_ms: u64,
@@ -150,7 +152,13 @@ impl fmt::Display for Stamp {
 
 impl fmt::Debug for Stamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}@{:x}", self.hlc.millis(), self.hlc.counter(), self.replica.0)
+        write!(
+            f,
+            "{}.{}@{:x}",
+            self.hlc.millis(),
+            self.hlc.counter(),
+            self.replica.0
+        )
     }
 }
 

@@ -177,10 +177,25 @@ mod tests {
         let s = id.to_string();
         assert_eq!(s, "01234567-89ab-cdef-0011-223344556677");
         assert_eq!(s.parse::<NodeId>(), Ok(id));
-        assert_eq!(NodeId::TRASH.to_string(), "ffffffff-ffff-ffff-ffff-ffffffffffff");
-        assert!("01234567-89ab-cdef-0011-22334455667".parse::<NodeId>().is_err());
-        assert!("01234567x89ab-cdef-0011-223344556677".parse::<NodeId>().is_err());
-        assert!("0123456g-89ab-cdef-0011-223344556677".parse::<NodeId>().is_err());
+        assert_eq!(
+            NodeId::TRASH.to_string(),
+            "ffffffff-ffff-ffff-ffff-ffffffffffff"
+        );
+        assert!(
+            "01234567-89ab-cdef-0011-22334455667"
+                .parse::<NodeId>()
+                .is_err()
+        );
+        assert!(
+            "01234567x89ab-cdef-0011-223344556677"
+                .parse::<NodeId>()
+                .is_err()
+        );
+        assert!(
+            "0123456g-89ab-cdef-0011-223344556677"
+                .parse::<NodeId>()
+                .is_err()
+        );
     }
 
     #[test]

@@ -112,7 +112,11 @@ impl OrderKey {
     /// Parses the hex text form.
     pub fn from_hex(s: &str) -> Result<Self, KeyError> {
         if s.len() % 2 != 0 || s.len() > MAX_KEY_LEN * 2 {
-            return Err(if s.len() % 2 != 0 { KeyError::BadHex } else { KeyError::Invalid });
+            return Err(if s.len() % 2 != 0 {
+                KeyError::BadHex
+            } else {
+                KeyError::Invalid
+            });
         }
         let mut out = Vec::with_capacity(s.len() / 2);
         for pair in s.as_bytes().chunks(2) {
@@ -381,7 +385,10 @@ mod tests {
 
     fn check(k: &OrderKey) {
         let b = k.as_bytes();
-        assert!(!b.is_empty() && b.len() <= MAX_KEY_LEN && b.last() != Some(&0), "{k:?}");
+        assert!(
+            !b.is_empty() && b.len() <= MAX_KEY_LEN && b.last() != Some(&0),
+            "{k:?}"
+        );
     }
 
     #[test]
@@ -392,10 +399,14 @@ mod tests {
     #[test]
     fn appending_and_prepending_keep_keys_short_and_ordered() {
         let mut g = KeyGen::new(1);
-        let first = g.between(None, None).unwrap_or_else(|e| unreachable!("{e}"));
+        let first = g
+            .between(None, None)
+            .unwrap_or_else(|e| unreachable!("{e}"));
         let mut last = first.clone();
         for _ in 0..100_000 {
-            let k = g.between(Some(&last), None).unwrap_or_else(|e| unreachable!("{e}"));
+            let k = g
+                .between(Some(&last), None)
+                .unwrap_or_else(|e| unreachable!("{e}"));
             check(&k);
             assert!(k > last);
             last = k;
@@ -403,7 +414,9 @@ mod tests {
         assert!(last.as_bytes().len() <= 5, "{last:?}");
         let mut lowest = first;
         for _ in 0..100_000 {
-            let k = g.between(None, Some(&lowest)).unwrap_or_else(|e| unreachable!("{e}"));
+            let k = g
+                .between(None, Some(&lowest))
+                .unwrap_or_else(|e| unreachable!("{e}"));
             check(&k);
             assert!(k < lowest, "{k:?} {lowest:?}");
             lowest = k;
@@ -419,7 +432,9 @@ mod tests {
         let (mut lo, hi) = (a.clone(), b.clone());
         // Repeatedly insert after the previous insert (typing forward).
         for _ in 0..1_000 {
-            let k = g.between(Some(&lo), Some(&hi)).unwrap_or_else(|e| unreachable!("{e}"));
+            let k = g
+                .between(Some(&lo), Some(&hi))
+                .unwrap_or_else(|e| unreachable!("{e}"));
             check(&k);
             assert!(lo < k && k < hi, "{lo:?} {k:?} {hi:?}");
             lo = k;
@@ -428,13 +443,18 @@ mod tests {
         // Repeatedly insert before the previous insert (typing backward).
         let mut hi = b;
         for _ in 0..1_000 {
-            let k = g.between(Some(&a), Some(&hi)).unwrap_or_else(|e| unreachable!("{e}"));
+            let k = g
+                .between(Some(&a), Some(&hi))
+                .unwrap_or_else(|e| unreachable!("{e}"));
             check(&k);
             assert!(a < k && k < hi);
             hi = k;
         }
         assert!(hi.as_bytes().len() < 200, "{}", hi.as_bytes().len());
-        assert!(matches!(g.between(Some(&a), Some(&a)), Err(KeyError::NoRoom { .. })));
+        assert!(matches!(
+            g.between(Some(&a), Some(&a)),
+            Err(KeyError::NoRoom { .. })
+        ));
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //! - [`sim`]: the [`sim::Action`] enum and a network of replicas that drives
 //!   property tests, regression tests and (later) fuzz targets.
 
+#![forbid(unsafe_code)]
+
 pub mod clock;
 pub mod id;
 pub mod key;
@@ -28,4 +30,6 @@ pub use clock::{Clock, ClockError, Hlc, Stamp};
 pub use id::{NodeId, ReplicaId};
 pub use key::{KeyGen, OrderKey};
 pub use op::{MoveOp, Op, OpError, SetOp};
-pub use tree::{Applied, Child, Effect, LogEntry, MemoryStore, Payload, Place, Tree, TreeError, TreeStore};
+pub use tree::{
+    Applied, Child, Effect, LogEntry, MemoryStore, Payload, Place, Tree, TreeError, TreeStore,
+};

@@ -207,8 +207,14 @@ mod tests {
                 key: key.clone(),
             })
         };
-        assert!(matches!(mv(NodeId::ROOT).validate(), Err(OpError::ReservedNode { .. })));
-        assert!(matches!(mv(NodeId::TRASH).validate(), Err(OpError::ReservedNode { .. })));
+        assert!(matches!(
+            mv(NodeId::ROOT).validate(),
+            Err(OpError::ReservedNode { .. })
+        ));
+        assert!(matches!(
+            mv(NodeId::TRASH).validate(),
+            Err(OpError::ReservedNode { .. })
+        ));
         assert!(mv(NodeId(5)).validate().is_ok());
         let set = |field: &str, value: usize| {
             Op::Set(SetOp {
@@ -220,8 +226,17 @@ mod tests {
             })
         };
         assert!(set("text", MAX_VALUE_LEN).validate().is_ok());
-        assert!(matches!(set("text", MAX_VALUE_LEN + 1).validate(), Err(OpError::ValueTooLong { .. })));
-        assert!(matches!(set("", 1).validate(), Err(OpError::BadField { .. })));
-        assert!(matches!(set(&"f".repeat(65), 1).validate(), Err(OpError::BadField { .. })));
+        assert!(matches!(
+            set("text", MAX_VALUE_LEN + 1).validate(),
+            Err(OpError::ValueTooLong { .. })
+        ));
+        assert!(matches!(
+            set("", 1).validate(),
+            Err(OpError::BadField { .. })
+        ));
+        assert!(matches!(
+            set(&"f".repeat(65), 1).validate(),
+            Err(OpError::BadField { .. })
+        ));
     }
 }

@@ -192,7 +192,13 @@ impl Sim {
     }
 
     /// A key for position `pos` among `parent`'s children in replica `r`.
-    fn key_at(&mut self, r: usize, parent: NodeId, pos: u8, skip: Option<NodeId>) -> Result<OrderKey, SimError> {
+    fn key_at(
+        &mut self,
+        r: usize,
+        parent: NodeId,
+        pos: u8,
+        skip: Option<NodeId>,
+    ) -> Result<OrderKey, SimError> {
         let rep = &mut self.replicas[r];
         let kids: Vec<Child> = rep
             .tree
@@ -265,7 +271,11 @@ impl Sim {
     /// Runs one action.
     pub fn step(&mut self, action: &Action) -> Result<(), SimError> {
         match *action {
-            Action::Create { replica, parent, pos } => {
+            Action::Create {
+                replica,
+                parent,
+                pos,
+            } => {
                 let r = self.rix(replica);
                 let parent = self.pick_parent(r, parent);
                 let rep = &mut self.replicas[r];
@@ -298,7 +308,10 @@ impl Sim {
             }
             Action::Restore { replica, node } => {
                 let r = self.rix(replica);
-                let trash = self.replicas[r].tree.children(NodeId::TRASH, None, 64).map_err(err)?;
+                let trash = self.replicas[r]
+                    .tree
+                    .children(NodeId::TRASH, None, 64)
+                    .map_err(err)?;
                 if trash.is_empty() {
                     return Ok(());
                 }
@@ -331,7 +344,10 @@ impl Sim {
                 let (Some(nx), Some(ny)) = (self.pick_node(ra, x), self.pick_node(ra, y)) else {
                     return Ok(());
                 };
-                if nx == ny || !self.replicas[rb].tree.contains(nx).map_err(err)? || !self.replicas[rb].tree.contains(ny).map_err(err)? {
+                if nx == ny
+                    || !self.replicas[rb].tree.contains(nx).map_err(err)?
+                    || !self.replicas[rb].tree.contains(ny).map_err(err)?
+                {
                     return Ok(());
                 }
                 // Both ops are built before either is delivered: concurrent.
@@ -367,7 +383,9 @@ impl Sim {
                 let log_before = self.replicas[r].tree.store().log_entries().map_err(err)?;
                 self.deliver(r, std::slice::from_ref(&op))?;
                 let tree = &self.replicas[r].tree;
-                if tree.state().map_err(err)? != before || tree.store().log_entries().map_err(err)? != log_before {
+                if tree.state().map_err(err)? != before
+                    || tree.store().log_entries().map_err(err)? != log_before
+                {
                     return Err(SimError(format!("re-applying {op:?} changed replica {r}")));
                 }
                 Ok(())
@@ -420,7 +438,13 @@ impl Sim {
 
 /// Every parent's full child list, in order (for convergence checks).
 pub fn children_orders(tree: &Tree<MemoryStore>) -> Result<Vec<(NodeId, Vec<NodeId>)>, SimError> {
-    let mut parents: BTreeSet<NodeId> = tree.state().map_err(err)?.nodes.values().map(|p| p.parent).collect();
+    let mut parents: BTreeSet<NodeId> = tree
+        .state()
+        .map_err(err)?
+        .nodes
+        .values()
+        .map(|p| p.parent)
+        .collect();
     parents.insert(NodeId::ROOT);
     parents
         .into_iter()

@@ -10,6 +10,18 @@ use crate::clock::Stamp;
 use crate::id::NodeId;
 use crate::key::OrderKey;
 
+/// A node id as two words: 8-byte aligned, so index entries and slots stay
+/// small (`u128` is 16-byte aligned).
+type Id2 = [u64; 2];
+
+fn id2(id: NodeId) -> Id2 {
+    [(id.0 >> 64) as u64, id.0 as u64]
+}
+
+fn from_id2(id: Id2) -> NodeId {
+    NodeId((u128::from(id[0]) << 64) | u128::from(id[1]))
+}
+
 /// No slot (no parent, no child list).
 const NONE: u32 = u32::MAX;
 /// `MemLog::prev_parent` of a skipped move.
@@ -21,16 +33,22 @@ const LARGE_AT: usize = 512;
 /// ...and a B-tree becomes a small list again below this many.
 const SMALL_AT: usize = 128;
 
-/// One node id known to the store. 40 bytes.
+/// The cold part of a node known to the store (id and key). 32 bytes.
 #[derive(Debug, Clone)]
 struct Slot {
     /// Invariant: `index[id]` is this slot's position.
-    id: NodeId,
+    id: Id2,
+    /// Order key among the parent's children (meaningless without parent).
+    key: OrderKey,
+}
+
+/// The hot part of a node: what ancestor walks and link/unlink touch. Kept
+/// in its own dense array (8 bytes a node) so walks stay in cache.
+#[derive(Debug, Clone, Copy)]
+struct Topo {
     /// Parent slot; [`NONE`] when the node is not in the tree (a placeholder
     /// for an id only referenced so far, a removed node, or ROOT/TRASH).
     parent: u32,
-    /// Order key among the parent's children (meaningless without parent).
-    key: OrderKey,
     /// Position in `lists` of this node's children, or [`NONE`] if it has
     /// none. Invariant: a list is never empty.
     children: u32,
@@ -44,7 +62,9 @@ enum ChildList {
     Small(Vec<u32>),
     /// For large sibling sets (100k siblings under one parent): inserts and
     /// removals in `O(log n)` instead of a memmove.
-    Large(BTreeMap<(OrderKey, NodeId), u32>),
+    /// Boxed so the enum stays 24 bytes (one per parent node).
+    #[allow(clippy::box_collection)]
+    Large(Box<BTreeMap<(OrderKey, NodeId), u32>>),
 }
 
 /// A logged move, by slot. 64 bytes.
@@ -66,8 +86,10 @@ struct MemLog {
 pub struct MemoryStore {
     /// Invariant: maps every slot's id to its position; slots are never
     /// freed (a removed node keeps its slot as a placeholder).
-    index: HashMap<NodeId, u32, RandomState>,
+    index: HashMap<Id2, u32, RandomState>,
     slots: Vec<Slot>,
+    /// Invariant: same length as `slots`.
+    topo: Vec<Topo>,
     /// Child lists; entries on `free_lists` are empty and unused.
     lists: Vec<ChildList>,
     free_lists: Vec<u32>,
@@ -97,6 +119,7 @@ impl MemoryStore {
         let mut s = MemoryStore {
             index: HashMap::with_capacity_and_hasher(nodes + 2, RandomState::default()),
             slots: Vec::with_capacity(nodes + 2),
+            topo: Vec::with_capacity(nodes + 2),
             lists: Vec::new(),
             free_lists: Vec::new(),
             live: 0,
@@ -110,17 +133,19 @@ impl MemoryStore {
     }
 
     fn intern(&mut self, id: NodeId) -> u32 {
-        if let Some(&ix) = self.index.get(&id) {
+        if let Some(&ix) = self.index.get(&id2(id)) {
             return ix;
         }
         let ix = self.slots.len() as u32;
         self.slots.push(Slot {
-            id,
-            parent: NONE,
+            id: id2(id),
             key: OrderKey::new(&[0x80]).unwrap_or_else(|_| unreachable!()),
+        });
+        self.topo.push(Topo {
+            parent: NONE,
             children: NONE,
         });
-        self.index.insert(id, ix);
+        self.index.insert(id2(id), ix);
         ix
     }
 
@@ -134,21 +159,20 @@ impl MemoryStore {
 
     /// Removes `ix` from its parent's list (using its current key).
     fn unlink(&mut self, ix: u32) {
-        let (parent, key, id) = {
-            let s = self.slot(ix);
-            (s.parent, s.key.clone(), s.id)
-        };
-        let li = self.slot(parent).children;
+        let parent = self.topo[ix as usize].parent;
+        let li = self.topo[parent as usize].children;
         let empty = match &mut self.lists[li as usize] {
             ChildList::Small(v) => {
-                let slots = &self.slots;
-                if let Ok(p) = v.binary_search_by(|&c| cmp_child(slots, c, &key, id)) {
+                // A linear scan of the u32 list touches no sibling slot,
+                // unlike a binary search by key (cache misses dominate).
+                if let Some(p) = v.iter().position(|&c| c == ix) {
                     v.remove(p);
                 }
                 v.is_empty()
             }
             ChildList::Large(m) => {
-                m.remove(&(key, id));
+                let s = &self.slots[ix as usize];
+                m.remove(&(s.key.clone(), from_id2(s.id)));
                 if m.len() < SMALL_AT {
                     let v: Vec<u32> = m.values().copied().collect();
                     self.lists[li as usize] = ChildList::Small(v);
@@ -158,17 +182,18 @@ impl MemoryStore {
         };
         if empty {
             self.free_lists.push(li);
-            self.slots[parent as usize].children = NONE;
+            self.topo[parent as usize].children = NONE;
         }
     }
 
     /// Inserts `ix` into its parent's list (its slot already updated).
     fn link(&mut self, ix: u32) {
-        let (parent, key, id) = {
+        let parent = self.topo[ix as usize].parent;
+        let (key, id) = {
             let s = self.slot(ix);
-            (s.parent, s.key.clone(), s.id)
+            (s.key.clone(), from_id2(s.id))
         };
-        let li = self.slot(parent).children;
+        let li = self.topo[parent as usize].children;
         if li == NONE {
             let li = match self.free_lists.pop() {
                 Some(li) => {
@@ -180,25 +205,31 @@ impl MemoryStore {
                     (self.lists.len() - 1) as u32
                 }
             };
-            self.slots[parent as usize].children = li;
+            self.topo[parent as usize].children = li;
             return;
         }
         match &mut self.lists[li as usize] {
             ChildList::Small(v) => {
                 let slots = &self.slots;
-                let pos = v
-                    .binary_search_by(|&c| cmp_child(slots, c, &key, id))
-                    .unwrap_or_else(|p| p);
-                v.insert(pos, ix);
+                // Appending is the common case: one comparison.
+                match v.last() {
+                    Some(&last) if cmp_child(slots, last, &key, id).is_lt() => v.push(ix),
+                    _ => {
+                        let pos = v
+                            .binary_search_by(|&c| cmp_child(slots, c, &key, id))
+                            .unwrap_or_else(|p| p);
+                        v.insert(pos, ix);
+                    }
+                }
                 if v.len() > LARGE_AT {
                     let m = v
                         .iter()
                         .map(|&c| {
                             let s = &slots[c as usize];
-                            ((s.key.clone(), s.id), c)
+                            ((s.key.clone(), from_id2(s.id)), c)
                         })
                         .collect();
-                    self.lists[li as usize] = ChildList::Large(m);
+                    self.lists[li as usize] = ChildList::Large(Box::new(m));
                 }
             }
             ChildList::Large(m) => {
@@ -208,7 +239,7 @@ impl MemoryStore {
     }
 
     fn exists(&self, ix: u32) -> bool {
-        ix == ROOT_IX || ix == TRASH_IX || self.slot(ix).parent != NONE
+        ix == ROOT_IX || ix == TRASH_IX || self.topo[ix as usize].parent != NONE
     }
 
     fn to_entry(&self, e: &MemLog) -> LogEntry {
@@ -217,15 +248,15 @@ impl MemoryStore {
             NONE => Effect::Moved { prev: None },
             p => Effect::Moved {
                 prev: Some(Place {
-                    parent: self.slot(p).id,
+                    parent: from_id2(self.slot(p).id),
                     key: e.prev_key.clone(),
                 }),
             },
         };
         LogEntry {
             stamp: e.stamp,
-            node: self.slot(e.node).id,
-            parent: self.slot(e.parent).id,
+            node: from_id2(self.slot(e.node).id),
+            parent: from_id2(self.slot(e.parent).id),
             key: e.key.clone(),
             effect,
         }
@@ -235,15 +266,22 @@ impl MemoryStore {
     /// estimate from capacities (used by the memory benchmark).
     pub fn approx_bytes(&self) -> usize {
         use std::mem::size_of;
-        let heap_key = |k: &OrderKey| if k.as_bytes().len() > 7 { k.as_bytes().len() } else { 0 };
-        let index = self.index.capacity() * (size_of::<(NodeId, u32)>() + 1);
-        let slots = self.slots.capacity() * size_of::<Slot>() + self.slots.iter().map(|s| heap_key(&s.key)).sum::<usize>();
+        let heap_key = |k: &OrderKey| {
+            if k.as_bytes().len() > 7 {
+                k.as_bytes().len()
+            } else {
+                0
+            }
+        };
+        let index = self.index.capacity() * (size_of::<(Id2, u32)>() + 1);
+        let slots = self.slots.capacity() * (size_of::<Slot>() + size_of::<Topo>())
+            + self.slots.iter().map(|s| heap_key(&s.key)).sum::<usize>();
         let lists: usize = self
             .lists
             .iter()
             .map(|l| match l {
                 ChildList::Small(v) => v.capacity() * 4,
-                ChildList::Large(m) => m.len() * 40,
+                ChildList::Large(m) => m.len() * 48,
             })
             .sum::<usize>()
             + self.lists.capacity() * size_of::<ChildList>();
@@ -254,80 +292,93 @@ impl MemoryStore {
 
 fn cmp_child(slots: &[Slot], c: u32, key: &OrderKey, id: NodeId) -> std::cmp::Ordering {
     let s = &slots[c as usize];
-    (&s.key, s.id).cmp(&(key, id))
+    (&s.key, from_id2(s.id)).cmp(&(key, id))
 }
 
 impl TreeStore for MemoryStore {
     type Error = Infallible;
+    type Node = u32;
 
-    fn place(&self, node: NodeId) -> Result<Option<Place>, Infallible> {
-        Ok(self.index.get(&node).and_then(|&ix| {
-            let s = self.slot(ix);
-            (s.parent != NONE).then(|| Place {
-                parent: self.slot(s.parent).id,
-                key: s.key.clone(),
-            })
+    fn lookup(&self, id: NodeId) -> Result<Option<u32>, Infallible> {
+        Ok(self.index.get(&id2(id)).copied())
+    }
+
+    fn intern(&mut self, id: NodeId) -> Result<u32, Infallible> {
+        Ok(MemoryStore::intern(self, id))
+    }
+
+    fn id(&self, node: u32) -> Result<NodeId, Infallible> {
+        Ok(from_id2(self.slot(node).id))
+    }
+
+    fn place(&self, node: u32) -> Result<Option<Place<u32>>, Infallible> {
+        let parent = self.topo[node as usize].parent;
+        Ok((parent != NONE).then(|| Place {
+            parent,
+            key: self.slot(node).key.clone(),
         }))
     }
 
-    fn parent(&self, node: NodeId) -> Result<Option<NodeId>, Infallible> {
-        Ok(self.index.get(&node).and_then(|&ix| {
-            let p = self.slot(ix).parent;
-            (p != NONE).then(|| self.slot(p).id)
-        }))
+    fn parent(&self, node: u32) -> Result<Option<u32>, Infallible> {
+        let p = self.topo[node as usize].parent;
+        Ok((p != NONE).then_some(p))
     }
 
-    fn contains(&self, node: NodeId) -> Result<bool, Infallible> {
-        Ok(self.index.get(&node).is_some_and(|&ix| self.exists(ix)))
+    fn is_ancestor(&self, a: u32, b: u32) -> Result<bool, Infallible> {
+        // One memory access per level.
+        let mut cur = b;
+        while cur != NONE {
+            if cur == a {
+                return Ok(true);
+            }
+            cur = self.topo[cur as usize].parent;
+        }
+        Ok(false)
     }
 
-    fn has_children(&self, node: NodeId) -> Result<bool, Infallible> {
-        Ok(self.index.get(&node).is_some_and(|&ix| self.slot(ix).children != NONE))
+    fn contains(&self, node: u32) -> Result<bool, Infallible> {
+        Ok(self.exists(node))
     }
 
-    fn set_place(&mut self, node: NodeId, place: Place) -> Result<(), Infallible> {
-        let ix = self.intern(node);
-        let pix = self.intern(place.parent);
-        if self.slot(ix).parent != NONE {
-            self.unlink(ix);
+    fn has_children(&self, node: u32) -> Result<bool, Infallible> {
+        Ok(self.topo[node as usize].children != NONE)
+    }
+
+    fn set_place(&mut self, node: u32, place: Place<u32>) -> Result<(), Infallible> {
+        if self.topo[node as usize].parent != NONE {
+            self.unlink(node);
         } else {
             self.live += 1;
         }
-        let s = &mut self.slots[ix as usize];
-        s.parent = pix;
-        s.key = place.key;
-        self.link(ix);
+        self.topo[node as usize].parent = place.parent;
+        self.slots[node as usize].key = place.key;
+        self.link(node);
         Ok(())
     }
 
-    fn remove(&mut self, node: NodeId) -> Result<(), Infallible> {
-        if let Some(&ix) = self.index.get(&node) {
-            if self.slot(ix).parent != NONE {
-                self.unlink(ix);
-                self.slots[ix as usize].parent = NONE;
-                self.live -= 1;
-            }
+    fn remove(&mut self, node: u32) -> Result<(), Infallible> {
+        if self.topo[node as usize].parent != NONE {
+            self.unlink(node);
+            self.topo[node as usize].parent = NONE;
+            self.live -= 1;
         }
         Ok(())
     }
 
     fn children(
         &self,
-        parent: NodeId,
+        parent: u32,
         after: Option<(&OrderKey, NodeId)>,
         limit: usize,
     ) -> Result<Vec<Child>, Infallible> {
-        let Some(&pix) = self.index.get(&parent) else {
-            return Ok(Vec::new());
-        };
-        let li = self.slot(pix).children;
+        let li = self.topo[parent as usize].children;
         if li == NONE || limit == 0 {
             return Ok(Vec::new());
         }
         let child = |c: u32| {
             let s = self.slot(c);
             Child {
-                id: s.id,
+                id: from_id2(s.id),
                 key: s.key.clone(),
             }
         };
@@ -352,6 +403,24 @@ impl TreeStore for MemoryStore {
         })
     }
 
+    fn last_child(&self, parent: u32) -> Result<Option<Child>, Infallible> {
+        let li = self.topo[parent as usize].children;
+        if li == NONE {
+            return Ok(None);
+        }
+        let last = match &self.lists[li as usize] {
+            ChildList::Small(v) => v.last().copied(),
+            ChildList::Large(m) => m.values().next_back().copied(),
+        };
+        Ok(last.map(|c| {
+            let s = self.slot(c);
+            Child {
+                id: from_id2(s.id),
+                key: s.key.clone(),
+            }
+        }))
+    }
+
     fn node_count(&self) -> Result<u64, Infallible> {
         Ok(self.live)
     }
@@ -360,12 +429,13 @@ impl TreeStore for MemoryStore {
         Ok(self
             .slots
             .iter()
-            .filter(|s| s.parent != NONE)
-            .map(|s| {
+            .zip(&self.topo)
+            .filter(|(_, t)| t.parent != NONE)
+            .map(|(s, t)| {
                 (
-                    s.id,
+                    from_id2(s.id),
                     Place {
-                        parent: self.slot(s.parent).id,
+                        parent: from_id2(self.slot(t.parent).id),
                         key: s.key.clone(),
                     },
                 )
@@ -381,18 +451,16 @@ impl TreeStore for MemoryStore {
         Ok(self.log.binary_search_by_key(&stamp, |e| e.stamp).is_ok())
     }
 
-    fn log_push(&mut self, entry: LogEntry) -> Result<(), Infallible> {
-        let node = self.intern(entry.node);
-        let parent = self.intern(entry.parent);
+    fn log_push(&mut self, entry: LogEntry<u32>) -> Result<(), Infallible> {
         let (prev_parent, prev_key) = match entry.effect {
             Effect::Skipped => (SKIPPED, entry.key.clone()),
             Effect::Moved { prev: None } => (NONE, entry.key.clone()),
-            Effect::Moved { prev: Some(p) } => (self.intern(p.parent), p.key),
+            Effect::Moved { prev: Some(p) } => (p.parent, p.key),
         };
         self.log.push(MemLog {
             stamp: entry.stamp,
-            node,
-            parent,
+            node: entry.node,
+            parent: entry.parent,
             key: entry.key,
             prev_parent,
             prev_key,
@@ -400,19 +468,42 @@ impl TreeStore for MemoryStore {
         Ok(())
     }
 
-    fn log_pop_above(&mut self, stamp: Stamp, out: &mut Vec<LogEntry>) -> Result<(), Infallible> {
+    fn log_pop_above(
+        &mut self,
+        stamp: Stamp,
+        out: &mut Vec<LogEntry<u32>>,
+    ) -> Result<(), Infallible> {
         let cut = self.log.partition_point(|e| e.stamp <= stamp);
         out.reserve(self.log.len() - cut);
-        for e in self.log[cut..].iter().rev() {
-            out.push(self.to_entry(e));
+        while self.log.len() > cut {
+            let Some(e) = self.log.pop() else { break };
+            let effect = match e.prev_parent {
+                SKIPPED => Effect::Skipped,
+                NONE => Effect::Moved { prev: None },
+                p => Effect::Moved {
+                    prev: Some(Place {
+                        parent: p,
+                        key: e.prev_key,
+                    }),
+                },
+            };
+            out.push(LogEntry {
+                stamp: e.stamp,
+                node: e.node,
+                parent: e.parent,
+                key: e.key,
+                effect,
+            });
         }
-        self.log.truncate(cut);
         Ok(())
     }
 
     fn log_truncate_through(&mut self, stamp: Stamp) -> Result<u64, Infallible> {
         let cut = self.log.partition_point(|e| e.stamp <= stamp);
         self.log.drain(..cut);
+        if self.log.capacity() > 2 * self.log.len() + 1024 {
+            self.log.shrink_to_fit();
+        }
         Ok(cut as u64)
     }
 
@@ -442,7 +533,12 @@ impl TreeStore for MemoryStore {
         }))
     }
 
-    fn set_payload(&mut self, node: NodeId, field: &str, payload: Payload) -> Result<(), Infallible> {
+    fn set_payload(
+        &mut self,
+        node: NodeId,
+        field: &str,
+        payload: Payload,
+    ) -> Result<(), Infallible> {
         let v = self.payloads.entry(node).or_default();
         match v.binary_search_by(|(f, _)| (**f).cmp(field)) {
             Ok(i) => v[i].1 = payload,
@@ -468,30 +564,33 @@ impl TreeStore for MemoryStore {
     }
 
     fn check_store(&self) -> Result<(), String> {
-        if self.index.len() != self.slots.len() {
-            return Err("index and slots differ in size".into());
+        if self.index.len() != self.slots.len() || self.topo.len() != self.slots.len() {
+            return Err("index, slots and topo differ in size".into());
         }
-        for (i, s) in self.slots.iter().enumerate() {
+        for (i, (s, t)) in self.slots.iter().zip(&self.topo).enumerate() {
             if self.index.get(&s.id) != Some(&(i as u32)) {
                 return Err(format!("index does not map {:?} to its slot", s.id));
             }
-            if (i as u32 == ROOT_IX || i as u32 == TRASH_IX) && s.parent != NONE {
+            if (i as u32 == ROOT_IX || i as u32 == TRASH_IX) && t.parent != NONE {
                 return Err("ROOT or TRASH has a parent".into());
             }
-            if s.children != NONE {
-                match &self.lists[s.children as usize] {
+            if t.children != NONE {
+                match &self.lists[t.children as usize] {
                     ChildList::Small(v) => {
                         if v.is_empty() || v.len() > LARGE_AT {
                             return Err(format!("bad small child list size {}", v.len()));
                         }
-                        if v.iter().any(|&c| self.slot(c).parent != i as u32) {
+                        if v.iter().any(|&c| self.topo[c as usize].parent != i as u32) {
                             return Err(format!("child list of {:?} holds a foreign node", s.id));
                         }
                     }
                     ChildList::Large(m) => {
-                        for ((k, id), &c) in m {
+                        for ((k, id), &c) in m.iter() {
                             let cs = self.slot(c);
-                            if cs.parent != i as u32 || &cs.key != k || cs.id != *id {
+                            if self.topo[c as usize].parent != i as u32
+                                || &cs.key != k
+                                || from_id2(cs.id) != *id
+                            {
                                 return Err(format!("large child list of {:?} is stale", s.id));
                             }
                         }
@@ -500,5 +599,19 @@ impl TreeStore for MemoryStore {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_stay_compact() {
+        assert_eq!(std::mem::size_of::<Slot>(), 32);
+        assert_eq!(std::mem::size_of::<Topo>(), 8);
+        assert_eq!(std::mem::size_of::<MemLog>(), 64);
+        assert_eq!(std::mem::size_of::<ChildList>(), 24);
+        assert_eq!(std::mem::size_of::<(Id2, u32)>(), 24);
     }
 }

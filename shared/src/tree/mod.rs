@@ -23,17 +23,18 @@ use crate::key::OrderKey;
 use crate::op::{MoveOp, Op, OpError, SetOp};
 
 /// Where a node sits: its parent and its order key among the siblings.
+/// `N` is a node id, or a store's node handle inside the engine.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Place {
+pub struct Place<N = NodeId> {
     /// The parent node.
-    pub parent: NodeId,
+    pub parent: N,
     /// Order key among the parent's children.
     pub key: OrderKey,
 }
 
 /// What applying a logged move did (what undo must revert).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Effect {
+pub enum Effect<N = NodeId> {
     /// The move would have made a cycle (or moved a node under itself):
     /// nothing changed.
     Skipped,
@@ -41,23 +42,23 @@ pub enum Effect {
     /// not in the tree, so undo removes it).
     Moved {
         /// The place before the move.
-        prev: Option<Place>,
+        prev: Option<Place<N>>,
     },
 }
 
-/// One entry of the move log.
+/// One entry of the move log (`N`: node id, or a store's handle).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogEntry {
+pub struct LogEntry<N = NodeId> {
     /// The move's stamp (the log is sorted by it, strictly increasing).
     pub stamp: Stamp,
     /// The node moved.
-    pub node: NodeId,
+    pub node: N,
     /// The requested parent.
-    pub parent: NodeId,
+    pub parent: N,
     /// The requested order key.
     pub key: OrderKey,
     /// What the move did when last (re)done.
-    pub effect: Effect,
+    pub effect: Effect<N>,
 }
 
 /// A last-writer-wins register value.
@@ -82,34 +83,62 @@ pub struct Child {
 /// in the client. Methods are primitive reads and writes; the algorithm
 /// lives in [`Tree`].
 ///
-/// ROOT and TRASH are always present and have no place.
+/// Nodes are addressed by a store-chosen handle ([`TreeStore::Node`]: a slot
+/// index, a rowid, or the id itself) so that the hot paths (ancestor walks,
+/// undo/redo) never go back through the id index. ROOT and TRASH are always
+/// present and have no place.
 pub trait TreeStore {
     /// The store's own error type (I/O for durable stores).
     type Error: std::error::Error + Send + Sync + 'static;
+    /// A node handle. Invariant: handles and ids are in one-to-one
+    /// correspondence for the store's lifetime.
+    type Node: Copy + Eq + std::fmt::Debug;
 
+    /// The handle of `id`, if the store has seen it.
+    fn lookup(&self, id: NodeId) -> Result<Option<Self::Node>, Self::Error>;
+    /// The handle of `id`, creating an entry (not in the tree) if needed.
+    fn intern(&mut self, id: NodeId) -> Result<Self::Node, Self::Error>;
+    /// The id of a handle.
+    fn id(&self, node: Self::Node) -> Result<NodeId, Self::Error>;
     /// The node's place, or `None` if it is not in the tree (or is ROOT or
     /// TRASH).
-    fn place(&self, node: NodeId) -> Result<Option<Place>, Self::Error>;
+    fn place(&self, node: Self::Node) -> Result<Option<Place<Self::Node>>, Self::Error>;
     /// The node's parent (default: from [`TreeStore::place`]).
-    fn parent(&self, node: NodeId) -> Result<Option<NodeId>, Self::Error> {
+    fn parent(&self, node: Self::Node) -> Result<Option<Self::Node>, Self::Error> {
         Ok(self.place(node)?.map(|p| p.parent))
     }
+    /// True if `a` is `b` or an ancestor of `b`. The default walks
+    /// [`TreeStore::parent`] up from `b` with no depth limit.
+    fn is_ancestor(&self, a: Self::Node, b: Self::Node) -> Result<bool, Self::Error> {
+        let mut cur = b;
+        loop {
+            if cur == a {
+                return Ok(true);
+            }
+            match self.parent(cur)? {
+                Some(p) => cur = p,
+                None => return Ok(false),
+            }
+        }
+    }
     /// True if ROOT, TRASH, or a node in the tree.
-    fn contains(&self, node: NodeId) -> Result<bool, Self::Error>;
+    fn contains(&self, node: Self::Node) -> Result<bool, Self::Error>;
     /// True if any node has `node` as its parent.
-    fn has_children(&self, node: NodeId) -> Result<bool, Self::Error>;
+    fn has_children(&self, node: Self::Node) -> Result<bool, Self::Error>;
     /// Inserts the node or moves it (keeping the children index in step).
-    fn set_place(&mut self, node: NodeId, place: Place) -> Result<(), Self::Error>;
+    fn set_place(&mut self, node: Self::Node, place: Place<Self::Node>) -> Result<(), Self::Error>;
     /// Takes the node out of the tree (its children keep pointing at it).
-    fn remove(&mut self, node: NodeId) -> Result<(), Self::Error>;
+    fn remove(&mut self, node: Self::Node) -> Result<(), Self::Error>;
     /// Up to `limit` children of `parent` in `(key, id)` order, starting
     /// after the cursor `(key, id)` if given.
     fn children(
         &self,
-        parent: NodeId,
+        parent: Self::Node,
         after: Option<(&OrderKey, NodeId)>,
         limit: usize,
     ) -> Result<Vec<Child>, Self::Error>;
+    /// The last child of `parent` in sibling order (appending goes after it).
+    fn last_child(&self, parent: Self::Node) -> Result<Option<Child>, Self::Error>;
     /// Number of nodes in the tree, ROOT and TRASH excluded.
     fn node_count(&self) -> Result<u64, Self::Error>;
     /// Every node with its place, in any order (checks and tests).
@@ -120,15 +149,19 @@ pub trait TreeStore {
     /// True if a move with this stamp is logged.
     fn log_contains(&self, stamp: Stamp) -> Result<bool, Self::Error>;
     /// Appends an entry newer than every logged one.
-    fn log_push(&mut self, entry: LogEntry) -> Result<(), Self::Error>;
+    fn log_push(&mut self, entry: LogEntry<Self::Node>) -> Result<(), Self::Error>;
     /// Removes every entry newer than `stamp`, appending them to `out`
     /// newest first.
-    fn log_pop_above(&mut self, stamp: Stamp, out: &mut Vec<LogEntry>) -> Result<(), Self::Error>;
+    fn log_pop_above(
+        &mut self,
+        stamp: Stamp,
+        out: &mut Vec<LogEntry<Self::Node>>,
+    ) -> Result<(), Self::Error>;
     /// Removes every entry at or below `stamp`; returns how many.
     fn log_truncate_through(&mut self, stamp: Stamp) -> Result<u64, Self::Error>;
     /// Number of logged entries.
     fn log_len(&self) -> Result<u64, Self::Error>;
-    /// Every logged entry in log order (checks and tests).
+    /// Every logged entry in log order, by id (checks and tests).
     fn log_entries(&self) -> Result<Vec<LogEntry>, Self::Error>;
 
     /// The lowest stamp that may still be applied is above this one.
@@ -139,7 +172,12 @@ pub trait TreeStore {
     /// The register of `(node, field)`.
     fn payload(&self, node: NodeId, field: &str) -> Result<Option<Payload>, Self::Error>;
     /// Overwrites the register of `(node, field)`.
-    fn set_payload(&mut self, node: NodeId, field: &str, payload: Payload) -> Result<(), Self::Error>;
+    fn set_payload(
+        &mut self,
+        node: NodeId,
+        field: &str,
+        payload: Payload,
+    ) -> Result<(), Self::Error>;
     /// Every register of `node`, sorted by field.
     fn payloads(&self, node: NodeId) -> Result<Vec<(String, Payload)>, Self::Error>;
     /// Every register, in any order (checks and tests).
@@ -206,6 +244,8 @@ pub struct Tree<S> {
 }
 
 type Res<T, S> = Result<T, TreeError<<S as TreeStore>::Error>>;
+/// (node, parent) handles of a batch's moves.
+type Handles<S> = Vec<(<S as TreeStore>::Node, <S as TreeStore>::Node)>;
 
 impl<S: TreeStore> Tree<S> {
     /// Wraps a store (empty or holding a previous state).
@@ -261,8 +301,9 @@ impl<S: TreeStore> Tree<S> {
         if let Some(first) = moves.first() {
             let last = self.store.log_last().map_err(TreeError::Store)?;
             if last.is_none_or(|l| first.stamp > l) {
-                for m in &moves {
-                    applied.skipped += usize::from(self.do_move(m.stamp, m.node, m.parent, &m.key)?);
+                let handles = self.intern_all(&moves)?;
+                for (m, (node, parent)) in moves.iter().zip(handles) {
+                    applied.skipped += usize::from(self.do_move(m.stamp, node, parent, &m.key)?);
                 }
                 applied.moves = moves.len();
             } else {
@@ -270,7 +311,9 @@ impl<S: TreeStore> Tree<S> {
                 // the newest logged stamp.
                 let mut fresh = Vec::with_capacity(moves.len());
                 for m in moves {
-                    if last.is_some_and(|l| m.stamp <= l) && self.store.log_contains(m.stamp).map_err(TreeError::Store)? {
+                    if last.is_some_and(|l| m.stamp <= l)
+                        && self.store.log_contains(m.stamp).map_err(TreeError::Store)?
+                    {
                         applied.duplicates += 1;
                     } else {
                         fresh.push(m);
@@ -296,30 +339,36 @@ impl<S: TreeStore> Tree<S> {
     /// with `fresh` (sorted, none logged). Returns (redone, skipped fresh).
     fn undo_redo(&mut self, lowest: Stamp, fresh: &[&MoveOp]) -> Res<(usize, usize), S> {
         let mut undone = Vec::new();
-        self.store.log_pop_above(lowest, &mut undone).map_err(TreeError::Store)?;
+        self.store
+            .log_pop_above(lowest, &mut undone)
+            .map_err(TreeError::Store)?;
         for e in &undone {
             match &e.effect {
                 Effect::Skipped => {}
-                Effect::Moved { prev: None } => self.store.remove(e.node).map_err(TreeError::Store)?,
-                Effect::Moved { prev: Some(p) } => {
-                    self.store.set_place(e.node, p.clone()).map_err(TreeError::Store)?
+                Effect::Moved { prev: None } => {
+                    self.store.remove(e.node).map_err(TreeError::Store)?
                 }
+                Effect::Moved { prev: Some(p) } => self
+                    .store
+                    .set_place(e.node, p.clone())
+                    .map_err(TreeError::Store)?,
             }
         }
         let redone = undone.len();
         let mut skipped = 0;
         // Merge: `undone` is newest first, so pop from its end.
-        let mut fresh = fresh.iter().peekable();
+        let handles = self.intern_all(fresh)?;
+        let mut fresh = fresh.iter().zip(handles).peekable();
         loop {
             let take_fresh = match (fresh.peek(), undone.last()) {
-                (Some(f), Some(u)) => f.stamp < u.stamp,
+                (Some((f, _)), Some(u)) => f.stamp < u.stamp,
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
                 (None, None) => break,
             };
             if take_fresh {
-                if let Some(m) = fresh.next() {
-                    skipped += usize::from(self.do_move(m.stamp, m.node, m.parent, &m.key)?);
+                if let Some((m, (node, parent))) = fresh.next() {
+                    skipped += usize::from(self.do_move(m.stamp, node, parent, &m.key)?);
                 }
             } else if let Some(e) = undone.pop() {
                 self.do_move(e.stamp, e.node, e.parent, &e.key)?;
@@ -328,13 +377,32 @@ impl<S: TreeStore> Tree<S> {
         Ok((redone, skipped))
     }
 
+    /// Handles of every move's node and parent, looked up in one pass (the
+    /// lookups are independent, so their cache misses overlap).
+    fn intern_all(&mut self, moves: &[&MoveOp]) -> Res<Handles<S>, S> {
+        moves
+            .iter()
+            .map(|m| {
+                let node = self.store.intern(m.node).map_err(TreeError::Store)?;
+                let parent = self.store.intern(m.parent).map_err(TreeError::Store)?;
+                Ok((node, parent))
+            })
+            .collect()
+    }
+
     /// `do` of the paper; returns true if the move was skipped.
-    fn do_move(&mut self, stamp: Stamp, node: NodeId, parent: NodeId, key: &OrderKey) -> Res<bool, S> {
+    fn do_move(
+        &mut self,
+        stamp: Stamp,
+        node: S::Node,
+        parent: S::Node,
+        key: &OrderKey,
+    ) -> Res<bool, S> {
         let st = &mut self.store;
         let prev = st.place(node).map_err(TreeError::Store)?;
         let skip = node == parent
-            || (st.has_children(node).map_err(TreeError::Store)? && self.is_ancestor(node, parent)?);
-        let st = &mut self.store;
+            || (st.has_children(node).map_err(TreeError::Store)?
+                && st.is_ancestor(node, parent).map_err(TreeError::Store)?);
         let effect = if skip {
             Effect::Skipped
         } else {
@@ -360,7 +428,10 @@ impl<S: TreeStore> Tree<S> {
     }
 
     fn set(&mut self, s: &SetOp) -> Res<bool, S> {
-        let cur = self.store.payload(s.node, &s.field).map_err(TreeError::Store)?;
+        let cur = self
+            .store
+            .payload(s.node, &s.field)
+            .map_err(TreeError::Store)?;
         if cur.is_some_and(|p| p.stamp >= s.stamp) {
             return Ok(false);
         }
@@ -380,16 +451,17 @@ impl<S: TreeStore> Tree<S> {
     /// True if `a` is `b` or an ancestor of `b` (walks up from `b`, no
     /// depth limit).
     pub fn is_ancestor(&self, a: NodeId, b: NodeId) -> Res<bool, S> {
-        let mut cur = b;
-        loop {
-            if cur == a {
-                return Ok(true);
-            }
-            match self.store.parent(cur).map_err(TreeError::Store)? {
-                Some(p) => cur = p,
-                None => return Ok(false),
-            }
+        if a == b {
+            return Ok(true);
         }
+        match (self.lookup(a)?, self.lookup(b)?) {
+            (Some(a), Some(b)) => self.store.is_ancestor(a, b).map_err(TreeError::Store),
+            _ => Ok(false),
+        }
+    }
+
+    fn lookup(&self, id: NodeId) -> Res<Option<S::Node>, S> {
+        self.store.lookup(id).map_err(TreeError::Store)
     }
 
     /// Truncates the log at or below `stamp` and raises the horizon to it:
@@ -408,33 +480,73 @@ impl<S: TreeStore> Tree<S> {
 
     /// The node's parent (`None` for ROOT, TRASH and unknown nodes).
     pub fn parent(&self, node: NodeId) -> Res<Option<NodeId>, S> {
-        self.store.parent(node).map_err(TreeError::Store)
+        let Some(h) = self.lookup(node)? else {
+            return Ok(None);
+        };
+        match self.store.parent(h).map_err(TreeError::Store)? {
+            Some(p) => self.store.id(p).map(Some).map_err(TreeError::Store),
+            None => Ok(None),
+        }
     }
 
     /// The node's place.
     pub fn place(&self, node: NodeId) -> Res<Option<Place>, S> {
-        self.store.place(node).map_err(TreeError::Store)
+        let Some(h) = self.lookup(node)? else {
+            return Ok(None);
+        };
+        match self.store.place(h).map_err(TreeError::Store)? {
+            Some(p) => Ok(Some(Place {
+                parent: self.store.id(p.parent).map_err(TreeError::Store)?,
+                key: p.key,
+            })),
+            None => Ok(None),
+        }
     }
 
     /// True if the node is in the tree (ROOT and TRASH always are).
     pub fn contains(&self, node: NodeId) -> Res<bool, S> {
-        self.store.contains(node).map_err(TreeError::Store)
+        if node.is_reserved() {
+            return Ok(true);
+        }
+        match self.lookup(node)? {
+            Some(h) => self.store.contains(h).map_err(TreeError::Store),
+            None => Ok(false),
+        }
     }
 
     /// A page of `parent`'s children in sibling order, after `cursor`.
-    pub fn children(&self, parent: NodeId, cursor: Option<&Child>, limit: usize) -> Res<Vec<Child>, S> {
-        self.store
-            .children(parent, cursor.map(|c| (&c.key, c.id)), limit)
-            .map_err(TreeError::Store)
+    pub fn children(
+        &self,
+        parent: NodeId,
+        cursor: Option<&Child>,
+        limit: usize,
+    ) -> Res<Vec<Child>, S> {
+        match self.lookup(parent)? {
+            Some(h) => self
+                .store
+                .children(h, cursor.map(|c| (&c.key, c.id)), limit)
+                .map_err(TreeError::Store),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The last child of `parent` (to append after it).
+    pub fn last_child(&self, parent: NodeId) -> Res<Option<Child>, S> {
+        match self.lookup(parent)? {
+            Some(h) => self.store.last_child(h).map_err(TreeError::Store),
+            None => Ok(None),
+        }
     }
 
     /// Ancestors of `node`, its parent first, ending at ROOT or TRASH (or
     /// at a parent not yet in the tree).
     pub fn ancestors(&self, node: NodeId) -> Res<Vec<NodeId>, S> {
         let mut out = Vec::new();
-        let mut cur = node;
-        while let Some(p) = self.parent(cur)? {
-            out.push(p);
+        let Some(mut cur) = self.lookup(node)? else {
+            return Ok(out);
+        };
+        while let Some(p) = self.store.parent(cur).map_err(TreeError::Store)? {
+            out.push(self.store.id(p).map_err(TreeError::Store)?);
             cur = p;
         }
         Ok(out)
@@ -472,7 +584,12 @@ impl<S: TreeStore> Tree<S> {
 
     /// Every node place and register, for comparisons.
     pub fn state(&self) -> Res<TreeState, S> {
-        let nodes = self.store.all_nodes().map_err(TreeError::Store)?.into_iter().collect();
+        let nodes = self
+            .store
+            .all_nodes()
+            .map_err(TreeError::Store)?
+            .into_iter()
+            .collect();
         let payloads = self
             .store
             .all_payloads()
@@ -491,7 +608,12 @@ impl<S: TreeStore> Tree<S> {
         let err = |m: String| InvariantError(m);
         let store_err = |e: S::Error| InvariantError(format!("store: {e}"));
         self.store.check_store().map_err(err)?;
-        let nodes: BTreeMap<NodeId, Place> = self.store.all_nodes().map_err(store_err)?.into_iter().collect();
+        let nodes: BTreeMap<NodeId, Place> = self
+            .store
+            .all_nodes()
+            .map_err(store_err)?
+            .into_iter()
+            .collect();
         for reserved in [NodeId::ROOT, NodeId::TRASH] {
             if nodes.contains_key(&reserved) {
                 return Err(err(format!("{reserved:?} has a parent")));
@@ -526,20 +648,33 @@ impl<S: TreeStore> Tree<S> {
         // Children index agrees with parents, in (key, id) order.
         let mut by_parent: BTreeMap<NodeId, Vec<(OrderKey, NodeId)>> = BTreeMap::new();
         for (id, p) in &nodes {
-            by_parent.entry(p.parent).or_default().push((p.key.clone(), *id));
+            by_parent
+                .entry(p.parent)
+                .or_default()
+                .push((p.key.clone(), *id));
         }
         let mut listed = 0usize;
         for (parent, mut kids) in by_parent {
             kids.sort();
-            let got = self.store.children(parent, None, usize::MAX).map_err(store_err)?;
+            let Some(ph) = self.store.lookup(parent).map_err(store_err)? else {
+                return Err(err(format!("parent {parent:?} has no handle")));
+            };
+            let got = self
+                .store
+                .children(ph, None, usize::MAX)
+                .map_err(store_err)?;
             let got: Vec<(OrderKey, NodeId)> = got.into_iter().map(|c| (c.key, c.id)).collect();
             if got != kids {
-                return Err(err(format!("children index of {parent:?} disagrees with parents")));
+                return Err(err(format!(
+                    "children index of {parent:?} disagrees with parents"
+                )));
             }
             listed += got.len();
         }
         if listed != nodes.len() {
-            return Err(err("children index lists a different number of nodes".into()));
+            return Err(err(
+                "children index lists a different number of nodes".into()
+            ));
         }
         let log = self.store.log_entries().map_err(store_err)?;
         if !log.windows(2).all(|w| w[0].stamp < w[1].stamp) {
@@ -547,7 +682,10 @@ impl<S: TreeStore> Tree<S> {
         }
         if let (Some(h), Some(first)) = (self.store.horizon().map_err(store_err)?, log.first()) {
             if first.stamp <= h {
-                return Err(err(format!("log entry {:?} at or below horizon {h:?}", first.stamp)));
+                return Err(err(format!(
+                    "log entry {:?} at or below horizon {h:?}",
+                    first.stamp
+                )));
             }
         }
         if self.store.log_len().map_err(store_err)? != log.len() as u64 {
@@ -585,7 +723,10 @@ impl<S: TreeStore> Iterator for Subtree<'_, S> {
                     continue;
                 }
                 let cursor = frame.page.last().cloned();
-                match self.tree.children(frame.parent, cursor.as_ref(), SUBTREE_PAGE) {
+                match self
+                    .tree
+                    .children(frame.parent, cursor.as_ref(), SUBTREE_PAGE)
+                {
                     Ok(page) => {
                         frame.done = page.len() < SUBTREE_PAGE;
                         frame.page = page;

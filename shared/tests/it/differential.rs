@@ -11,7 +11,12 @@ type Oracle = State<u128, (), u64>;
 
 fn oracle_op(op: &Op) -> OpMove<u128, (), u64> {
     let Op::Move(m) = op else { unreachable!() };
-    OpMove::new(Clock::new(m.stamp.replica.0, Some(m.stamp.hlc.0)), m.parent.0, (), m.node.0)
+    OpMove::new(
+        Clock::new(m.stamp.replica.0, Some(m.stamp.hlc.0)),
+        m.parent.0,
+        (),
+        m.node.0,
+    )
 }
 
 /// A random op set: `ops` moves over `nodes` nodes by up to 5 replicas,

@@ -8,20 +8,50 @@ use crate::util::*;
 fn children_are_paged_in_key_then_id_order() {
     let mut t = tree();
     // Equal keys fall back to id order.
-    apply(&mut t, &[mvk(1, 1, 5, 0, &[0x90]), mvk(2, 1, 3, 0, &[0x80]), mvk(3, 1, 4, 0, &[0x80]), mvk(4, 1, 1, 0, &[0xA0])]);
-    let all: Vec<NodeId> = t.children(NodeId::ROOT, None, 10).unwrap().into_iter().map(|c| c.id).collect();
+    apply(
+        &mut t,
+        &[
+            mvk(1, 1, 5, 0, &[0x90]),
+            mvk(2, 1, 3, 0, &[0x80]),
+            mvk(3, 1, 4, 0, &[0x80]),
+            mvk(4, 1, 1, 0, &[0xA0]),
+        ],
+    );
+    let all: Vec<NodeId> = t
+        .children(NodeId::ROOT, None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
     assert_eq!(all, vec![n(3), n(4), n(5), n(1)]);
     let page1 = t.children(NodeId::ROOT, None, 2).unwrap();
     let page2 = t.children(NodeId::ROOT, page1.last(), 2).unwrap();
     let ids: Vec<NodeId> = page1.iter().chain(&page2).map(|c| c.id).collect();
     assert_eq!(ids, all);
-    assert!(t.children(NodeId::ROOT, page2.last(), 2).unwrap().is_empty());
+    assert!(
+        t.children(NodeId::ROOT, page2.last(), 2)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        t.last_child(NodeId::ROOT).unwrap().map(|c| c.id),
+        Some(n(1))
+    );
+    assert_eq!(t.last_child(n(1)).unwrap(), None);
 }
 
 #[test]
 fn ancestors_subtree_and_trash() {
     let mut t = tree();
-    apply(&mut t, &[mv(1, 1, 1, 0), mvk(2, 1, 2, 1, &[0x81]), mvk(3, 1, 3, 1, &[0x82]), mv(4, 1, 4, 2)]);
+    apply(
+        &mut t,
+        &[
+            mv(1, 1, 1, 0),
+            mvk(2, 1, 2, 1, &[0x81]),
+            mvk(3, 1, 3, 1, &[0x82]),
+            mv(4, 1, 4, 2),
+        ],
+    );
     assert_eq!(t.ancestors(n(4)).unwrap(), vec![n(2), n(1), NodeId::ROOT]);
     let sub: Vec<(NodeId, usize)> = t.subtree(n(1)).map(|r| r.unwrap()).collect();
     assert_eq!(sub, vec![(n(2), 1), (n(4), 2), (n(3), 1)]);
@@ -38,7 +68,15 @@ fn ancestors_subtree_and_trash() {
 #[test]
 fn moving_a_node_under_itself_or_its_descendant_is_skipped_but_logged() {
     let mut t = tree();
-    apply(&mut t, &[mv(1, 1, 1, 0), mv(2, 1, 2, 1), mv(3, 1, 1, 1), mv(4, 1, 1, 2)]);
+    apply(
+        &mut t,
+        &[
+            mv(1, 1, 1, 0),
+            mv(2, 1, 2, 1),
+            mv(3, 1, 1, 1),
+            mv(4, 1, 1, 2),
+        ],
+    );
     assert_eq!(parent(&t, 1), Some(NodeId::ROOT));
     let log = t.store().log_entries().unwrap();
     assert_eq!(log.len(), 4);
@@ -48,7 +86,12 @@ fn moving_a_node_under_itself_or_its_descendant_is_skipped_but_logged() {
 
 #[test]
 fn sets_are_last_writer_wins_per_field_in_any_order() {
-    let ops = [set(5, 1, 1, "text", Some("b")), set(3, 2, 1, "text", Some("a")), set(5, 2, 1, "text", None), set(4, 1, 1, "color", Some("red"))];
+    let ops = [
+        set(5, 1, 1, "text", Some("b")),
+        set(3, 2, 1, "text", Some("a")),
+        set(5, 2, 1, "text", None),
+        set(4, 1, 1, "color", Some("red")),
+    ];
     let mut a = tree();
     apply(&mut a, &ops);
     let mut b = tree();
@@ -58,7 +101,10 @@ fn sets_are_last_writer_wins_per_field_in_any_order() {
     assert_eq!(a.state().unwrap(), b.state().unwrap());
     let text = a.payload(n(1), "text").unwrap().unwrap();
     assert_eq!((text.stamp, text.value), (Stamp::new(5, 2), None));
-    assert_eq!(a.payload(n(1), "color").unwrap().unwrap().value.as_deref(), Some("red"));
+    assert_eq!(
+        a.payload(n(1), "color").unwrap().unwrap().value.as_deref(),
+        Some("red")
+    );
 }
 
 #[test]

@@ -1,5 +1,11 @@
 //! Integration tests of the `arbor-shared` core, linked into one binary.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs, unreachable_pub)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    unreachable_pub
+)]
 
 mod differential;
 mod engine;

@@ -44,7 +44,12 @@ fn all_orders(n: usize) -> Vec<Vec<usize>> {
 #[test]
 fn two_cycle_from_concurrent_moves() {
     // x=1, y=2 under ROOT; replica 1 moves x under y, replica 2 y under x.
-    let ops = [mv(1, 1, 1, 0), mv(2, 1, 2, 0), mv(10, 1, 1, 2), mv(10, 2, 2, 1)];
+    let ops = [
+        mv(1, 1, 1, 0),
+        mv(2, 1, 2, 0),
+        mv(10, 1, 1, 2),
+        mv(10, 2, 2, 1),
+    ];
     let t = converge(&ops, &all_orders(4));
     // The lower stamp (10,1) wins; (10,2) would close a cycle and is skipped.
     assert_eq!(parent(&t, 1), Some(n(2)));
@@ -53,12 +58,29 @@ fn two_cycle_from_concurrent_moves() {
 
 #[test]
 fn three_cycle_from_concurrent_moves() {
-    let ops = [mv(1, 1, 1, 0), mv(2, 1, 2, 0), mv(3, 1, 3, 0), mv(10, 1, 1, 2), mv(10, 2, 2, 3), mv(10, 3, 3, 1)];
+    let ops = [
+        mv(1, 1, 1, 0),
+        mv(2, 1, 2, 0),
+        mv(3, 1, 3, 0),
+        mv(10, 1, 1, 2),
+        mv(10, 2, 2, 3),
+        mv(10, 3, 3, 1),
+    ];
     let t = converge(&ops, &all_orders(6));
     assert_eq!(parent(&t, 1), Some(n(2)));
     assert_eq!(parent(&t, 2), Some(n(3)));
-    assert_eq!(parent(&t, 3), Some(NodeId::ROOT), "the newest move of the cycle is skipped");
-    let skipped = t.store().log_entries().unwrap().iter().filter(|e| e.effect == Effect::Skipped).count();
+    assert_eq!(
+        parent(&t, 3),
+        Some(NodeId::ROOT),
+        "the newest move of the cycle is skipped"
+    );
+    let skipped = t
+        .store()
+        .log_entries()
+        .unwrap()
+        .iter()
+        .filter(|e| e.effect == Effect::Skipped)
+        .count();
     assert_eq!(skipped, 1);
 }
 
@@ -66,14 +88,26 @@ fn three_cycle_from_concurrent_moves() {
 fn move_vs_delete_of_an_ancestor() {
     // a=1 > b=2, c=3 under ROOT. Replica 1 moves b under c while replica 2
     // deletes a: b survives under c.
-    let ops = [mv(1, 1, 1, 0), mv(2, 1, 2, 1), mv(3, 1, 3, 0), mv(10, 1, 2, 3), mv(10, 2, 1, u128::MAX)];
+    let ops = [
+        mv(1, 1, 1, 0),
+        mv(2, 1, 2, 1),
+        mv(3, 1, 3, 0),
+        mv(10, 1, 2, 3),
+        mv(10, 2, 1, u128::MAX),
+    ];
     let t = converge(&ops, &all_orders(5));
     assert_eq!(parent(&t, 2), Some(n(3)));
     assert!(!t.is_in_trash(n(2)).unwrap());
     assert!(t.is_in_trash(n(1)).unwrap());
     // Moving c into the deleted subtree concurrently with the delete puts c
     // in the trash too (restoring is the server's restore rule).
-    let ops = [mv(1, 1, 1, 0), mv(2, 1, 2, 1), mv(3, 1, 3, 0), mv(10, 1, 3, 2), mv(10, 2, 1, u128::MAX)];
+    let ops = [
+        mv(1, 1, 1, 0),
+        mv(2, 1, 2, 1),
+        mv(3, 1, 3, 0),
+        mv(10, 1, 3, 2),
+        mv(10, 2, 1, u128::MAX),
+    ];
     let t = converge(&ops, &all_orders(5));
     assert!(t.is_in_trash(n(3)).unwrap());
     assert_eq!(t.ancestors(n(3)).unwrap(), vec![n(2), n(1), NodeId::TRASH]);
@@ -99,7 +133,13 @@ fn many_ops_from_one_replica_in_the_same_millisecond() {
     for i in 0..100_000u128 {
         let stamp = clock.tick(1_700_000_000_000).unwrap();
         last = keys.after_key(&last);
-        ops.push(Op::Move(MoveOp { stamp, known_seq: 0, node: NodeId(i + 1), parent: NodeId::ROOT, key: last.clone() }));
+        ops.push(Op::Move(MoveOp {
+            stamp,
+            known_seq: 0,
+            node: NodeId(i + 1),
+            parent: NodeId::ROOT,
+            key: last.clone(),
+        }));
     }
     let mut stamps: Vec<_> = ops.iter().map(Op::stamp).collect();
     stamps.dedup();
@@ -128,7 +168,11 @@ fn cycle_attempt_across_a_chain_of_depth_10_000() {
         apply(&mut t, &chain);
         if late_cut {
             apply(&mut t, std::slice::from_ref(&head_under_tail));
-            assert_eq!(parent(&t, 1), Some(NodeId::ROOT), "skipped: would be a cycle");
+            assert_eq!(
+                parent(&t, 1),
+                Some(NodeId::ROOT),
+                "skipped: would be a cycle"
+            );
             apply(&mut t, std::slice::from_ref(&cut)); // undo, cut, redo: now valid
         } else {
             apply(&mut t, std::slice::from_ref(&cut));
@@ -136,7 +180,10 @@ fn cycle_attempt_across_a_chain_of_depth_10_000() {
         }
         assert_eq!(parent(&t, 1), Some(n(D)));
         assert_eq!(parent(&t, D / 2), Some(NodeId::ROOT));
-        assert_eq!(t.ancestors(n(D / 2 - 1)).unwrap().len() as u128, D / 2 - 1 + D / 2 + 1);
+        assert_eq!(
+            t.ancestors(n(D / 2 - 1)).unwrap().len() as u128,
+            D / 2 - 1 + D / 2 + 1
+        );
     }
 }
 
@@ -158,7 +205,13 @@ fn hundred_thousand_siblings_in_stable_order() {
             last = keys.after_key(&last);
             last.clone()
         };
-        ops.push(Op::Move(MoveOp { stamp: arbor_shared::Stamp::new(i as u64 + 1, 1), known_seq: 0, node: NodeId(i as u128 + 1), parent: NodeId::ROOT, key }));
+        ops.push(Op::Move(MoveOp {
+            stamp: arbor_shared::Stamp::new(i as u64 + 1, 1),
+            known_seq: 0,
+            node: NodeId(i as u128 + 1),
+            parent: NodeId::ROOT,
+            key,
+        }));
     }
     let mut a = tree();
     for c in ops.chunks(5_000) {
@@ -185,7 +238,10 @@ fn hundred_thousand_siblings_in_stable_order() {
     let (pa, pb) = (page(&a), page(&b));
     assert_eq!(pa.len(), N);
     assert_eq!(pa, pb);
-    assert!(pa.windows(2).all(|w| (&w[0].key, w[0].id) < (&w[1].key, w[1].id)));
+    assert!(
+        pa.windows(2)
+            .all(|w| (&w[0].key, w[0].id) < (&w[1].key, w[1].id))
+    );
 }
 
 #[test]
@@ -214,18 +270,63 @@ fn remote_op_older_than_a_long_local_history() {
 #[test]
 fn literal_action_list_with_cross_moves_and_restores() {
     let actions = [
-        Action::Create { replica: 0, parent: 0, pos: 0 },
-        Action::Create { replica: 0, parent: 0, pos: 1 },
-        Action::Create { replica: 0, parent: 1, pos: 0 },
-        Action::Deliver { to: 1, count: 9, seed: 1 },
-        Action::Deliver { to: 2, count: 9, seed: 2 },
-        Action::CrossMove { a: 1, b: 2, x: 0, y: 1 },
-        Action::Delete { replica: 0, node: 0 },
-        Action::Create { replica: 2, parent: 1, pos: 0 },
+        Action::Create {
+            replica: 0,
+            parent: 0,
+            pos: 0,
+        },
+        Action::Create {
+            replica: 0,
+            parent: 0,
+            pos: 1,
+        },
+        Action::Create {
+            replica: 0,
+            parent: 1,
+            pos: 0,
+        },
+        Action::Deliver {
+            to: 1,
+            count: 9,
+            seed: 1,
+        },
+        Action::Deliver {
+            to: 2,
+            count: 9,
+            seed: 2,
+        },
+        Action::CrossMove {
+            a: 1,
+            b: 2,
+            x: 0,
+            y: 1,
+        },
+        Action::Delete {
+            replica: 0,
+            node: 0,
+        },
+        Action::Create {
+            replica: 2,
+            parent: 1,
+            pos: 0,
+        },
         Action::Tick { ms: 0 },
-        Action::Restore { replica: 0, node: 0 },
-        Action::Set { replica: 1, node: 2, field: 0, value: 3 },
-        Action::Set { replica: 2, node: 2, field: 0, value: 0 },
+        Action::Restore {
+            replica: 0,
+            node: 0,
+        },
+        Action::Set {
+            replica: 1,
+            node: 2,
+            field: 0,
+            value: 3,
+        },
+        Action::Set {
+            replica: 2,
+            node: 2,
+            field: 0,
+            value: 0,
+        },
         Action::Redeliver { to: 1, op: 0 },
     ];
     let mut sim = Sim::new(3);

@@ -52,9 +52,15 @@ pub fn parent(t: &MemTree, node: u128) -> Option<NodeId> {
 
 /// Seed from `ARBOR_SEED` or the clock; printed so a failure can be replayed.
 pub fn seed(name: &str) -> u64 {
-    let seed = std::env::var("ARBOR_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
-    });
+    let seed = std::env::var("ARBOR_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
     eprintln!("{name}: seed {seed} (replay with ARBOR_SEED={seed})");
     seed
 }

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Sets up and runs every check CI runs: format, clippy (-D warnings), the
+# wasm32 build of `shared`, all tests, and the release-mode scaling test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/arbor/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain"
+cargo --version
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --locked --workspace --all-targets -- -D warnings
+
+step "wasm32-unknown-unknown build of arbor-shared"
+bash scripts/build-wasm-shared.sh
+
+step "cargo test --workspace"
+cargo test --locked --workspace
+
+step "scaling test (release, ignored by default)"
+cargo test --locked --release -p arbor-shared --test it -- --ignored --nocapture
