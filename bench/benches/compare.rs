@@ -266,6 +266,10 @@ fn bench_merge(
         );
         ra.tree.check_invariants().unwrap();
 
+        if std::env::var("ARBOR_BENCH_ARBOR_ONLY").is_ok_and(|v| v == "1") {
+            // Profiling Arbor alone: skip loro and crdt_tree.
+            continue;
+        }
         let mut la = lbase.fork(1);
         let mut lb = lbase.fork(2);
         for w in &wa {

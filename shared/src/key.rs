@@ -28,6 +28,7 @@
 use std::cmp::Ordering;
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -38,7 +39,8 @@ const INLINE: usize = 7;
 
 /// A sibling order key (see the module docs for the format).
 ///
-/// 16 bytes in memory; keys up to 7 bytes (the common case) need no heap.
+/// 16 bytes in memory; keys up to 7 bytes (the common case) need no heap,
+/// longer ones share one immutable heap copy between clones.
 #[derive(Clone)]
 pub struct OrderKey(Repr);
 
@@ -46,8 +48,9 @@ pub struct OrderKey(Repr);
 enum Repr {
     /// Invariant: `len <= INLINE`; bytes past `len` are zero.
     Inline { len: u8, buf: [u8; INLINE] },
-    /// Invariant: more than `INLINE` bytes.
-    Heap(Box<[u8]>),
+    /// Invariant: more than `INLINE` bytes. Shared, so the clones the log
+    /// and the tree keep of one key cost a reference count, not a copy.
+    Heap(Arc<[u8]>),
 }
 
 /// Errors about order keys.

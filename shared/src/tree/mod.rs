@@ -303,27 +303,30 @@ impl<S: TreeStore> Tree<S> {
             if last.is_none_or(|l| first.stamp > l) {
                 let handles = self.intern_all(&moves)?;
                 for (m, (node, parent)) in moves.iter().zip(handles) {
-                    applied.skipped += usize::from(self.do_move(m.stamp, node, parent, &m.key)?);
+                    applied.skipped +=
+                        usize::from(self.do_move(m.stamp, node, parent, m.key.clone())?);
                 }
                 applied.moves = moves.len();
             } else {
-                // Drop moves already logged; they can only be at or below
-                // the newest logged stamp.
-                let mut fresh = Vec::with_capacity(moves.len());
-                for m in moves {
-                    if last.is_some_and(|l| m.stamp <= l)
-                        && self.store.log_contains(m.stamp).map_err(TreeError::Store)?
-                    {
-                        applied.duplicates += 1;
-                    } else {
-                        fresh.push(m);
+                // Entries at or below the first new stamp stay in the log, so
+                // only leading moves can duplicate them: look those up one by
+                // one. Duplicates above it are found while merging with the
+                // undone entries (no per-op log search).
+                let mut start = 0;
+                while let Some(m) = moves.get(start) {
+                    if !self.store.log_contains(m.stamp).map_err(TreeError::Store)? {
+                        break;
                     }
+                    start += 1;
                 }
-                if let Some(first) = fresh.first() {
-                    applied.moves = fresh.len();
-                    let (redone, skipped) = self.undo_redo(first.stamp, &fresh)?;
+                applied.duplicates += start;
+                if let Some(first) = moves.get(start) {
+                    let fresh = &moves[start..];
+                    let (redone, skipped, dups) = self.undo_redo(first.stamp, fresh)?;
+                    applied.moves = fresh.len() - dups;
                     applied.redone = redone;
                     applied.skipped = skipped;
+                    applied.duplicates += dups;
                 }
             }
         }
@@ -337,30 +340,38 @@ impl<S: TreeStore> Tree<S> {
 
     /// Undoes every logged move above `lowest`, then redoes them merged
     /// with `fresh` (sorted, none logged). Returns (redone, skipped fresh).
-    fn undo_redo(&mut self, lowest: Stamp, fresh: &[&MoveOp]) -> Res<(usize, usize), S> {
+    /// Undoes every logged move above `lowest`, then redoes them merged
+    /// with `fresh` (sorted; the first not logged). A fresh move whose stamp
+    /// equals an undone entry's is a duplicate and is dropped. Returns
+    /// (redone, skipped fresh, duplicates).
+    fn undo_redo(&mut self, lowest: Stamp, fresh: &[&MoveOp]) -> Res<(usize, usize, usize), S> {
         let mut undone = Vec::new();
         self.store
             .log_pop_above(lowest, &mut undone)
             .map_err(TreeError::Store)?;
-        for e in &undone {
-            match &e.effect {
+        for e in &mut undone {
+            match std::mem::replace(&mut e.effect, Effect::Skipped) {
                 Effect::Skipped => {}
                 Effect::Moved { prev: None } => {
                     self.store.remove(e.node).map_err(TreeError::Store)?
                 }
-                Effect::Moved { prev: Some(p) } => self
-                    .store
-                    .set_place(e.node, p.clone())
-                    .map_err(TreeError::Store)?,
+                Effect::Moved { prev: Some(p) } => {
+                    self.store.set_place(e.node, p).map_err(TreeError::Store)?
+                }
             }
         }
         let redone = undone.len();
-        let mut skipped = 0;
+        let (mut skipped, mut dups) = (0, 0);
         // Merge: `undone` is newest first, so pop from its end.
         let handles = self.intern_all(fresh)?;
         let mut fresh = fresh.iter().zip(handles).peekable();
         loop {
             let take_fresh = match (fresh.peek(), undone.last()) {
+                (Some((f, _)), Some(u)) if f.stamp == u.stamp => {
+                    fresh.next();
+                    dups += 1;
+                    continue;
+                }
                 (Some((f, _)), Some(u)) => f.stamp < u.stamp,
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
@@ -368,13 +379,13 @@ impl<S: TreeStore> Tree<S> {
             };
             if take_fresh {
                 if let Some((m, (node, parent))) = fresh.next() {
-                    skipped += usize::from(self.do_move(m.stamp, node, parent, &m.key)?);
+                    skipped += usize::from(self.do_move(m.stamp, node, parent, m.key.clone())?);
                 }
             } else if let Some(e) = undone.pop() {
-                self.do_move(e.stamp, e.node, e.parent, &e.key)?;
+                self.do_move(e.stamp, e.node, e.parent, e.key)?;
             }
         }
-        Ok((redone, skipped))
+        Ok((redone, skipped, dups))
     }
 
     /// Handles of every move's node and parent, looked up in one pass (the
@@ -396,7 +407,7 @@ impl<S: TreeStore> Tree<S> {
         stamp: Stamp,
         node: S::Node,
         parent: S::Node,
-        key: &OrderKey,
+        key: OrderKey,
     ) -> Res<bool, S> {
         let st = &mut self.store;
         let prev = st.place(node).map_err(TreeError::Store)?;
@@ -420,7 +431,7 @@ impl<S: TreeStore> Tree<S> {
             stamp,
             node,
             parent,
-            key: key.clone(),
+            key,
             effect,
         })
         .map_err(TreeError::Store)?;

@@ -170,3 +170,20 @@ fn duplicate_ops_in_and_across_batches_change_nothing() {
     assert_eq!(t.state().unwrap(), state);
     assert_eq!(t.store().log_entries().unwrap(), log);
 }
+
+#[test]
+fn duplicates_above_the_first_new_stamp_are_found_while_merging() {
+    let mut t = tree();
+    apply(&mut t, &[mv(1, 1, 1, 0), mv(3, 1, 2, 0), mv(5, 1, 3, 0)]);
+    let log = t.store().log_entries().unwrap();
+    // (4,1) is new; (3,1) and (5,1) are logged already.
+    let a = t
+        .apply(&[mv(5, 1, 3, 0), mv(4, 1, 3, 1), mv(3, 1, 2, 0)])
+        .unwrap();
+    t.check_invariants().unwrap();
+    assert_eq!((a.moves, a.duplicates, a.redone), (1, 2, 1));
+    let after = t.store().log_entries().unwrap();
+    assert_eq!(after.len(), log.len() + 1);
+    // (5,1) moved 3 under ROOT after (4,1) moved it under 1.
+    assert_eq!(parent(&t, 3), Some(NodeId::ROOT));
+}
