@@ -232,11 +232,12 @@ fn bench_merge(
 ) -> (f64, f64, Option<f64>) {
     let base_ws = Generator::new(7).build(n, shape);
     let base = arbor_build(&base_ws, 100);
-    let mut lbase = LoroReplica::new(100);
-    lbase.build(&base_ws);
     let mut a_rates = Vec::new();
     let mut l_rates = Vec::new();
     let mut c_rate = None;
+    // Every Arbor run first, then every loro run, so neither measures on a
+    // heap the other one fragmented.
+    let mut workloads = Vec::new();
     for run in 0..runs {
         let mut ra = ArborReplica::new(1, base.tree.store().clone());
         let mut rb = ArborReplica::new(2, base.tree.store().clone());
@@ -265,11 +266,16 @@ fn bench_merge(
             "arbor replicas diverged"
         );
         ra.tree.check_invariants().unwrap();
-
-        if std::env::var("ARBOR_BENCH_ARBOR_ONLY").is_ok_and(|v| v == "1") {
-            // Profiling Arbor alone: skip loro and crdt_tree.
-            continue;
-        }
+        workloads.push((wa, wb, oa, ob));
+    }
+    drop(base);
+    if std::env::var("ARBOR_BENCH_ARBOR_ONLY").is_ok_and(|v| v == "1") {
+        // Profiling Arbor alone: skip loro and crdt_tree.
+        return (median(a_rates), 1.0, None);
+    }
+    let mut lbase = LoroReplica::new(100);
+    lbase.build(&base_ws);
+    for (run, (wa, wb, oa, ob)) in workloads.into_iter().enumerate() {
         let mut la = lbase.fork(1);
         let mut lb = lbase.fork(2);
         for w in &wa {
