@@ -76,10 +76,10 @@ impl ArborReplica {
     pub fn local(&mut self, w: WOp, now_ms: u64) -> Option<Op> {
         let parent = id(w.parent);
         let key = match w.at {
-            Where::Last => match self.tree.last_child(parent).ok()? {
-                Some(c) => self.keys.after_key(&c.key),
-                None => self.keys.between(None, None).ok()?,
-            },
+            Where::Last => {
+                let last = self.tree.last_child(parent).ok()?;
+                self.keys.append_after(last.as_ref().map(|c| &c.key))
+            }
             Where::First => {
                 let first = self.tree.children(parent, None, 1).ok()?;
                 self.keys

@@ -27,10 +27,7 @@ impl Device {
 
     fn mv(&mut self, node: NodeId, parent: NodeId, now_ms: u64) {
         let last = self.tree.last_child(parent).unwrap();
-        let key = match last {
-            Some(c) => self.keys.after_key(&c.key),
-            None => self.keys.between(None, None).unwrap(),
-        };
+        let key = self.keys.append_after(last.as_ref().map(|c| &c.key));
         let stamp = self.clock.tick(now_ms).unwrap();
         let op = Op::Move(MoveOp {
             stamp,

@@ -215,7 +215,7 @@ impl KeyGen {
         hi: Option<&OrderKey>,
     ) -> Result<OrderKey, KeyError> {
         let bytes = match (lo, hi) {
-            (None, None) => vec![0x80, 0x78 + self.step() as u8],
+            (None, None) => self.first(),
             (Some(lo), None) => self.after(lo.as_bytes()),
             (None, Some(hi)) => self.before(hi.as_bytes()),
             (Some(lo), Some(hi)) => {
@@ -240,6 +240,21 @@ impl KeyGen {
     /// A key after every key in a list whose last key is `last`.
     pub fn after_key(&mut self, last: &OrderKey) -> OrderKey {
         OrderKey::from_bytes_unchecked(&self.after(last.as_bytes()))
+    }
+
+    /// A key for appending to a list whose last key is `last` (`None`: the
+    /// list is empty).
+    pub fn append_after(&mut self, last: Option<&OrderKey>) -> OrderKey {
+        let bytes = match last {
+            Some(k) => self.after(k.as_bytes()),
+            None => self.first(),
+        };
+        OrderKey::from_bytes_unchecked(&bytes)
+    }
+
+    /// The first key of an empty list.
+    fn first(&mut self) -> Vec<u8> {
+        vec![0x80, 0x78 + self.step() as u8]
     }
 
     fn after(&mut self, k: &[u8]) -> Vec<u8> {

@@ -281,33 +281,6 @@ impl MemoryStore {
             effect,
         }
     }
-
-    /// Bytes of heap and inline memory this store holds, by part: an
-    /// estimate from capacities (used by the memory benchmark).
-    pub fn approx_bytes(&self) -> usize {
-        use std::mem::size_of;
-        let heap_key = |k: &OrderKey| {
-            if k.as_bytes().len() > 7 {
-                k.as_bytes().len()
-            } else {
-                0
-            }
-        };
-        let index = self.index.capacity() * (size_of::<u32>() + 1);
-        let slots = self.slots.capacity() * (size_of::<Slot>() + size_of::<Topo>())
-            + self.slots.iter().map(|s| heap_key(&s.key)).sum::<usize>();
-        let lists: usize = self
-            .lists
-            .iter()
-            .map(|l| match l {
-                ChildList::Small(v) => v.capacity() * 4,
-                ChildList::Large(m) => m.len() * 48,
-            })
-            .sum::<usize>()
-            + self.lists.capacity() * size_of::<ChildList>();
-        let log = self.log.capacity() * size_of::<MemLog>();
-        index + slots + lists + log
-    }
 }
 
 fn cmp_child(slots: &[Slot], c: u32, key: &OrderKey, id: NodeId) -> std::cmp::Ordering {

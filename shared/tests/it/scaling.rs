@@ -43,10 +43,8 @@ impl Replica {
     }
 
     fn op(&mut self, node: u128, parent: u128, now: u64) -> Op {
-        let key = match self.tree.last_child(NodeId(parent)).unwrap() {
-            Some(c) => self.keys.after_key(&c.key),
-            None => self.keys.between(None, None).unwrap(),
-        };
+        let last = self.tree.last_child(NodeId(parent)).unwrap();
+        let key = self.keys.append_after(last.as_ref().map(|c| &c.key));
         let stamp = self.clock.tick(now).unwrap();
         let op = Op::Move(MoveOp {
             stamp,
