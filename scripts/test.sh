@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up and runs every check CI runs: format, clippy (-D warnings), the
-# wasm32 build of `shared`, all tests, and the release-mode scaling test.
+# wasm32 build of `shared`, all tests (against Postgres clusters the tests
+# start themselves), and the release-mode scaling test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/arbor/target}"
@@ -11,6 +12,9 @@ step "toolchain"
 cargo --version
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+
+step "postgres binaries (tests start their own clusters)"
+bash scripts/ensure-postgres.sh
 
 step "cargo fmt --check"
 cargo fmt --all --check

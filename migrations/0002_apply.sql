@@ -1,0 +1,509 @@
+-- The CRDT apply function and its helpers. Contract: migrations/README.md.
+-- Constants: ROOT = 00000000-0000-0000-0000-000000000000,
+-- TRASH = ffffffff-ffff-ffff-ffff-ffffffffffff, the server replica (0) is
+-- stored as -9223372036854775808 (replicas are stored with the sign bit
+-- flipped so that bigint order is u64 order).
+
+-- The smallest simple key after `k` (NULL: the first key, 0x80). Used for
+-- restores that fall back to the end of ROOT's children.
+CREATE FUNCTION arbor_key_after(k bytea) RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    n int;
+BEGIN
+    IF k IS NULL THEN
+        RETURN '\x80'::bytea;
+    END IF;
+    n := length(k);
+    FOR i IN 0 .. n - 1 LOOP
+        IF get_byte(k, i) < 255 THEN
+            RETURN set_byte(substring(k FROM 1 FOR i + 1), i, get_byte(k, i) + 1);
+        END IF;
+    END LOOP;
+    IF n < 256 THEN
+        RETURN k || '\x80'::bytea;
+    END IF;
+    RETURN k; -- 256 bytes of 0xff: equal keys are ordered by id
+END $$;
+
+-- True if `a` is `b` or an ancestor of `b`: one recursive query walking up
+-- from `b` (no depth limit; UNION also stops on a corrupt cycle).
+CREATE FUNCTION arbor_is_ancestor(p_space bigint, a uuid, b uuid) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    WITH RECURSIVE up (id) AS (
+        SELECT b
+        UNION
+        SELECT n.parent FROM up JOIN nodes n ON n.space = p_space AND n.id = up.id
+        WHERE up.id <> a
+    )
+    SELECT EXISTS (SELECT 1 FROM up WHERE up.id = a)
+$$;
+
+-- The child of TRASH above `t` (or `t` itself), NULL if `t` is not in the
+-- trash.
+CREATE FUNCTION arbor_trash_root(p_space bigint, t uuid) RETURNS uuid
+LANGUAGE sql STABLE AS $$
+    WITH RECURSIVE up (id, parent) AS (
+        SELECT n.id, n.parent FROM nodes n WHERE n.space = p_space AND n.id = t
+        UNION
+        SELECT n.id, n.parent FROM up JOIN nodes n ON n.space = p_space AND n.id = up.parent
+        WHERE up.parent <> 'ffffffff-ffff-ffff-ffff-ffffffffffff'
+    )
+    SELECT up.id FROM up WHERE up.parent = 'ffffffff-ffff-ffff-ffff-ffffffffffff' LIMIT 1
+$$;
+
+-- `do` of one move with the cycle check: records the effective previous
+-- place, skips the move when the node is the parent or an ancestor of it.
+-- A node without children cannot be an ancestor, so it skips the walk.
+CREATE FUNCTION arbor_do_move(
+    p_space bigint, p_node uuid, p_parent uuid, p_key bytea,
+    OUT applied boolean, OUT prev_parent uuid, OUT prev_key bytea)
+LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT n.parent, n.key INTO prev_parent, prev_key
+    FROM nodes n WHERE n.space = p_space AND n.id = p_node;
+    IF p_node = p_parent
+       OR (EXISTS (SELECT 1 FROM nodes c WHERE c.space = p_space AND c.parent = p_node)
+           AND arbor_is_ancestor(p_space, p_node, p_parent)) THEN
+        applied := false;
+        prev_parent := NULL; -- a skipped move records no previous place
+        prev_key := NULL;
+        RETURN;
+    END IF;
+    INSERT INTO nodes AS n (space, id, parent, key) VALUES (p_space, p_node, p_parent, p_key)
+    ON CONFLICT (space, id) DO UPDATE SET parent = EXCLUDED.parent, key = EXCLUDED.key;
+    applied := true;
+END $$;
+
+-- Restores `p_x` and, upward, the deleted places it returns to, for the
+-- concurrent write (a_seq, a_known, a_replica). Each step requires the
+-- node's effective move to be a delete concurrent with that write and not
+-- yet restored.
+CREATE FUNCTION arbor_restore_chain(
+    p_space bigint, p_x uuid, a_seq bigint, a_known bigint, a_replica bigint)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    x uuid := p_x;
+    e record;
+    res record;
+    p uuid;
+    k bytea;
+    v_seq bigint;
+    v_hlc bigint;
+    v_now bigint;
+BEGIN
+    LOOP
+        SELECT o.seq, o.replica, o.known_seq, o.parent, o.prev_parent, o.prev_key INTO e
+        FROM ops o
+        WHERE o.space = p_space AND o.kind = 'm' AND o.node = x AND o.applied
+        ORDER BY o.hlc DESC, o.replica DESC LIMIT 1;
+        EXIT WHEN NOT FOUND OR e.parent <> 'ffffffff-ffff-ffff-ffff-ffffffffffff';
+        EXIT WHEN e.replica = a_replica OR NOT (a_seq > e.known_seq AND e.seq > a_known);
+        EXIT WHEN EXISTS (SELECT 1 FROM restores r WHERE r.space = p_space AND r.cause_seq = e.seq);
+        EXIT WHEN e.prev_parent IS NULL; -- created in the trash: no place to return to
+        p := e.prev_parent;
+        k := e.prev_key;
+        IF p <> '00000000-0000-0000-0000-000000000000'
+           AND (p = 'ffffffff-ffff-ffff-ffff-ffffffffffff' OR p = x
+                OR NOT EXISTS (SELECT 1 FROM nodes n WHERE n.space = p_space AND n.id = p)
+                OR arbor_is_ancestor(p_space, x, p)) THEN
+            p := '00000000-0000-0000-0000-000000000000';
+            k := arbor_key_after((SELECT n.key FROM nodes n
+                                  WHERE n.space = p_space
+                                    AND n.parent = '00000000-0000-0000-0000-000000000000'
+                                  ORDER BY n.key DESC, n.id DESC LIMIT 1));
+        END IF;
+        v_now := (extract(epoch FROM clock_timestamp()) * 1000)::bigint;
+        UPDATE spaces s
+        SET head_seq = s.head_seq + 1,
+            clock_hlc = greatest(s.clock_hlc + 1, v_now << 16),
+            log_hlc = greatest(s.clock_hlc + 1, v_now << 16),
+            log_replica = -9223372036854775808
+        WHERE s.id = p_space
+        RETURNING s.head_seq, s.clock_hlc INTO v_seq, v_hlc;
+        SELECT * INTO res FROM arbor_do_move(p_space, x, p, k);
+        INSERT INTO ops (space, seq, hlc, replica, kind, node, parent, key, known_seq,
+                         applied, prev_parent, prev_key)
+        VALUES (p_space, v_seq, v_hlc, -9223372036854775808, 'm', x, p, k, v_seq - 1,
+                res.applied, res.prev_parent, res.prev_key);
+        INSERT INTO restores (space, cause_seq, trigger_seq, restore_seq)
+        VALUES (p_space, e.seq, a_seq, v_seq);
+        EXIT WHEN p = '00000000-0000-0000-0000-000000000000';
+        x := arbor_trash_root(p_space, p);
+        EXIT WHEN x IS NULL;
+    END LOOP;
+END $$;
+
+-- The restore rule over every pair (delete D, write A) with at least one of
+-- them committed after `old_head` (this batch).
+CREATE FUNCTION arbor_restore_pass(p_space bigint, old_head bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    min_known bigint;
+    lower bigint;
+    d record;
+    a record;
+BEGIN
+    SELECT min(o.known_seq) INTO min_known FROM ops o
+    WHERE o.space = p_space AND o.seq > old_head;
+    IF min_known IS NULL THEN
+        RETURN;
+    END IF;
+    -- A delete can pair with this batch only if it is in it or committed
+    -- after some new op's known_seq.
+    FOR d IN
+        SELECT o.seq, o.hlc, o.replica, o.node, o.known_seq FROM ops o
+        WHERE o.space = p_space AND o.kind = 'm'
+          AND o.parent = 'ffffffff-ffff-ffff-ffff-ffffffffffff'
+          AND o.seq > min_known AND o.applied
+        ORDER BY o.seq
+    LOOP
+        -- Still in the trash through this very delete, not yet restored.
+        CONTINUE WHEN NOT EXISTS (
+            SELECT 1 FROM nodes n WHERE n.space = p_space AND n.id = d.node
+              AND n.parent = 'ffffffff-ffff-ffff-ffff-ffffffffffff');
+        CONTINUE WHEN EXISTS (
+            SELECT 1 FROM ops o WHERE o.space = p_space AND o.kind = 'm' AND o.node = d.node
+              AND o.applied AND (o.hlc, o.replica) > (d.hlc, d.replica));
+        CONTINUE WHEN EXISTS (
+            SELECT 1 FROM restores r WHERE r.space = p_space AND r.cause_seq = d.seq);
+        -- The first concurrent write whose target is in d.node's subtree.
+        -- (One of the pair is new: an old delete only pairs with new writes.)
+        lower := CASE WHEN d.seq > old_head THEN d.known_seq
+                      ELSE greatest(d.known_seq, old_head) END;
+        SELECT o.seq, o.known_seq, o.replica INTO a FROM ops o
+        WHERE o.space = p_space
+          AND o.seq > lower AND o.known_seq < d.seq AND o.replica <> d.replica
+          AND NOT (o.kind = 'm' AND o.parent = 'ffffffff-ffff-ffff-ffff-ffffffffffff')
+          AND (o.kind = 's' OR o.applied)
+          AND arbor_trash_root(p_space, CASE WHEN o.kind = 'm' THEN o.parent ELSE o.node END)
+              = d.node
+        ORDER BY o.seq LIMIT 1;
+        CONTINUE WHEN NOT FOUND;
+        PERFORM arbor_restore_chain(p_space, d.node, a.seq, a.known_seq, a.replica);
+    END LOOP;
+END $$;
+
+-- Applies a batch of ops to one thoughtspace. See migrations/README.md.
+CREATE FUNCTION apply_ops(
+    p_space text,
+    p_author bigint,
+    p_hlc bigint[],
+    p_replica bigint[],
+    p_kind "char"[],
+    p_node uuid[],
+    p_parent uuid[],
+    p_key bytea[],
+    p_field text[],
+    p_value text[],
+    p_known_seq bigint[])
+RETURNS TABLE (
+    seq bigint, hlc bigint, replica bigint, kind "char", node uuid, parent uuid, key bytea,
+    field text, value text, known_seq bigint, origin "char")
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    n int := coalesce(array_length(p_hlc, 1), 0);
+    v_space bigint;
+    sp record;
+    bad record;
+    v_now bigint;
+    old_head bigint;
+    dup_seqs bigint[];
+    -- New ops, sorted by stamp; seqs old_head + 1 ...
+    n_seq bigint[];
+    n_hlc bigint[];
+    n_rep bigint[];
+    n_kind "char"[];
+    n_node uuid[];
+    n_parent uuid[];
+    n_key bytea[];
+    n_field text[];
+    n_value text[];
+    n_known bigint[];
+    n_count int;
+    lo record;
+    -- The (re)do sequence: undone log entries merged with new moves.
+    s_seq bigint[];
+    s_node uuid[];
+    s_parent uuid[];
+    s_key bytea[];
+    s_simple boolean[];
+    s_len int;
+    r_app boolean[] := '{}';
+    r_pp uuid[] := '{}';
+    r_pk bytea[] := '{}';
+    run_pp uuid[];
+    run_pk bytea[];
+    one record;
+    i int;
+    j int;
+BEGIN
+    IF coalesce(array_length(p_replica, 1), 0) <> n OR coalesce(array_length(p_kind, 1), 0) <> n
+       OR coalesce(array_length(p_node, 1), 0) <> n OR coalesce(array_length(p_parent, 1), 0) <> n
+       OR coalesce(array_length(p_key, 1), 0) <> n OR coalesce(array_length(p_field, 1), 0) <> n
+       OR coalesce(array_length(p_value, 1), 0) <> n
+       OR coalesce(array_length(p_known_seq, 1), 0) <> n THEN
+        RAISE EXCEPTION 'bad_batch: the op arrays have different lengths' USING ERRCODE = 'AR011';
+    END IF;
+    IF n > 10000 THEN
+        RAISE EXCEPTION 'batch_too_large: % ops, at most 10000', n USING ERRCODE = 'AR011';
+    END IF;
+    SELECT s.id INTO v_space FROM spaces s WHERE s.name = p_space;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown_space: %', p_space USING ERRCODE = 'AR010';
+    END IF;
+    -- Serializes ingest per space: seqs are gapless and in commit order.
+    PERFORM pg_advisory_xact_lock(v_space);
+    SELECT * INTO sp FROM spaces s WHERE s.id = v_space;
+    old_head := sp.head_seq;
+    IF n = 0 THEN
+        RETURN;
+    END IF;
+    v_now := (extract(epoch FROM clock_timestamp()) * 1000)::bigint;
+
+    -- Validation, in array order; the first failure aborts the whole batch.
+    SELECT b.ord, b.code,
+        CASE b.code
+            WHEN 'AR001' THEN 'reserved_node: ROOT and TRASH never move and have no fields'
+            WHEN 'AR002' THEN 'bad_key: an order key is 1..256 bytes, not ending in 0x00'
+            WHEN 'AR003' THEN 'bad_field: a field name is 1..64 bytes'
+            WHEN 'AR004' THEN 'value_too_long: a value is at most 65536 bytes'
+            WHEN 'AR005' THEN 'stale: stamp at or below the horizon; re-stamp and retry'
+            WHEN 'AR006' THEN 'clock_ahead: stamp too far ahead of the server clock'
+            WHEN 'AR007' THEN 'wrong_replica: replica 0 is the server''s, and an author must match the caller'
+            ELSE 'bad_op: NULL element, unknown kind, negative number, or fields of the other kind'
+        END AS msg
+    INTO bad FROM (
+        SELECT t.ord,
+            CASE
+                WHEN t.hlc IS NULL OR t.rep IS NULL OR t.kind IS NULL OR t.node IS NULL
+                     OR t.known IS NULL OR t.kind NOT IN ('m', 's') OR t.hlc < 0 OR t.known < 0
+                    THEN 'AR011'
+                WHEN t.node IN ('00000000-0000-0000-0000-000000000000',
+                                'ffffffff-ffff-ffff-ffff-ffffffffffff') THEN 'AR001'
+                WHEN t.rep = -9223372036854775808
+                     OR (p_author IS NOT NULL AND t.rep <> p_author) THEN 'AR007'
+                WHEN t.kind = 'm' AND (t.parent IS NULL OR t.field IS NOT NULL
+                                       OR t.value IS NOT NULL) THEN 'AR011'
+                WHEN t.kind = 'm' AND CASE WHEN t.key IS NULL OR length(t.key) NOT BETWEEN 1 AND 256
+                                           THEN true
+                                           ELSE get_byte(t.key, length(t.key) - 1) = 0 END
+                    THEN 'AR002'
+                WHEN t.kind = 's' AND (t.parent IS NOT NULL OR t.key IS NOT NULL) THEN 'AR011'
+                WHEN t.kind = 's' AND (t.field IS NULL OR octet_length(t.field) NOT BETWEEN 1 AND 64)
+                    THEN 'AR003'
+                WHEN t.kind = 's' AND coalesce(octet_length(t.value), 0) > 65536 THEN 'AR004'
+                WHEN sp.horizon_hlc IS NOT NULL
+                     AND (t.hlc, t.rep) <= (sp.horizon_hlc, sp.horizon_replica) THEN 'AR005'
+                WHEN t.hlc > ((v_now + sp.max_ahead_ms) << 16) + 65535 THEN 'AR006'
+            END AS code
+        FROM unnest(p_hlc, p_replica, p_kind, p_node, p_parent, p_key, p_field, p_value, p_known_seq)
+             WITH ORDINALITY AS t (hlc, rep, kind, node, parent, key, field, value, known, ord)
+    ) b WHERE b.code IS NOT NULL ORDER BY b.ord LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION '% (op %)', bad.msg, bad.ord - 1 USING ERRCODE = bad.code;
+    END IF;
+
+    -- One stamp, one op: a stamp reused with other content is refused.
+    SELECT t.hlc, t.rep INTO bad
+    FROM unnest(p_hlc, p_replica, p_kind, p_node, p_parent, p_key, p_field, p_value, p_known_seq)
+         AS t (hlc, rep, kind, node, parent, key, field, value, known)
+    GROUP BY t.hlc, t.rep
+    HAVING count(DISTINCT ROW(t.kind, t.node, t.parent, t.key, t.field, t.value, t.known)) > 1
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'stamp_conflict: two different ops in the batch share stamp (%, %)',
+            bad.hlc, bad.rep USING ERRCODE = 'AR009';
+    END IF;
+    SELECT o.seq INTO bad
+    FROM unnest(p_hlc, p_replica, p_kind, p_node, p_parent, p_key, p_field, p_value, p_known_seq)
+         AS t (hlc, rep, kind, node, parent, key, field, value, known)
+    JOIN ops o ON o.space = v_space AND o.hlc = t.hlc AND o.replica = t.rep
+    WHERE ROW(o.kind, o.node, o.parent, o.key, o.field, o.value, o.known_seq)
+          IS DISTINCT FROM ROW(t.kind, t.node, t.parent, t.key, t.field, t.value, t.known)
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'stamp_conflict: an op with this stamp is stored with other content (seq %)',
+            bad.seq USING ERRCODE = 'AR009';
+    END IF;
+
+    -- Known targets: a move's parent and a set's node must be ROOT, TRASH,
+    -- in the tree, or moved by an earlier op of the batch.
+    SELECT t.ord INTO bad
+    FROM unnest(p_kind, p_node, p_parent) WITH ORDINALITY AS t (kind, node, parent, ord)
+    WHERE CASE WHEN t.kind = 'm' THEN t.parent ELSE t.node END
+              NOT IN ('00000000-0000-0000-0000-000000000000', 'ffffffff-ffff-ffff-ffff-ffffffffffff')
+      AND NOT EXISTS (SELECT 1 FROM nodes x WHERE x.space = v_space
+                        AND x.id = CASE WHEN t.kind = 'm' THEN t.parent ELSE t.node END)
+      AND NOT EXISTS (SELECT 1 FROM unnest(p_kind, p_node) WITH ORDINALITY AS e (kind, node, ord)
+                      WHERE e.kind = 'm' AND e.ord < t.ord
+                        AND e.node = CASE WHEN t.kind = 'm' THEN t.parent ELSE t.node END)
+    ORDER BY t.ord LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'unknown_node: op % names a node that is not in the tree', bad.ord - 1
+            USING ERRCODE = 'AR008';
+    END IF;
+
+    -- Idempotency: ops already stored keep their seq; the rest are new.
+    SELECT array_agg(o.seq) INTO dup_seqs
+    FROM unnest(p_hlc, p_replica) AS t (hlc, rep)
+    JOIN ops o ON o.space = v_space AND o.hlc = t.hlc AND o.replica = t.rep;
+    SELECT array_agg(old_head + b.rn ORDER BY b.rn), array_agg(b.hlc ORDER BY b.rn),
+           array_agg(b.rep ORDER BY b.rn), array_agg(b.kind ORDER BY b.rn),
+           array_agg(b.node ORDER BY b.rn), array_agg(b.parent ORDER BY b.rn),
+           array_agg(b.key ORDER BY b.rn), array_agg(b.field ORDER BY b.rn),
+           array_agg(b.value ORDER BY b.rn), array_agg(b.known ORDER BY b.rn), count(*)
+    INTO n_seq, n_hlc, n_rep, n_kind, n_node, n_parent, n_key, n_field, n_value, n_known, n_count
+    FROM (
+        SELECT u.*, row_number() OVER (ORDER BY u.hlc, u.rep) AS rn FROM (
+            SELECT DISTINCT ON (t.hlc, t.rep) t.*
+            FROM unnest(p_hlc, p_replica, p_kind, p_node, p_parent, p_key, p_field, p_value,
+                        p_known_seq) AS t (hlc, rep, kind, node, parent, key, field, value, known)
+            WHERE NOT EXISTS (SELECT 1 FROM ops o
+                              WHERE o.space = v_space AND o.hlc = t.hlc AND o.replica = t.rep)
+            ORDER BY t.hlc, t.rep
+        ) u
+    ) b;
+
+    IF n_count > 0 THEN
+        -- Moves: in-order batches are done directly; otherwise one undo down
+        -- to the lowest new move and one merged redo.
+        SELECT t.hlc, t.rep INTO lo
+        FROM unnest(n_hlc, n_rep, n_kind) WITH ORDINALITY AS t (hlc, rep, kind, ord)
+        WHERE t.kind = 'm' ORDER BY t.ord LIMIT 1;
+        IF FOUND THEN
+            IF sp.log_hlc IS NOT NULL AND (lo.hlc, lo.rep) < (sp.log_hlc, sp.log_replica) THEN
+                -- Undo, newest first, collapses per node to the previous place
+                -- recorded by its oldest undone applied move.
+                WITH u AS (
+                    SELECT DISTINCT ON (o.node) o.node, o.prev_parent, o.prev_key
+                    FROM ops o
+                    WHERE o.space = v_space AND o.kind = 'm' AND o.applied
+                      AND (o.hlc, o.replica) > (lo.hlc, lo.rep)
+                    ORDER BY o.node, o.hlc, o.replica
+                ), del AS (
+                    DELETE FROM nodes x USING u
+                    WHERE u.prev_parent IS NULL AND x.space = v_space AND x.id = u.node
+                )
+                UPDATE nodes x SET parent = u.prev_parent, key = u.prev_key
+                FROM u WHERE u.prev_parent IS NOT NULL AND x.space = v_space AND x.id = u.node;
+            END IF;
+            SELECT array_agg(m.seq ORDER BY m.hlc, m.rep), array_agg(m.node ORDER BY m.hlc, m.rep),
+                   array_agg(m.parent ORDER BY m.hlc, m.rep), array_agg(m.key ORDER BY m.hlc, m.rep)
+            INTO s_seq, s_node, s_parent, s_key
+            FROM (
+                SELECT o.seq, o.hlc, o.replica AS rep, o.node, o.parent, o.key FROM ops o
+                WHERE o.space = v_space AND o.kind = 'm' AND (o.hlc, o.replica) > (lo.hlc, lo.rep)
+                UNION ALL
+                SELECT t.seq, t.hlc, t.rep, t.node, t.parent, t.key
+                FROM unnest(n_seq, n_hlc, n_rep, n_kind, n_node, n_parent, n_key)
+                     AS t (seq, hlc, rep, kind, node, parent, key)
+                WHERE t.kind = 'm'
+            ) m;
+            s_len := array_length(s_seq, 1);
+            -- A move is simple when its node has no children now and is no
+            -- move's parent in the sequence: it cannot have children at its
+            -- turn, so it cannot close a cycle and needs no ancestor walk.
+            SELECT array_agg(NOT EXISTS (SELECT 1 FROM nodes c
+                                         WHERE c.space = v_space AND c.parent = t.node)
+                             AND ps.p IS NULL ORDER BY t.idx)
+            INTO s_simple
+            FROM unnest(s_node) WITH ORDINALITY AS t (node, idx)
+            LEFT JOIN (SELECT DISTINCT q.p FROM unnest(s_parent) AS q (p)) ps ON ps.p = t.node;
+
+            i := 1;
+            WHILE i <= s_len LOOP
+                IF s_simple[i] THEN
+                    -- A run of simple moves, set-based: each takes the place
+                    -- its predecessor in the run gave the node, or the stored
+                    -- one; the node ends at its last move of the run.
+                    j := i;
+                    WHILE j < s_len AND s_simple[j + 1] LOOP
+                        j := j + 1;
+                    END LOOP;
+                    WITH t AS (
+                        SELECT * FROM unnest(s_node[i:j], s_parent[i:j], s_key[i:j])
+                                 WITH ORDINALITY AS t (node, parent, key, idx)
+                    ), p AS (
+                        SELECT t.idx, t.node, t.parent, t.key,
+                               CASE WHEN row_number() OVER w = 1 THEN x.parent
+                                    ELSE lag(t.parent) OVER w END AS pp,
+                               CASE WHEN row_number() OVER w = 1 THEN x.key
+                                    ELSE lag(t.key) OVER w END AS pk,
+                               row_number() OVER (PARTITION BY t.node ORDER BY t.idx DESC) = 1
+                                   AS last
+                        FROM t LEFT JOIN nodes x ON x.space = v_space AND x.id = t.node
+                        WINDOW w AS (PARTITION BY t.node ORDER BY t.idx)
+                    ), w AS (
+                        INSERT INTO nodes AS x (space, id, parent, key)
+                        SELECT v_space, p.node, p.parent, p.key FROM p WHERE p.last
+                        ON CONFLICT (space, id)
+                        DO UPDATE SET parent = EXCLUDED.parent, key = EXCLUDED.key
+                    )
+                    SELECT array_agg(p.pp ORDER BY p.idx), array_agg(p.pk ORDER BY p.idx)
+                    INTO run_pp, run_pk FROM p;
+                    r_app := r_app || array_fill(true, ARRAY[j - i + 1]);
+                    r_pp := r_pp || run_pp;
+                    r_pk := r_pk || run_pk;
+                    i := j + 1;
+                ELSE
+                    SELECT * INTO one FROM arbor_do_move(v_space, s_node[i], s_parent[i], s_key[i]);
+                    r_app := r_app || one.applied;
+                    r_pp := r_pp || one.prev_parent;
+                    r_pk := r_pk || one.prev_key;
+                    i := i + 1;
+                END IF;
+            END LOOP;
+
+            -- Redone log entries whose effect changed.
+            UPDATE ops o SET applied = e.app, prev_parent = e.pp, prev_key = e.pk
+            FROM unnest(s_seq, r_app, r_pp, r_pk) AS e (seq, app, pp, pk)
+            WHERE o.space = v_space AND o.seq = e.seq AND e.seq <= old_head
+              AND ROW(o.applied, o.prev_parent, o.prev_key) IS DISTINCT FROM ROW(e.app, e.pp, e.pk);
+        END IF;
+
+        INSERT INTO ops (space, seq, hlc, replica, kind, node, parent, key, field, value,
+                         known_seq, applied, prev_parent, prev_key)
+        SELECT v_space, t.seq, t.hlc, t.rep, t.kind, t.node, t.parent, t.key, t.field, t.value,
+               t.known, e.app, e.pp, e.pk
+        FROM unnest(n_seq, n_hlc, n_rep, n_kind, n_node, n_parent, n_key, n_field, n_value, n_known)
+             AS t (seq, hlc, rep, kind, node, parent, key, field, value, known)
+        LEFT JOIN unnest(s_seq, r_app, r_pp, r_pk) AS e (seq, app, pp, pk) ON e.seq = t.seq;
+
+        -- Sets: last writer wins per (node, field); never undone.
+        INSERT INTO payloads AS y (space, node, field, value, hlc, replica)
+        SELECT DISTINCT ON (t.node, t.field) v_space, t.node, t.field, t.value, t.hlc, t.rep
+        FROM unnest(n_hlc, n_rep, n_kind, n_node, n_field, n_value)
+             AS t (hlc, rep, kind, node, field, value)
+        WHERE t.kind = 's'
+        ORDER BY t.node, t.field, t.hlc DESC, t.rep DESC
+        ON CONFLICT (space, node, field) DO UPDATE
+        SET value = EXCLUDED.value, hlc = EXCLUDED.hlc, replica = EXCLUDED.replica
+        WHERE (y.hlc, y.replica) < (EXCLUDED.hlc, EXCLUDED.replica);
+
+        UPDATE spaces s SET
+            head_seq = old_head + n_count,
+            clock_hlc = greatest(s.clock_hlc, (SELECT max(h) FROM unnest(n_hlc) AS h)),
+            (log_hlc, log_replica) = (
+                SELECT m.hlc, m.rep FROM (
+                    SELECT s.log_hlc AS hlc, s.log_replica AS rep WHERE s.log_hlc IS NOT NULL
+                    UNION ALL
+                    SELECT t.hlc, t.rep FROM unnest(n_hlc, n_rep, n_kind) AS t (hlc, rep, kind)
+                    WHERE t.kind = 'm'
+                ) m ORDER BY m.hlc DESC, m.rep DESC LIMIT 1)
+        WHERE s.id = v_space;
+
+        PERFORM arbor_restore_pass(v_space, old_head);
+    END IF;
+
+    RETURN QUERY
+    SELECT o.seq, o.hlc, o.replica, o.kind, o.node, o.parent, o.key, o.field::text, o.value,
+           o.known_seq,
+           (CASE WHEN o.seq <= old_head THEN 'd'
+                 WHEN o.replica = -9223372036854775808 THEN 'r'
+                 ELSE 'n' END)::"char"
+    FROM ops o
+    WHERE o.space = v_space AND (o.seq > old_head OR o.seq = ANY (dup_seqs))
+    ORDER BY o.seq;
+END $$;

@@ -1,0 +1,17 @@
+//! Integration tests of the database layer against a real Postgres cluster
+//! the harness starts itself (one per test binary, a fresh database per
+//! test). Linked into one binary.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    unreachable_pub
+)]
+
+mod basic;
+mod concurrency;
+mod differential;
+mod harness;
+mod restore;
+mod validation;

@@ -1,0 +1,301 @@
+//! The restore rule: a delete only removes what its author had seen.
+
+use arbor_shared::{MoveOp, NodeId, Op, ReplicaId};
+use arbor_sync_server::db::{Committed, Db, Origin};
+
+use crate::harness::*;
+
+const A: u64 = 1;
+const B: u64 = 2;
+const C: u64 = 3;
+const ROOT: NodeId = NodeId::ROOT;
+const TRASH: NodeId = NodeId::TRASH;
+
+struct Scene {
+    db: Db,
+    reference: MemTree,
+    t: u64,
+}
+
+impl Scene {
+    async fn new() -> Scene {
+        let db = test_db().await;
+        db.create_space("s").await.unwrap();
+        Scene {
+            db,
+            reference: tree(),
+            t: now_ms() << 16,
+        }
+    }
+
+    /// Stamp `i` steps after the scene's start.
+    fn at(&self, i: u64) -> u64 {
+        self.t + i
+    }
+
+    async fn push(&mut self, ops: &[Op]) -> Vec<Committed> {
+        let got = self.db.apply("s", None, ops).await.unwrap();
+        check_same(&self.db, "s", &mut self.reference, &got).await;
+        got
+    }
+
+    fn parent(&self, node: NodeId) -> Option<NodeId> {
+        self.reference.parent(node).unwrap()
+    }
+
+    async fn head(&self) -> u64 {
+        self.db.space("s").await.unwrap().unwrap().head_seq
+    }
+
+    /// Re-pushes ops one by one and all together: only duplicates, no seq,
+    /// no restore.
+    async fn repush(&mut self, ops: &[Op]) {
+        let head = self.head().await;
+        for op in ops {
+            let got = self.push(std::slice::from_ref(op)).await;
+            assert!(got.iter().all(|c| c.origin == Origin::Duplicate), "{got:?}");
+        }
+        let got = self.push(ops).await;
+        assert!(got.iter().all(|c| c.origin == Origin::Duplicate), "{got:?}");
+        assert_eq!(self.head().await, head);
+    }
+}
+
+fn restores(got: &[Committed]) -> Vec<MoveOp> {
+    got.iter()
+        .filter(|c| c.origin == Origin::Restore)
+        .map(|c| match &c.op {
+            Op::Move(m) => {
+                assert_eq!(m.stamp.replica, ReplicaId::SERVER);
+                m.clone()
+            }
+            Op::Set(_) => panic!("a restore is a move"),
+        })
+        .collect()
+}
+
+/// ROOT -> x; B deletes x knowing seq 1; A adds c under x knowing seq 1.
+async fn delete_vs_add(delete_first: bool, add_stamp_before_delete: bool) {
+    let mut s = Scene::new().await;
+    let (x, c) = (n(1), n(2));
+    s.push(&[mv(s.at(0), A, x, ROOT, &[0x80], 0)]).await;
+    let delete = mv(s.at(10), B, x, TRASH, &[0x80], 1);
+    let add_at = if add_stamp_before_delete { 5 } else { 20 };
+    let add = mv(s.at(add_at), A, c, x, &[0x80], 1);
+    let (first, second) = if delete_first {
+        (&delete, &add)
+    } else {
+        (&add, &delete)
+    };
+    let got1 = s.push(std::slice::from_ref(first)).await;
+    assert!(restores(&got1).is_empty());
+    let got2 = s.push(std::slice::from_ref(second)).await;
+    let r = restores(&got2);
+    assert_eq!(r.len(), 1, "{got2:?}");
+    assert_eq!(
+        (r[0].node, r[0].parent, r[0].key.as_bytes()),
+        (x, ROOT, &[0x80u8][..])
+    );
+    assert_eq!(s.parent(x), Some(ROOT));
+    assert_eq!(s.parent(c), Some(x));
+    s.repush(&[delete, add]).await;
+    assert_eq!(s.parent(x), Some(ROOT));
+}
+
+#[tokio::test]
+async fn delete_then_concurrent_add_restores() {
+    delete_vs_add(true, false).await;
+    delete_vs_add(true, true).await;
+}
+
+#[tokio::test]
+async fn add_then_concurrent_delete_restores() {
+    delete_vs_add(false, false).await;
+    delete_vs_add(false, true).await;
+}
+
+#[tokio::test]
+async fn delete_that_saw_the_add_does_not_restore() {
+    let mut s = Scene::new().await;
+    let (x, c) = (n(1), n(2));
+    s.push(&[mv(s.at(0), A, x, ROOT, &[0x80], 0)]).await;
+    let add = mv(s.at(1), A, c, x, &[0x80], 1);
+    s.push(std::slice::from_ref(&add)).await;
+    // B had applied seq 2 (the add) when it deleted x.
+    let delete = mv(s.at(2), B, x, TRASH, &[0x80], 2);
+    let got = s.push(std::slice::from_ref(&delete)).await;
+    assert!(restores(&got).is_empty());
+    assert_eq!(s.parent(x), Some(TRASH));
+    s.repush(&[add, delete]).await;
+    assert_eq!(s.parent(x), Some(TRASH));
+}
+
+/// ROOT -> x -> y -> z; B deletes y, C deletes x, A (concurrently) adds w
+/// under z: y is restored into x, and x, itself deleted concurrently, into
+/// ROOT. Both arrival orders.
+async fn nested(write_first: bool) {
+    let mut s = Scene::new().await;
+    let (x, y, z, w) = (n(1), n(2), n(3), n(4));
+    s.push(&[
+        mv(s.at(0), A, x, ROOT, &[0x80], 0),
+        mv(s.at(1), A, y, x, &[0x81], 0),
+        mv(s.at(2), A, z, y, &[0x82], 0),
+    ])
+    .await;
+    let del_y = mv(s.at(10), B, y, TRASH, &[0x80], 3);
+    let del_x = mv(s.at(11), C, x, TRASH, &[0x80], 3);
+    let add = mv(s.at(12), A, w, z, &[0x80], 3);
+    let got = if write_first {
+        s.push(std::slice::from_ref(&add)).await;
+        let mut got = s.push(std::slice::from_ref(&del_y)).await;
+        got.extend(s.push(std::slice::from_ref(&del_x)).await);
+        got
+    } else {
+        s.push(&[del_y.clone(), del_x.clone()]).await;
+        s.push(std::slice::from_ref(&add)).await
+    };
+    let r = restores(&got);
+    assert_eq!(r.len(), 2, "{got:?}");
+    assert_eq!(s.parent(x), Some(ROOT));
+    assert_eq!(s.parent(y), Some(x));
+    assert_eq!(s.parent(z), Some(y));
+    assert_eq!(s.parent(w), Some(z));
+    s.repush(&[del_y, del_x, add]).await;
+    assert_eq!(s.parent(x), Some(ROOT));
+}
+
+#[tokio::test]
+async fn nested_deletes_restore_upward() {
+    nested(false).await;
+    nested(true).await;
+}
+
+#[tokio::test]
+async fn set_and_reorder_inside_count_as_writes() {
+    // A set on a node inside x.
+    let mut s = Scene::new().await;
+    let (x, y, y2) = (n(1), n(2), n(3));
+    s.push(&[
+        mv(s.at(0), A, x, ROOT, &[0x80], 0),
+        mv(s.at(1), A, y, x, &[0x80], 0),
+        mv(s.at(2), A, y2, x, &[0x90], 0),
+    ])
+    .await;
+    s.push(&[mv(s.at(10), B, x, TRASH, &[0x80], 3)]).await;
+    let got = s
+        .push(&[set(s.at(11), A, y, "text", Some("kept"), 3)])
+        .await;
+    assert_eq!(restores(&got).len(), 1);
+    assert_eq!(s.parent(x), Some(ROOT));
+
+    // A reorder of y inside x.
+    let mut s = Scene::new().await;
+    s.push(&[
+        mv(s.at(0), A, x, ROOT, &[0x80], 0),
+        mv(s.at(1), A, y, x, &[0x80], 0),
+        mv(s.at(2), A, y2, x, &[0x90], 0),
+    ])
+    .await;
+    s.push(&[mv(s.at(10), B, x, TRASH, &[0x80], 3)]).await;
+    let got = s.push(&[mv(s.at(11), A, y, x, &[0xa0], 3)]).await;
+    assert_eq!(restores(&got).len(), 1);
+    assert_eq!(s.parent(x), Some(ROOT));
+}
+
+#[tokio::test]
+async fn moving_out_deleting_inside_and_own_deletes_do_not_restore() {
+    let (x, y, z) = (n(1), n(2), n(3));
+    let setup = |s: &Scene| {
+        vec![
+            mv(s.at(0), A, x, ROOT, &[0x80], 0),
+            mv(s.at(1), A, y, x, &[0x80], 0),
+            mv(s.at(2), A, z, x, &[0x90], 0),
+        ]
+    };
+    // Moving a node out of x's subtree loses nothing.
+    let mut s = Scene::new().await;
+    s.push(&setup(&s)).await;
+    s.push(&[mv(s.at(10), B, x, TRASH, &[0x80], 3)]).await;
+    let got = s.push(&[mv(s.at(11), A, y, ROOT, &[0x70], 3)]).await;
+    assert!(restores(&got).is_empty());
+    assert_eq!(s.parent(x), Some(TRASH));
+    assert_eq!(s.parent(y), Some(ROOT));
+
+    // A concurrent delete inside x is not a write that needs x back.
+    let mut s = Scene::new().await;
+    s.push(&setup(&s)).await;
+    s.push(&[mv(s.at(10), B, x, TRASH, &[0x80], 3)]).await;
+    let got = s.push(&[mv(s.at(11), A, y, TRASH, &[0x80], 3)]).await;
+    assert!(restores(&got).is_empty());
+    assert_eq!(s.parent(x), Some(TRASH));
+
+    // One author's own batch: add under x, then delete x.
+    let mut s = Scene::new().await;
+    s.push(&setup(&s)).await;
+    let got = s
+        .push(&[
+            mv(s.at(10), C, n(9), x, &[0x80], 3),
+            mv(s.at(11), C, x, TRASH, &[0x80], 3),
+        ])
+        .await;
+    assert!(restores(&got).is_empty());
+    assert_eq!(s.parent(x), Some(TRASH));
+}
+
+#[tokio::test]
+async fn restore_that_would_cycle_goes_to_the_end_of_root() {
+    // ROOT -> p -> x -> c, and q under ROOT with the highest key.
+    let mut s = Scene::new().await;
+    let (p, x, c, q) = (n(1), n(2), n(3), n(4));
+    s.push(&[
+        mv(s.at(0), A, p, ROOT, &[0x80], 0),
+        mv(s.at(1), A, x, p, &[0x80], 0),
+        mv(s.at(2), A, c, x, &[0x80], 0),
+        mv(s.at(3), A, q, ROOT, &[0xff, 0x10], 0),
+    ])
+    .await;
+    s.push(&[mv(s.at(10), B, x, TRASH, &[0x80], 4)]).await;
+    // A, not knowing the delete, moves p under c (inside x): x's old parent
+    // is now inside x, so x goes back to the end of ROOT's children.
+    let got = s.push(&[mv(s.at(11), A, p, c, &[0x80], 4)]).await;
+    let r = restores(&got);
+    assert_eq!(r.len(), 1, "{got:?}");
+    assert_eq!(r[0].parent, ROOT);
+    assert!(r[0].key.as_bytes() > &[0xff, 0x10][..]);
+    assert_eq!(s.parent(x), Some(ROOT));
+    assert_eq!(s.parent(p), Some(c));
+    let last = s.reference.last_child(ROOT).unwrap().unwrap();
+    assert_eq!(last.id, x);
+}
+
+#[tokio::test]
+async fn restore_is_idempotent_across_later_writes() {
+    let mut s = Scene::new().await;
+    let (x, c, d) = (n(1), n(2), n(3));
+    s.push(&[mv(s.at(0), A, x, ROOT, &[0x80], 0)]).await;
+    s.push(&[mv(s.at(10), B, x, TRASH, &[0x80], 1)]).await;
+    let got = s.push(&[mv(s.at(11), A, c, x, &[0x80], 1)]).await;
+    let r = restores(&got);
+    assert_eq!(r.len(), 1);
+    // B deletes x again, having seen the restore (so its clock is past the
+    // restore's stamp): that delete stands, a write that saw it does not
+    // restore, and a write that did not see it restores again (new cause).
+    let after = r[0].stamp.hlc.0;
+    let head = s.head().await;
+    s.push(&[mv(after + 1, B, x, TRASH, &[0x80], head)]).await;
+    let got = s.push(&[mv(after + 2, A, d, x, &[0x90], head + 1)]).await;
+    assert!(restores(&got).is_empty());
+    assert_eq!(s.parent(x), Some(TRASH));
+    let got = s
+        .push(&[set(after + 3, C, c, "text", Some("hi"), head)])
+        .await;
+    assert_eq!(restores(&got).len(), 1);
+    assert_eq!(s.parent(x), Some(ROOT));
+    let client = s.db.client().await.unwrap();
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM restores", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+}

@@ -1,0 +1,369 @@
+//! Throwaway Postgres clusters for tests and benchmarks.
+//!
+//! A [`PgCluster`] is a fresh `initdb` in a temp dir, started with `pg_ctl`,
+//! listening only on a unix socket in that dir (no port clashes between test
+//! binaries). [`PgCluster::shared`] gives one cluster per test binary; tests
+//! take a fresh database each with [`PgCluster::fresh_db`].
+//!
+//! Stopping: Rust's test harness has no global teardown, so each cluster is
+//! watched by a small shell process that blocks reading a pipe held open by
+//! this process. When the process exits (normally, by panic or by SIGKILL)
+//! the pipe closes, and the watcher stops the cluster (`-m immediate`) and
+//! removes its dir. [`PgCluster::stop`] does the same on demand.
+//!
+//! Root: `initdb` and `postgres` refuse to run as root, so when this process
+//! is root every server command runs through `runuser -u postgres` (the user
+//! the Debian package creates) and the dir is handed to that user.
+//!
+//! # Layout
+//!
+//! - [`PgCluster`]: start, shared instance, fresh databases, restart, stop.
+//! - [`PgOptions`]: throwaway (fsync off) or durable settings.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+/// An error starting or driving a cluster (messages carry the command output).
+#[derive(Debug)]
+pub struct PgError(pub String);
+
+impl std::fmt::Display for PgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PgError {}
+
+type Result<T> = std::result::Result<T, PgError>;
+
+fn err(m: impl Into<String>) -> PgError {
+    PgError(m.into())
+}
+
+/// Settings of a cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct PgOptions {
+    /// `fsync=off`, `synchronous_commit=off`, `full_page_writes=off`: much
+    /// faster, and fine for data nobody keeps. False gives Postgres' durable
+    /// defaults (benchmarks use them).
+    pub throwaway: bool,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions { throwaway: true }
+    }
+}
+
+/// A running throwaway cluster.
+#[derive(Debug)]
+pub struct PgCluster {
+    /// Temp dir holding `data/` and the unix socket; removed at stop.
+    root: PathBuf,
+    bin: PathBuf,
+    as_postgres: bool,
+    options: PgOptions,
+    /// Write end of the watcher's pipe: dropping it (process exit) stops
+    /// the cluster.
+    watcher: Mutex<Option<(Child, ChildStdin)>>,
+}
+
+/// The port number only names the socket file (`.s.PGSQL.<port>`); nothing
+/// listens on TCP.
+pub const PORT: u16 = 5432;
+/// Superuser created by `initdb`.
+pub const USER: &str = "arbor";
+
+static SHARED: OnceLock<PgCluster> = OnceLock::new();
+static NEXT_DB: AtomicU64 = AtomicU64::new(0);
+static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
+
+/// Finds the Postgres server binaries: `ARBOR_PG_BIN`, then the newest
+/// `/usr/lib/postgresql/*/bin`, then `pg_config --bindir`.
+pub fn pg_bin_dir() -> Result<PathBuf> {
+    if let Ok(dir) = std::env::var("ARBOR_PG_BIN") {
+        return Ok(PathBuf::from(dir));
+    }
+    let mut best: Option<(u32, PathBuf)> = None;
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        for e in entries.flatten() {
+            let v = e.file_name().to_string_lossy().parse::<u32>().ok();
+            let bin = e.path().join("bin");
+            if let Some(v) = v {
+                if bin.join("initdb").exists() && best.as_ref().is_none_or(|(b, _)| v > *b) {
+                    best = Some((v, bin));
+                }
+            }
+        }
+    }
+    if let Some((_, bin)) = best {
+        return Ok(bin);
+    }
+    let out = Command::new("pg_config").arg("--bindir").output();
+    match out {
+        Ok(o) if o.status.success() => Ok(PathBuf::from(
+            String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        )),
+        _ => Err(err(
+            "no Postgres binaries: install the Debian `postgresql` package or set ARBOR_PG_BIN",
+        )),
+    }
+}
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    // /proc/self is owned by the process's effective uid.
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+fn id_of(flag: &str, user: &str) -> Result<u32> {
+    let out = Command::new("id")
+        .args([flag, user])
+        .output()
+        .map_err(|e| err(format!("id {flag} {user}: {e}")))?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| {
+            err(format!(
+                "no system user `{user}` (install the postgresql package)"
+            ))
+        })
+}
+
+impl PgCluster {
+    /// The cluster shared by every test of this binary (started on first use).
+    pub fn shared() -> &'static PgCluster {
+        SHARED.get_or_init(|| match PgCluster::start(PgOptions::default()) {
+            Ok(c) => c,
+            Err(e) => {
+                // Tests cannot run without it; say why loudly.
+                eprintln!("arbor-testkit: cannot start Postgres: {e}");
+                std::process::exit(2)
+            }
+        })
+    }
+
+    /// Creates and starts a new cluster in a fresh temp dir.
+    pub fn start(options: PgOptions) -> Result<PgCluster> {
+        let bin = pg_bin_dir()?;
+        let as_postgres = is_root();
+        let root = std::env::temp_dir().join(format!(
+            "arbor-pg-{}-{}",
+            std::process::id(),
+            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&root).map_err(|e| err(format!("mkdir {root:?}: {e}")))?;
+        if as_postgres {
+            let (uid, gid) = (id_of("-u", "postgres")?, id_of("-g", "postgres")?);
+            std::os::unix::fs::chown(&root, Some(uid), Some(gid))
+                .map_err(|e| err(format!("chown {root:?}: {e}")))?;
+        }
+        let cluster = PgCluster {
+            root,
+            bin,
+            as_postgres,
+            options,
+            watcher: Mutex::new(None),
+        };
+        cluster.spawn_watcher()?;
+        let data = cluster.data_dir();
+        cluster.run(
+            "initdb",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-U".as_ref(),
+                USER.as_ref(),
+                "-A".as_ref(),
+                "trust".as_ref(),
+                "-E".as_ref(),
+                "UTF8".as_ref(),
+                "--locale=C".as_ref(),
+                "--no-sync".as_ref(),
+            ],
+        )?;
+        cluster.pg_ctl_start()?;
+        Ok(cluster)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    /// The directory of the unix socket (a `host` for libpq and
+    /// tokio-postgres).
+    pub fn socket_dir(&self) -> &Path {
+        &self.root
+    }
+
+    /// A libpq-style connection string for `db`.
+    pub fn conn_string(&self, db: &str) -> String {
+        format!(
+            "host={} port={PORT} user={USER} dbname={db}",
+            self.root.display()
+        )
+    }
+
+    /// A tokio-postgres config for `db`.
+    pub fn config(&self, db: &str) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host_path(&self.root).port(PORT).user(USER).dbname(db);
+        c
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        }
+    }
+
+    fn run(&self, program: &str, args: &[&std::ffi::OsStr]) -> Result<()> {
+        let out = self
+            .command(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| err(format!("{program}: {e}")))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(err(format!(
+                "{program} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )))
+        }
+    }
+
+    fn pg_ctl_start(&self) -> Result<()> {
+        let mut opts = format!(
+            "-c listen_addresses='' -c unix_socket_directories='{}' -c port={PORT} \
+             -c max_connections=200 -c shared_buffers=256MB",
+            self.root.display()
+        );
+        if self.options.throwaway {
+            opts.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+        }
+        let data = self.data_dir();
+        let log = self.root.join("postgres.log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-l".as_ref(),
+                log.as_os_str(),
+                "-o".as_ref(),
+                opts.as_ref(),
+                "-w".as_ref(),
+                "start".as_ref(),
+            ],
+        )
+    }
+
+    /// `pg_ctl restart -m immediate`: a crash and recovery (fault tests).
+    pub fn restart_immediate(&self) -> Result<()> {
+        let data = self.data_dir();
+        self.run(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-m".as_ref(),
+                "immediate".as_ref(),
+                "-w".as_ref(),
+                "stop".as_ref(),
+            ],
+        )?;
+        self.pg_ctl_start()
+    }
+
+    /// Spawns the watcher that stops the cluster and removes its dir when
+    /// this process lets go of the pipe (see the crate docs).
+    fn spawn_watcher(&self) -> Result<()> {
+        let pg_ctl = self.bin.join("pg_ctl");
+        let runuser = if self.as_postgres {
+            "runuser -u postgres --"
+        } else {
+            ""
+        };
+        let script = format!(
+            "cat >/dev/null; {runuser} \"$0\" -D \"$1/data\" -m immediate -w stop >/dev/null 2>&1; rm -rf \"$1\""
+        );
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg(pg_ctl)
+            .arg(&self.root)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| err(format!("spawn watcher: {e}")))?;
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| err("watcher has no stdin"))?;
+        if let Ok(mut w) = self.watcher.lock() {
+            *w = Some((child, stdin));
+        }
+        Ok(())
+    }
+
+    /// Stops the cluster now and removes its dir (waits for the watcher).
+    pub fn stop(&self) {
+        let taken = self.watcher.lock().ok().and_then(|mut w| w.take());
+        if let Some((mut child, mut stdin)) = taken {
+            let _ = stdin.flush();
+            drop(stdin);
+            let _ = child.wait();
+        }
+    }
+
+    /// Creates a fresh, empty database (optionally from a template) and
+    /// returns its name.
+    pub async fn fresh_db(&self, template: Option<&str>) -> Result<String> {
+        let name = format!("t{}", NEXT_DB.fetch_add(1, Ordering::Relaxed));
+        let client = self.connect("postgres").await?;
+        let sql = match template {
+            // Identifiers cannot be parameters; both names are ours
+            // (`t<number>` and a caller constant), never user input.
+            Some(t) => format!("CREATE DATABASE {name} TEMPLATE {t}"),
+            None => format!("CREATE DATABASE {name}"),
+        };
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| err(format!("{sql}: {e}")))?;
+        Ok(name)
+    }
+
+    /// Connects to `db`, driving the connection on a spawned task.
+    pub async fn connect(&self, db: &str) -> Result<tokio_postgres::Client> {
+        let (client, conn) = self
+            .config(db)
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| err(format!("connect {db}: {e}")))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
