@@ -28,29 +28,34 @@ END $$;
 
 -- True if `a` is `b` or an ancestor of `b`: one recursive query walking up
 -- from `b` (no depth limit; UNION also stops on a corrupt cycle).
+-- (PL/pgSQL rather than SQL so that the plan is cached per session.)
 CREATE FUNCTION arbor_is_ancestor(p_space bigint, a uuid, b uuid) RETURNS boolean
-LANGUAGE sql STABLE AS $$
-    WITH RECURSIVE up (id) AS (
-        SELECT b
-        UNION
-        SELECT n.parent FROM up JOIN nodes n ON n.space = p_space AND n.id = up.id
-        WHERE up.id <> a
-    )
-    SELECT EXISTS (SELECT 1 FROM up WHERE up.id = a)
-$$;
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN EXISTS (
+        WITH RECURSIVE up (id) AS (
+            SELECT b
+            UNION
+            SELECT n.parent FROM up JOIN nodes n ON n.space = p_space AND n.id = up.id
+            WHERE up.id <> a
+        )
+        SELECT 1 FROM up WHERE up.id = a);
+END $$;
 
 -- The child of TRASH above `t` (or `t` itself), NULL if `t` is not in the
 -- trash.
 CREATE FUNCTION arbor_trash_root(p_space bigint, t uuid) RETURNS uuid
-LANGUAGE sql STABLE AS $$
-    WITH RECURSIVE up (id, parent) AS (
-        SELECT n.id, n.parent FROM nodes n WHERE n.space = p_space AND n.id = t
-        UNION
-        SELECT n.id, n.parent FROM up JOIN nodes n ON n.space = p_space AND n.id = up.parent
-        WHERE up.parent <> 'ffffffff-ffff-ffff-ffff-ffffffffffff'
-    )
-    SELECT up.id FROM up WHERE up.parent = 'ffffffff-ffff-ffff-ffff-ffffffffffff' LIMIT 1
-$$;
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (
+        WITH RECURSIVE up (id, parent) AS (
+            SELECT n.id, n.parent FROM nodes n WHERE n.space = p_space AND n.id = t
+            UNION
+            SELECT n.id, n.parent FROM up JOIN nodes n ON n.space = p_space AND n.id = up.parent
+            WHERE up.parent <> 'ffffffff-ffff-ffff-ffff-ffffffffffff'
+        )
+        SELECT up.id FROM up WHERE up.parent = 'ffffffff-ffff-ffff-ffff-ffffffffffff' LIMIT 1);
+END $$;
 
 -- `do` of one move with the cycle check: records the effective previous
 -- place, skips the move when the node is the parent or an ancestor of it.
@@ -62,8 +67,10 @@ LANGUAGE plpgsql AS $$
 BEGIN
     SELECT n.parent, n.key INTO prev_parent, prev_key
     FROM nodes n WHERE n.space = p_space AND n.id = p_node;
+    -- A move under the node's own parent (a reorder) cannot close a cycle.
     IF p_node = p_parent
-       OR (EXISTS (SELECT 1 FROM nodes c WHERE c.space = p_space AND c.parent = p_node)
+       OR (prev_parent IS DISTINCT FROM p_parent
+           AND EXISTS (SELECT 1 FROM nodes c WHERE c.space = p_space AND c.parent = p_node)
            AND arbor_is_ancestor(p_space, p_node, p_parent)) THEN
         applied := false;
         prev_parent := NULL; -- a skipped move records no previous place
@@ -210,6 +217,8 @@ DECLARE
     v_now bigint;
     old_head bigint;
     dup_seqs bigint[];
+    stored_conflict boolean;
+    batch_dups boolean;
     -- New ops, sorted by stamp; seqs old_head + 1 ...
     n_seq bigint[];
     n_hlc bigint[];
@@ -305,66 +314,90 @@ BEGIN
         RAISE EXCEPTION '% (op %)', bad.msg, bad.ord - 1 USING ERRCODE = bad.code;
     END IF;
 
-    -- One stamp, one op: a stamp reused with other content is refused.
-    SELECT t.hlc, t.rep INTO bad
-    FROM unnest(p_hlc, p_replica, p_kind, p_node, p_parent, p_key, p_field, p_value, p_known_seq)
-         AS t (hlc, rep, kind, node, parent, key, field, value, known)
-    GROUP BY t.hlc, t.rep
-    HAVING count(DISTINCT ROW(t.kind, t.node, t.parent, t.key, t.field, t.value, t.known)) > 1
-    LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'stamp_conflict: two different ops in the batch share stamp (%, %)',
-            bad.hlc, bad.rep USING ERRCODE = 'AR009';
-    END IF;
-    SELECT o.seq INTO bad
-    FROM unnest(p_hlc, p_replica, p_kind, p_node, p_parent, p_key, p_field, p_value, p_known_seq)
-         AS t (hlc, rep, kind, node, parent, key, field, value, known)
-    JOIN ops o ON o.space = v_space AND o.hlc = t.hlc AND o.replica = t.rep
-    WHERE ROW(o.kind, o.node, o.parent, o.key, o.field, o.value, o.known_seq)
-          IS DISTINCT FROM ROW(t.kind, t.node, t.parent, t.key, t.field, t.value, t.known)
-    LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'stamp_conflict: an op with this stamp is stored with other content (seq %)',
-            bad.seq USING ERRCODE = 'AR009';
-    END IF;
-
     -- Known targets: a move's parent and a set's node must be ROOT, TRASH,
     -- in the tree, or moved by an earlier op of the batch.
+    -- One sorted pass (a join here gets planned as a quadratic loop): each
+    -- target row sees whether a move row of the same id comes before it.
     SELECT t.ord INTO bad
-    FROM unnest(p_kind, p_node, p_parent) WITH ORDINALITY AS t (kind, node, parent, ord)
-    WHERE CASE WHEN t.kind = 'm' THEN t.parent ELSE t.node END
-              NOT IN ('00000000-0000-0000-0000-000000000000', 'ffffffff-ffff-ffff-ffff-ffffffffffff')
-      AND NOT EXISTS (SELECT 1 FROM nodes x WHERE x.space = v_space
-                        AND x.id = CASE WHEN t.kind = 'm' THEN t.parent ELSE t.node END)
-      AND NOT EXISTS (SELECT 1 FROM unnest(p_kind, p_node) WITH ORDINALITY AS e (kind, node, ord)
-                      WHERE e.kind = 'm' AND e.ord < t.ord
-                        AND e.node = CASE WHEN t.kind = 'm' THEN t.parent ELSE t.node END)
+    FROM (
+        SELECT x.id, x.ord, x.is_target,
+               bool_or(NOT x.is_target) OVER (
+                   PARTITION BY x.id ORDER BY x.ord, x.is_target DESC
+                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS moved_before
+        FROM (
+            SELECT CASE WHEN u.kind = 'm' THEN u.parent ELSE u.node END AS id, u.ord,
+                   true AS is_target
+            FROM unnest(p_kind, p_node, p_parent) WITH ORDINALITY AS u (kind, node, parent, ord)
+            UNION ALL
+            SELECT u.node, u.ord, false
+            FROM unnest(p_kind, p_node) WITH ORDINALITY AS u (kind, node, ord)
+            WHERE u.kind = 'm'
+        ) x
+    ) t
+    WHERE t.is_target AND NOT coalesce(t.moved_before, false)
+      AND t.id NOT IN ('00000000-0000-0000-0000-000000000000',
+                       'ffffffff-ffff-ffff-ffff-ffffffffffff')
+      AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.space = v_space AND n.id = t.id)
     ORDER BY t.ord LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'unknown_node: op % names a node that is not in the tree', bad.ord - 1
             USING ERRCODE = 'AR008';
     END IF;
 
-    -- Idempotency: ops already stored keep their seq; the rest are new.
-    SELECT array_agg(o.seq) INTO dup_seqs
-    FROM unnest(p_hlc, p_replica) AS t (hlc, rep)
-    JOIN ops o ON o.space = v_space AND o.hlc = t.hlc AND o.replica = t.rep;
-    SELECT array_agg(old_head + b.rn ORDER BY b.rn), array_agg(b.hlc ORDER BY b.rn),
-           array_agg(b.rep ORDER BY b.rn), array_agg(b.kind ORDER BY b.rn),
-           array_agg(b.node ORDER BY b.rn), array_agg(b.parent ORDER BY b.rn),
-           array_agg(b.key ORDER BY b.rn), array_agg(b.field ORDER BY b.rn),
-           array_agg(b.value ORDER BY b.rn), array_agg(b.known ORDER BY b.rn), count(*)
-    INTO n_seq, n_hlc, n_rep, n_kind, n_node, n_parent, n_key, n_field, n_value, n_known, n_count
+    -- Idempotency, in one pass over the batch joined to stored stamps: an op
+    -- already stored keeps its seq (other content under its stamp is
+    -- refused); the rest, one per stamp and sorted by stamp, are new.
+    -- (The subquery is presorted so that each ordered aggregate's sort is
+    -- a pass over sorted input.)
+    SELECT array_agg(b.hlc ORDER BY b.hlc, b.rep) FILTER (WHERE b.fresh),
+           array_agg(b.rep ORDER BY b.hlc, b.rep) FILTER (WHERE b.fresh),
+           array_agg(b.kind ORDER BY b.hlc, b.rep) FILTER (WHERE b.fresh),
+           array_agg(b.node ORDER BY b.hlc, b.rep) FILTER (WHERE b.fresh),
+           array_agg(b.parent ORDER BY b.hlc, b.rep) FILTER (WHERE b.fresh),
+           array_agg(b.key ORDER BY b.hlc, b.rep) FILTER (WHERE b.fresh),
+           array_agg(b.field ORDER BY b.hlc, b.rep) FILTER (WHERE b.fresh),
+           array_agg(b.value ORDER BY b.hlc, b.rep) FILTER (WHERE b.fresh),
+           array_agg(b.known ORDER BY b.hlc, b.rep) FILTER (WHERE b.fresh),
+           count(*) FILTER (WHERE b.fresh),
+           array_agg(b.old_seq) FILTER (WHERE b.old_seq IS NOT NULL AND b.first),
+           coalesce(bool_or(b.old_seq IS NOT NULL AND b.changed), false),
+           coalesce(bool_or(NOT b.first), false)
+    INTO n_hlc, n_rep, n_kind, n_node, n_parent, n_key, n_field, n_value, n_known, n_count,
+         dup_seqs, stored_conflict, batch_dups
     FROM (
-        SELECT u.*, row_number() OVER (ORDER BY u.hlc, u.rep) AS rn FROM (
-            SELECT DISTINCT ON (t.hlc, t.rep) t.*
+        SELECT t.*, o.seq AS old_seq,
+               ROW(o.kind, o.node, o.parent, o.key, o.field, o.value, o.known_seq)
+                   IS DISTINCT FROM ROW(t.kind, t.node, t.parent, t.key, t.field, t.value, t.known)
+                   AS changed,
+               t.first_of_stamp AS first,
+               t.first_of_stamp AND o.seq IS NULL AS fresh
+        FROM (
+            SELECT u.*, row_number() OVER (PARTITION BY u.hlc, u.rep ORDER BY u.ord) = 1
+                            AS first_of_stamp
             FROM unnest(p_hlc, p_replica, p_kind, p_node, p_parent, p_key, p_field, p_value,
-                        p_known_seq) AS t (hlc, rep, kind, node, parent, key, field, value, known)
-            WHERE NOT EXISTS (SELECT 1 FROM ops o
-                              WHERE o.space = v_space AND o.hlc = t.hlc AND o.replica = t.rep)
-            ORDER BY t.hlc, t.rep
-        ) u
+                        p_known_seq) WITH ORDINALITY
+                 AS u (hlc, rep, kind, node, parent, key, field, value, known, ord)
+        ) t
+        LEFT JOIN ops o ON o.space = v_space AND o.hlc = t.hlc AND o.replica = t.rep
+        ORDER BY t.hlc, t.rep
     ) b;
+    IF stored_conflict THEN
+        RAISE EXCEPTION 'stamp_conflict: an op with a stored stamp has other content'
+            USING ERRCODE = 'AR009';
+    END IF;
+    IF batch_dups THEN
+        SELECT t.hlc, t.rep INTO bad
+        FROM unnest(p_hlc, p_replica, p_kind, p_node, p_parent, p_key, p_field, p_value,
+                    p_known_seq) AS t (hlc, rep, kind, node, parent, key, field, value, known)
+        GROUP BY t.hlc, t.rep
+        HAVING count(DISTINCT ROW(t.kind, t.node, t.parent, t.key, t.field, t.value, t.known)) > 1
+        LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'stamp_conflict: two different ops in the batch share stamp (%, %)',
+                bad.hlc, bad.rep USING ERRCODE = 'AR009';
+        END IF;
+    END IF;
+    n_seq := ARRAY(SELECT old_head + g FROM generate_series(1, n_count) AS g);
 
     IF n_count > 0 THEN
         -- Moves: in-order batches are done directly; otherwise one undo down
@@ -402,15 +435,30 @@ BEGIN
                 WHERE t.kind = 'm'
             ) m;
             s_len := array_length(s_seq, 1);
-            -- A move is simple when its node has no children now and is no
-            -- move's parent in the sequence: it cannot have children at its
-            -- turn, so it cannot close a cycle and needs no ancestor walk.
-            SELECT array_agg(NOT EXISTS (SELECT 1 FROM nodes c
-                                         WHERE c.space = v_space AND c.parent = t.node)
-                             AND ps.p IS NULL ORDER BY t.idx)
+            -- A move is simple when it cannot close a cycle, so it needs no
+            -- ancestor walk and can be done set-based:
+            -- - its node has no children now and is no earlier move's parent
+            --   in the sequence (no children at its turn; this covers every
+            --   create, even of a node later moves of the batch use as their
+            --   parent), or
+            -- - it is the node's first move in the sequence and keeps the
+            --   node's stored parent (a reorder).
+            SELECT array_agg(
+                       t.node <> t.parent
+                       AND ((ps.first IS NULL OR ps.first > t.idx)
+                            AND NOT EXISTS (SELECT 1 FROM nodes c
+                                            WHERE c.space = v_space AND c.parent = t.node)
+                            OR nf.first = t.idx AND cur.parent = t.parent)
+                       ORDER BY t.idx)
             INTO s_simple
-            FROM unnest(s_node) WITH ORDINALITY AS t (node, idx)
-            LEFT JOIN (SELECT DISTINCT q.p FROM unnest(s_parent) AS q (p)) ps ON ps.p = t.node;
+            FROM unnest(s_node, s_parent) WITH ORDINALITY AS t (node, parent, idx)
+            LEFT JOIN (SELECT q.p, min(q.idx) AS first
+                       FROM unnest(s_parent) WITH ORDINALITY AS q (p, idx) GROUP BY q.p) ps
+                   ON ps.p = t.node
+            LEFT JOIN (SELECT q.n, min(q.idx) AS first
+                       FROM unnest(s_node) WITH ORDINALITY AS q (n, idx) GROUP BY q.n) nf
+                   ON nf.n = t.node
+            LEFT JOIN nodes cur ON cur.space = v_space AND cur.id = t.node;
 
             i := 1;
             WHILE i <= s_len LOOP

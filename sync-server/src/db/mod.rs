@@ -298,22 +298,33 @@ fn committed_from_row(row: &Row) -> Result<Committed, DbError> {
     Ok(Committed { seq, op, origin })
 }
 
-/// The column arrays `apply_ops` takes.
-#[derive(Default)]
-struct OpArrays {
-    hlc: Vec<i64>,
-    replica: Vec<i64>,
-    kind: Vec<i8>,
-    node: Vec<Uuid>,
-    parent: Vec<Option<Uuid>>,
-    key: Vec<Option<Vec<u8>>>,
-    field: Vec<Option<String>>,
-    value: Vec<Option<String>>,
-    known_seq: Vec<i64>,
+/// A batch as the column arrays `apply_ops` takes (encodings in
+/// `migrations/README.md`): element `i` of every array is op `i`.
+#[derive(Debug, Default, Clone)]
+pub struct OpArrays {
+    /// HLC of each stamp (below 2^63).
+    pub hlc: Vec<i64>,
+    /// Replica of each stamp, sign bit flipped ([`replica_to_sql`]).
+    pub replica: Vec<i64>,
+    /// `'m'` (move) or `'s'` (set), as a Postgres `"char"`.
+    pub kind: Vec<i8>,
+    /// The node.
+    pub node: Vec<Uuid>,
+    /// Moves: the parent (NULL for sets).
+    pub parent: Vec<Option<Uuid>>,
+    /// Moves: the order key bytes (NULL for sets).
+    pub key: Vec<Option<Vec<u8>>>,
+    /// Sets: the field (NULL for moves).
+    pub field: Vec<Option<String>>,
+    /// Sets: the value (NULL clears; NULL for moves).
+    pub value: Vec<Option<String>>,
+    /// The author's known_seq.
+    pub known_seq: Vec<i64>,
 }
 
 impl OpArrays {
-    fn encode(ops: &[Op]) -> Result<OpArrays, DbError> {
+    /// Encodes a batch; refuses numbers Postgres' bigint cannot hold.
+    pub fn encode(ops: &[Op]) -> Result<OpArrays, DbError> {
         let mut a = OpArrays::default();
         for (i, op) in ops.iter().enumerate() {
             let stamp = op.stamp();
