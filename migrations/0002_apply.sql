@@ -232,6 +232,7 @@ DECLARE
     n_known bigint[];
     n_count int;
     lo record;
+    in_order boolean;
     -- The (re)do sequence: undone log entries merged with new moves.
     s_seq bigint[];
     s_node uuid[];
@@ -244,7 +245,8 @@ DECLARE
     r_pk bytea[] := '{}';
     run_pp uuid[];
     run_pk bytea[];
-    one record;
+    one_pp uuid;
+    one_pk bytea;
     i int;
     j int;
 BEGIN
@@ -406,7 +408,8 @@ BEGIN
         FROM unnest(n_hlc, n_rep, n_kind) WITH ORDINALITY AS t (hlc, rep, kind, ord)
         WHERE t.kind = 'm' ORDER BY t.ord LIMIT 1;
         IF FOUND THEN
-            IF sp.log_hlc IS NOT NULL AND (lo.hlc, lo.rep) < (sp.log_hlc, sp.log_replica) THEN
+            in_order := sp.log_hlc IS NULL OR (lo.hlc, lo.rep) > (sp.log_hlc, sp.log_replica);
+            IF NOT in_order THEN
                 -- Undo, newest first, collapses per node to the previous place
                 -- recorded by its oldest undone applied move.
                 WITH u AS (
@@ -422,18 +425,28 @@ BEGIN
                 UPDATE nodes x SET parent = u.prev_parent, key = u.prev_key
                 FROM u WHERE u.prev_parent IS NOT NULL AND x.space = v_space AND x.id = u.node;
             END IF;
-            SELECT array_agg(m.seq ORDER BY m.hlc, m.rep), array_agg(m.node ORDER BY m.hlc, m.rep),
-                   array_agg(m.parent ORDER BY m.hlc, m.rep), array_agg(m.key ORDER BY m.hlc, m.rep)
-            INTO s_seq, s_node, s_parent, s_key
-            FROM (
-                SELECT o.seq, o.hlc, o.replica AS rep, o.node, o.parent, o.key FROM ops o
-                WHERE o.space = v_space AND o.kind = 'm' AND (o.hlc, o.replica) > (lo.hlc, lo.rep)
-                UNION ALL
-                SELECT t.seq, t.hlc, t.rep, t.node, t.parent, t.key
-                FROM unnest(n_seq, n_hlc, n_rep, n_kind, n_node, n_parent, n_key)
-                     AS t (seq, hlc, rep, kind, node, parent, key)
-                WHERE t.kind = 'm'
-            ) m;
+            IF in_order THEN
+                -- The new moves alone, already in stamp order.
+                SELECT array_agg(t.seq ORDER BY t.ord), array_agg(t.node ORDER BY t.ord),
+                       array_agg(t.parent ORDER BY t.ord), array_agg(t.key ORDER BY t.ord)
+                INTO s_seq, s_node, s_parent, s_key
+                FROM unnest(n_seq, n_kind, n_node, n_parent, n_key) WITH ORDINALITY
+                     AS t (seq, kind, node, parent, key, ord)
+                WHERE t.kind = 'm';
+            ELSE
+                SELECT array_agg(m.seq ORDER BY m.hlc, m.rep), array_agg(m.node ORDER BY m.hlc, m.rep),
+                       array_agg(m.parent ORDER BY m.hlc, m.rep), array_agg(m.key ORDER BY m.hlc, m.rep)
+                INTO s_seq, s_node, s_parent, s_key
+                FROM (
+                    SELECT o.seq, o.hlc, o.replica AS rep, o.node, o.parent, o.key FROM ops o
+                    WHERE o.space = v_space AND o.kind = 'm' AND (o.hlc, o.replica) > (lo.hlc, lo.rep)
+                    UNION ALL
+                    SELECT t.seq, t.hlc, t.rep, t.node, t.parent, t.key
+                    FROM unnest(n_seq, n_hlc, n_rep, n_kind, n_node, n_parent, n_key)
+                         AS t (seq, hlc, rep, kind, node, parent, key)
+                    WHERE t.kind = 'm'
+                ) m;
+            END IF;
             s_len := array_length(s_seq, 1);
             -- A move is simple when it cannot close a cycle, so it needs no
             -- ancestor walk and can be done set-based:
@@ -496,19 +509,46 @@ BEGIN
                     r_pk := r_pk || run_pk;
                     i := j + 1;
                 ELSE
-                    SELECT * INTO one FROM arbor_do_move(v_space, s_node[i], s_parent[i], s_key[i]);
-                    r_app := r_app || one.applied;
-                    r_pp := r_pp || one.prev_parent;
-                    r_pk := r_pk || one.prev_key;
+                    -- arbor_do_move, inlined (a call costs as much as the walk).
+                    SELECT x.parent, x.key INTO one_pp, one_pk
+                    FROM nodes x WHERE x.space = v_space AND x.id = s_node[i];
+                    IF s_node[i] = s_parent[i]
+                       OR (one_pp IS DISTINCT FROM s_parent[i]
+                           AND EXISTS (SELECT 1 FROM nodes c
+                                       WHERE c.space = v_space AND c.parent = s_node[i])
+                           AND EXISTS (
+                               WITH RECURSIVE up (id) AS (
+                                   SELECT s_parent[i]
+                                   UNION
+                                   SELECT x.parent FROM up
+                                   JOIN nodes x ON x.space = v_space AND x.id = up.id
+                                   WHERE up.id <> s_node[i]
+                               )
+                               SELECT 1 FROM up WHERE up.id = s_node[i])) THEN
+                        r_app := r_app || false;
+                        r_pp := r_pp || NULL::uuid;
+                        r_pk := r_pk || NULL::bytea;
+                    ELSE
+                        INSERT INTO nodes AS x (space, id, parent, key)
+                        VALUES (v_space, s_node[i], s_parent[i], s_key[i])
+                        ON CONFLICT (space, id)
+                        DO UPDATE SET parent = EXCLUDED.parent, key = EXCLUDED.key;
+                        r_app := r_app || true;
+                        r_pp := r_pp || one_pp;
+                        r_pk := r_pk || one_pk;
+                    END IF;
                     i := i + 1;
                 END IF;
             END LOOP;
 
-            -- Redone log entries whose effect changed.
-            UPDATE ops o SET applied = e.app, prev_parent = e.pp, prev_key = e.pk
-            FROM unnest(s_seq, r_app, r_pp, r_pk) AS e (seq, app, pp, pk)
-            WHERE o.space = v_space AND o.seq = e.seq AND e.seq <= old_head
-              AND ROW(o.applied, o.prev_parent, o.prev_key) IS DISTINCT FROM ROW(e.app, e.pp, e.pk);
+            IF NOT in_order THEN
+                -- Redone log entries whose effect changed.
+                UPDATE ops o SET applied = e.app, prev_parent = e.pp, prev_key = e.pk
+                FROM unnest(s_seq, r_app, r_pp, r_pk) AS e (seq, app, pp, pk)
+                WHERE o.space = v_space AND o.seq = e.seq AND e.seq <= old_head
+                  AND ROW(o.applied, o.prev_parent, o.prev_key)
+                      IS DISTINCT FROM ROW(e.app, e.pp, e.pk);
+            END IF;
         END IF;
 
         INSERT INTO ops (space, seq, hlc, replica, kind, node, parent, key, field, value,
@@ -520,6 +560,7 @@ BEGIN
         LEFT JOIN unnest(s_seq, r_app, r_pp, r_pk) AS e (seq, app, pp, pk) ON e.seq = t.seq;
 
         -- Sets: last writer wins per (node, field); never undone.
+        IF 's' = ANY (n_kind) THEN
         INSERT INTO payloads AS y (space, node, field, value, hlc, replica)
         SELECT DISTINCT ON (t.node, t.field) v_space, t.node, t.field, t.value, t.hlc, t.rep
         FROM unnest(n_hlc, n_rep, n_kind, n_node, n_field, n_value)
@@ -529,6 +570,7 @@ BEGIN
         ON CONFLICT (space, node, field) DO UPDATE
         SET value = EXCLUDED.value, hlc = EXCLUDED.hlc, replica = EXCLUDED.replica
         WHERE (y.hlc, y.replica) < (EXCLUDED.hlc, EXCLUDED.replica);
+        END IF;
 
         UPDATE spaces s SET
             head_seq = old_head + n_count,
@@ -542,7 +584,14 @@ BEGIN
                 ) m ORDER BY m.hlc DESC, m.rep DESC LIMIT 1)
         WHERE s.id = v_space;
 
-        PERFORM arbor_restore_pass(v_space, old_head);
+        -- The restore rule needs a delete committed after some new op's
+        -- known_seq (the batch's own deletes included): usually none.
+        IF EXISTS (SELECT 1 FROM ops o
+                   WHERE o.space = v_space AND o.kind = 'm'
+                     AND o.parent = 'ffffffff-ffff-ffff-ffff-ffffffffffff'
+                     AND o.seq > (SELECT min(k) FROM unnest(n_known) AS k)) THEN
+            PERFORM arbor_restore_pass(v_space, old_head);
+        END IF;
     END IF;
 
     RETURN QUERY

@@ -5,7 +5,7 @@
 //! ```
 //!
 //! Starts its own Postgres cluster with durable settings (fsync on; set
-//! `ARBOR_BENCH_PG_THROWAWAY=1` for fsync off), builds a thoughtspace of
+//! `ARBOR_BENCH_PG_THROWAWAY=1` for fsync off) and `shared_buffers=2GB`, builds a thoughtspace of
 //! `ARBOR_BENCH_NODES` nodes (default 1,000,000; each with a text field),
 //! copies it for the baseline, then measures on both, with the same ops in
 //! the same order:
@@ -252,7 +252,13 @@ async fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(if quick { 100_000 } else { 1_000_000 });
     let throwaway = std::env::var("ARBOR_BENCH_PG_THROWAWAY").is_ok_and(|v| v == "1");
-    let cluster = PgCluster::start(PgOptions { throwaway }).unwrap();
+    // shared_buffers sized like a database host's (a quarter of RAM is the
+    // usual advice), so the 1M-node working set is resident.
+    let cluster = PgCluster::start(PgOptions {
+        throwaway,
+        shared_buffers: "2GB",
+    })
+    .unwrap();
     let admin = cluster.connect("postgres").await.unwrap();
     admin.batch_execute("CREATE DATABASE bench").await.unwrap();
     let mut setup = cluster.connect("bench").await.unwrap();
@@ -264,7 +270,7 @@ async fn main() {
     let db = Db::new(cluster.config("bench"), 2).unwrap();
     db.create_space("main").await.unwrap();
     println!(
-        "# apply benchmark: {nodes} nodes, fsync {}",
+        "# apply benchmark: {nodes} nodes, shared_buffers 2GB, fsync {}",
         if throwaway {
             "off"
         } else {

@@ -51,11 +51,16 @@ pub struct PgOptions {
     /// faster, and fine for data nobody keeps. False gives Postgres' durable
     /// defaults (benchmarks use them).
     pub throwaway: bool,
+    /// `shared_buffers` (Postgres syntax, e.g. `"256MB"`).
+    pub shared_buffers: &'static str,
 }
 
 impl Default for PgOptions {
     fn default() -> Self {
-        PgOptions { throwaway: true }
+        PgOptions {
+            throwaway: true,
+            shared_buffers: "256MB",
+        }
     }
 }
 
@@ -248,8 +253,9 @@ impl PgCluster {
     fn pg_ctl_start(&self) -> Result<()> {
         let mut opts = format!(
             "-c listen_addresses='' -c unix_socket_directories='{}' -c port={PORT} \
-             -c max_connections=200 -c shared_buffers=256MB",
-            self.root.display()
+             -c max_connections=200 -c shared_buffers={}",
+            self.root.display(),
+            self.options.shared_buffers
         );
         if self.options.throwaway {
             opts.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
