@@ -58,10 +58,14 @@ CREATE TABLE ops (
 );
 -- Idempotency and undo by stamp.
 CREATE UNIQUE INDEX ops_stamp ON ops (space, hlc, replica);
--- A node's moves, newest first (restore rule: which move placed it).
-CREATE INDEX ops_node_moves ON ops (space, node, hlc, replica) WHERE kind = 'm';
--- Deletes by seq (restore rule: deletes concurrent with a batch).
+-- Deletes (moves to TRASH), for the restore rule: by seq (deletes
+-- concurrent with a batch), and per node newest first (the delete that put
+-- a node in the trash: a node whose parent is TRASH was placed by its newest
+-- applied delete). Deletes are few, so these cost ingest almost nothing; an
+-- index of every move by node would cost a random insert per move.
 CREATE INDEX ops_deletes ON ops (space, seq)
+    WHERE kind = 'm' AND parent = 'ffffffff-ffff-ffff-ffff-ffffffffffff';
+CREATE INDEX ops_node_deletes ON ops (space, node, hlc, replica)
     WHERE kind = 'm' AND parent = 'ffffffff-ffff-ffff-ffff-ffffffffffff';
 
 -- The tree: one row per node in it (ROOT and TRASH are implicit).

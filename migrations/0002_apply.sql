@@ -100,11 +100,15 @@ DECLARE
     v_now bigint;
 BEGIN
     LOOP
-        SELECT o.seq, o.replica, o.known_seq, o.parent, o.prev_parent, o.prev_key INTO e
+        -- x is in the trash through its newest applied delete.
+        EXIT WHEN NOT EXISTS (SELECT 1 FROM nodes n WHERE n.space = p_space AND n.id = x
+                                AND n.parent = 'ffffffff-ffff-ffff-ffff-ffffffffffff');
+        SELECT o.seq, o.replica, o.known_seq, o.prev_parent, o.prev_key INTO e
         FROM ops o
-        WHERE o.space = p_space AND o.kind = 'm' AND o.node = x AND o.applied
+        WHERE o.space = p_space AND o.kind = 'm' AND o.node = x
+          AND o.parent = 'ffffffff-ffff-ffff-ffff-ffffffffffff' AND o.applied
         ORDER BY o.hlc DESC, o.replica DESC LIMIT 1;
-        EXIT WHEN NOT FOUND OR e.parent <> 'ffffffff-ffff-ffff-ffff-ffffffffffff';
+        EXIT WHEN NOT FOUND;
         EXIT WHEN e.replica = a_replica OR NOT (a_seq > e.known_seq AND e.seq > a_known);
         EXIT WHEN EXISTS (SELECT 1 FROM restores r WHERE r.space = p_space AND r.cause_seq = e.seq);
         EXIT WHEN e.prev_parent IS NULL; -- created in the trash: no place to return to
@@ -171,6 +175,7 @@ BEGIN
               AND n.parent = 'ffffffff-ffff-ffff-ffff-ffffffffffff');
         CONTINUE WHEN EXISTS (
             SELECT 1 FROM ops o WHERE o.space = p_space AND o.kind = 'm' AND o.node = d.node
+              AND o.parent = 'ffffffff-ffff-ffff-ffff-ffffffffffff'
               AND o.applied AND (o.hlc, o.replica) > (d.hlc, d.replica));
         CONTINUE WHEN EXISTS (
             SELECT 1 FROM restores r WHERE r.space = p_space AND r.cause_seq = d.seq);
@@ -239,6 +244,9 @@ DECLARE
     s_parent uuid[];
     s_key bytea[];
     s_simple boolean[];
+    s_first boolean[];
+    s_cur_parent uuid[];
+    s_cur_key bytea[];
     s_len int;
     r_app boolean[] := '{}';
     r_pp uuid[] := '{}';
@@ -380,7 +388,12 @@ BEGIN
                         p_known_seq) WITH ORDINALITY
                  AS u (hlc, rep, kind, node, parent, key, field, value, known, ord)
         ) t
-        LEFT JOIN ops o ON o.space = v_space AND o.hlc = t.hlc AND o.replica = t.rep
+        -- Stamps above the space's clock cannot be stored: no probe.
+        LEFT JOIN LATERAL (
+            SELECT * FROM ops o
+            WHERE t.hlc <= sp.clock_hlc
+              AND o.space = v_space AND o.hlc = t.hlc AND o.replica = t.rep
+        ) o ON true
         ORDER BY t.hlc, t.rep
     ) b;
     IF stored_conflict THEN
@@ -456,14 +469,19 @@ BEGIN
             --   parent), or
             -- - it is the node's first move in the sequence and keeps the
             --   node's stored parent (a reorder).
+            -- It also keeps each move's stored place (the previous place of
+            -- a node's first move in the sequence), so runs need not read it.
             SELECT array_agg(
                        t.node <> t.parent
-                       AND ((ps.first IS NULL OR ps.first > t.idx)
-                            AND NOT EXISTS (SELECT 1 FROM nodes c
-                                            WHERE c.space = v_space AND c.parent = t.node)
-                            OR nf.first = t.idx AND cur.parent = t.parent)
-                       ORDER BY t.idx)
-            INTO s_simple
+                       AND (nf.first = t.idx AND cur.parent = t.parent
+                            OR (ps.first IS NULL OR ps.first > t.idx)
+                               AND NOT EXISTS (SELECT 1 FROM nodes c
+                                               WHERE c.space = v_space AND c.parent = t.node))
+                       ORDER BY t.idx),
+                   array_agg(nf.first = t.idx ORDER BY t.idx),
+                   array_agg(cur.parent ORDER BY t.idx),
+                   array_agg(cur.key ORDER BY t.idx)
+            INTO s_simple, s_first, s_cur_parent, s_cur_key
             FROM unnest(s_node, s_parent) WITH ORDINALITY AS t (node, parent, idx)
             LEFT JOIN (SELECT q.p, min(q.idx) AS first
                        FROM unnest(s_parent) WITH ORDINALITY AS q (p, idx) GROUP BY q.p) ps
@@ -483,18 +501,25 @@ BEGIN
                     WHILE j < s_len AND s_simple[j + 1] LOOP
                         j := j + 1;
                     END LOOP;
+                    -- (A node's stored place is read only when an earlier
+                    -- run or single move of the sequence changed it.)
                     WITH t AS (
-                        SELECT * FROM unnest(s_node[i:j], s_parent[i:j], s_key[i:j])
-                                 WITH ORDINALITY AS t (node, parent, key, idx)
+                        SELECT * FROM unnest(s_node[i:j], s_parent[i:j], s_key[i:j], s_first[i:j],
+                                             s_cur_parent[i:j], s_cur_key[i:j])
+                                 WITH ORDINALITY AS t (node, parent, key, first, cp, ck, idx)
                     ), p AS (
                         SELECT t.idx, t.node, t.parent, t.key,
-                               CASE WHEN row_number() OVER w = 1 THEN x.parent
-                                    ELSE lag(t.parent) OVER w END AS pp,
-                               CASE WHEN row_number() OVER w = 1 THEN x.key
-                                    ELSE lag(t.key) OVER w END AS pk,
+                               CASE WHEN row_number() OVER w > 1 THEN lag(t.parent) OVER w
+                                    WHEN t.first THEN t.cp
+                                    ELSE (SELECT x.parent FROM nodes x
+                                          WHERE x.space = v_space AND x.id = t.node) END AS pp,
+                               CASE WHEN row_number() OVER w > 1 THEN lag(t.key) OVER w
+                                    WHEN t.first THEN t.ck
+                                    ELSE (SELECT x.key FROM nodes x
+                                          WHERE x.space = v_space AND x.id = t.node) END AS pk,
                                row_number() OVER (PARTITION BY t.node ORDER BY t.idx DESC) = 1
                                    AS last
-                        FROM t LEFT JOIN nodes x ON x.space = v_space AND x.id = t.node
+                        FROM t
                         WINDOW w AS (PARTITION BY t.node ORDER BY t.idx)
                     ), w AS (
                         INSERT INTO nodes AS x (space, id, parent, key)

@@ -49,6 +49,7 @@ async fn concurrent_pushers_get_gapless_seqs_and_converge() {
             let mut next = 0u128;
             let mut cursor = SHARED as u64;
             let mut got_all = Vec::new();
+            let mut used = std::collections::HashSet::new();
             for _ in 0..40 {
                 let len = 1 + splitmix(&mut s) % 25;
                 let mut batch = Vec::new();
@@ -104,11 +105,20 @@ async fn concurrent_pushers_get_gapless_seqs_and_converge() {
                     batch.push(op);
                 }
                 // Now and then an old stamp: forces undo/redo while others push.
+                // (Never onto a stamp this replica already used: that would be
+                // a stamp conflict, rightly refused.)
                 if splitmix(&mut s) % 4 == 0 {
-                    if let Some(Op::Move(m)) = batch.last_mut() {
-                        m.stamp.hlc = Hlc(m.stamp.hlc.0 - (splitmix(&mut s) % 2_000) * 65_536 / 10);
+                    let back = (splitmix(&mut s) % 2_000) * 65_536 / 10;
+                    let old = batch.last().map(|op| Hlc(op.stamp().hlc.0 - back));
+                    let taken =
+                        |h: &Hlc| used.contains(h) || batch.iter().any(|op| op.stamp().hlc == *h);
+                    if let (Some(old), Some(Op::Move(m))) =
+                        (old.filter(|h| !taken(h)), batch.last_mut())
+                    {
+                        m.stamp.hlc = old;
                     }
                 }
+                used.extend(batch.iter().map(|op| op.stamp().hlc));
                 let got = db
                     .apply("s", Some(ReplicaId(replica)), &batch)
                     .await
