@@ -222,6 +222,7 @@ DECLARE
     v_now bigint;
     old_head bigint;
     dup_seqs bigint[];
+    targets uuid[];
     stored_conflict boolean;
     batch_dups boolean;
     -- New ops, sorted by stamp; seqs old_head + 1 ...
@@ -325,12 +326,14 @@ BEGIN
     END IF;
 
     -- Known targets: a move's parent and a set's node must be ROOT, TRASH,
-    -- in the tree, or moved by an earlier op of the batch.
-    -- One sorted pass (a join here gets planned as a quadratic loop): each
-    -- target row sees whether a move row of the same id comes before it.
-    SELECT t.ord INTO bad
+    -- in the tree, or moved by an earlier op of the batch. One sorted pass
+    -- finds the targets no earlier op moves (a join here can be planned as
+    -- a quadratic loop); one index scan with the sorted, distinct ids
+    -- counts those in the tree; only if some is missing do we look for the
+    -- first one, to name it.
+    SELECT array_agg(DISTINCT t.id) INTO targets
     FROM (
-        SELECT x.id, x.ord, x.is_target,
+        SELECT x.id, x.is_target,
                bool_or(NOT x.is_target) OVER (
                    PARTITION BY x.id ORDER BY x.ord, x.is_target DESC
                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS moved_before
@@ -346,10 +349,15 @@ BEGIN
     ) t
     WHERE t.is_target AND NOT coalesce(t.moved_before, false)
       AND t.id NOT IN ('00000000-0000-0000-0000-000000000000',
-                       'ffffffff-ffff-ffff-ffff-ffffffffffff')
-      AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.space = v_space AND n.id = t.id)
-    ORDER BY t.ord LIMIT 1;
-    IF FOUND THEN
+                       'ffffffff-ffff-ffff-ffff-ffffffffffff');
+    IF coalesce(array_length(targets, 1), 0)
+       <> (SELECT count(*) FROM nodes n WHERE n.space = v_space AND n.id = ANY (targets)) THEN
+        SELECT t.ord INTO bad
+        FROM unnest(p_kind, p_node, p_parent) WITH ORDINALITY AS t (kind, node, parent, ord)
+        WHERE CASE WHEN t.kind = 'm' THEN t.parent ELSE t.node END = ANY (targets)
+          AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.space = v_space
+                            AND n.id = CASE WHEN t.kind = 'm' THEN t.parent ELSE t.node END)
+        ORDER BY t.ord LIMIT 1;
         RAISE EXCEPTION 'unknown_node: op % names a node that is not in the tree', bad.ord - 1
             USING ERRCODE = 'AR008';
     END IF;
@@ -517,8 +525,7 @@ BEGIN
                                     WHEN t.first THEN t.ck
                                     ELSE (SELECT x.key FROM nodes x
                                           WHERE x.space = v_space AND x.id = t.node) END AS pk,
-                               row_number() OVER (PARTITION BY t.node ORDER BY t.idx DESC) = 1
-                                   AS last
+                               lead(t.idx) OVER w IS NULL AS last
                         FROM t
                         WINDOW w AS (PARTITION BY t.node ORDER BY t.idx)
                     ), w AS (
