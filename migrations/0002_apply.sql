@@ -525,14 +525,20 @@ BEGIN
                                     WHEN t.first THEN t.ck
                                     ELSE (SELECT x.key FROM nodes x
                                           WHERE x.space = v_space AND x.id = t.node) END AS pk,
-                               lead(t.idx) OVER w IS NULL AS last
+                               lead(t.idx) OVER w IS NULL AS last,
+                               -- Not in the tree at the run's start: insert.
+                               first_value(CASE WHEN t.first THEN t.cp
+                                                ELSE (SELECT x.parent FROM nodes x
+                                                      WHERE x.space = v_space AND x.id = t.node)
+                                           END) OVER w IS NULL AS fresh
                         FROM t
                         WINDOW w AS (PARTITION BY t.node ORDER BY t.idx)
-                    ), w AS (
-                        INSERT INTO nodes AS x (space, id, parent, key)
-                        SELECT v_space, p.node, p.parent, p.key FROM p WHERE p.last
-                        ON CONFLICT (space, id)
-                        DO UPDATE SET parent = EXCLUDED.parent, key = EXCLUDED.key
+                    ), moved AS (
+                        UPDATE nodes x SET parent = p.parent, key = p.key
+                        FROM p WHERE p.last AND NOT p.fresh AND x.space = v_space AND x.id = p.node
+                    ), created AS (
+                        INSERT INTO nodes (space, id, parent, key)
+                        SELECT v_space, p.node, p.parent, p.key FROM p WHERE p.last AND p.fresh
                     )
                     SELECT array_agg(p.pp ORDER BY p.idx), array_agg(p.pk ORDER BY p.idx)
                     INTO run_pp, run_pk FROM p;
