@@ -246,6 +246,10 @@ DECLARE
     s_key bytea[];
     s_simple boolean[];
     s_first boolean[];
+    s_skip boolean[];
+    walk_idx bigint[];
+    walk_cycle boolean[];
+    walk_safe boolean;
     s_cur_parent uuid[];
     s_cur_key bytea[];
     s_len int;
@@ -499,9 +503,62 @@ BEGIN
                    ON nf.n = t.node
             LEFT JOIN nodes cur ON cur.space = v_space AND cur.id = t.node;
 
+            -- The other moves need the cycle check at their turn. Walk up
+            -- from all their parents at once in the state before the
+            -- sequence: if no node on a move's walk is moved earlier in the
+            -- sequence, its ancestors at its turn are the ones walked, so
+            -- the walk's answer is the answer at its turn. When that holds
+            -- for every such move (the common case), each is simple or
+            -- skipped and the sequence needs no move-by-move pass.
+            s_skip := array_fill(false, ARRAY[s_len]);
+            IF false = ANY (s_simple) THEN
+                WITH RECURSIVE up (k, x, id) AS (
+                    SELECT t.idx, t.node, t.parent
+                    FROM unnest(s_node, s_parent, s_simple) WITH ORDINALITY
+                         AS t (node, parent, simple, idx)
+                    WHERE NOT t.simple
+                    UNION
+                    SELECT up.k, up.x, n.parent FROM up
+                    JOIN nodes n ON n.space = v_space AND n.id = up.id
+                    WHERE up.id <> up.x
+                ), marks AS (
+                    SELECT m.k, m.x, m.id, m.is_move,
+                           bool_or(m.is_move) OVER (
+                               PARTITION BY m.id ORDER BY m.pos, m.is_move
+                               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS moved_before
+                    FROM (
+                        SELECT up.k, up.x, up.id, up.k AS pos, false AS is_move FROM up
+                        UNION ALL
+                        SELECT NULL, NULL, q.node, q.idx, true
+                        FROM unnest(s_node) WITH ORDINALITY AS q (node, idx)
+                    ) m
+                )
+                SELECT array_agg(g.k), array_agg(g.cycle), coalesce(bool_and(g.safe), true)
+                INTO walk_idx, walk_cycle, walk_safe
+                FROM (
+                    SELECT marks.k, bool_or(marks.id = marks.x) AS cycle,
+                           bool_and(NOT coalesce(marks.moved_before, false)) AS safe
+                    FROM marks WHERE NOT marks.is_move GROUP BY marks.k
+                ) g;
+                IF walk_safe THEN
+                    FOR wk IN 1 .. coalesce(array_length(walk_idx, 1), 0) LOOP
+                        IF walk_cycle[wk] THEN
+                            s_skip[walk_idx[wk]] := true;
+                        ELSE
+                            s_simple[walk_idx[wk]] := true;
+                        END IF;
+                    END LOOP;
+                END IF;
+            END IF;
+
             i := 1;
             WHILE i <= s_len LOOP
-                IF s_simple[i] THEN
+                IF s_skip[i] THEN
+                    r_app := r_app || false;
+                    r_pp := r_pp || NULL::uuid;
+                    r_pk := r_pk || NULL::bytea;
+                    i := i + 1;
+                ELSIF s_simple[i] THEN
                     -- A run of simple moves, set-based: each takes the place
                     -- its predecessor in the run gave the node, or the stored
                     -- one; the node ends at its last move of the run.
