@@ -344,7 +344,17 @@ async fn main() {
                 let a = OpArrays::encode(&b).unwrap();
                 prof.query(
                     "SELECT * FROM apply_ops('main', NULL, $1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                    &[&a.hlc, &a.replica, &a.kind, &a.node, &a.parent, &a.key, &a.field, &a.value, &a.known_seq],
+                    &[
+                        &a.hlc,
+                        &a.replica,
+                        &a.kind,
+                        &a.node,
+                        &a.parent,
+                        &a.key,
+                        &a.field,
+                        &a.value,
+                        &a.known_seq,
+                    ],
                 )
                 .await
                 .unwrap();
