@@ -69,8 +69,10 @@ CREATE INDEX ops_node_deletes ON ops (space, node, hlc, replica)
     WHERE kind = 'm' AND parent = 'ffffffff-ffff-ffff-ffff-ffffffffffff';
 
 -- The tree: one row per node in it (ROOT and TRASH are implicit).
--- `parent` may name a node not in the table only transiently inside
--- apply_ops (ops under unknown parents are refused).
+-- `parent` may name a node not in the table: ops arrive in any order, and a
+-- move stamped before the first applied move of its parent (whose earlier
+-- create has not arrived yet) hangs under it, as in the Rust core, until
+-- that create arrives.
 CREATE TABLE nodes (
     space  bigint NOT NULL,
     id     uuid NOT NULL,

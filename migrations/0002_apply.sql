@@ -88,8 +88,9 @@ END $$;
 -- yet restored.
 CREATE FUNCTION arbor_restore_chain(
     p_space bigint, p_x uuid, a_seq bigint, a_known bigint, a_replica bigint)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
+    appended integer := 0;
     x uuid := p_x;
     e record;
     res record;
@@ -139,26 +140,31 @@ BEGIN
                 res.applied, res.prev_parent, res.prev_key);
         INSERT INTO restores (space, cause_seq, trigger_seq, restore_seq)
         VALUES (p_space, e.seq, a_seq, v_seq);
+        appended := appended + 1;
         EXIT WHEN p = '00000000-0000-0000-0000-000000000000';
         x := arbor_trash_root(p_space, p);
         EXIT WHEN x IS NULL;
     END LOOP;
+    RETURN appended;
 END $$;
 
 -- The restore rule over every pair (delete D, write A) with at least one of
 -- them committed after `old_head` (this batch).
-CREATE FUNCTION arbor_restore_pass(p_space bigint, old_head bigint) RETURNS void
+-- Returns how many restores it appended; the caller repeats it until none
+-- (a restore can put a write inside another concurrently deleted subtree).
+CREATE FUNCTION arbor_restore_pass(p_space bigint, old_head bigint) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     min_known bigint;
     lower bigint;
     d record;
     a record;
+    appended bigint := 0;
 BEGIN
     SELECT min(o.known_seq) INTO min_known FROM ops o
     WHERE o.space = p_space AND o.seq > old_head;
     IF min_known IS NULL THEN
-        RETURN;
+        RETURN 0;
     END IF;
     -- A delete can pair with this batch only if it is in it or committed
     -- after some new op's known_seq.
@@ -192,8 +198,9 @@ BEGIN
               = d.node
         ORDER BY o.seq LIMIT 1;
         CONTINUE WHEN NOT FOUND;
-        PERFORM arbor_restore_chain(p_space, d.node, a.seq, a.known_seq, a.replica);
+        appended := appended + arbor_restore_chain(p_space, d.node, a.seq, a.known_seq, a.replica);
     END LOOP;
+    RETURN appended;
 END $$;
 
 -- Applies a batch of ops to one thoughtspace. See migrations/README.md.
@@ -224,6 +231,8 @@ DECLARE
     dup_seqs bigint[];
     targets uuid[];
     stored_conflict boolean;
+    conflict_ord bigint;
+    stale_ord bigint;
     batch_dups boolean;
     -- New ops, sorted by stamp; seqs old_head + 1 ...
     n_seq bigint[];
@@ -247,6 +256,9 @@ DECLARE
     s_simple boolean[];
     s_first boolean[];
     s_skip boolean[];
+    m_app boolean[];
+    m_pp uuid[];
+    m_pk bytea[];
     walk_idx bigint[];
     walk_cycle boolean[];
     walk_safe boolean;
@@ -294,7 +306,6 @@ BEGIN
             WHEN 'AR002' THEN 'bad_key: an order key is 1..256 bytes, not ending in 0x00'
             WHEN 'AR003' THEN 'bad_field: a field name is 1..64 bytes'
             WHEN 'AR004' THEN 'value_too_long: a value is at most 65536 bytes'
-            WHEN 'AR005' THEN 'stale: stamp at or below the horizon; re-stamp and retry'
             WHEN 'AR006' THEN 'clock_ahead: stamp too far ahead of the server clock'
             WHEN 'AR007' THEN 'wrong_replica: replica 0 is the server''s, and an author must match the caller'
             ELSE 'bad_op: NULL element, unknown kind, negative number, or fields of the other kind'
@@ -309,18 +320,17 @@ BEGIN
                                 'ffffffff-ffff-ffff-ffff-ffffffffffff') THEN 'AR001'
                 WHEN t.rep = -9223372036854775808
                      OR (p_author IS NOT NULL AND t.rep <> p_author) THEN 'AR007'
-                WHEN t.kind = 'm' AND (t.parent IS NULL OR t.field IS NOT NULL
+                WHEN t.kind = 'm' AND (t.parent IS NULL OR t.key IS NULL OR t.field IS NOT NULL
                                        OR t.value IS NOT NULL) THEN 'AR011'
-                WHEN t.kind = 'm' AND CASE WHEN t.key IS NULL OR length(t.key) NOT BETWEEN 1 AND 256
+                WHEN t.kind = 'm' AND CASE WHEN length(t.key) NOT BETWEEN 1 AND 256
                                            THEN true
                                            ELSE get_byte(t.key, length(t.key) - 1) = 0 END
                     THEN 'AR002'
-                WHEN t.kind = 's' AND (t.parent IS NOT NULL OR t.key IS NOT NULL) THEN 'AR011'
-                WHEN t.kind = 's' AND (t.field IS NULL OR octet_length(t.field) NOT BETWEEN 1 AND 64)
+                WHEN t.kind = 's' AND (t.parent IS NOT NULL OR t.key IS NOT NULL
+                                       OR t.field IS NULL) THEN 'AR011'
+                WHEN t.kind = 's' AND octet_length(t.field) NOT BETWEEN 1 AND 64
                     THEN 'AR003'
                 WHEN t.kind = 's' AND coalesce(octet_length(t.value), 0) > 65536 THEN 'AR004'
-                WHEN sp.horizon_hlc IS NOT NULL
-                     AND (t.hlc, t.rep) <= (sp.horizon_hlc, sp.horizon_replica) THEN 'AR005'
                 WHEN t.hlc > ((v_now + sp.max_ahead_ms) << 16) + 65535 THEN 'AR006'
             END AS code
         FROM unnest(p_hlc, p_replica, p_kind, p_node, p_parent, p_key, p_field, p_value, p_known_seq)
@@ -335,6 +345,11 @@ BEGIN
     -- plain single-row statements (the set-based machinery has a fixed cost
     -- that dominates a one-op batch).
     IF n = 1 AND p_hlc[1] > sp.clock_hlc THEN
+        IF sp.horizon_hlc IS NOT NULL
+           AND (p_hlc[1], p_replica[1]) <= (sp.horizon_hlc, sp.horizon_replica) THEN
+            RAISE EXCEPTION 'stale: op 0 is at or below the horizon; re-stamp and retry'
+                USING ERRCODE = 'AR005';
+        END IF;
         one_target := CASE WHEN p_kind[1] = 'm' THEN p_parent[1] ELSE p_node[1] END;
         IF one_target NOT IN ('00000000-0000-0000-0000-000000000000',
                               'ffffffff-ffff-ffff-ffff-ffffffffffff')
@@ -387,7 +402,9 @@ BEGIN
                    WHERE o.space = v_space AND o.kind = 'm'
                      AND o.parent = 'ffffffff-ffff-ffff-ffff-ffffffffffff'
                      AND o.seq > p_known_seq[1]) THEN
-            PERFORM arbor_restore_pass(v_space, old_head);
+            LOOP
+                EXIT WHEN arbor_restore_pass(v_space, old_head) = 0;
+            END LOOP;
         END IF;
         RETURN QUERY
         SELECT o.seq, o.hlc, o.replica, o.kind, o.node, o.parent, o.key, o.field::text, o.value,
@@ -453,9 +470,12 @@ BEGIN
            count(*) FILTER (WHERE b.fresh),
            array_agg(b.old_seq) FILTER (WHERE b.old_seq IS NOT NULL AND b.first),
            coalesce(bool_or(b.old_seq IS NOT NULL AND b.changed), false),
-           coalesce(bool_or(NOT b.first), false)
+           coalesce(bool_or(NOT b.first), false),
+           min(b.ord) FILTER (WHERE b.old_seq IS NOT NULL AND b.changed),
+           min(b.ord) FILTER (WHERE b.fresh AND sp.horizon_hlc IS NOT NULL
+                              AND (b.hlc, b.rep) <= (sp.horizon_hlc, sp.horizon_replica))
     INTO n_hlc, n_rep, n_kind, n_node, n_parent, n_key, n_field, n_value, n_known, n_count,
-         dup_seqs, stored_conflict, batch_dups
+         dup_seqs, stored_conflict, batch_dups, conflict_ord, stale_ord
     FROM (
         SELECT t.*, o.seq AS old_seq,
                ROW(o.kind, o.node, o.parent, o.key, o.field, o.value, o.known_seq)
@@ -479,20 +499,28 @@ BEGIN
         ORDER BY t.hlc, t.rep
     ) b;
     IF stored_conflict THEN
-        RAISE EXCEPTION 'stamp_conflict: an op with a stored stamp has other content'
-            USING ERRCODE = 'AR009';
+        RAISE EXCEPTION 'stamp_conflict: op % reuses the stamp of a stored op with other content',
+            conflict_ord - 1 USING ERRCODE = 'AR009';
     END IF;
     IF batch_dups THEN
-        SELECT t.hlc, t.rep INTO bad
+        SELECT max(t.ord) AS ord INTO bad
         FROM unnest(p_hlc, p_replica, p_kind, p_node, p_parent, p_key, p_field, p_value,
-                    p_known_seq) AS t (hlc, rep, kind, node, parent, key, field, value, known)
+                    p_known_seq) WITH ORDINALITY
+             AS t (hlc, rep, kind, node, parent, key, field, value, known, ord)
         GROUP BY t.hlc, t.rep
         HAVING count(DISTINCT ROW(t.kind, t.node, t.parent, t.key, t.field, t.value, t.known)) > 1
-        LIMIT 1;
+        ORDER BY 1 LIMIT 1;
         IF FOUND THEN
-            RAISE EXCEPTION 'stamp_conflict: two different ops in the batch share stamp (%, %)',
-                bad.hlc, bad.rep USING ERRCODE = 'AR009';
+            RAISE EXCEPTION 'stamp_conflict: op % shares its stamp with another op of the batch',
+                bad.ord - 1 USING ERRCODE = 'AR009';
         END IF;
+    END IF;
+    -- Stale: only new ops (a re-push of stored ops keeps getting their seqs
+    -- after the horizon passed them, instead of being re-stamped and
+    -- applied twice).
+    IF stale_ord IS NOT NULL THEN
+        RAISE EXCEPTION 'stale: op % is at or below the horizon; re-stamp and retry',
+            stale_ord - 1 USING ERRCODE = 'AR005';
     END IF;
     n_seq := ARRAY(SELECT old_head + g FROM generate_series(1, n_count) AS g);
 
@@ -553,25 +581,37 @@ BEGIN
             --   node's stored parent (a reorder).
             -- It also keeps each move's stored place (the previous place of
             -- a node's first move in the sequence), so runs need not read it.
+            -- (Sorted passes rather than joins between unnests: a cached
+            -- generic plan guesses ten rows per unnest and could pick a
+            -- quadratic loop.) Per move row: was its node some move's parent
+            -- at or before it, and is this the node's first move?
             SELECT array_agg(
                        t.node <> t.parent
-                       AND (nf.first = t.idx AND cur.parent = t.parent
-                            OR (ps.first IS NULL OR ps.first > t.idx)
+                       AND (t.first_move AND coalesce(cur.parent = t.parent, false)
+                            OR NOT t.parent_before
                                AND NOT EXISTS (SELECT 1 FROM nodes c
                                                WHERE c.space = v_space AND c.parent = t.node))
                        ORDER BY t.idx),
-                   array_agg(nf.first = t.idx ORDER BY t.idx),
+                   array_agg(t.first_move ORDER BY t.idx),
                    array_agg(cur.parent ORDER BY t.idx),
                    array_agg(cur.key ORDER BY t.idx)
             INTO s_simple, s_first, s_cur_parent, s_cur_key
-            FROM unnest(s_node, s_parent) WITH ORDINALITY AS t (node, parent, idx)
-            LEFT JOIN (SELECT q.p, min(q.idx) AS first
-                       FROM unnest(s_parent) WITH ORDINALITY AS q (p, idx) GROUP BY q.p) ps
-                   ON ps.p = t.node
-            LEFT JOIN (SELECT q.n, min(q.idx) AS first
-                       FROM unnest(s_node) WITH ORDINALITY AS q (n, idx) GROUP BY q.n) nf
-                   ON nf.n = t.node
-            LEFT JOIN nodes cur ON cur.space = v_space AND cur.id = t.node;
+            FROM (
+                SELECT r.node, r.parent, r.idx, r.is_parent,
+                       coalesce(bool_or(r.is_parent) OVER w, false) AS parent_before,
+                       NOT coalesce(bool_or(NOT r.is_parent) OVER w, false) AS first_move
+                FROM (
+                    SELECT q.node AS id, q.node, q.parent, q.idx, false AS is_parent
+                    FROM unnest(s_node, s_parent) WITH ORDINALITY AS q (node, parent, idx)
+                    UNION ALL
+                    SELECT q.parent, NULL, NULL, q.idx, true
+                    FROM unnest(s_parent) WITH ORDINALITY AS q (parent, idx)
+                ) r
+                WINDOW w AS (PARTITION BY r.id ORDER BY r.idx, r.is_parent DESC
+                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+            ) t
+            LEFT JOIN nodes cur ON cur.space = v_space AND cur.id = t.node
+            WHERE NOT t.is_parent;
 
             -- The other moves need the cycle check at their turn. Walk up
             -- from all their parents at once in the state before the
@@ -716,13 +756,26 @@ BEGIN
             END IF;
         END IF;
 
+        -- The new moves' effects in seq order, which is their order in n_*:
+        -- the k-th move of n_* takes the k-th effect (no join, see above).
+        SELECT array_agg(e.app ORDER BY e.seq), array_agg(e.pp ORDER BY e.seq),
+               array_agg(e.pk ORDER BY e.seq)
+        INTO m_app, m_pp, m_pk
+        FROM unnest(s_seq, r_app, r_pp, r_pk) AS e (seq, app, pp, pk)
+        WHERE e.seq > old_head;
         INSERT INTO ops (space, seq, hlc, replica, kind, node, parent, key, field, value,
                          known_seq, applied, prev_parent, prev_key)
         SELECT v_space, t.seq, t.hlc, t.rep, t.kind, t.node, t.parent, t.key, t.field, t.value,
-               t.known, e.app, e.pp, e.pk
-        FROM unnest(n_seq, n_hlc, n_rep, n_kind, n_node, n_parent, n_key, n_field, n_value, n_known)
-             AS t (seq, hlc, rep, kind, node, parent, key, field, value, known)
-        LEFT JOIN unnest(s_seq, r_app, r_pp, r_pk) AS e (seq, app, pp, pk) ON e.seq = t.seq;
+               t.known,
+               CASE WHEN t.kind = 'm' THEN m_app[t.k] END,
+               CASE WHEN t.kind = 'm' THEN m_pp[t.k] END,
+               CASE WHEN t.kind = 'm' THEN m_pk[t.k] END
+        FROM (
+            SELECT u.*, count(*) FILTER (WHERE u.kind = 'm') OVER (ORDER BY u.ord) AS k
+            FROM unnest(n_seq, n_hlc, n_rep, n_kind, n_node, n_parent, n_key, n_field, n_value,
+                        n_known) WITH ORDINALITY
+                 AS u (seq, hlc, rep, kind, node, parent, key, field, value, known, ord)
+        ) t;
 
         -- Sets: last writer wins per (node, field); never undone.
         IF 's' = ANY (n_kind) THEN
@@ -755,7 +808,9 @@ BEGIN
                    WHERE o.space = v_space AND o.kind = 'm'
                      AND o.parent = 'ffffffff-ffff-ffff-ffff-ffffffffffff'
                      AND o.seq > (SELECT min(k) FROM unnest(n_known) AS k)) THEN
-            PERFORM arbor_restore_pass(v_space, old_head);
+            LOOP
+                EXIT WHEN arbor_restore_pass(v_space, old_head) = 0;
+            END LOOP;
         END IF;
     END IF;
 

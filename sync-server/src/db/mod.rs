@@ -659,14 +659,19 @@ impl Db {
         let hlc = i64::try_from(horizon.hlc.0)
             .map_err(|_| DbError::rejected(RejectCode::BadBatch, "horizon hlc above 2^63"))?;
         let rep = replica_to_sql(horizon.replica.0);
-        let client = self.client().await?;
-        client
-            .execute(
-                "UPDATE spaces SET horizon_hlc = $2, horizon_replica = $3
-                 WHERE id = $1 AND (horizon_hlc IS NULL OR (horizon_hlc, horizon_replica) < ($2, $3))",
-                &[&info.id, &hlc, &rep],
-            )
+        let mut client = self.client().await?;
+        // Under the space's ingest lock: an apply that read the old horizon
+        // commits before the new one is visible, never after.
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&info.id])
             .await?;
+        tx.execute(
+            "UPDATE spaces SET horizon_hlc = $2, horizon_replica = $3
+             WHERE id = $1 AND (horizon_hlc IS NULL OR (horizon_hlc, horizon_replica) < ($2, $3))",
+            &[&info.id, &hlc, &rep],
+        )
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 }

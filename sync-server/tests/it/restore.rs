@@ -299,3 +299,54 @@ async fn restore_is_idempotent_across_later_writes() {
         .get(0);
     assert_eq!(n, 2);
 }
+
+#[tokio::test]
+async fn restores_reach_a_fixpoint_whatever_the_batching() {
+    // ROOT -> y -> x -> z. D2 deletes y (R2, knew 3), D deletes x (R1,
+    // knew 4). One batch holds two writes to z: W1 (R3, knew 4) is
+    // concurrent with D only, W2 (R4, knew 3) with both. x comes back for
+    // either, and y for W2, even though x was still in the trash when D2
+    // was first looked at.
+    let mut s = Scene::new().await;
+    let (y, x, z) = (n(1), n(2), n(3));
+    s.push(&[
+        mv(s.at(0), A, y, ROOT, &[0x80], 0),
+        mv(s.at(1), A, x, y, &[0x80], 0),
+        mv(s.at(2), A, z, x, &[0x80], 0),
+    ])
+    .await;
+    s.push(&[mv(s.at(10), 12, y, TRASH, &[0x80], 3)]).await;
+    s.push(&[mv(s.at(11), 11, x, TRASH, &[0x80], 4)]).await;
+    let got = s
+        .push(&[
+            set(s.at(12), 13, z, "text", Some("w1"), 4),
+            set(s.at(13), 14, z, "done", Some("w2"), 3),
+        ])
+        .await;
+    assert_eq!(restores(&got).len(), 2, "{got:?}");
+    assert_eq!(s.parent(y), Some(ROOT));
+    assert_eq!(s.parent(x), Some(y));
+}
+
+#[tokio::test]
+async fn a_chain_under_a_node_whose_create_is_late_resolves_when_it_arrives() {
+    // A creates X under ROOT (h1) and, later, moves X under P (h5). B, who
+    // saw the create, adds K under X (h3) and moves P under K (h4). The
+    // server gets everything but the create first: the move at h5 acts as
+    // X's create, and is then a cycle (P is under K under X), so K and P
+    // hang under X, which is not in the tree, exactly as in the core. The
+    // create arrives and everything lands in the tree.
+    let mut s = Scene::new().await;
+    let (p, x, k) = (n(1), n(2), n(3));
+    s.push(&[mv(s.at(0), A, p, ROOT, &[0x80], 0)]).await;
+    let create_x = mv(s.at(1), A, x, ROOT, &[0x90], 1);
+    s.push(&[mv(s.at(5), A, x, p, &[0x80], 1)]).await;
+    s.push(&[mv(s.at(3), B, k, x, &[0x80], 1)]).await;
+    s.push(&[mv(s.at(4), B, p, k, &[0x80], 1)]).await;
+    assert!(!s.reference.contains(x).unwrap());
+    assert_eq!(s.parent(k), Some(x));
+    s.push(std::slice::from_ref(&create_x)).await;
+    assert_eq!(s.parent(x), Some(ROOT));
+    assert_eq!(s.parent(k), Some(x));
+    assert_eq!(s.parent(p), Some(k));
+}

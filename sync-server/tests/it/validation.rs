@@ -214,6 +214,22 @@ async fn rejected_raw_inputs_change_nothing() {
             }],
         ),
         (
+            "NULL key",
+            "AR011",
+            vec![Raw {
+                key: None,
+                ..raw_move(h + 1, A, 0, &[0x80])
+            }],
+        ),
+        (
+            "NULL field",
+            "AR011",
+            vec![Raw {
+                field: None,
+                ..raw_set(h + 1, A, "t", None)
+            }],
+        ),
+        (
             "NULL parent",
             "AR011",
             vec![Raw {
@@ -357,4 +373,33 @@ async fn typed_api_maps_codes() {
         .unwrap_err();
     assert_eq!(err.reject_code(), Some(RejectCode::UnknownSpace));
     assert_eq!(db.space("s").await.unwrap().unwrap().head_seq, 1);
+}
+
+#[tokio::test]
+async fn re_push_after_the_horizon_returns_seqs_not_stale() {
+    let db = test_db().await;
+    db.create_space("s").await.unwrap();
+    let t = now_ms() << 16;
+    let ops = vec![
+        mv(t, 9, n(1), NodeId::ROOT, &[0x80], 0),
+        set(t + 1, 9, n(1), "text", Some("x"), 0),
+    ];
+    let first = db.apply("s", None, &ops).await.unwrap();
+    db.raise_horizon("s", Stamp::new(t + 5, 9)).await.unwrap();
+    // A client that never got the answer pushes the same ops again.
+    let again = db.apply("s", None, &ops).await.unwrap();
+    assert_eq!(
+        again.iter().map(|c| (c.seq, c.origin)).collect::<Vec<_>>(),
+        first
+            .iter()
+            .map(|c| (c.seq, arbor_sync_server::db::Origin::Duplicate))
+            .collect::<Vec<_>>()
+    );
+    // A new op at or below the horizon is stale, alone or with others.
+    let new = mv(t + 2, 9, n(2), n(1), &[0x80], 0);
+    for batch in [vec![new.clone()], vec![ops[0].clone(), new.clone()]] {
+        let err = db.apply("s", None, &batch).await.unwrap_err();
+        assert_eq!(err.reject_code(), Some(RejectCode::Stale), "{err}");
+    }
+    assert_eq!(db.space("s").await.unwrap().unwrap().head_seq, 2);
 }
