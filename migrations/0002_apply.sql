@@ -261,7 +261,7 @@ DECLARE
     m_pk bytea[];
     walk_idx bigint[];
     walk_cycle boolean[];
-    walk_safe boolean;
+    walk_safe boolean[];
     s_cur_parent uuid[];
     s_cur_key bytea[];
     s_len int;
@@ -616,10 +616,10 @@ BEGIN
             -- The other moves need the cycle check at their turn. Walk up
             -- from all their parents at once in the state before the
             -- sequence: if no node on a move's walk is moved earlier in the
-            -- sequence, its ancestors at its turn are the ones walked, so
-            -- the walk's answer is the answer at its turn. When that holds
-            -- for every such move (the common case), each is simple or
-            -- skipped and the sequence needs no move-by-move pass.
+            -- sequence (applied or not), its ancestors at its turn are the
+            -- ones walked, so the walk's answer is the answer at its turn,
+            -- whatever the other moves do. Such a move is then simple or
+            -- skipped; only the others need the move-by-move pass.
             s_skip := array_fill(false, ARRAY[s_len]);
             IF false = ANY (s_simple) THEN
                 WITH RECURSIVE up (k, x, id) AS (
@@ -643,22 +643,22 @@ BEGIN
                         FROM unnest(s_node) WITH ORDINALITY AS q (node, idx)
                     ) m
                 )
-                SELECT array_agg(g.k), array_agg(g.cycle), coalesce(bool_and(g.safe), true)
+                SELECT array_agg(g.k), array_agg(g.cycle), array_agg(g.safe)
                 INTO walk_idx, walk_cycle, walk_safe
                 FROM (
                     SELECT marks.k, bool_or(marks.id = marks.x) AS cycle,
                            bool_and(NOT coalesce(marks.moved_before, false)) AS safe
                     FROM marks WHERE NOT marks.is_move GROUP BY marks.k
                 ) g;
-                IF walk_safe THEN
-                    FOR wk IN 1 .. coalesce(array_length(walk_idx, 1), 0) LOOP
+                FOR wk IN 1 .. coalesce(array_length(walk_idx, 1), 0) LOOP
+                    IF walk_safe[wk] THEN
                         IF walk_cycle[wk] THEN
                             s_skip[walk_idx[wk]] := true;
                         ELSE
                             s_simple[walk_idx[wk]] := true;
                         END IF;
-                    END LOOP;
-                END IF;
+                    END IF;
+                END LOOP;
             END IF;
 
             i := 1;
