@@ -14,11 +14,14 @@
 //!   per-replica jitter.
 //! - [`tree`]: the CRDT ([`Tree`]) over the [`TreeStore`] trait, and the
 //!   in-memory [`MemoryStore`].
+//! - [`auth`]: HS256 token verification and minting (RFC 7519), shared by
+//!   the sync server and the Durable Object.
 //! - [`sim`]: the [`sim::Action`] enum and a network of replicas that drives
 //!   property tests, regression tests and (later) fuzz targets.
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod clock;
 pub mod id;
 pub mod key;

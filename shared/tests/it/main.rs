@@ -7,6 +7,7 @@
     unreachable_pub
 )]
 
+mod auth;
 mod differential;
 mod engine;
 mod props;

@@ -1,0 +1,263 @@
+//! HS256 JSON Web Tokens (RFC 7519 / RFC 7515): verification and minting.
+//!
+//! Our own on top of `hmac` + `sha2` rather than a JWT crate: it must build
+//! for `wasm32-unknown-unknown` (the Durable Object verifies tokens too) with
+//! no ring/openssl, and the subset we accept is small and strict: compact
+//! serialization only, `alg` exactly `HS256`, no `crit`, the MAC checked in
+//! constant time over the original segments (never re-encoded), `exp`
+//! required, `nbf` and `iat` honoured, all with a leeway. Time is passed in
+//! (the core reads no clock).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::id::ReplicaId;
+
+/// Longest token accepted, in bytes (a real one is a few hundred).
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+/// Shortest HS256 secret accepted (RFC 7518 section 3.2: at least the hash
+/// size, 256 bits).
+pub const MIN_KEY_LEN: usize = 32;
+/// Default clock leeway for `exp`, `nbf` and `iat`, in seconds.
+pub const DEFAULT_LEEWAY_S: u64 = 60;
+
+/// What a token lets its bearer do in its thoughtspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read the thoughtspace (snapshots, catch-up, live ops).
+    Read,
+    /// Read and push ops.
+    Write,
+    /// Write, plus fork, export and administration.
+    Admin,
+    /// A trusted service (the Durable Object): pushes on behalf of clients.
+    Service,
+}
+
+impl Role {
+    /// True if the role may push ops.
+    pub fn can_write(self) -> bool {
+        !matches!(self, Role::Read)
+    }
+
+    /// True if the role may fork, export and administer.
+    pub fn can_admin(self) -> bool {
+        matches!(self, Role::Admin | Role::Service)
+    }
+}
+
+/// The claims Arbor's tokens carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user (or service) the token was issued to.
+    pub sub: String,
+    /// The thoughtspace it is scoped to (`*` only for service tokens).
+    pub space: String,
+    /// What it may do there.
+    pub role: Role,
+    /// The replica bound to the token, if any: ops must be authored by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<ReplicaId>,
+    /// Expiry, seconds since the epoch (required).
+    pub exp: u64,
+    /// Not valid before, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Issued at, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Longer than [`MAX_TOKEN_LEN`].
+    #[error("token longer than {MAX_TOKEN_LEN} bytes")]
+    TooLarge,
+    /// Not three base64url segments of JSON objects.
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    /// The header names another algorithm, or critical extensions.
+    #[error("unsupported token algorithm or header: {0}")]
+    Unsupported(String),
+    /// The MAC does not match.
+    #[error("bad token signature")]
+    BadSignature,
+    /// `exp` (plus leeway) has passed.
+    #[error("token expired at {exp} (now {now})")]
+    Expired {
+        /// The token's `exp`.
+        exp: u64,
+        /// The time checked against.
+        now: u64,
+    },
+    /// `nbf` (minus leeway) is still ahead.
+    #[error("token not valid before {nbf} (now {now})")]
+    NotYetValid {
+        /// The token's `nbf`.
+        nbf: u64,
+        /// The time checked against.
+        now: u64,
+    },
+    /// `iat` (minus leeway) is ahead: issued in the future.
+    #[error("token issued in the future at {iat} (now {now})")]
+    IssuedInFuture {
+        /// The token's `iat`.
+        iat: u64,
+        /// The time checked against.
+        now: u64,
+    },
+    /// A required claim is missing or has the wrong type.
+    #[error("bad claims: {0}")]
+    BadClaims(String),
+}
+
+/// An HS256 secret, kept as a keyed MAC state. Its `Debug` never shows it.
+#[derive(Clone)]
+pub struct Hs256Key {
+    /// HMAC-SHA256 keyed with the secret (invariant: at least
+    /// [`MIN_KEY_LEN`] bytes); cloned per use.
+    mac: Hmac<Sha256>,
+}
+
+impl std::fmt::Debug for Hs256Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hs256Key(..)")
+    }
+}
+
+/// A secret shorter than [`MIN_KEY_LEN`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an HS256 secret must be at least {MIN_KEY_LEN} bytes, got {0}")]
+pub struct KeyTooShort(pub usize);
+
+impl Hs256Key {
+    /// A key from its secret bytes.
+    pub fn new(secret: &[u8]) -> Result<Hs256Key, KeyTooShort> {
+        if secret.len() < MIN_KEY_LEN {
+            return Err(KeyTooShort(secret.len()));
+        }
+        // HMAC accepts keys of any length; the error arm is unreachable.
+        let mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| KeyTooShort(secret.len()))?;
+        Ok(Hs256Key { mac })
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        self.mac.clone()
+    }
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    #[serde(default)]
+    crit: Option<serde_json::Value>,
+}
+
+fn b64(segment: &str, what: &'static str) -> Result<Vec<u8>, AuthError> {
+    URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|_| AuthError::Malformed(what))
+}
+
+/// Checks the MAC and the header; returns the payload's JSON object.
+fn verify_signature(
+    token: &str,
+    key: &Hs256Key,
+) -> Result<serde_json::Map<String, serde_json::Value>, AuthError> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(AuthError::TooLarge);
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(AuthError::Malformed(
+            "a token is three dot-separated segments",
+        ));
+    };
+    let header: Header = serde_json::from_slice(&b64(h, "header is not base64url")?)
+        .map_err(|_| AuthError::Malformed("header is not a JSON object with alg"))?;
+    if header.alg != "HS256" {
+        return Err(AuthError::Unsupported(format!("alg {}", header.alg)));
+    }
+    if header.crit.is_some() {
+        return Err(AuthError::Unsupported("crit".into()));
+    }
+    let signature = b64(s, "signature is not base64url")?;
+    let mut mac = key.mac();
+    mac.update(h.as_bytes());
+    mac.update(b".");
+    mac.update(p.as_bytes());
+    mac.verify_slice(&signature)
+        .map_err(|_| AuthError::BadSignature)?;
+    serde_json::from_slice(&b64(p, "payload is not base64url")?)
+        .map_err(|_| AuthError::Malformed("payload is not a JSON object"))
+}
+
+fn time_claim(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    name: &'static str,
+) -> Result<Option<u64>, AuthError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| AuthError::BadClaims(format!("{name} must be a non-negative integer"))),
+    }
+}
+
+/// Verifies the MAC, the header and the registered time claims (`exp`
+/// required, `nbf`, `iat`) at `now_s` with `leeway_s`; returns every claim.
+/// The RFC layer, without Arbor's own claims.
+pub fn verify_standard(
+    token: &str,
+    key: &Hs256Key,
+    now_s: u64,
+    leeway_s: u64,
+) -> Result<serde_json::Map<String, serde_json::Value>, AuthError> {
+    let claims = verify_signature(token, key)?;
+    let exp = time_claim(&claims, "exp")?
+        .ok_or_else(|| AuthError::BadClaims("exp is required".into()))?;
+    if now_s > exp.saturating_add(leeway_s) {
+        return Err(AuthError::Expired { exp, now: now_s });
+    }
+    if let Some(nbf) = time_claim(&claims, "nbf")? {
+        if now_s.saturating_add(leeway_s) < nbf {
+            return Err(AuthError::NotYetValid { nbf, now: now_s });
+        }
+    }
+    if let Some(iat) = time_claim(&claims, "iat")? {
+        if now_s.saturating_add(leeway_s) < iat {
+            return Err(AuthError::IssuedInFuture { iat, now: now_s });
+        }
+    }
+    Ok(claims)
+}
+
+/// Verifies a token and returns Arbor's claims (`sub`, `space`, `role`,
+/// optional `rid`, and the time claims).
+pub fn verify(token: &str, key: &Hs256Key, now_s: u64, leeway_s: u64) -> Result<Claims, AuthError> {
+    let claims = verify_standard(token, key, now_s, leeway_s)?;
+    serde_json::from_value(serde_json::Value::Object(claims))
+        .map_err(|e| AuthError::BadClaims(e.to_string()))
+}
+
+/// Mints a token for `claims` (development tooling and tests; production
+/// tokens come from the application's auth service with the same secret).
+pub fn mint(claims: &Claims, key: &Hs256Key) -> String {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    // Serializing plain strings, integers and enums cannot fail.
+    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
+    let mut mac = key.mac();
+    mac.update(header.as_bytes());
+    mac.update(b".");
+    mac.update(payload.as_bytes());
+    let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("{header}.{payload}.{signature}")
+}
