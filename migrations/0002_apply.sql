@@ -160,7 +160,9 @@ DECLARE
     d record;
     a record;
     appended bigint := 0;
+    v_head bigint;
 BEGIN
+    SELECT s.head_seq INTO v_head FROM spaces s WHERE s.id = p_space;
     SELECT min(o.known_seq) INTO min_known FROM ops o
     WHERE o.space = p_space AND o.seq > old_head;
     IF min_known IS NULL THEN
@@ -189,14 +191,33 @@ BEGIN
         -- (One of the pair is new: an old delete only pairs with new writes.)
         lower := CASE WHEN d.seq > old_head THEN d.known_seq
                       ELSE greatest(d.known_seq, old_head) END;
-        SELECT o.seq, o.known_seq, o.replica INTO a FROM ops o
-        WHERE o.space = p_space
-          AND o.seq > lower AND o.known_seq < d.seq AND o.replica <> d.replica
-          AND NOT (o.kind = 'm' AND o.parent = 'ffffffff-ffff-ffff-ffff-ffffffffffff')
-          AND (o.kind = 's' OR o.applied)
-          AND arbor_trash_root(p_space, CASE WHEN o.kind = 'm' THEN o.parent ELSE o.node END)
-              = d.node
-        ORDER BY o.seq LIMIT 1;
+        -- A short window (the realtime case) walks up from each candidate;
+        -- a long one (a delete from a long-offline replica) lists d.node's
+        -- subtree once and scans the window against it, so the cost is
+        -- window + subtree, never window x depth.
+        IF v_head - lower <= 2000 THEN
+            SELECT o.seq, o.known_seq, o.replica INTO a FROM ops o
+            WHERE o.space = p_space
+              AND o.seq > lower AND o.known_seq < d.seq AND o.replica <> d.replica
+              AND NOT (o.kind = 'm' AND o.parent = 'ffffffff-ffff-ffff-ffff-ffffffffffff')
+              AND (o.kind = 's' OR o.applied)
+              AND arbor_trash_root(p_space, CASE WHEN o.kind = 'm' THEN o.parent ELSE o.node END)
+                  = d.node
+            ORDER BY o.seq LIMIT 1;
+        ELSE
+            WITH RECURSIVE sub (id) AS (
+                SELECT d.node
+                UNION
+                SELECT n.id FROM sub JOIN nodes n ON n.space = p_space AND n.parent = sub.id
+            )
+            SELECT o.seq, o.known_seq, o.replica INTO a FROM ops o
+            WHERE o.space = p_space
+              AND o.seq > lower AND o.known_seq < d.seq AND o.replica <> d.replica
+              AND NOT (o.kind = 'm' AND o.parent = 'ffffffff-ffff-ffff-ffff-ffffffffffff')
+              AND (o.kind = 's' OR o.applied)
+              AND (CASE WHEN o.kind = 'm' THEN o.parent ELSE o.node END) IN (SELECT sub.id FROM sub)
+            ORDER BY o.seq LIMIT 1;
+        END IF;
         CONTINUE WHEN NOT FOUND;
         appended := appended + arbor_restore_chain(p_space, d.node, a.seq, a.known_seq, a.replica);
     END LOOP;

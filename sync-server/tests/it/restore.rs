@@ -350,3 +350,27 @@ async fn a_chain_under_a_node_whose_create_is_late_resolves_when_it_arrives() {
     assert_eq!(s.parent(k), Some(x));
     assert_eq!(s.parent(p), Some(k));
 }
+
+#[tokio::test]
+async fn a_delete_from_a_long_offline_replica_still_restores() {
+    // B deleted x knowing only seq 2; 2,500 ops later (a long window: the
+    // subtree scan) A's concurrent add under x arrives first, then the
+    // delete.
+    let mut s = Scene::new().await;
+    let (x, c, other) = (n(1), n(2), n(3));
+    s.push(&[
+        mv(s.at(0), A, x, ROOT, &[0x80], 0),
+        mv(s.at(1), A, other, ROOT, &[0x90], 0),
+    ])
+    .await;
+    let filler: Vec<_> = (0..2_500u64)
+        .map(|i| set(s.at(10 + i), C, other, "text", Some("busy"), 2 + i))
+        .collect();
+    s.push(&filler).await;
+    let add = mv(s.at(3_000), A, c, x, &[0x80], 2);
+    s.push(std::slice::from_ref(&add)).await;
+    let got = s.push(&[mv(s.at(3_001), B, x, TRASH, &[0x80], 2)]).await;
+    assert_eq!(restores(&got).len(), 1, "{got:?}");
+    assert_eq!(s.parent(x), Some(ROOT));
+    assert_eq!(s.parent(c), Some(x));
+}
