@@ -1,5 +1,8 @@
-//! Arbor's sync server. Today: the database layer over Postgres, the source
-//! of truth (the HTTP and realtime server arrives with its own issue).
+//! Arbor's sync server: Postgres as the source of truth, behind an HTTP API.
+//!
+//! [`run`] serves on a listener until a shutdown future resolves, so tests
+//! bind port 0 and stop it cleanly; `src/bin/arbor-server.rs` is the thin
+//! binary (flags, logs, signals, token minting).
 //!
 //! # Layout
 //!
@@ -7,7 +10,69 @@
 //!   call of the `apply_ops` PL/pgSQL function (the CRDT apply), catch-up by
 //!   seq and ordered children pages. The SQL lives in `migrations/` at the
 //!   repository root; its contract is `migrations/README.md`.
+//! - [`api`]: the HTTP routes (`/v1/...`, `/livez`, `/readyz`), authorization
+//!   by token role, typed JSON errors.
+//! - [`config`]: flags, environment variables and secrets.
 
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod config;
 pub mod db;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+pub use config::{Config, ConfigError, ServeArgs};
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The database could not be opened or migrated.
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    /// The listener failed.
+    #[error("serving: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves the API on `listener` until `shutdown` resolves. Then readiness
+/// flips to 503 at once, the listener stops accepting, and in-flight
+/// requests get `config.drain` to finish before the server returns anyway.
+/// Opens the pool and applies migrations first.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let db = db::Db::open(config.database.clone(), config.db_pool).await?;
+    let state = Arc::new(api::AppState {
+        db,
+        key: config.key.clone(),
+        leeway_s: config.token_leeway_s,
+        draining: false.into(),
+    });
+    let app = api::router(state.clone(), config.max_body_bytes);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let drain_state = state.clone();
+    let signal = async move {
+        shutdown.await;
+        drain_state.draining.store(true, Ordering::Relaxed);
+        tracing::info!("shutting down: draining");
+        let _ = stop_tx.send(true);
+    };
+    let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
+    let mut stop_rx2 = stop_rx.clone();
+    let deadline = async move {
+        let _ = stop_rx2.wait_for(|stop| *stop).await;
+        tokio::time::sleep(config.drain).await;
+    };
+    tokio::select! {
+        result = serve => result?,
+        () = deadline => tracing::warn!("drain deadline passed: closing with requests in flight"),
+    }
+    drop(stop_rx);
+    tracing::info!("stopped");
+    Ok(())
+}

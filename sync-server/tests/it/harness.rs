@@ -11,6 +11,11 @@ const TEMPLATE_DB: &str = "arbor_template";
 
 /// A fresh, migrated database of its own.
 pub async fn test_db() -> Db {
+    Db::new(test_db_config().await, 16).unwrap()
+}
+
+/// The connection config of a fresh, migrated database of its own.
+pub async fn test_db_config() -> tokio_postgres::Config {
     let cluster = PgCluster::shared();
     TEMPLATE
         .get_or_init(|| async {
@@ -25,7 +30,7 @@ pub async fn test_db() -> Db {
         })
         .await;
     let name = cluster.fresh_db(Some(TEMPLATE_DB)).await.unwrap();
-    Db::new(cluster.config(&name), 16).unwrap()
+    cluster.config(&name)
 }
 
 pub type MemTree = Tree<MemoryStore>;

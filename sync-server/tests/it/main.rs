@@ -13,5 +13,6 @@ mod basic;
 mod concurrency;
 mod differential;
 mod harness;
+mod http;
 mod restore;
 mod validation;

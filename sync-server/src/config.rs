@@ -1,0 +1,109 @@
+//! Server configuration: flags and environment variables (clap), secrets only
+//! from the environment or files.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use arbor_shared::auth::Hs256Key;
+
+/// Command-line flags and environment variables of `arbor-server serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Postgres connection string (libpq `key=value` form or a URL).
+    #[arg(long, env = "ARBOR_DATABASE_URL")]
+    pub database_url: String,
+    /// Address of the API listener.
+    #[arg(long, env = "ARBOR_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Most Postgres connections the server opens.
+    #[arg(long, env = "ARBOR_DB_POOL", default_value_t = 16)]
+    pub db_pool: usize,
+    /// File holding the HS256 token secret (else the `ARBOR_JWT_SECRET`
+    /// environment variable; never a flag, so it stays out of `ps`).
+    #[arg(long, env = "ARBOR_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Clock leeway for token `exp`/`nbf`/`iat`, in seconds.
+    #[arg(long, env = "ARBOR_TOKEN_LEEWAY_S", default_value_t = 60)]
+    pub token_leeway_s: u64,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "ARBOR_MAX_BODY_BYTES", default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may run after a shutdown signal, in
+    /// seconds.
+    #[arg(long, env = "ARBOR_DRAIN_S", default_value_t = 10)]
+    pub drain_s: u64,
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No secret was given.
+    #[error("no token secret: set ARBOR_JWT_SECRET or --jwt-secret-file")]
+    NoSecret,
+    /// The secret file cannot be read.
+    #[error("reading the token secret file {path}: {source}")]
+    SecretFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The secret is too short.
+    #[error(transparent)]
+    Secret(#[from] arbor_shared::auth::KeyTooShort),
+    /// The database URL does not parse.
+    #[error("database url: {0}")]
+    Database(String),
+}
+
+/// What [`crate::run`] needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where Postgres is.
+    pub database: tokio_postgres::Config,
+    /// Pool size.
+    pub db_pool: usize,
+    /// The token secret.
+    pub key: Hs256Key,
+    /// Token clock leeway, seconds.
+    pub token_leeway_s: u64,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// Drain deadline after a shutdown signal.
+    pub drain: Duration,
+}
+
+impl ServeArgs {
+    /// Resolves the flags into a [`Config`]; `env_secret` is the value of
+    /// `ARBOR_JWT_SECRET`, if set.
+    pub fn into_config(self, env_secret: Option<String>) -> Result<Config, ConfigError> {
+        let secret = match (&self.jwt_secret_file, env_secret) {
+            (Some(path), _) => std::fs::read(path)
+                .map(|mut b| {
+                    while b.last().is_some_and(|c| c.is_ascii_whitespace()) {
+                        b.pop();
+                    }
+                    b
+                })
+                .map_err(|source| ConfigError::SecretFile {
+                    path: path.clone(),
+                    source,
+                })?,
+            (None, Some(s)) => s.into_bytes(),
+            (None, None) => return Err(ConfigError::NoSecret),
+        };
+        let database = self
+            .database_url
+            .parse::<tokio_postgres::Config>()
+            .map_err(|e| ConfigError::Database(e.to_string()))?;
+        Ok(Config {
+            database,
+            db_pool: self.db_pool,
+            key: Hs256Key::new(&secret)?,
+            token_leeway_s: self.token_leeway_s,
+            max_body_bytes: self.max_body_bytes,
+            drain: Duration::from_secs(self.drain_s),
+        })
+    }
+}

@@ -1,0 +1,346 @@
+//! The HTTP API on a real socket, against real Postgres: auth by role,
+//! ingest, catch-up, children, typed errors, readiness and shutdown.
+
+use std::time::Duration;
+
+use arbor_shared::auth::{Claims, Hs256Key, Role, mint};
+use arbor_shared::{NodeId, ReplicaId};
+use arbor_sync_server::api::{ChildrenBody, OpsBody};
+use arbor_sync_server::{Config, ServerError, run};
+use serde_json::json;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::harness::*;
+
+const SECRET: &[u8] = b"test-secret-test-secret-test-secret!";
+
+struct Server {
+    base: String,
+    http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+fn key() -> Hs256Key {
+    Hs256Key::new(SECRET).unwrap()
+}
+
+fn token(space: &str, role: Role, rid: Option<u64>, ttl: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    mint(
+        &Claims {
+            sub: "tester".into(),
+            space: space.into(),
+            role,
+            rid: rid.map(ReplicaId),
+            exp: (now + ttl) as u64,
+            nbf: None,
+            iat: Some(now as u64),
+        },
+        &key(),
+    )
+}
+
+impl Server {
+    async fn start() -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let config = Config {
+            database: test_db_config().await,
+            db_pool: 4,
+            key: key(),
+            token_leeway_s: 5,
+            max_body_bytes: 256 * 1024,
+            drain: Duration::from_secs(5),
+        };
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(run(listener, config, async move {
+            let _ = rx.await;
+        }));
+        let s = Server {
+            base,
+            http: reqwest::Client::new(),
+            stop: Some(tx),
+            task,
+        };
+        // The listener is bound before run() opens the database, so this
+        // request waits in the accept queue until the server serves: no
+        // polling.
+        let r = s
+            .http
+            .get(format!("{}/readyz", s.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        s
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+async fn error_code(r: reqwest::Response) -> (u16, String) {
+    let status = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.unwrap();
+    (
+        status,
+        body["error"]["code"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+#[tokio::test]
+async fn auth_is_checked_on_every_route_by_role_and_space() {
+    let s = Server::start().await;
+    let http = &s.http;
+    assert_eq!(
+        http.get(s.url("/livez")).send().await.unwrap().status(),
+        200
+    );
+    let create = |t: Option<String>| {
+        let mut r = http.put(s.url("/v1/spaces/demo"));
+        if let Some(t) = t {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    assert_eq!(
+        error_code(create(None).await.unwrap()).await,
+        (401, "missing_token".into())
+    );
+    assert_eq!(
+        error_code(create(Some("garbage".into())).await.unwrap()).await,
+        (401, "bad_token".into())
+    );
+    let other_key = {
+        let k = Hs256Key::new(b"another-secret-another-secret-xx!").unwrap();
+        let mut c =
+            arbor_shared::auth::verify(&token("demo", Role::Admin, None, 60), &key(), 0, u64::MAX)
+                .unwrap();
+        c.exp = u64::MAX / 2;
+        mint(&c, &k)
+    };
+    assert_eq!(
+        error_code(create(Some(other_key)).await.unwrap()).await,
+        (401, "bad_token".into())
+    );
+    assert_eq!(
+        error_code(
+            create(Some(token("demo", Role::Admin, None, -60)))
+                .await
+                .unwrap()
+        )
+        .await,
+        (401, "token_expired".into())
+    );
+    assert_eq!(
+        error_code(
+            create(Some(token("other", Role::Admin, None, 60)))
+                .await
+                .unwrap()
+        )
+        .await,
+        (403, "wrong_space".into())
+    );
+    assert_eq!(
+        error_code(
+            create(Some(token("demo", Role::Write, None, 60)))
+                .await
+                .unwrap()
+        )
+        .await,
+        (403, "forbidden".into())
+    );
+    assert_eq!(
+        create(Some(token("demo", Role::Admin, None, 60)))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // A read token reads but does not push.
+    let read = token("demo", Role::Read, None, 60);
+    let r = http
+        .get(s.url("/v1/spaces/demo/ops?after=0"))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = json!({"ops": [op_create(1, 1, NodeId::ROOT)]});
+    let r = http
+        .post(s.url("/v1/spaces/demo/ops"))
+        .bearer_auth(&read)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (403, "forbidden".into()));
+    // A service token scoped to every space may push.
+    let service = token("*", Role::Service, None, 60);
+    let r = http
+        .post(s.url("/v1/spaces/demo/ops"))
+        .bearer_auth(&service)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    s.stop().await;
+}
+
+fn op_create(hlc_step: u64, node: u128, parent: NodeId) -> serde_json::Value {
+    let hlc = (now_ms() << 16) + hlc_step;
+    serde_json::to_value(mv(hlc, 7, n(node), parent, &[0x80], 0)).unwrap()
+}
+
+#[tokio::test]
+async fn ingest_catch_up_and_children_over_http() {
+    let s = Server::start().await;
+    let http = &s.http;
+    let admin = token("demo", Role::Admin, None, 60);
+    http.put(s.url("/v1/spaces/demo"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    let write = token("demo", Role::Write, Some(7), 60);
+    let base = now_ms() << 16;
+    let ops = vec![
+        mv(base, 7, n(1), NodeId::ROOT, &[0x80], 0),
+        mv(base + 1, 7, n(2), n(1), &[0x80], 0),
+        set(base + 2, 7, n(2), "text", Some("hello"), 0),
+    ];
+    let r = http
+        .post(s.url("/v1/spaces/demo/ops"))
+        .bearer_auth(&write)
+        .json(&json!({ "ops": ops }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: OpsBody = r.json().await.unwrap();
+    assert_eq!(
+        body.ops.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert!(body.ops.iter().all(|c| c.origin == "new"));
+    assert_eq!(
+        body.ops.iter().map(|c| c.op.clone()).collect::<Vec<_>>(),
+        ops
+    );
+    // Re-push: duplicates with their seqs.
+    let again: OpsBody = http
+        .post(s.url("/v1/spaces/demo/ops"))
+        .bearer_auth(&write)
+        .json(&json!({ "ops": ops }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(again.ops.iter().all(|c| c.origin == "duplicate"));
+    // Catch-up in pages.
+    let page: OpsBody = http
+        .get(s.url("/v1/spaces/demo/ops?after=1&limit=1"))
+        .bearer_auth(&write)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page.head_seq, Some(3));
+    assert_eq!(page.ops.len(), 1);
+    assert_eq!(page.ops[0].seq, 2);
+    // Children with registers.
+    let kids: ChildrenBody = http
+        .get(s.url(&format!("/v1/spaces/demo/nodes/{}/children", n(1))))
+        .bearer_auth(&write)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(kids.children.len(), 1);
+    assert_eq!(kids.children[0].id, n(2));
+    assert_eq!(
+        kids.children[0].payloads["text"].value.as_deref(),
+        Some("hello")
+    );
+
+    // Typed refusals, and nothing changes.
+    let post = |body: serde_json::Value, t: &str| {
+        http.post(s.url("/v1/spaces/demo/ops"))
+            .bearer_auth(t.to_string())
+            .json(&body)
+            .send()
+    };
+    let cases = vec![
+        (json!({"ops": "nope"}), (400, "bad_request")),
+        (json!({"ops": [], "extra": 1}), (400, "bad_request")),
+        (json!({"ops": [{"kind": "move"}]}), (400, "bad_request")),
+        (
+            json!({"ops": [serde_json::to_value(mv(base + 9, 7, NodeId::ROOT, n(1), &[0x80], 0)).unwrap()]}),
+            (400, "bad_op"),
+        ),
+        (
+            json!({"ops": [serde_json::to_value(mv(base + 9, 7, n(5), n(99), &[0x80], 0)).unwrap()]}),
+            (422, "unknown_node"),
+        ),
+        (
+            json!({"ops": [serde_json::to_value(mv(base + 9, 8, n(5), n(1), &[0x80], 0)).unwrap()]}),
+            (403, "wrong_replica"),
+        ),
+    ];
+    for (body, want) in cases {
+        let got = error_code(post(body.clone(), &write).await.unwrap()).await;
+        assert_eq!((got.0, got.1.as_str()), want, "{body}");
+    }
+    let huge = json!({"ops": [serde_json::to_value(set(base + 9, 7, n(1), "text", Some(&"x".repeat(300_000)), 0)).unwrap()]});
+    assert_eq!(post(huge, &write).await.unwrap().status(), 413);
+    let r = http
+        .get(s.url("/v1/spaces/nope/ops"))
+        .bearer_auth(token("nope", Role::Read, None, 60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (404, "unknown_space".into()));
+    let feed: OpsBody = http
+        .get(s.url("/v1/spaces/demo/ops"))
+        .bearer_auth(&write)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(feed.head_seq, Some(3));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_flips_readiness_and_stops() {
+    let s = Server::start().await;
+    let url = s.url("/readyz");
+    let http = s.http.clone();
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 200);
+    s.stop().await;
+    // The listener is closed: connections are refused.
+    assert!(http.get(&url).send().await.is_err());
+}
