@@ -10,6 +10,9 @@
 //! - [`clock`]: [`Hlc`], [`Clock`] (tick / observe / drift check) and
 //!   [`Stamp`], the op id and total order.
 //! - [`op`]: [`Op`] (`Move`, `Set`) with its stable JSON shape and limits.
+//! - [`protocol`]: the realtime wire protocol (JSON frames, limits).
+//! - [`room`]: the realtime room of one thoughtspace as a pure state machine
+//!   (used by the native endpoint and the Durable Object).
 //! - [`key`]: [`OrderKey`] and [`KeyGen`], fractional sibling keys with
 //!   per-replica jitter.
 //! - [`tree`]: the CRDT ([`Tree`]) over the [`TreeStore`] trait, and the
@@ -26,6 +29,8 @@ pub mod clock;
 pub mod id;
 pub mod key;
 pub mod op;
+pub mod protocol;
+pub mod room;
 pub mod sim;
 pub mod tree;
 

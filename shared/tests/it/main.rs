@@ -12,5 +12,6 @@ mod differential;
 mod engine;
 mod props;
 mod regressions;
+mod room;
 mod scaling;
 mod util;

@@ -1,0 +1,186 @@
+//! The realtime wire protocol: JSON text frames tagged by `type`, version 1.
+//! Exact shapes are in `docs/PROTOCOL.md`.
+//!
+//! Client to server: `hello`, `push`, `ping`. Server to client: `welcome`,
+//! `ops`, `ack`, `error`, `snapshot_required`, `peers`, `pong`. Decoding
+//! checks the frame size first and never panics; every refusal is a typed
+//! [`ProtocolError`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Stamp;
+use crate::id::ReplicaId;
+use crate::op::Op;
+
+/// The protocol version `hello` must carry.
+pub const VERSION: u32 = 1;
+/// Largest frame accepted or sent, in bytes (the Workers platform limit).
+pub const MAX_FRAME_BYTES: usize = 1 << 20;
+/// Most ops in one `push`.
+pub const MAX_PUSH_OPS: usize = 1_000;
+
+/// A frame from a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMsg {
+    /// First frame: who is here and what it has.
+    Hello {
+        /// Protocol version ([`VERSION`]).
+        v: u32,
+        /// The client's replica.
+        replica: ReplicaId,
+        /// Highest seq it has applied (`None`: nothing yet).
+        cursor: Option<u64>,
+    },
+    /// A batch of local ops to commit.
+    Push {
+        /// Client-chosen id, echoed by `ack` or `error`.
+        batch: u64,
+        /// The ops (at most [`MAX_PUSH_OPS`]).
+        ops: Vec<Op>,
+    },
+    /// Keep-alive; answered by `pong`.
+    Ping,
+}
+
+/// A committed op with its seq.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeqOp {
+    /// Its place in the thoughtspace's sequence.
+    pub seq: u64,
+    /// The op.
+    pub op: Op,
+}
+
+/// Someone connected to the thoughtspace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    /// The connection (unique in the room while it is open).
+    pub conn: u64,
+    /// The token's subject.
+    pub sub: String,
+    /// The replica it said hello with.
+    pub replica: Option<ReplicaId>,
+}
+
+/// A frame from the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServerMsg {
+    /// Answer to `hello`; catch-up `ops` frames follow.
+    Welcome {
+        /// The thoughtspace.
+        space: String,
+        /// Its head seq when the hello was handled.
+        head_seq: u64,
+        /// Its log horizon.
+        horizon: Option<Stamp>,
+        /// Who is connected.
+        peers: Vec<Peer>,
+    },
+    /// Committed ops in seq order, catch-up and live alike, no gap and no
+    /// duplicate across frames.
+    Ops {
+        /// The ops.
+        ops: Vec<SeqOp>,
+    },
+    /// Every op of the batch is committed (and was sent in `ops`).
+    Ack {
+        /// The client's batch id.
+        batch: u64,
+    },
+    /// A refusal; with `batch`, of that push (nothing of it was committed).
+    Error {
+        /// Stable snake_case code.
+        code: String,
+        /// Human-readable detail.
+        message: String,
+        /// The push it refers to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        batch: Option<u64>,
+    },
+    /// The cursor is below the horizon (or ahead of the head): load a
+    /// snapshot, then say hello again from its head seq.
+    SnapshotRequired {
+        /// The head seq now.
+        head_seq: u64,
+    },
+    /// Presence changed.
+    Peers {
+        /// Who is connected.
+        peers: Vec<Peer>,
+    },
+    /// Answer to `ping`.
+    Pong,
+}
+
+/// Why a frame was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// Larger than [`MAX_FRAME_BYTES`].
+    #[error("frame of {0} bytes exceeds {MAX_FRAME_BYTES}")]
+    TooLarge(usize),
+    /// Not a known message.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// `hello` with another version.
+    #[error("protocol version {0} is not supported (expected {VERSION})")]
+    Version(u32),
+    /// A push with too many ops.
+    #[error("push of {0} ops exceeds {MAX_PUSH_OPS}")]
+    TooManyOps(usize),
+}
+
+impl ProtocolError {
+    /// The stable code sent in `error` frames.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProtocolError::TooLarge(_) => "frame_too_large",
+            ProtocolError::Malformed(_) => "malformed",
+            ProtocolError::Version(_) => "unsupported_version",
+            ProtocolError::TooManyOps(_) => "batch_too_large",
+        }
+    }
+}
+
+impl ClientMsg {
+    /// Decodes a text frame: size first, then JSON, then limits and
+    /// version. Op contents are validated by the apply path.
+    pub fn decode(text: &str) -> Result<ClientMsg, ProtocolError> {
+        if text.len() > MAX_FRAME_BYTES {
+            return Err(ProtocolError::TooLarge(text.len()));
+        }
+        let msg: ClientMsg =
+            serde_json::from_str(text).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+        match &msg {
+            ClientMsg::Hello { v, .. } if *v != VERSION => Err(ProtocolError::Version(*v)),
+            ClientMsg::Push { ops, .. } if ops.len() > MAX_PUSH_OPS => {
+                Err(ProtocolError::TooManyOps(ops.len()))
+            }
+            _ => Ok(msg),
+        }
+    }
+
+    /// Encodes a frame.
+    pub fn encode(&self) -> String {
+        // Plain data: serialization cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+impl ServerMsg {
+    /// Decodes a server frame (clients), with the same size limit.
+    pub fn decode(text: &str) -> Result<ServerMsg, ProtocolError> {
+        if text.len() > MAX_FRAME_BYTES {
+            return Err(ProtocolError::TooLarge(text.len()));
+        }
+        serde_json::from_str(text).map_err(|e| ProtocolError::Malformed(e.to_string()))
+    }
+
+    /// Encodes a frame.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}

@@ -1,0 +1,426 @@
+//! The realtime room state machine, driven by a simulated host: scenarios
+//! and a seeded random interleaving of commits, pushes, catch-up pages,
+//! connects and closes.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use arbor_shared::auth::{Claims, Role};
+use arbor_shared::protocol::{ClientMsg, MAX_FRAME_BYTES, SeqOp, ServerMsg};
+use arbor_shared::room::{Action, ConnId, Room, RoomLimits, close};
+use arbor_shared::sim::splitmix;
+use arbor_shared::{Op, ReplicaId};
+
+use crate::util::{mv, seed};
+
+fn claims(role: Role, rid: Option<u64>, exp: u64) -> Claims {
+    Claims {
+        sub: format!("user{}", rid.unwrap_or(0)),
+        space: "s".into(),
+        role,
+        rid: rid.map(ReplicaId),
+        exp,
+        nbf: None,
+        iat: None,
+    }
+}
+
+fn hello(replica: u64, cursor: Option<u64>) -> String {
+    ClientMsg::Hello {
+        v: 1,
+        replica: ReplicaId(replica),
+        cursor,
+    }
+    .encode()
+}
+
+/// A host: a committed log, the frames each connection received, pending
+/// catch-up requests (served when the test says so).
+struct Host {
+    room: Room,
+    log: Vec<SeqOp>,
+    received: BTreeMap<ConnId, Vec<ServerMsg>>,
+    closed: BTreeMap<ConnId, u16>,
+    catch_ups: VecDeque<(ConnId, u64, u64)>,
+    ingests: VecDeque<(ConnId, u64, Vec<Op>)>,
+}
+
+impl Host {
+    fn new(head: u64) -> Host {
+        let log = (1..=head)
+            .map(|s| SeqOp {
+                seq: s,
+                op: mv(s, 9, 1000 + u128::from(s), 0),
+            })
+            .collect();
+        Host {
+            room: Room::new(
+                "s",
+                head,
+                None,
+                RoomLimits {
+                    max_buffered_ops: 50,
+                    ..RoomLimits::default()
+                },
+            ),
+            log,
+            received: BTreeMap::new(),
+            closed: BTreeMap::new(),
+            catch_ups: VecDeque::new(),
+            ingests: VecDeque::new(),
+        }
+    }
+
+    fn run(&mut self, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Send { conn, msg } => self.received.entry(conn).or_default().push(msg),
+                Action::Close { conn, code, .. } => {
+                    self.closed.insert(conn, code);
+                    let more = self.room.on_close(conn);
+                    self.run(more);
+                }
+                Action::CatchUp { conn, after, upto } => {
+                    self.catch_ups.push_back((conn, after, upto))
+                }
+                Action::Ingest {
+                    conn, batch, ops, ..
+                } => self.ingests.push_back((conn, batch, ops)),
+                Action::FetchGap { after, upto } => {
+                    let ops = self.range(after, upto);
+                    let more = self.room.on_committed(ops);
+                    self.run(more);
+                }
+            }
+        }
+        self.room.check_invariants().unwrap();
+    }
+
+    fn connect(&mut self, conn: ConnId, claims: Claims) {
+        let a = self.room.on_connect(conn, claims);
+        self.run(a);
+    }
+
+    fn range(&self, after: u64, upto: u64) -> Vec<SeqOp> {
+        self.log
+            .iter()
+            .filter(|o| o.seq > after && o.seq <= upto)
+            .cloned()
+            .collect()
+    }
+
+    /// Commits an op from elsewhere (HTTP ingest, another path).
+    fn commit_external(&mut self) {
+        let seq = self.log.len() as u64 + 1;
+        let op = SeqOp {
+            seq,
+            op: mv(seq, 9, 1000 + u128::from(seq), 0),
+        };
+        self.log.push(op.clone());
+        let a = self.room.on_committed(vec![op]);
+        self.run(a);
+    }
+
+    /// Serves one pending catch-up in pages of up to `page`.
+    fn serve_catch_up(&mut self, page: usize) {
+        let Some((conn, after, upto)) = self.catch_ups.pop_front() else {
+            return;
+        };
+        let ops = self.range(after, upto);
+        let chunk: Vec<SeqOp> = ops.iter().take(page).cloned().collect();
+        let done = chunk.len() == ops.len();
+        let next = chunk.last().map_or(after, |o| o.seq);
+        let a = self.room.on_catch_up(conn, chunk, done);
+        self.run(a);
+        if !done {
+            self.catch_ups.push_front((conn, next, upto));
+        }
+    }
+
+    fn serve_ingest(&mut self) {
+        let Some((conn, batch, ops)) = self.ingests.pop_front() else {
+            return;
+        };
+        let committed: Vec<SeqOp> = ops
+            .into_iter()
+            .map(|op| {
+                let seq = self.log.len() as u64 + 1;
+                let s = SeqOp { seq, op };
+                self.log.push(s.clone());
+                s
+            })
+            .collect();
+        let a = self.room.on_ingested(conn, batch, committed);
+        self.run(a);
+    }
+
+    fn seqs(&self, conn: ConnId) -> Vec<u64> {
+        self.received
+            .get(&conn)
+            .into_iter()
+            .flatten()
+            .filter_map(|m| match m {
+                ServerMsg::Ops { ops } => Some(ops.iter().map(|o| o.seq).collect::<Vec<_>>()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+}
+
+#[test]
+fn hello_catch_up_and_live_ops_have_no_gap_or_duplicate() {
+    let mut h = Host::new(10);
+    h.connect(1, claims(Role::Write, Some(1), u64::MAX));
+    let a = h.room.on_message(1, &hello(1, Some(4)));
+    h.run(a);
+    assert!(matches!(
+        h.received[&1][0],
+        ServerMsg::Welcome { head_seq: 10, .. }
+    ));
+    // Live commits arrive while the catch-up is still running.
+    h.commit_external();
+    h.commit_external();
+    h.serve_catch_up(3);
+    h.commit_external();
+    while !h.catch_ups.is_empty() {
+        h.serve_catch_up(3);
+    }
+    h.commit_external();
+    assert_eq!(h.seqs(1), (5..=14).collect::<Vec<_>>());
+}
+
+#[test]
+fn pushes_are_relayed_only_after_commit_to_everyone_then_acked() {
+    let mut h = Host::new(0);
+    for c in [1, 2] {
+        h.connect(c, claims(Role::Write, Some(c), u64::MAX));
+        let a = h.room.on_message(c, &hello(c, None));
+        h.run(a);
+    }
+    let push = ClientMsg::Push {
+        batch: 7,
+        ops: vec![mv(1, 1, 5, 0)],
+    }
+    .encode();
+    let a = h.room.on_message(1, &push);
+    h.run(a);
+    assert!(matches!(&h.ingests[0], (1, 7, _)));
+    // Nothing relayed before the commit.
+    assert!(h.seqs(2).is_empty() && h.seqs(1).is_empty());
+    h.serve_ingest();
+    assert_eq!(h.seqs(1), [1]);
+    assert_eq!(h.seqs(2), [1]);
+    let last = h.received[&1].last().unwrap().clone();
+    assert_eq!(last, ServerMsg::Ack { batch: 7 });
+    // A failed push: an error for that batch, nothing relayed.
+    let a = h.room.on_message(
+        1,
+        &ClientMsg::Push {
+            batch: 8,
+            ops: vec![mv(2, 1, 6, 0)],
+        }
+        .encode(),
+    );
+    h.run(a);
+    h.ingests.clear();
+    let a = h.room.on_ingest_failed(1, 8, "stale", "re-stamp");
+    h.run(a);
+    assert!(matches!(
+        h.received[&1].last(),
+        Some(ServerMsg::Error { batch: Some(8), .. })
+    ));
+    assert_eq!(h.seqs(2), [1]);
+}
+
+#[test]
+fn refusals_close_with_codes() {
+    let mut h = Host::new(3);
+    // Read tokens cannot push; the socket stays open.
+    h.connect(1, claims(Role::Read, Some(1), u64::MAX));
+    let a = h.room.on_message(1, &hello(1, Some(3)));
+    h.run(a);
+    let a = h.room.on_message(
+        1,
+        &ClientMsg::Push {
+            batch: 1,
+            ops: vec![],
+        }
+        .encode(),
+    );
+    h.run(a);
+    assert!(
+        matches!(h.received[&1].last(), Some(ServerMsg::Error { code, .. }) if code == "forbidden")
+    );
+    assert!(h.ingests.is_empty() && !h.closed.contains_key(&1));
+    // A hello with another replica than the token's.
+    h.connect(2, claims(Role::Write, Some(2), u64::MAX));
+    let a = h.room.on_message(2, &hello(3, None));
+    h.run(a);
+    assert_eq!(h.closed.get(&2), Some(&close::FORBIDDEN));
+    // Malformed and oversized frames.
+    h.connect(3, claims(Role::Write, Some(3), u64::MAX));
+    let a = h.room.on_message(3, "{\"type\":\"nope\"}");
+    h.run(a);
+    assert_eq!(h.closed.get(&3), Some(&close::PROTOCOL));
+    h.connect(4, claims(Role::Write, Some(4), u64::MAX));
+    let a = h.room.on_message(4, &"x".repeat(MAX_FRAME_BYTES + 1));
+    h.run(a);
+    assert_eq!(h.closed.get(&4), Some(&close::TOO_BIG));
+    // A cursor ahead of the head: snapshot required.
+    h.connect(5, claims(Role::Write, Some(5), u64::MAX));
+    let a = h.room.on_message(5, &hello(5, Some(99)));
+    h.run(a);
+    assert!(matches!(
+        h.received[&5][0],
+        ServerMsg::SnapshotRequired { head_seq: 3 }
+    ));
+    // Tokens expire.
+    h.connect(6, claims(Role::Write, Some(6), 1_000));
+    let a = h.room.on_tick(1_059, 60);
+    h.run(a);
+    assert!(!h.closed.contains_key(&6));
+    let a = h.room.on_tick(1_061, 60);
+    h.run(a);
+    assert_eq!(h.closed.get(&6), Some(&close::TOKEN_EXPIRED));
+}
+
+#[test]
+fn a_catch_up_that_falls_behind_is_closed_not_buffered_forever() {
+    let mut h = Host::new(5);
+    h.connect(1, claims(Role::Read, Some(1), u64::MAX));
+    let a = h.room.on_message(1, &hello(1, Some(0)));
+    h.run(a);
+    for _ in 0..60 {
+        h.commit_external();
+    }
+    assert_eq!(h.closed.get(&1), Some(&close::TOO_SLOW));
+    assert!(h.room.is_empty());
+}
+
+#[test]
+fn presence_follows_hellos_and_closes() {
+    let mut h = Host::new(0);
+    h.connect(1, claims(Role::Write, Some(1), u64::MAX));
+    let a = h.room.on_message(1, &hello(1, None));
+    h.run(a);
+    h.connect(2, claims(Role::Write, Some(2), u64::MAX));
+    let a = h.room.on_message(2, &hello(2, None));
+    h.run(a);
+    let peers = |m: &ServerMsg| match m {
+        ServerMsg::Peers { peers } => Some(peers.iter().map(|p| p.conn).collect::<Vec<_>>()),
+        _ => None,
+    };
+    assert_eq!(
+        h.received[&1].iter().filter_map(peers).next_back(),
+        Some(vec![1, 2])
+    );
+    let a = h.room.on_close(2);
+    h.run(a);
+    assert_eq!(
+        h.received[&1].iter().filter_map(peers).next_back(),
+        Some(vec![1])
+    );
+    // A ping gets a pong.
+    let a = h.room.on_message(1, &ClientMsg::Ping.encode());
+    h.run(a);
+    assert_eq!(h.received[&1].last(), Some(&ServerMsg::Pong));
+}
+
+#[test]
+fn commits_reported_out_of_order_are_delivered_in_order() {
+    let mut h = Host::new(0);
+    h.connect(1, claims(Role::Write, Some(1), u64::MAX));
+    let a = h.room.on_message(1, &hello(1, None));
+    h.run(a);
+    for s in 1..=3u64 {
+        h.log.push(SeqOp {
+            seq: s,
+            op: mv(s, 9, 2000 + u128::from(s), 0),
+        });
+    }
+    // Seq 3 is reported first: the room asks for the gap and the host
+    // fills it from its log.
+    let a = h.room.on_committed(vec![h.log[2].clone()]);
+    h.run(a);
+    assert_eq!(h.seqs(1), [1, 2, 3]);
+}
+
+#[test]
+fn random_interleavings_deliver_every_op_once_in_order() {
+    let seed = seed("room interleavings");
+    for case in 0..300u64 {
+        let mut s = seed ^ case.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut h = Host::new(splitmix(&mut s) % 20);
+        h.room = Room::new("s", h.log.len() as u64, None, RoomLimits::default());
+        let mut starts: BTreeMap<ConnId, u64> = BTreeMap::new();
+        let mut next_conn = 1u64;
+        for _ in 0..200 {
+            match splitmix(&mut s) % 7 {
+                0 => {
+                    let c = next_conn;
+                    next_conn += 1;
+                    h.connect(c, claims(Role::Write, Some(c), u64::MAX));
+                    let head = h.room.head_seq();
+                    let cursor = splitmix(&mut s) % (head + 1);
+                    starts.insert(c, cursor);
+                    let a = h.room.on_message(c, &hello(c, Some(cursor)));
+                    h.run(a);
+                }
+                1 | 2 => h.commit_external(),
+                3 => {
+                    let page = 1 + (splitmix(&mut s) % 5) as usize;
+                    h.serve_catch_up(page);
+                }
+                4 => {
+                    if let Some(&c) = starts
+                        .keys()
+                        .nth((splitmix(&mut s) % (starts.len() as u64 + 1)) as usize)
+                    {
+                        let batch = splitmix(&mut s);
+                        let op = mv(
+                            1_000_000 + batch % 1000,
+                            c,
+                            5_000 + u128::from(batch % 1000),
+                            0,
+                        );
+                        let a = h.room.on_message(
+                            c,
+                            &ClientMsg::Push {
+                                batch,
+                                ops: vec![op],
+                            }
+                            .encode(),
+                        );
+                        h.run(a);
+                    }
+                }
+                5 => h.serve_ingest(),
+                _ => {
+                    if let Some(&c) = starts
+                        .keys()
+                        .nth((splitmix(&mut s) % (starts.len() as u64 + 4)) as usize)
+                    {
+                        let a = h.room.on_close(c);
+                        h.run(a);
+                        starts.remove(&c);
+                    }
+                }
+            }
+        }
+        while !h.catch_ups.is_empty() || !h.ingests.is_empty() {
+            h.serve_catch_up(7);
+            h.serve_ingest();
+        }
+        let head = h.log.len() as u64;
+        for (c, start) in &starts {
+            if h.closed.contains_key(c) {
+                continue;
+            }
+            assert_eq!(
+                h.seqs(*c),
+                ((start + 1)..=head).collect::<Vec<_>>(),
+                "case {case} conn {c}"
+            );
+        }
+    }
+}
