@@ -30,6 +30,8 @@ pub struct AppState {
     pub leeway_s: u64,
     /// Set once shutdown starts: `/readyz` answers 503 from then on.
     pub draining: AtomicBool,
+    /// The realtime rooms.
+    pub rooms: Arc<crate::realtime::Rooms>,
 }
 
 /// An API error: HTTP status, stable code, message.
@@ -142,14 +144,24 @@ fn authorize(
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing_token",
-                "send Authorization: Bearer <token>",
-            )
-        })?;
+        .and_then(|v| v.strip_prefix("Bearer "));
+    authorize_token(state, token, space, need)
+}
+
+/// [`authorize`] for a token found anywhere (header, subprotocol, query).
+fn authorize_token(
+    state: &AppState,
+    token: Option<&str>,
+    space: &str,
+    need: Need,
+) -> Result<Claims, ApiError> {
+    let token = token.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_token",
+            "send Authorization: Bearer <token>",
+        )
+    })?;
     let claims =
         auth::verify(token.trim(), &state.key, now_s(), state.leeway_s).map_err(auth_error)?;
     let scoped = claims.space == space || (claims.role == Role::Service && claims.space == "*");
@@ -183,6 +195,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/v1/spaces/{space}", put(create_space))
         .route("/v1/spaces/{space}/ops", post(ingest).get(catch_up))
         .route("/v1/spaces/{space}/nodes/{node}/children", get(children))
+        .route("/v1/spaces/{space}/ws", get(websocket))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
@@ -306,6 +319,7 @@ async fn ingest(
     };
     let started = std::time::Instant::now();
     let committed = state.db.apply(&space, author, &body.ops).await?;
+    state.rooms.committed(&space, &committed).await;
     tracing::debug!(
         space,
         ops = body.ops.len(),
@@ -438,4 +452,60 @@ async fn children(
             })
             .collect(),
     }))
+}
+
+/// Query of the WebSocket upgrade (browsers cannot set headers).
+#[derive(Debug, Deserialize)]
+pub struct WsQuery {
+    /// The token, when neither the header nor a subprotocol carries it.
+    pub access_token: Option<String>,
+}
+
+/// Subprotocol the server selects when the client offers its token as a
+/// `bearer.<token>` subprotocol.
+pub const WS_PROTOCOL: &str = "arbor.v1";
+
+async fn websocket(
+    State(state): State<Arc<AppState>>,
+    Path(space): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    // The token is checked before the upgrade: a bad one gets 401/403.
+    let from_header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let from_protocol = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split(',')
+                .map(str::trim)
+                .find_map(|p| p.strip_prefix("bearer."))
+                .map(str::to_string)
+        });
+    let from_query = query.ok().and_then(|Query(q)| q.access_token);
+    let via_protocol = from_header.is_none() && from_protocol.is_some();
+    let token = from_header.or(from_protocol).or(from_query);
+    let claims = authorize_token(&state, token.as_deref(), &space, Need::Read)?;
+    if state.db.space(&space).await?.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_space",
+            format!("unknown_space: {space}"),
+        ));
+    }
+    let ws = ws
+        .max_message_size(arbor_shared::protocol::MAX_FRAME_BYTES)
+        .max_frame_size(arbor_shared::protocol::MAX_FRAME_BYTES);
+    let ws = if via_protocol {
+        ws.protocols([WS_PROTOCOL])
+    } else {
+        ws
+    };
+    let rooms = state.rooms.clone();
+    Ok(ws.on_upgrade(move |socket| rooms.serve(space, claims, socket)))
 }

@@ -12,6 +12,8 @@
 //!   repository root; its contract is `migrations/README.md`.
 //! - [`api`]: the HTTP routes (`/v1/...`, `/livez`, `/readyz`), authorization
 //!   by token role, typed JSON errors.
+//! - [`realtime`]: the native WebSocket endpoint: one actor per
+//!   thoughtspace driving the shared room state machine.
 //! - [`config`]: flags, environment variables and secrets.
 
 #![forbid(unsafe_code)]
@@ -19,6 +21,7 @@
 pub mod api;
 pub mod config;
 pub mod db;
+pub mod realtime;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -47,11 +50,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let db = db::Db::open(config.database.clone(), config.db_pool).await?;
+    let rooms = Arc::new(realtime::Rooms::new(db.clone(), config.token_leeway_s));
     let state = Arc::new(api::AppState {
         db,
         key: config.key.clone(),
         leeway_s: config.token_leeway_s,
         draining: false.into(),
+        rooms: rooms.clone(),
     });
     let app = api::router(state.clone(), config.max_body_bytes);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -60,6 +65,9 @@ pub async fn run(
         shutdown.await;
         drain_state.draining.store(true, Ordering::Relaxed);
         tracing::info!("shutting down: draining");
+        // Sockets close with 1001 (upgraded connections are not tracked by
+        // the HTTP drain).
+        rooms.close_all().await;
         let _ = stop_tx.send(true);
     };
     let serve = axum::serve(listener, app).with_graceful_shutdown(signal);

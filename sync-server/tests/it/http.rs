@@ -15,18 +15,18 @@ use crate::harness::*;
 
 const SECRET: &[u8] = b"test-secret-test-secret-test-secret!";
 
-struct Server {
-    base: String,
-    http: reqwest::Client,
+pub struct Server {
+    pub base: String,
+    pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), ServerError>>,
 }
 
-fn key() -> Hs256Key {
+pub fn key() -> Hs256Key {
     Hs256Key::new(SECRET).unwrap()
 }
 
-fn token(space: &str, role: Role, rid: Option<u64>, ttl: i64) -> String {
+pub fn token(space: &str, role: Role, rid: Option<u64>, ttl: i64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -46,7 +46,7 @@ fn token(space: &str, role: Role, rid: Option<u64>, ttl: i64) -> String {
 }
 
 impl Server {
-    async fn start() -> Server {
+    pub async fn start() -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let config = Config {
@@ -80,11 +80,11 @@ impl Server {
         s
     }
 
-    fn url(&self, path: &str) -> String {
+    pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    async fn stop(mut self) {
+    pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }

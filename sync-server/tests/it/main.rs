@@ -16,3 +16,4 @@ mod harness;
 mod http;
 mod restore;
 mod validation;
+mod ws;

@@ -1,0 +1,226 @@
+//! The native realtime endpoint over real sockets: tokens checked before
+//! the upgrade, hello and catch-up, pushes relayed after commit to every
+//! socket (author included) then acked, HTTP ingest reaching sockets.
+
+use arbor_shared::auth::Role;
+use arbor_shared::protocol::{ClientMsg, ServerMsg};
+use arbor_shared::{NodeId, Op, ReplicaId};
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+use crate::harness::*;
+use crate::http::{Server, token};
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(s: &Server, space: &str, tok: &str) -> Result<Ws, u16> {
+    let url = format!(
+        "{}/v1/spaces/{space}/ws",
+        s.base.replace("http://", "ws://")
+    );
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {tok}").parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+async fn send(ws: &mut Ws, msg: ClientMsg) {
+    ws.send(Message::Text(msg.encode().into())).await.unwrap();
+}
+
+async fn recv(ws: &mut Ws) -> ServerMsg {
+    loop {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Text(t) => return ServerMsg::decode(&t).unwrap(),
+            Message::Close(f) => panic!("closed: {f:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Receives until `n` ops arrived; returns their seqs and the other frames.
+async fn recv_ops(ws: &mut Ws, n: usize) -> (Vec<u64>, Vec<ServerMsg>) {
+    let (mut seqs, mut other) = (Vec::new(), Vec::new());
+    while seqs.len() < n {
+        match recv(ws).await {
+            ServerMsg::Ops { ops } => seqs.extend(ops.iter().map(|o| o.seq)),
+            m => other.push(m),
+        }
+    }
+    (seqs, other)
+}
+
+fn create(step: u64, replica: u64, node: u128) -> Op {
+    mv(
+        (now_ms() << 16) + step,
+        replica,
+        n(node),
+        NodeId::ROOT,
+        &[0x80],
+        0,
+    )
+}
+
+#[tokio::test]
+async fn sockets_catch_up_push_and_relay_in_seq_order() {
+    let s = Server::start().await;
+    s.http
+        .put(s.url("/v1/spaces/demo"))
+        .bearer_auth(token("demo", Role::Admin, None, 60))
+        .send()
+        .await
+        .unwrap();
+    // Bad tokens never reach an upgrade.
+    assert_eq!(connect(&s, "demo", "garbage").await.err(), Some(401));
+    assert_eq!(
+        connect(&s, "demo", &token("other", Role::Write, None, 60))
+            .await
+            .err(),
+        Some(403)
+    );
+    assert_eq!(
+        connect(&s, "nope", &token("nope", Role::Write, None, 60))
+            .await
+            .err(),
+        Some(404)
+    );
+
+    // Three ops exist before anyone connects.
+    let before: Vec<Op> = (1..=3).map(|i| create(i, 9, u128::from(i))).collect();
+    s.http
+        .post(s.url("/v1/spaces/demo/ops"))
+        .bearer_auth(token("demo", Role::Write, None, 60))
+        .json(&json!({ "ops": before }))
+        .send()
+        .await
+        .unwrap();
+
+    let mut a = connect(&s, "demo", &token("demo", Role::Write, Some(1), 60))
+        .await
+        .unwrap();
+    send(
+        &mut a,
+        ClientMsg::Hello {
+            v: 1,
+            replica: ReplicaId(1),
+            cursor: Some(1),
+        },
+    )
+    .await;
+    assert!(matches!(
+        recv(&mut a).await,
+        ServerMsg::Welcome { head_seq: 3, .. }
+    ));
+    assert_eq!(recv_ops(&mut a, 2).await.0, [2, 3]);
+
+    let mut b = connect(&s, "demo", &token("demo", Role::Read, Some(2), 60))
+        .await
+        .unwrap();
+    send(
+        &mut b,
+        ClientMsg::Hello {
+            v: 1,
+            replica: ReplicaId(2),
+            cursor: Some(3),
+        },
+    )
+    .await;
+    assert!(matches!(
+        recv(&mut b).await,
+        ServerMsg::Welcome { head_seq: 3, .. }
+    ));
+
+    // A pushes: both get the op (A first the op, then the ack).
+    send(
+        &mut a,
+        ClientMsg::Push {
+            batch: 1,
+            ops: vec![create(10, 1, 10)],
+        },
+    )
+    .await;
+    let (seqs_a, other_a) = recv_ops(&mut a, 1).await;
+    assert_eq!(seqs_a, [4]);
+    let next = recv(&mut a).await;
+    let acked =
+        other_a.contains(&ServerMsg::Ack { batch: 1 }) || next == ServerMsg::Ack { batch: 1 };
+    assert!(acked, "{other_a:?} then {next:?}");
+    assert_eq!(recv_ops(&mut b, 1).await.0, [4]);
+
+    // A push by another replica than the token's is refused, nothing relayed.
+    send(
+        &mut a,
+        ClientMsg::Push {
+            batch: 2,
+            ops: vec![create(11, 5, 11)],
+        },
+    )
+    .await;
+    loop {
+        match recv(&mut a).await {
+            ServerMsg::Error {
+                batch: Some(2),
+                code,
+                ..
+            } => {
+                assert_eq!(code, "wrong_replica");
+                break;
+            }
+            ServerMsg::Ops { ops } => panic!("relayed a refused push: {ops:?}"),
+            _ => {}
+        }
+    }
+    // A read token cannot push.
+    send(
+        &mut b,
+        ClientMsg::Push {
+            batch: 3,
+            ops: vec![create(12, 2, 12)],
+        },
+    )
+    .await;
+    loop {
+        if let ServerMsg::Error {
+            batch: Some(3),
+            code,
+            ..
+        } = recv(&mut b).await
+        {
+            assert_eq!(code, "forbidden");
+            break;
+        }
+    }
+
+    // An op committed over HTTP reaches the sockets.
+    s.http
+        .post(s.url("/v1/spaces/demo/ops"))
+        .bearer_auth(token("demo", Role::Write, None, 60))
+        .json(&json!({ "ops": [create(20, 9, 20)] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(recv_ops(&mut a, 1).await.0, [5]);
+    assert_eq!(recv_ops(&mut b, 1).await.0, [5]);
+
+    // A malformed frame closes the socket with 4003.
+    a.send(Message::Text("{\"type\":\"bogus\"}".into()))
+        .await
+        .unwrap();
+    let code = loop {
+        match a.next().await {
+            Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(code, 4003);
+    drop(b);
+    s.stop().await;
+}
