@@ -196,6 +196,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/v1/spaces/{space}/ops", post(ingest).get(catch_up))
         .route("/v1/spaces/{space}/nodes/{node}/children", get(children))
         .route("/v1/spaces/{space}/ws", get(websocket))
+        .route("/v1/spaces/{space}/snapshot", get(snapshot))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
@@ -508,4 +509,22 @@ async fn websocket(
     };
     let rooms = state.rooms.clone();
     Ok(ws.on_upgrade(move |socket| rooms.serve(space, claims, socket)))
+}
+
+async fn snapshot(
+    State(state): State<Arc<AppState>>,
+    Path(space): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, &space, Need::Read)?;
+    let (header, stream) = crate::snapshot::snapshot(&state.db, &space).await?;
+    tracing::info!(space, nodes = header.nodes, log = header.log, "snapshot");
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/vnd.arbor.snapshot"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
 }

@@ -14,6 +14,8 @@
 //!   by token role, typed JSON errors.
 //! - [`realtime`]: the native WebSocket endpoint: one actor per
 //!   thoughtspace driving the shared room state machine.
+//! - [`snapshot`]: whole-space snapshots streamed from `COPY ... (FORMAT
+//!   binary)` with backpressure.
 //! - [`config`]: flags, environment variables and secrets.
 
 #![forbid(unsafe_code)]
@@ -22,6 +24,7 @@ pub mod api;
 pub mod config;
 pub mod db;
 pub mod realtime;
+pub mod snapshot;
 
 use std::future::Future;
 use std::sync::Arc;

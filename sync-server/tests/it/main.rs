@@ -15,5 +15,6 @@ mod differential;
 mod harness;
 mod http;
 mod restore;
+mod snapshot;
 mod validation;
 mod ws;

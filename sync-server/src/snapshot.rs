@@ -1,0 +1,256 @@
+//! Snapshot streaming: one `REPEATABLE READ READ ONLY` transaction, raw
+//! Postgres binary `COPY` sections framed into one stream, a trailer with
+//! counts and a CRC so a cut stream is detected. Format: `docs/PROTOCOL.md`.
+//!
+//! Memory stays flat: each chunk Postgres sends is framed and handed to the
+//! HTTP body as it comes; the next is read only when the body asks for it,
+//! so a slow reader slows the `COPY`, not the heap.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+
+use bytes::{BufMut as _, Bytes, BytesMut};
+use futures_util::{Stream, StreamExt as _};
+use serde::{Deserialize, Serialize};
+
+use crate::db::{Db, DbError, RejectCode, replica_from_sql};
+
+/// First bytes of a snapshot.
+pub const MAGIC: &[u8; 8] = b"ARBORSNP";
+/// Format version.
+pub const VERSION: u32 = 1;
+
+/// The snapshot's JSON header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotHeader {
+    /// The thoughtspace.
+    pub space: String,
+    /// Every op with seq at or below it is in the snapshot's state.
+    pub head_seq: u64,
+    /// The log horizon (stamp text), if any.
+    pub horizon: Option<arbor_shared::Stamp>,
+    /// Rows in the nodes section.
+    pub nodes: u64,
+    /// Rows in the payloads section.
+    pub payloads: u64,
+    /// Rows in the log section.
+    pub log: u64,
+}
+
+/// The sections, in order: tag and `COPY` query. The space id is passed as
+/// the transaction-local setting `arbor.space` (COPY takes no parameters).
+const SECTIONS: [(u8, &str); 3] = [
+    (
+        b'N',
+        "COPY (SELECT id, parent, key FROM nodes
+               WHERE space = current_setting('arbor.space')::bigint)
+         TO STDOUT (FORMAT binary)",
+    ),
+    (
+        b'P',
+        "COPY (SELECT node, field, value, hlc, replica FROM payloads
+               WHERE space = current_setting('arbor.space')::bigint)
+         TO STDOUT (FORMAT binary)",
+    ),
+    (
+        b'L',
+        "COPY (SELECT o.seq, o.hlc, o.replica, o.kind, o.node, o.parent, o.key, o.field, o.value,
+                      o.known_seq, o.applied, o.prev_parent, o.prev_key
+               FROM ops o JOIN spaces s ON s.id = o.space
+               WHERE o.space = current_setting('arbor.space')::bigint
+                 AND (s.horizon_hlc IS NULL
+                      OR (o.hlc, o.replica) > (s.horizon_hlc, s.horizon_replica))
+               ORDER BY o.seq)
+         TO STDOUT (FORMAT binary)",
+    ),
+];
+
+type CopyStream = Pin<Box<tokio_postgres::CopyOutStream>>;
+
+struct State {
+    /// The connection, in its transaction; invariant: `Some` until the
+    /// stream ends. Dropped unfinished, it is taken out of the pool (closed,
+    /// so Postgres rolls back) rather than returned mid-COPY.
+    conn: Option<deadpool_postgres::Object>,
+    pending: VecDeque<Bytes>,
+    sections: VecDeque<(u8, &'static str)>,
+    copy: Option<CopyStream>,
+    crc: crc32fast::Hasher,
+    total: u64,
+    counts: [u64; 3],
+    done: bool,
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        if !self.done {
+            if let Some(conn) = self.conn.take() {
+                drop(deadpool_postgres::Object::take(conn));
+            }
+        }
+    }
+}
+
+impl State {
+    fn emit(&mut self, bytes: Bytes) {
+        self.crc.update(&bytes);
+        self.total += bytes.len() as u64;
+        self.pending.push_back(bytes);
+    }
+
+    async fn next_chunk(&mut self) -> Option<Result<Bytes, std::io::Error>> {
+        loop {
+            if let Some(b) = self.pending.pop_front() {
+                return Some(Ok(b));
+            }
+            if self.done {
+                return None;
+            }
+            match self.step().await {
+                Ok(()) => {}
+                Err(e) => {
+                    self.done = true;
+                    if let Some(conn) = self.conn.take() {
+                        drop(deadpool_postgres::Object::take(conn));
+                    }
+                    return Some(Err(std::io::Error::other(e.to_string())));
+                }
+            }
+        }
+    }
+
+    async fn step(&mut self) -> Result<(), DbError> {
+        if let Some(copy) = self.copy.as_mut() {
+            match copy.next().await {
+                Some(chunk) => {
+                    let chunk = chunk?;
+                    if !chunk.is_empty() {
+                        let mut frame = BytesMut::with_capacity(4);
+                        frame.put_u32(u32::try_from(chunk.len()).unwrap_or(u32::MAX));
+                        self.emit(frame.freeze());
+                        self.emit(chunk);
+                    }
+                }
+                None => {
+                    self.copy = None;
+                    self.emit(Bytes::from_static(&[0, 0, 0, 0]));
+                }
+            }
+            return Ok(());
+        }
+        if self.conn.is_none() {
+            self.done = true;
+            return Ok(());
+        }
+        match self.sections.pop_front() {
+            Some((tag, sql)) => {
+                self.emit(Bytes::copy_from_slice(&[tag]));
+                if let Some(conn) = self.conn.as_ref() {
+                    let stream = conn.copy_out(sql).await?;
+                    self.copy = Some(Box::pin(stream));
+                }
+            }
+            None => {
+                if let Some(conn) = self.conn.as_ref() {
+                    conn.batch_execute("COMMIT").await?;
+                }
+                let mut t = BytesMut::with_capacity(1 + 8 * 4 + 4);
+                t.put_u8(b'E');
+                for c in self.counts {
+                    t.put_u64(c);
+                }
+                t.put_u64(self.total);
+                let crc = std::mem::take(&mut self.crc).finalize();
+                t.put_u32(crc);
+                // The trailer is not part of what it checks.
+                self.pending.push_back(t.freeze());
+                self.done = true;
+                // Finished cleanly: the connection goes back to the pool.
+                self.conn = None;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Opens the snapshot transaction and returns the header and the byte
+/// stream of the whole snapshot (header included).
+pub async fn snapshot(
+    db: &Db,
+    space: &str,
+) -> Result<
+    (
+        SnapshotHeader,
+        impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    ),
+    DbError,
+> {
+    let conn = db.client().await?;
+    conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
+    let mut state = State {
+        conn: Some(conn),
+        pending: VecDeque::new(),
+        sections: SECTIONS.into_iter().collect(),
+        copy: None,
+        crc: crc32fast::Hasher::new(),
+        total: 0,
+        counts: [0; 3],
+        done: false,
+    };
+    let Some(conn) = state.conn.as_ref() else {
+        return Err(DbError::BadRow("no connection".into()));
+    };
+    let Some(row) = conn
+        .query_opt(
+            "SELECT id, head_seq, horizon_hlc, horizon_replica,
+                    (SELECT count(*) FROM nodes WHERE space = s.id),
+                    (SELECT count(*) FROM payloads WHERE space = s.id),
+                    (SELECT count(*) FROM ops o WHERE o.space = s.id
+                       AND (s.horizon_hlc IS NULL
+                            OR (o.hlc, o.replica) > (s.horizon_hlc, s.horizon_replica)))
+             FROM spaces s WHERE name = $1",
+            &[&space],
+        )
+        .await?
+    else {
+        return Err(DbError::Rejected {
+            code: RejectCode::UnknownSpace,
+            message: format!("unknown_space: {space}"),
+        });
+    };
+    let id: i64 = row.try_get(0)?;
+    conn.execute(
+        "SELECT set_config('arbor.space', $1, true)",
+        &[&id.to_string()],
+    )
+    .await?;
+    let horizon = match (
+        row.try_get::<_, Option<i64>>(2)?,
+        row.try_get::<_, Option<i64>>(3)?,
+    ) {
+        (Some(h), Some(r)) => Some(arbor_shared::Stamp::new(h as u64, replica_from_sql(r))),
+        _ => None,
+    };
+    let count = |i| row.try_get::<_, i64>(i).map(|c| c.max(0) as u64);
+    let header = SnapshotHeader {
+        space: space.to_string(),
+        head_seq: row.try_get::<_, i64>(1)?.max(0) as u64,
+        horizon,
+        nodes: count(4)?,
+        payloads: count(5)?,
+        log: count(6)?,
+    };
+    state.counts = [header.nodes, header.payloads, header.log];
+    let json = serde_json::to_vec(&header).map_err(|e| DbError::BadRow(e.to_string()))?;
+    let mut head = BytesMut::with_capacity(16 + json.len());
+    head.put_slice(MAGIC);
+    head.put_u32(VERSION);
+    head.put_u32(u32::try_from(json.len()).unwrap_or(u32::MAX));
+    head.put_slice(&json);
+    state.emit(head.freeze());
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        st.next_chunk().await.map(|item| (item, st))
+    });
+    Ok((header, stream))
+}

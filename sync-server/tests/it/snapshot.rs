@@ -1,0 +1,250 @@
+//! Snapshots over HTTP: framing, header and trailer, the binary COPY rows
+//! equal Postgres' state, and a cut stream is detected.
+
+use std::collections::BTreeMap;
+
+use arbor_shared::auth::Role;
+use arbor_shared::{NodeId, OrderKey};
+use arbor_sync_server::snapshot::{MAGIC, SnapshotHeader};
+use serde_json::json;
+
+use crate::harness::*;
+use crate::http::{Server, token};
+
+type Row = Vec<Option<Vec<u8>>>;
+
+fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+    if b.len() < n {
+        return Err(format!("cut: wanted {n} bytes, {} left", b.len()));
+    }
+    let (head, tail) = b.split_at(n);
+    *b = tail;
+    Ok(head)
+}
+
+fn u32_at(b: &mut &[u8]) -> Result<u32, String> {
+    Ok(u32::from_be_bytes(
+        take(b, 4)?.try_into().map_err(|_| "u32")?,
+    ))
+}
+
+fn u64_at(b: &mut &[u8]) -> Result<u64, String> {
+    Ok(u64::from_be_bytes(
+        take(b, 8)?.try_into().map_err(|_| "u64")?,
+    ))
+}
+
+/// Rows of one raw `COPY ... (FORMAT binary)` stream.
+fn copy_rows(mut b: &[u8]) -> Result<Vec<Row>, String> {
+    let b = &mut b;
+    if take(b, 11)? != b"PGCOPY\n\xff\r\n\0" {
+        return Err("bad COPY signature".into());
+    }
+    take(b, 4)?; // flags
+    let ext = u32_at(b)? as usize;
+    take(b, ext)?;
+    let mut rows = Vec::new();
+    loop {
+        let n = i16::from_be_bytes(take(b, 2)?.try_into().map_err(|_| "i16")?);
+        if n == -1 {
+            return if b.is_empty() {
+                Ok(rows)
+            } else {
+                Err("bytes after COPY trailer".into())
+            };
+        }
+        let mut row = Vec::new();
+        for _ in 0..n {
+            let len = i32::from_be_bytes(take(b, 4)?.try_into().map_err(|_| "i32")?);
+            row.push(if len < 0 {
+                None
+            } else {
+                Some(take(b, len as usize)?.to_vec())
+            });
+        }
+        rows.push(row);
+    }
+}
+
+/// Parses a whole snapshot; any cut or corruption is an error.
+fn parse(body: &[u8]) -> Result<(SnapshotHeader, Vec<Vec<Row>>), String> {
+    let mut b = body;
+    let b = &mut b;
+    if take(b, 8)? != MAGIC {
+        return Err("bad magic".into());
+    }
+    if u32_at(b)? != 1 {
+        return Err("bad version".into());
+    }
+    let n = u32_at(b)? as usize;
+    let header: SnapshotHeader = serde_json::from_slice(take(b, n)?).map_err(|e| e.to_string())?;
+    let mut sections = Vec::new();
+    for tag in [b'N', b'P', b'L'] {
+        if take(b, 1)? != [tag] {
+            return Err(format!("expected section {}", tag as char));
+        }
+        let mut raw = Vec::new();
+        loop {
+            let len = u32_at(b)? as usize;
+            if len == 0 {
+                break;
+            }
+            raw.extend_from_slice(take(b, len)?);
+        }
+        sections.push(copy_rows(&raw)?);
+    }
+    let before = body.len() - b.len();
+    if take(b, 1)? != b"E" {
+        return Err("no trailer".into());
+    }
+    let counts = [u64_at(b)?, u64_at(b)?, u64_at(b)?];
+    let total = u64_at(b)?;
+    let crc = u32_at(b)?;
+    if !b.is_empty() {
+        return Err("bytes after the trailer".into());
+    }
+    if total != before as u64 || crc != crc32fast::hash(&body[..before]) {
+        return Err("checksum mismatch".into());
+    }
+    let rows: Vec<u64> = sections.iter().map(|s| s.len() as u64).collect();
+    if counts[..] != rows[..] || counts != [header.nodes, header.payloads, header.log] {
+        return Err(format!("counts {counts:?}, rows {rows:?}"));
+    }
+    Ok((header, sections))
+}
+
+fn uuid(b: &Option<Vec<u8>>) -> NodeId {
+    NodeId(u128::from_be_bytes(
+        b.as_deref().unwrap().try_into().unwrap(),
+    ))
+}
+
+#[tokio::test]
+async fn snapshot_streams_the_state_and_a_cut_is_detected() {
+    let s = Server::start().await;
+    let admin = token("demo", Role::Admin, None, 60);
+    s.http
+        .put(s.url("/v1/spaces/demo"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    let base = now_ms() << 16;
+    let mut ops = Vec::new();
+    for i in 0..300u64 {
+        let parent = if i < 10 {
+            NodeId::ROOT
+        } else {
+            n(u128::from(i % 10) + 1)
+        };
+        ops.push(mv(
+            base + 2 * i,
+            7,
+            n(u128::from(i) + 1),
+            parent,
+            &[0x80, (i % 200) as u8 + 1],
+            0,
+        ));
+        ops.push(set(
+            base + 2 * i + 1,
+            7,
+            n(u128::from(i) + 1),
+            "text",
+            Some(&format!("node {i}")),
+            0,
+        ));
+    }
+    let r = s
+        .http
+        .post(s.url("/v1/spaces/demo/ops"))
+        .bearer_auth(&admin)
+        .json(&json!({ "ops": ops }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let r = s
+        .http
+        .get(s.url("/v1/spaces/demo/snapshot"))
+        .bearer_auth(token("demo", Role::Read, None, 60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.bytes().await.unwrap();
+    let (header, sections) = parse(&body).unwrap();
+    assert_eq!(
+        (header.head_seq, header.nodes, header.payloads, header.log),
+        (600, 300, 300, 600)
+    );
+
+    // The rows are the committed state.
+    let nodes: BTreeMap<NodeId, (NodeId, OrderKey)> = sections[0]
+        .iter()
+        .map(|r| {
+            (
+                uuid(&r[0]),
+                (
+                    uuid(&r[1]),
+                    OrderKey::new(r[2].as_deref().unwrap()).unwrap(),
+                ),
+            )
+        })
+        .collect();
+    for op in &ops {
+        if let arbor_shared::Op::Move(m) = op {
+            assert_eq!(nodes[&m.node], (m.parent, m.key.clone()));
+        }
+    }
+    let texts: BTreeMap<NodeId, String> = sections[1]
+        .iter()
+        .map(|r| {
+            (
+                uuid(&r[0]),
+                String::from_utf8(r[2].clone().unwrap()).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(texts[&n(5)], "node 4");
+    let seqs: Vec<i64> = sections[2]
+        .iter()
+        .map(|r| i64::from_be_bytes(r[0].as_deref().unwrap().try_into().unwrap()))
+        .collect();
+    assert_eq!(seqs, (1..=600).collect::<Vec<_>>());
+
+    // Every cut of the stream is detected, and so is a flipped byte.
+    for cut in [
+        0,
+        7,
+        20,
+        body.len() / 3,
+        body.len() / 2,
+        body.len() - 30,
+        body.len() - 1,
+    ] {
+        assert!(parse(&body[..cut]).is_err(), "cut at {cut} not detected");
+    }
+    let mut flipped = body.to_vec();
+    let i = flipped.len() / 2;
+    flipped[i] ^= 0x40;
+    assert!(parse(&flipped).is_err());
+
+    // Unknown space and bad token.
+    let r = s
+        .http
+        .get(s.url("/v1/spaces/nope/snapshot"))
+        .bearer_auth(token("nope", Role::Read, None, 60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = s
+        .http
+        .get(s.url("/v1/spaces/demo/snapshot"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    s.stop().await;
+}
