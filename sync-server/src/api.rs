@@ -187,8 +187,58 @@ fn authorize_token(
     Ok(claims)
 }
 
-/// The routes, with `state` and a body limit.
-pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+/// The admin routes: `/metrics` (Prometheus text), `/livez`, `/readyz`.
+pub fn admin_router(
+    state: Arc<AppState>,
+    metrics: Option<&'static metrics_exporter_prometheus::PrometheusHandle>,
+) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    metrics.map(|h| h.render()).unwrap_or_default(),
+                )
+            }),
+        )
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| o.parse().ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([
+                axum::http::Method::GET,
+                axum::http::Method::POST,
+                axum::http::Method::PUT,
+            ])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
+    )
+}
+
+/// The routes, with `state`, a body limit and CORS for `cors_origins`.
+pub fn router(state: Arc<AppState>, max_body_bytes: usize, cors_origins: &[String]) -> Router {
+    let router = api_routes(state, max_body_bytes);
+    match cors(cors_origins) {
+        Some(layer) => router.layer(layer),
+        None => router,
+    }
+}
+
+fn api_routes(state: Arc<AppState>, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
@@ -319,7 +369,23 @@ async fn ingest(
         claims.rid
     };
     let started = std::time::Instant::now();
-    let committed = state.db.apply(&space, author, &body.ops).await?;
+    let committed = match state.db.apply(&space, author, &body.ops).await {
+        Ok(c) => c,
+        Err(e) => {
+            crate::metrics::ingest(
+                Err(e.reject_code().map_or("unavailable", |c| c.as_str())),
+                0.0,
+            );
+            return Err(e.into());
+        }
+    };
+    crate::metrics::ingest(
+        Ok(committed
+            .iter()
+            .filter(|c| c.origin != Origin::Duplicate)
+            .count() as u64),
+        started.elapsed().as_secs_f64(),
+    );
     state.rooms.committed(&space, &committed).await;
     tracing::debug!(
         space,

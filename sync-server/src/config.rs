@@ -16,6 +16,12 @@ pub struct ServeArgs {
     /// Address of the API listener.
     #[arg(long, env = "ARBOR_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Address of the admin listener (`/metrics`, `/livez`, `/readyz`).
+    #[arg(long, env = "ARBOR_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+    /// Origins allowed by CORS (comma-separated; `*` for any; empty: none).
+    #[arg(long, env = "ARBOR_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
     /// Most Postgres connections the server opens.
     #[arg(long, env = "ARBOR_DB_POOL", default_value_t = 16)]
     pub db_pool: usize,
@@ -72,6 +78,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Drain deadline after a shutdown signal.
     pub drain: Duration,
+    /// Origins allowed by CORS (`*` for any).
+    pub cors_origins: Vec<String>,
 }
 
 impl ServeArgs {
@@ -104,6 +112,7 @@ impl ServeArgs {
             token_leeway_s: self.token_leeway_s,
             max_body_bytes: self.max_body_bytes,
             drain: Duration::from_secs(self.drain_s),
+            cors_origins: self.cors_origins,
         })
     }
 }

@@ -16,6 +16,7 @@
 //!   thoughtspace driving the shared room state machine.
 //! - [`snapshot`]: whole-space snapshots streamed from `COPY ... (FORMAT
 //!   binary)` with backpressure.
+//! - [`metrics`]: Prometheus metrics for the admin listener.
 //! - [`config`]: flags, environment variables and secrets.
 
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@
 pub mod api;
 pub mod config;
 pub mod db;
+pub mod metrics;
 pub mod realtime;
 pub mod snapshot;
 
@@ -43,15 +45,28 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
-/// Serves the API on `listener` until `shutdown` resolves. Then readiness
-/// flips to 503 at once, the listener stops accepting, and in-flight
-/// requests get `config.drain` to finish before the server returns anyway.
-/// Opens the pool and applies migrations first.
+/// Serves the API on `listener` until `shutdown` resolves (no admin
+/// listener). See [`serve`].
 pub async fn run(
     listener: tokio::net::TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    serve(listener, None, config, shutdown).await
+}
+
+/// Serves the API on `listener`, and `/metrics`, `/livez`, `/readyz` on the
+/// `admin` listener if given, until `shutdown` resolves. Then readiness
+/// flips to 503 at once, sockets close with 1001, the listeners stop
+/// accepting, and in-flight requests get `config.drain` to finish before the
+/// server returns anyway. Opens the pool and applies migrations first.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    admin: Option<tokio::net::TcpListener>,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let metrics = metrics::handle();
     let db = db::Db::open(config.database.clone(), config.db_pool).await?;
     let rooms = Arc::new(realtime::Rooms::new(db.clone(), config.token_leeway_s));
     let state = Arc::new(api::AppState {
@@ -61,8 +76,22 @@ pub async fn run(
         draining: false.into(),
         rooms: rooms.clone(),
     });
-    let app = api::router(state.clone(), config.max_body_bytes);
+    let app = api::router(state.clone(), config.max_body_bytes, &config.cors_origins);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(admin) = admin {
+        let admin_app = api::admin_router(state.clone(), metrics);
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(admin, admin_app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "admin listener failed");
+            }
+        });
+    }
     let drain_state = state.clone();
     let signal = async move {
         shutdown.await;

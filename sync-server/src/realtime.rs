@@ -161,6 +161,18 @@ impl Rooms {
             }
         };
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!(crate::metrics::SOCKETS_ACTIVE).increment(1.0);
+        self.serve_conn(conn, room, claims, socket).await;
+        metrics::gauge!(crate::metrics::SOCKETS_ACTIVE).decrement(1.0);
+    }
+
+    async fn serve_conn(
+        &self,
+        conn: ConnId,
+        room: mpsc::Sender<Event>,
+        claims: Claims,
+        mut socket: WebSocket,
+    ) {
         let (out_tx, mut out_rx) = mpsc::channel(OUTBOUND_FRAMES);
         if room
             .send(Event::Connect {
@@ -289,21 +301,31 @@ fn execute(
             } => {
                 let (db, tx, space) = (db.clone(), tx.clone(), space.to_string());
                 tokio::spawn(async move {
+                    let started = std::time::Instant::now();
                     let event = match db.apply(&space, author, &ops).await {
-                        Ok(committed) => Event::Ingested {
-                            conn,
-                            batch,
-                            ops: seq_ops(committed),
-                        },
-                        Err(e) => Event::IngestFailed {
-                            conn,
-                            batch,
-                            code: e
-                                .reject_code()
-                                .map_or("unavailable", |c| c.as_str())
-                                .to_string(),
-                            message: e.to_string(),
-                        },
+                        Ok(committed) => {
+                            let ops = seq_ops(committed);
+                            crate::metrics::ingest(
+                                Ok(ops.len() as u64),
+                                started.elapsed().as_secs_f64(),
+                            );
+                            Event::Ingested { conn, batch, ops }
+                        }
+                        Err(e) => {
+                            crate::metrics::ingest(
+                                Err(e.reject_code().map_or("unavailable", |c| c.as_str())),
+                                0.0,
+                            );
+                            Event::IngestFailed {
+                                conn,
+                                batch,
+                                code: e
+                                    .reject_code()
+                                    .map_or("unavailable", |c| c.as_str())
+                                    .to_string(),
+                                message: e.to_string(),
+                            }
+                        }
                     };
                     let _ = tx.send(event).await;
                 });

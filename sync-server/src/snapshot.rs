@@ -93,6 +93,7 @@ impl Drop for State {
 
 impl State {
     fn emit(&mut self, bytes: Bytes) {
+        metrics::counter!(crate::metrics::SNAPSHOT_BYTES).increment(bytes.len() as u64);
         self.crc.update(&bytes);
         self.total += bytes.len() as u64;
         self.pending.push_back(bytes);

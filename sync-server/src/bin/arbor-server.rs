@@ -117,13 +117,16 @@ async fn main() -> anyhow::Result<()> {
     init_logs(cli.log_format, cli.log_level);
     match cli.command {
         Command::Serve(args) => {
-            let listen = args.listen;
+            let (listen, admin_listen) = (args.listen, args.admin_listen);
             let config = args.into_config(env_secret())?;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;
-            tracing::info!(addr = %listener.local_addr()?, "listening");
-            arbor_sync_server::run(listener, config, shutdown_signal()).await?;
+            let admin = tokio::net::TcpListener::bind(admin_listen)
+                .await
+                .with_context(|| format!("binding {admin_listen}"))?;
+            tracing::info!(api = %listener.local_addr()?, admin = %admin.local_addr()?, "listening");
+            arbor_sync_server::serve(listener, Some(admin), config, shutdown_signal()).await?;
         }
         Command::Token {
             sub,

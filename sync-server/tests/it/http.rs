@@ -6,7 +6,7 @@ use std::time::Duration;
 use arbor_shared::auth::{Claims, Hs256Key, Role, mint};
 use arbor_shared::{NodeId, ReplicaId};
 use arbor_sync_server::api::{ChildrenBody, OpsBody};
-use arbor_sync_server::{Config, ServerError, run};
+use arbor_sync_server::{Config, ServerError, serve};
 use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -17,6 +17,7 @@ const SECRET: &[u8] = b"test-secret-test-secret-test-secret!";
 
 pub struct Server {
     pub base: String,
+    pub admin: String,
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), ServerError>>,
@@ -49,6 +50,8 @@ impl Server {
     pub async fn start() -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
+        let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = format!("http://{}", admin_listener.local_addr().unwrap());
         let config = Config {
             database: test_db_config().await,
             db_pool: 4,
@@ -56,13 +59,15 @@ impl Server {
             token_leeway_s: 5,
             max_body_bytes: 256 * 1024,
             drain: Duration::from_secs(5),
+            cors_origins: vec!["https://app.example".into()],
         };
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(run(listener, config, async move {
+        let task = tokio::spawn(serve(listener, Some(admin_listener), config, async move {
             let _ = rx.await;
         }));
         let s = Server {
             base,
+            admin,
             http: reqwest::Client::new(),
             stop: Some(tx),
             task,
@@ -343,4 +348,87 @@ async fn shutdown_flips_readiness_and_stops() {
     s.stop().await;
     // The listener is closed: connections are refused.
     assert!(http.get(&url).send().await.is_err());
+}
+
+#[tokio::test]
+async fn admin_listener_serves_metrics_and_cors_is_applied() {
+    let s = Server::start().await;
+    let admin = token("demo", Role::Admin, None, 60);
+    s.http
+        .put(s.url("/v1/spaces/demo"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    let base = now_ms() << 16;
+    let r = s
+        .http
+        .post(s.url("/v1/spaces/demo/ops"))
+        .bearer_auth(&admin)
+        .json(&json!({"ops": [mv(base, 7, n(1), NodeId::ROOT, &[0x80], 0)]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = s
+        .http
+        .post(s.url("/v1/spaces/demo/ops"))
+        .bearer_auth(&admin)
+        .json(&json!({"ops": [mv(base + 1, 7, n(2), n(99), &[0x80], 0)]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let text = s
+        .http
+        .get(format!("{}/metrics", s.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("arbor_ops_applied_total"), "{text}");
+    assert!(
+        text.contains("arbor_ops_rejected_total{code=\"unknown_node\"}"),
+        "{text}"
+    );
+    assert!(text.contains("arbor_ingest_seconds"), "{text}");
+    assert_eq!(
+        s.http
+            .get(format!("{}/readyz", s.admin))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // The API listener has no /metrics.
+    assert_eq!(
+        s.http.get(s.url("/metrics")).send().await.unwrap().status(),
+        404
+    );
+
+    // CORS: the configured origin may call with a token; another may not.
+    let preflight = |origin: &str| {
+        s.http
+            .request(reqwest::Method::OPTIONS, s.url("/v1/spaces/demo/ops"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .send()
+    };
+    let ok = preflight("https://app.example").await.unwrap();
+    assert_eq!(
+        ok.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap()),
+        Some("https://app.example")
+    );
+    let other = preflight("https://evil.example").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    s.stop().await;
 }
