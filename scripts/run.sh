@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The main job. Today: the core's convergence demo, then Postgres as the
-# source of truth (a throwaway cluster the demo starts itself, the
-# migrations, two replicas pushing through apply_ops, the restore rule).
-# The sync server and the CLI demo arrive with their issues (see README).
+# The main job: the core's convergence demo, the Postgres demo (apply_ops and
+# the restore rule on a throwaway cluster), then the local server stack:
+# `arbor-server dev` starts its own Postgres (kept in .arbor-dev/), creates
+# the thoughtspace `demo`, prints an admin token and serves the API until
+# Ctrl-C. Set ARBOR_RUN_NO_SERVER=1 to stop after the demos.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/arbor/target}"
@@ -13,3 +14,7 @@ cargo run --locked -q -p arbor-shared --example converge
 echo
 echo "==> Postgres: apply_ops and the restore rule"
 cargo run --locked -q -p arbor-sync-server --example postgres_demo
+if [[ "${ARBOR_RUN_NO_SERVER:-}" == 1 ]]; then exit 0; fi
+echo
+echo "==> the sync server with its own Postgres (Ctrl-C to stop)"
+exec cargo run --locked -q -p arbor-sync-server --bin arbor-server -- dev

@@ -1,4 +1,5 @@
-//! Throwaway Postgres clusters for tests and benchmarks.
+//! Postgres clusters started from the Debian binaries: throwaway ones for
+//! tests and benchmarks, and the kept one behind `arbor-server dev`.
 //!
 //! A [`PgCluster`] is a fresh `initdb` in a temp dir, started with `pg_ctl`,
 //! listening only on a unix socket in that dir (no port clashes between test
@@ -17,7 +18,8 @@
 //!
 //! # Layout
 //!
-//! - [`PgCluster`]: start, shared instance, fresh databases, restart, stop.
+//! - [`PgCluster`]: start (throwaway), open (kept dir, dev mode), shared
+//!   instance, fresh databases, restart, stop.
 //! - [`PgOptions`]: throwaway (fsync off) or durable settings.
 
 use std::io::Write as _;
@@ -72,6 +74,8 @@ pub struct PgCluster {
     bin: PathBuf,
     as_postgres: bool,
     options: PgOptions,
+    /// Keep the dir when stopping (dev clusters).
+    keep: bool,
     /// Write end of the watcher's pipe: dropping it (process exit) stops
     /// the cluster.
     watcher: Mutex<Option<(Child, ChildStdin)>>,
@@ -153,16 +157,31 @@ impl PgCluster {
         })
     }
 
-    /// Creates and starts a new cluster in a fresh temp dir.
+    /// Creates and starts a new cluster in a fresh temp dir (removed at
+    /// stop).
     pub fn start(options: PgOptions) -> Result<PgCluster> {
-        let bin = pg_bin_dir()?;
-        let as_postgres = is_root();
         let root = std::env::temp_dir().join(format!(
             "arbor-pg-{}-{}",
             std::process::id(),
             NEXT_DIR.fetch_add(1, Ordering::Relaxed)
         ));
+        PgCluster::start_in(root, options, false)
+    }
+
+    /// Starts the cluster kept in `root` (created with `initdb` the first
+    /// time), stopped but kept when this process exits: the dev server's
+    /// database.
+    pub fn open(root: &Path, options: PgOptions) -> Result<PgCluster> {
+        PgCluster::start_in(root.to_path_buf(), options, true)
+    }
+
+    fn start_in(root: PathBuf, options: PgOptions, keep: bool) -> Result<PgCluster> {
+        let bin = pg_bin_dir()?;
+        let as_postgres = is_root();
         std::fs::create_dir_all(&root).map_err(|e| err(format!("mkdir {root:?}: {e}")))?;
+        let root = root
+            .canonicalize()
+            .map_err(|e| err(format!("canonicalize {root:?}: {e}")))?;
         if as_postgres {
             let (uid, gid) = (id_of("-u", "postgres")?, id_of("-g", "postgres")?);
             std::os::unix::fs::chown(&root, Some(uid), Some(gid))
@@ -173,10 +192,17 @@ impl PgCluster {
             bin,
             as_postgres,
             options,
+            keep,
             watcher: Mutex::new(None),
         };
         cluster.spawn_watcher()?;
         let data = cluster.data_dir();
+        if keep && data.join("PG_VERSION").exists() {
+            // A stale pid file from a crash does not stop pg_ctl; a running
+            // server does (and then this is a second dev server: refuse).
+            cluster.pg_ctl_start()?;
+            return Ok(cluster);
+        }
         cluster.run(
             "initdb",
             &[
@@ -303,9 +329,17 @@ impl PgCluster {
         } else {
             ""
         };
-        let script = format!(
-            "cat >/dev/null; {runuser} \"$0\" -D \"$1/data\" -m immediate -w stop >/dev/null 2>&1; rm -rf \"$1\""
-        );
+        // Throwaway clusters stop immediately and lose their dir; kept ones
+        // stop fast (a clean checkpoint) and stay.
+        let script = if self.keep {
+            format!(
+                "cat >/dev/null; {runuser} \"$0\" -D \"$1/data\" -m fast -w stop >/dev/null 2>&1"
+            )
+        } else {
+            format!(
+                "cat >/dev/null; {runuser} \"$0\" -D \"$1/data\" -m immediate -w stop >/dev/null 2>&1; rm -rf \"$1\""
+            )
+        };
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(script)

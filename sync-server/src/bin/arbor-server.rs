@@ -42,6 +42,22 @@ enum LogFormat {
 enum Command {
     /// Serve the API.
     Serve(ServeArgs),
+    /// Development: start a local Postgres kept in --data-dir (initialized
+    /// on first use), create a thoughtspace, print an admin token, serve.
+    Dev {
+        /// Where the dev database and secret live.
+        #[arg(long, env = "ARBOR_DEV_DIR", default_value = ".arbor-dev")]
+        data_dir: std::path::PathBuf,
+        /// API listener.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Admin listener (/metrics).
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: std::net::SocketAddr,
+        /// The thoughtspace to create.
+        #[arg(long, default_value = "demo")]
+        space: String,
+    },
     /// Mint a development token (HS256, secret from ARBOR_JWT_SECRET or
     /// --jwt-secret-file).
     Token {
@@ -116,6 +132,12 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logs(cli.log_format, cli.log_level);
     match cli.command {
+        Command::Dev {
+            data_dir,
+            listen,
+            admin_listen,
+            space,
+        } => dev(data_dir, listen, admin_listen, space).await?,
         Command::Serve(args) => {
             let (listen, admin_listen) = (args.listen, args.admin_listen);
             let config = args.into_config(env_secret())?;
@@ -159,5 +181,104 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", mint(&claims, &key));
         }
     }
+    Ok(())
+}
+
+/// The dev secret: `ARBOR_JWT_SECRET`, else one generated once into
+/// `<data-dir>/secret` from the OS's random source.
+fn dev_secret(dir: &std::path::Path) -> anyhow::Result<String> {
+    if let Some(s) = env_secret() {
+        return Ok(s);
+    }
+    let path = dir.join("secret");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        return Ok(s.trim().to_string());
+    }
+    use std::io::Read as _;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom")?;
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
+    Ok(secret)
+}
+
+async fn dev(
+    data_dir: std::path::PathBuf,
+    listen: std::net::SocketAddr,
+    admin_listen: std::net::SocketAddr,
+    space: String,
+) -> anyhow::Result<()> {
+    use arbor_testkit::{PgCluster, PgOptions};
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let cluster = PgCluster::open(
+        &data_dir.join("postgres"),
+        PgOptions {
+            throwaway: false,
+            shared_buffers: "128MB",
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("starting the dev Postgres: {e}"))?;
+    let admin_db = cluster
+        .connect("postgres")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if admin_db
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = 'arbor'", &[])
+        .await?
+        .is_none()
+    {
+        admin_db.batch_execute("CREATE DATABASE arbor").await?;
+    }
+    drop(admin_db);
+    let secret = dev_secret(&data_dir)?;
+    let key = Hs256Key::new(secret.as_bytes())?;
+    let database = cluster.config("arbor");
+    let db = arbor_sync_server::db::Db::open(database.clone(), 2).await?;
+    db.create_space(&space).await?;
+    drop(db);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let admin = tokio::net::TcpListener::bind(admin_listen)
+        .await
+        .with_context(|| format!("binding {admin_listen}"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let token = mint(
+        &Claims {
+            sub: "dev".into(),
+            space: space.clone(),
+            role: Role::Admin,
+            rid: None,
+            exp: now + 24 * 3600,
+            nbf: None,
+            iat: Some(now),
+        },
+        &key,
+    );
+    println!("arbor dev server");
+    println!("  api:      http://{}", listener.local_addr()?);
+    println!("  admin:    http://{}/metrics", admin.local_addr()?);
+    println!("  postgres: {}", cluster.conn_string("arbor"));
+    println!("  space:    {space}");
+    println!("  token:    {token}");
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    let config = arbor_sync_server::Config {
+        database,
+        db_pool: 8,
+        key,
+        token_leeway_s: 60,
+        max_body_bytes: 4 << 20,
+        drain: std::time::Duration::from_secs(5),
+        cors_origins: vec!["*".into()],
+    };
+    let served = arbor_sync_server::serve(listener, Some(admin), config, shutdown_signal()).await;
+    cluster.stop();
+    served?;
     Ok(())
 }

@@ -11,6 +11,7 @@
 
 mod basic;
 mod concurrency;
+mod dev;
 mod differential;
 mod harness;
 mod http;
