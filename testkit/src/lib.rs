@@ -330,14 +330,16 @@ impl PgCluster {
             ""
         };
         // Throwaway clusters stop immediately and lose their dir; kept ones
-        // stop fast (a clean checkpoint) and stay.
+        // stop fast (a clean checkpoint) and stay. The watcher ignores
+        // INT/TERM/HUP: a Ctrl-C reaches the whole process group, and the
+        // watcher must outlive its parent to clean up.
         let script = if self.keep {
             format!(
-                "cat >/dev/null; {runuser} \"$0\" -D \"$1/data\" -m fast -w stop >/dev/null 2>&1"
+                "trap '' INT TERM HUP; cat >/dev/null; {runuser} \"$0\" -D \"$1/data\" -m fast -w stop >/dev/null 2>&1"
             )
         } else {
             format!(
-                "cat >/dev/null; {runuser} \"$0\" -D \"$1/data\" -m immediate -w stop >/dev/null 2>&1; rm -rf \"$1\""
+                "trap '' INT TERM HUP; cat >/dev/null; {runuser} \"$0\" -D \"$1/data\" -m immediate -w stop >/dev/null 2>&1; rm -rf \"$1\""
             )
         };
         let mut child = Command::new("sh")
