@@ -19,6 +19,10 @@ pub struct ServeArgs {
     /// Address of the admin listener (`/metrics`, `/livez`, `/readyz`).
     #[arg(long, env = "ARBOR_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
     pub admin_listen: SocketAddr,
+    /// Frames queued per realtime socket; a socket whose queue is full is
+    /// closed (4002) instead of growing it.
+    #[arg(long, env = "ARBOR_SOCKET_QUEUE_FRAMES", default_value_t = 256)]
+    pub socket_queue_frames: usize,
     /// Origins allowed by CORS (comma-separated; `*` for any; empty: none).
     #[arg(long, env = "ARBOR_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
@@ -80,6 +84,8 @@ pub struct Config {
     pub drain: Duration,
     /// Origins allowed by CORS (`*` for any).
     pub cors_origins: Vec<String>,
+    /// Frames queued per realtime socket before it is closed as too slow.
+    pub socket_queue_frames: usize,
 }
 
 impl ServeArgs {
@@ -113,6 +119,7 @@ impl ServeArgs {
             max_body_bytes: self.max_body_bytes,
             drain: Duration::from_secs(self.drain_s),
             cors_origins: self.cors_origins,
+            socket_queue_frames: self.socket_queue_frames,
         })
     }
 }

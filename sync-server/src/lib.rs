@@ -68,7 +68,11 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let metrics = metrics::handle();
     let db = db::Db::open(config.database.clone(), config.db_pool).await?;
-    let rooms = Arc::new(realtime::Rooms::new(db.clone(), config.token_leeway_s));
+    let rooms = Arc::new(realtime::Rooms::new(
+        db.clone(),
+        config.token_leeway_s,
+        config.socket_queue_frames,
+    ));
     let state = Arc::new(api::AppState {
         db,
         key: config.key.clone(),

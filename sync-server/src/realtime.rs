@@ -23,8 +23,6 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::db::{Committed, Db, Origin};
 
-/// Frames queued for one socket.
-const OUTBOUND_FRAMES: usize = 256;
 /// Events queued for one room.
 const ROOM_EVENTS: usize = 1024;
 /// Catch-up page size.
@@ -73,6 +71,8 @@ enum Event {
 pub struct Rooms {
     db: Db,
     leeway_s: u64,
+    /// Frames queued per socket before it counts as too slow.
+    socket_queue: usize,
     next_conn: AtomicU64,
     rooms: Mutex<HashMap<String, mpsc::Sender<Event>>>,
 }
@@ -89,11 +89,12 @@ fn seq_ops(committed: Vec<Committed>) -> Vec<SeqOp> {
 }
 
 impl Rooms {
-    /// No rooms yet.
-    pub fn new(db: Db, leeway_s: u64) -> Rooms {
+    /// No rooms yet; each socket may queue `socket_queue` frames.
+    pub fn new(db: Db, leeway_s: u64, socket_queue: usize) -> Rooms {
         Rooms {
             db,
             leeway_s,
+            socket_queue: socket_queue.max(1),
             next_conn: AtomicU64::new(1),
             rooms: Mutex::new(HashMap::new()),
         }
@@ -173,7 +174,7 @@ impl Rooms {
         claims: Claims,
         mut socket: WebSocket,
     ) {
-        let (out_tx, mut out_rx) = mpsc::channel(OUTBOUND_FRAMES);
+        let (out_tx, mut out_rx) = mpsc::channel(self.socket_queue);
         if room
             .send(Event::Connect {
                 conn,

@@ -276,6 +276,7 @@ async fn dev(
         max_body_bytes: 4 << 20,
         drain: std::time::Duration::from_secs(5),
         cors_origins: vec!["*".into()],
+        socket_queue_frames: 256,
     };
     let served = arbor_sync_server::serve(listener, Some(admin), config, shutdown_signal()).await;
     cluster.stop();

@@ -48,6 +48,11 @@ pub fn token(space: &str, role: Role, rid: Option<u64>, ttl: i64) -> String {
 
 impl Server {
     pub async fn start() -> Server {
+        Server::start_with(256, 5).await
+    }
+
+    /// A server with `queue` frames per socket and `leeway_s` token leeway.
+    pub async fn start_with(queue: usize, leeway_s: u64) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -56,10 +61,11 @@ impl Server {
             database: test_db_config().await,
             db_pool: 4,
             key: key(),
-            token_leeway_s: 5,
+            token_leeway_s: leeway_s,
             max_body_bytes: 256 * 1024,
             drain: Duration::from_secs(5),
             cors_origins: vec!["https://app.example".into()],
+            socket_queue_frames: queue,
         };
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, Some(admin_listener), config, async move {

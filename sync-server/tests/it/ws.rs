@@ -224,3 +224,128 @@ async fn sockets_catch_up_push_and_relay_in_seq_order() {
     drop(b);
     s.stop().await;
 }
+
+async fn close_code(ws: &mut Ws) -> Option<u16> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_slow_reader_is_closed_while_others_keep_up() {
+    // Four frames of queue per socket: a reader that stops reading is
+    // closed with 4002 once its queue and the kernel's buffers are full;
+    // a reader that keeps reading gets every op.
+    let s = Server::start_with(4, 5).await;
+    let admin = token("demo", Role::Admin, None, 60);
+    s.http
+        .put(s.url("/v1/spaces/demo"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    let base = now_ms() << 16;
+    s.http
+        .post(s.url("/v1/spaces/demo/ops"))
+        .bearer_auth(&admin)
+        .json(&json!({ "ops": [mv(base, 9, n(1), NodeId::ROOT, &[0x80], 0)] }))
+        .send()
+        .await
+        .unwrap();
+    let mut slow = connect(&s, "demo", &token("demo", Role::Read, Some(1), 60))
+        .await
+        .unwrap();
+    send(
+        &mut slow,
+        ClientMsg::Hello {
+            v: 1,
+            replica: ReplicaId(1),
+            cursor: Some(1),
+        },
+    )
+    .await;
+    let mut fast = connect(&s, "demo", &token("demo", Role::Read, Some(2), 60))
+        .await
+        .unwrap();
+    send(
+        &mut fast,
+        ClientMsg::Hello {
+            v: 1,
+            replica: ReplicaId(2),
+            cursor: Some(1),
+        },
+    )
+    .await;
+    const BATCHES: u64 = 100;
+    const PER: u64 = 200;
+    let reader = tokio::spawn(async move {
+        let (seqs, _) = recv_ops(&mut fast, (BATCHES * PER) as usize).await;
+        seqs
+    });
+    let value = "v".repeat(1_000);
+    for b in 0..BATCHES {
+        let ops: Vec<_> = (0..PER)
+            .map(|i| set(base + 1 + b * PER + i, 9, n(1), "text", Some(&value), 1))
+            .collect();
+        let r = s
+            .http
+            .post(s.url("/v1/spaces/demo/ops"))
+            .bearer_auth(&admin)
+            .json(&json!({ "ops": ops }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let seqs = reader.await.unwrap();
+    assert_eq!(seqs, (2..=(1 + BATCHES * PER)).collect::<Vec<_>>());
+    assert_eq!(close_code(&mut slow).await, Some(4002));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_token_closes_its_socket_and_shutdown_closes_the_rest() {
+    let s = Server::start_with(256, 0).await;
+    let admin = token("demo", Role::Admin, None, 60);
+    s.http
+        .put(s.url("/v1/spaces/demo"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    // Valid for one more second: the room's once-a-second check closes it.
+    let mut short = connect(&s, "demo", &token("demo", Role::Read, Some(1), 1))
+        .await
+        .unwrap();
+    send(
+        &mut short,
+        ClientMsg::Hello {
+            v: 1,
+            replica: ReplicaId(1),
+            cursor: None,
+        },
+    )
+    .await;
+    let mut long = connect(&s, "demo", &token("demo", Role::Read, Some(2), 600))
+        .await
+        .unwrap();
+    send(
+        &mut long,
+        ClientMsg::Hello {
+            v: 1,
+            replica: ReplicaId(2),
+            cursor: None,
+        },
+    )
+    .await;
+    assert_eq!(close_code(&mut short).await, Some(4001));
+    // Shutdown: the remaining socket is closed with 1001, and the server
+    // returns.
+    let stopping = tokio::spawn(s.stop());
+    assert_eq!(close_code(&mut long).await, Some(1001));
+    stopping.await.unwrap();
+}
