@@ -81,7 +81,9 @@ impl From<DbError> for ApiError {
             DbError::Rejected { code, message } => {
                 let status = match code {
                     RejectCode::UnknownSpace => StatusCode::NOT_FOUND,
-                    RejectCode::StampConflict | RejectCode::Stale => StatusCode::CONFLICT,
+                    RejectCode::StampConflict | RejectCode::Stale | RejectCode::SpaceExists => {
+                        StatusCode::CONFLICT
+                    }
                     RejectCode::UnknownNode | RejectCode::ClockAhead => {
                         StatusCode::UNPROCESSABLE_ENTITY
                     }
@@ -247,6 +249,7 @@ fn api_routes(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/v1/spaces/{space}/nodes/{node}/children", get(children))
         .route("/v1/spaces/{space}/ws", get(websocket))
         .route("/v1/spaces/{space}/snapshot", get(snapshot))
+        .route("/v1/spaces/{space}/fork", post(fork))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
@@ -593,4 +596,28 @@ async fn snapshot(
         axum::body::Body::from_stream(stream),
     )
         .into_response())
+}
+
+/// Body of `POST /v1/spaces/{space}/fork`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForkBody {
+    /// The new space's name.
+    pub to: String,
+}
+
+async fn fork(
+    State(state): State<Arc<AppState>>,
+    Path(space): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<ForkBody>, JsonRejection>,
+) -> Result<Json<SpaceBody>, ApiError> {
+    authorize(&state, &headers, &space, Need::Admin)?;
+    let Json(body) =
+        body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let info = state.db.fork(&space, &body.to).await?;
+    Ok(Json(SpaceBody {
+        name: info.name,
+        head_seq: info.head_seq,
+    }))
 }

@@ -32,6 +32,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_apply.sql",
         sql: include_str!("../../../migrations/0002_apply.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_fork.sql",
+        sql: include_str!("../../../migrations/0003_fork.sql"),
+    },
 ];
 
 /// Key of the session advisory lock held while migrating (two-int form, so it

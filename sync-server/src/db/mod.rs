@@ -40,11 +40,13 @@ pub enum RejectCode {
     /// `AR011`: malformed batch (array shapes, NULLs, too many ops, numbers
     /// out of range).
     BadBatch,
+    /// `AR012`: a space of that name exists already (fork).
+    SpaceExists,
 }
 
 impl RejectCode {
     /// Every code, for mapping tables and tests.
-    pub const ALL: [RejectCode; 11] = [
+    pub const ALL: [RejectCode; 12] = [
         RejectCode::ReservedNode,
         RejectCode::BadKey,
         RejectCode::BadField,
@@ -56,6 +58,7 @@ impl RejectCode {
         RejectCode::StampConflict,
         RejectCode::UnknownSpace,
         RejectCode::BadBatch,
+        RejectCode::SpaceExists,
     ];
 
     /// The SQLSTATE `apply_ops` raises for it.
@@ -72,6 +75,7 @@ impl RejectCode {
             RejectCode::StampConflict => "AR009",
             RejectCode::UnknownSpace => "AR010",
             RejectCode::BadBatch => "AR011",
+            RejectCode::SpaceExists => "AR012",
         }
     }
 
@@ -89,6 +93,7 @@ impl RejectCode {
             RejectCode::StampConflict => "stamp_conflict",
             RejectCode::UnknownSpace => "unknown_space",
             RejectCode::BadBatch => "bad_batch",
+            RejectCode::SpaceExists => "space_exists",
         }
     }
 
@@ -650,6 +655,24 @@ impl Db {
             );
         }
         Ok(TreeState { nodes, payloads })
+    }
+
+    /// Copies `src` into a new space `dst` (tree, registers, the op log with
+    /// its seqs, restores, head and horizon) in one transaction.
+    pub async fn fork(&self, src: &str, dst: &str) -> Result<SpaceInfo, DbError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached("SELECT fork_space($1, $2)").await?;
+        client.query_one(&stmt, &[&src, &dst]).await.map_err(|e| {
+            if e.code() == Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION) {
+                DbError::rejected(
+                    RejectCode::BadBatch,
+                    "a space name is 1..64 of [A-Za-z0-9_.-]",
+                )
+            } else {
+                map_pg(e)
+            }
+        })?;
+        self.space_id(dst).await
     }
 
     /// Raises the space's horizon (never lowers it): ops at or below it are

@@ -438,3 +438,88 @@ async fn admin_listener_serves_metrics_and_cors_is_applied() {
     assert!(other.headers().get("access-control-allow-origin").is_none());
     s.stop().await;
 }
+
+#[tokio::test]
+async fn fork_copies_a_space_that_then_lives_on_its_own() {
+    let s = Server::start().await;
+    let admin = token("demo", Role::Admin, None, 60);
+    s.http
+        .put(s.url("/v1/spaces/demo"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    let base = now_ms() << 16;
+    let ops = vec![
+        mv(base, 7, n(1), NodeId::ROOT, &[0x80], 0),
+        mv(base + 1, 7, n(2), n(1), &[0x80], 0),
+        set(base + 2, 7, n(2), "text", Some("hi"), 0),
+    ];
+    s.http
+        .post(s.url("/v1/spaces/demo/ops"))
+        .bearer_auth(&admin)
+        .json(&json!({ "ops": ops }))
+        .send()
+        .await
+        .unwrap();
+    let fork = |t: &str, to: &str| {
+        s.http
+            .post(s.url("/v1/spaces/demo/fork"))
+            .bearer_auth(t.to_string())
+            .json(&json!({ "to": to }))
+            .send()
+    };
+    assert_eq!(
+        error_code(
+            fork(&token("demo", Role::Write, None, 60), "copy")
+                .await
+                .unwrap()
+        )
+        .await
+        .0,
+        403
+    );
+    let r = fork(&admin, "copy").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        error_code(fork(&admin, "copy").await.unwrap()).await,
+        (409, "space_exists".into())
+    );
+    assert_eq!(
+        error_code(fork(&admin, "bad name!").await.unwrap()).await.0,
+        400
+    );
+
+    let feed = |space: &'static str| {
+        let t = token(space, Role::Read, None, 60);
+        let url = s.url(&format!("/v1/spaces/{space}/ops"));
+        let http = s.http.clone();
+        async move {
+            let body: OpsBody = http
+                .get(url)
+                .bearer_auth(t)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            body
+        }
+    };
+    let (a, b) = (feed("demo").await, feed("copy").await);
+    assert_eq!(a.head_seq, b.head_seq);
+    assert_eq!(a.ops, b.ops);
+    // The copy takes new ops on its own.
+    let copy_admin = token("copy", Role::Admin, None, 60);
+    s.http
+        .post(s.url("/v1/spaces/copy/ops"))
+        .bearer_auth(&copy_admin)
+        .json(&json!({ "ops": [mv(base + 3, 7, n(3), n(2), &[0x80], 0)] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(feed("copy").await.head_seq, Some(4));
+    assert_eq!(feed("demo").await.head_seq, Some(3));
+    s.stop().await;
+}
