@@ -249,6 +249,10 @@ fn api_routes(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/v1/spaces/{space}/nodes/{node}/children", get(children))
         .route("/v1/spaces/{space}/ws", get(websocket))
         .route("/v1/spaces/{space}/snapshot", get(snapshot))
+        .route(
+            "/v1/spaces/{space}/subtree/{node}/snapshot",
+            get(subtree_snapshot),
+        )
         .route("/v1/spaces/{space}/fork", post(fork))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
@@ -586,7 +590,27 @@ async fn snapshot(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, &space, Need::Read)?;
-    let (header, stream) = crate::snapshot::snapshot(&state.db, &space).await?;
+    stream_snapshot(&state, &space, None).await
+}
+
+async fn subtree_snapshot(
+    State(state): State<Arc<AppState>>,
+    Path((space, node)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, &space, Need::Read)?;
+    let root: NodeId = node
+        .parse()
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "node is not a UUID"))?;
+    stream_snapshot(&state, &space, Some(root)).await
+}
+
+async fn stream_snapshot(
+    state: &AppState,
+    space: &str,
+    root: Option<NodeId>,
+) -> Result<Response, ApiError> {
+    let (header, stream) = crate::snapshot::snapshot(&state.db, space, root).await?;
     tracing::info!(space, nodes = header.nodes, log = header.log, "snapshot");
     Ok((
         [

@@ -35,6 +35,10 @@ pub struct SnapshotHeader {
     pub payloads: u64,
     /// Rows in the log section.
     pub log: u64,
+    /// For a subtree snapshot: its root (whose own row is in the nodes
+    /// section, with its place).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<arbor_shared::NodeId>,
 }
 
 /// The sections, in order: tag and `COPY` query. The space id is passed as
@@ -58,6 +62,50 @@ const SECTIONS: [(u8, &str); 3] = [
                       o.known_seq, o.applied, o.prev_parent, o.prev_key
                FROM ops o JOIN spaces s ON s.id = o.space
                WHERE o.space = current_setting('arbor.space')::bigint
+                 AND (s.horizon_hlc IS NULL
+                      OR (o.hlc, o.replica) > (s.horizon_hlc, s.horizon_replica))
+               ORDER BY o.seq)
+         TO STDOUT (FORMAT binary)",
+    ),
+];
+
+/// The sections of a subtree snapshot: `arbor.root` is the subtree's root;
+/// the log holds the ops about nodes of the subtree.
+const SUBTREE_SECTIONS: [(u8, &str); 3] = [
+    (
+        b'N',
+        "COPY (WITH RECURSIVE sub (id) AS (
+                   SELECT current_setting('arbor.root')::uuid
+                   UNION ALL
+                   SELECT n.id FROM sub JOIN nodes n
+                     ON n.space = current_setting('arbor.space')::bigint AND n.parent = sub.id)
+               SELECT n.id, n.parent, n.key FROM sub JOIN nodes n
+                 ON n.space = current_setting('arbor.space')::bigint AND n.id = sub.id)
+         TO STDOUT (FORMAT binary)",
+    ),
+    (
+        b'P',
+        "COPY (WITH RECURSIVE sub (id) AS (
+                   SELECT current_setting('arbor.root')::uuid
+                   UNION ALL
+                   SELECT n.id FROM sub JOIN nodes n
+                     ON n.space = current_setting('arbor.space')::bigint AND n.parent = sub.id)
+               SELECT p.node, p.field, p.value, p.hlc, p.replica FROM sub JOIN payloads p
+                 ON p.space = current_setting('arbor.space')::bigint AND p.node = sub.id)
+         TO STDOUT (FORMAT binary)",
+    ),
+    (
+        b'L',
+        "COPY (WITH RECURSIVE sub (id) AS (
+                   SELECT current_setting('arbor.root')::uuid
+                   UNION ALL
+                   SELECT n.id FROM sub JOIN nodes n
+                     ON n.space = current_setting('arbor.space')::bigint AND n.parent = sub.id)
+               SELECT o.seq, o.hlc, o.replica, o.kind, o.node, o.parent, o.key, o.field, o.value,
+                      o.known_seq, o.applied, o.prev_parent, o.prev_key
+               FROM ops o JOIN spaces s ON s.id = o.space
+               WHERE o.space = current_setting('arbor.space')::bigint
+                 AND o.node IN (SELECT sub.id FROM sub)
                  AND (s.horizon_hlc IS NULL
                       OR (o.hlc, o.replica) > (s.horizon_hlc, s.horizon_replica))
                ORDER BY o.seq)
@@ -175,10 +223,12 @@ impl State {
 }
 
 /// Opens the snapshot transaction and returns the header and the byte
-/// stream of the whole snapshot (header included).
+/// stream of the whole snapshot (header included): the whole space, or the
+/// subtree of `root` (which must be in the tree).
 pub async fn snapshot(
     db: &Db,
     space: &str,
+    root: Option<arbor_shared::NodeId>,
 ) -> Result<
     (
         SnapshotHeader,
@@ -192,7 +242,10 @@ pub async fn snapshot(
     let mut state = State {
         conn: Some(conn),
         pending: VecDeque::new(),
-        sections: SECTIONS.into_iter().collect(),
+        sections: match root {
+            None => SECTIONS.into_iter().collect(),
+            Some(_) => SUBTREE_SECTIONS.into_iter().collect(),
+        },
         copy: None,
         crc: crc32fast::Hasher::new(),
         total: 0,
@@ -226,6 +279,40 @@ pub async fn snapshot(
         &[&id.to_string()],
     )
     .await?;
+    let mut counts = [count_at(&row, 4)?, count_at(&row, 5)?, count_at(&row, 6)?];
+    if let Some(root) = root {
+        conn.execute(
+            "SELECT set_config('arbor.root', $1, true)",
+            &[&root.to_string()],
+        )
+        .await?;
+        let sub = conn
+            .query_one(
+                "WITH RECURSIVE sub (id) AS (
+                   SELECT current_setting('arbor.root')::uuid
+                   UNION ALL
+                   SELECT n.id FROM sub JOIN nodes n
+                     ON n.space = current_setting('arbor.space')::bigint AND n.parent = sub.id)
+                 SELECT (SELECT count(*) FROM sub JOIN nodes n
+                           ON n.space = current_setting('arbor.space')::bigint AND n.id = sub.id),
+                        (SELECT count(*) FROM sub JOIN payloads p
+                           ON p.space = current_setting('arbor.space')::bigint AND p.node = sub.id),
+                        (SELECT count(*) FROM ops o JOIN spaces s ON s.id = o.space
+                          WHERE o.space = current_setting('arbor.space')::bigint
+                            AND o.node IN (SELECT sub.id FROM sub)
+                            AND (s.horizon_hlc IS NULL
+                                 OR (o.hlc, o.replica) > (s.horizon_hlc, s.horizon_replica)))",
+                &[],
+            )
+            .await?;
+        counts = [count_at(&sub, 0)?, count_at(&sub, 1)?, count_at(&sub, 2)?];
+        if counts[0] == 0 {
+            return Err(DbError::Rejected {
+                code: RejectCode::UnknownNode,
+                message: format!("unknown_node: {root} is not in the tree"),
+            });
+        }
+    }
     let horizon = match (
         row.try_get::<_, Option<i64>>(2)?,
         row.try_get::<_, Option<i64>>(3)?,
@@ -233,14 +320,14 @@ pub async fn snapshot(
         (Some(h), Some(r)) => Some(arbor_shared::Stamp::new(h as u64, replica_from_sql(r))),
         _ => None,
     };
-    let count = |i| row.try_get::<_, i64>(i).map(|c| c.max(0) as u64);
     let header = SnapshotHeader {
         space: space.to_string(),
         head_seq: row.try_get::<_, i64>(1)?.max(0) as u64,
         horizon,
-        nodes: count(4)?,
-        payloads: count(5)?,
-        log: count(6)?,
+        nodes: counts[0],
+        payloads: counts[1],
+        log: counts[2],
+        root,
     };
     state.counts = [header.nodes, header.payloads, header.log];
     let json = serde_json::to_vec(&header).map_err(|e| DbError::BadRow(e.to_string()))?;
@@ -254,4 +341,8 @@ pub async fn snapshot(
         st.next_chunk().await.map(|item| (item, st))
     });
     Ok((header, stream))
+}
+
+fn count_at(row: &tokio_postgres::Row, i: usize) -> Result<u64, DbError> {
+    Ok(row.try_get::<_, i64>(i)?.max(0) as u64)
 }

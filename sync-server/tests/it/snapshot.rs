@@ -230,6 +230,32 @@ async fn snapshot_streams_the_state_and_a_cut_is_detected() {
     flipped[i] ^= 0x40;
     assert!(parse(&flipped).is_err());
 
+    // The subtree of node 1: itself and its 29 children, their registers
+    // and their ops.
+    let r = s
+        .http
+        .get(s.url(&format!("/v1/spaces/demo/subtree/{}/snapshot", n(1))))
+        .bearer_auth(token("demo", Role::Read, None, 60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (sub, sections) = parse(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(
+        (sub.root, sub.nodes, sub.payloads, sub.log),
+        (Some(n(1)), 30, 30, 60)
+    );
+    let ids: Vec<NodeId> = sections[0].iter().map(|r| uuid(&r[0])).collect();
+    assert!(ids.contains(&n(1)) && ids.contains(&n(11)) && !ids.contains(&n(2)));
+    let r = s
+        .http
+        .get(s.url(&format!("/v1/spaces/demo/subtree/{}/snapshot", n(999))))
+        .bearer_auth(token("demo", Role::Read, None, 60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+
     // Unknown space and bad token.
     let r = s
         .http
