@@ -523,3 +523,131 @@ async fn fork_copies_a_space_that_then_lives_on_its_own() {
     assert_eq!(feed("demo").await.head_seq, Some(3));
     s.stop().await;
 }
+
+/// A token with any header and payload, signed with `secret`.
+fn forge(header: &str, payload: &serde_json::Value, secret: &[u8]) -> String {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use hmac::{Hmac, Mac};
+    let h = B64.encode(header);
+    let p = B64.encode(payload.to_string());
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    mac.update(format!("{h}.{p}").as_bytes());
+    format!("{h}.{p}.{}", B64.encode(mac.finalize().into_bytes()))
+}
+
+#[tokio::test]
+async fn the_auth_matrix_is_refused_before_any_work() {
+    let s = Server::start().await;
+    let admin = token("demo", Role::Admin, None, 60);
+    s.http
+        .put(s.url("/v1/spaces/demo"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = |extra: serde_json::Value| {
+        let mut c = json!({"sub": "x", "space": "demo", "role": "write", "exp": now + 600});
+        for (k, v) in extra.as_object().unwrap() {
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        c
+    };
+    let hs = r#"{"alg":"HS256","typ":"JWT"}"#;
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "bad signature",
+            forge(hs, &claims(json!({})), b"another-secret-another-secret-123"),
+            401,
+            "bad_token",
+        ),
+        (
+            "alg none",
+            forge(r#"{"alg":"none"}"#, &claims(json!({})), SECRET),
+            401,
+            "bad_token",
+        ),
+        (
+            "alg HS512",
+            forge(r#"{"alg":"HS512"}"#, &claims(json!({})), SECRET),
+            401,
+            "bad_token",
+        ),
+        (
+            "expired",
+            forge(hs, &claims(json!({"exp": now - 600})), SECRET),
+            401,
+            "token_expired",
+        ),
+        (
+            "not yet valid",
+            forge(hs, &claims(json!({"nbf": now + 600})), SECRET),
+            401,
+            "token_not_yet_valid",
+        ),
+        (
+            "missing exp",
+            forge(hs, &claims(json!({"exp": null})), SECRET),
+            401,
+            "bad_token",
+        ),
+        (
+            "wrong space",
+            forge(hs, &claims(json!({"space": "other"})), SECRET),
+            403,
+            "wrong_space",
+        ),
+        (
+            "wrong role",
+            forge(hs, &claims(json!({"role": "read"})), SECRET),
+            403,
+            "forbidden",
+        ),
+        ("malformed", "not.a.token".to_string(), 401, "bad_token"),
+        ("two segments", "abc.def".to_string(), 401, "bad_token"),
+    ];
+    // A control: the same forge with the right key and claims works.
+    let ok = forge(hs, &claims(json!({})), SECRET);
+    let op = |i: u64| json!({"ops": [mv((now_ms() << 16) + i, 7, n(u128::from(i)), NodeId::ROOT, &[0x80], 0)]});
+    let r = s
+        .http
+        .post(s.url("/v1/spaces/demo/ops"))
+        .bearer_auth(&ok)
+        .json(&op(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for (i, (what, tok, status, code)) in cases.into_iter().enumerate() {
+        let r = s
+            .http
+            .post(s.url("/v1/spaces/demo/ops"))
+            .bearer_auth(tok)
+            .json(&op(10 + i as u64))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_code(r).await, (status, code.to_string()), "{what}");
+    }
+    // Nothing was committed by any refused call.
+    let feed: OpsBody = s
+        .http
+        .get(s.url("/v1/spaces/demo/ops"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(feed.head_seq, Some(1));
+    s.stop().await;
+}

@@ -349,3 +349,92 @@ async fn an_expired_token_closes_its_socket_and_shutdown_closes_the_rest() {
     assert_eq!(close_code(&mut long).await, Some(1001));
     stopping.await.unwrap();
 }
+
+#[tokio::test]
+async fn reconnecting_with_a_cursor_gets_exactly_the_missed_ops() {
+    let s = Server::start().await;
+    let admin = token("demo", Role::Admin, None, 60);
+    s.http
+        .put(s.url("/v1/spaces/demo"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    let push_http = |from: u64, to: u64| {
+        let ops: Vec<Op> = (from..to).map(|i| create(i, 9, u128::from(i))).collect();
+        s.http
+            .post(s.url("/v1/spaces/demo/ops"))
+            .bearer_auth(admin.clone())
+            .json(&json!({ "ops": ops }))
+            .send()
+    };
+    push_http(1, 6).await.unwrap();
+    let mut a = connect(&s, "demo", &token("demo", Role::Read, Some(1), 60))
+        .await
+        .unwrap();
+    send(
+        &mut a,
+        ClientMsg::Hello {
+            v: 1,
+            replica: ReplicaId(1),
+            cursor: None,
+        },
+    )
+    .await;
+    assert_eq!(recv_ops(&mut a, 5).await.0, [1, 2, 3, 4, 5]);
+    a.close(None).await.unwrap();
+    drop(a);
+    // Offline: three more ops.
+    push_http(6, 9).await.unwrap();
+    let mut a = connect(&s, "demo", &token("demo", Role::Read, Some(1), 60))
+        .await
+        .unwrap();
+    send(
+        &mut a,
+        ClientMsg::Hello {
+            v: 1,
+            replica: ReplicaId(1),
+            cursor: Some(5),
+        },
+    )
+    .await;
+    assert!(matches!(
+        recv(&mut a).await,
+        ServerMsg::Welcome { head_seq: 8, .. }
+    ));
+    // Then one live op: the catch-up and live ops meet with no gap.
+    push_http(9, 10).await.unwrap();
+    assert_eq!(recv_ops(&mut a, 4).await.0, [6, 7, 8, 9]);
+    // A malformed frame gets an error and changes nothing.
+    a.send(Message::Text(
+        "{\"type\":\"push\",\"batch\":1,\"ops\":[{\"kind\":\"move\"}]}".into(),
+    ))
+    .await
+    .unwrap();
+    let mut got_error = false;
+    while let Some(Ok(m)) = a.next().await {
+        match m {
+            Message::Text(t) => {
+                if let ServerMsg::Error { code, .. } = ServerMsg::decode(&t).unwrap() {
+                    assert_eq!(code, "malformed");
+                    got_error = true;
+                }
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    assert!(got_error);
+    let feed: arbor_sync_server::api::OpsBody = s
+        .http
+        .get(s.url("/v1/spaces/demo/ops"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(feed.head_seq, Some(9));
+    s.stop().await;
+}
