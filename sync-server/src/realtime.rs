@@ -238,6 +238,10 @@ async fn run_room(
     mut rx: mpsc::Receiver<Event>,
 ) {
     let mut outs: HashMap<ConnId, mpsc::Sender<Outbound>> = HashMap::new();
+    // Pushes are committed one at a time in arrival order (a client's
+    // later push may depend on its earlier one; Postgres serializes a
+    // space's ingest anyway).
+    let mut ingests = Ingests::default();
     // Token expiry is checked once a second.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -256,8 +260,12 @@ async fn run_room(
                     }
                     Event::Committed(ops) => room.on_committed(ops),
                     Event::CatchUpPage { conn, ops, done } => room.on_catch_up(conn, ops, done),
-                    Event::Ingested { conn, batch, ops } => room.on_ingested(conn, batch, ops),
+                    Event::Ingested { conn, batch, ops } => {
+                        ingests.busy = false;
+                        room.on_ingested(conn, batch, ops)
+                    }
                     Event::IngestFailed { conn, batch, code, message } => {
+                        ingests.busy = false;
                         room.on_ingest_failed(conn, batch, &code, &message)
                     }
                     Event::CloseAll => room.close_all(),
@@ -265,7 +273,63 @@ async fn run_room(
             }
             _ = tick.tick() => room.on_tick(now_s(), leeway_s),
         };
-        execute(&space, &mut room, &db, &tx, &mut outs, actions);
+        execute(
+            &space,
+            &mut room,
+            &db,
+            &tx,
+            &mut outs,
+            &mut ingests,
+            actions,
+        );
+        ingests.start_next(&space, &db, &tx);
+    }
+}
+
+/// The push queue of a room: at most one commit in flight.
+#[derive(Default)]
+struct Ingests {
+    queue: std::collections::VecDeque<(
+        ConnId,
+        u64,
+        Option<arbor_shared::ReplicaId>,
+        Vec<arbor_shared::Op>,
+    )>,
+    /// A commit is running; its answer comes back as an event.
+    busy: bool,
+}
+
+impl Ingests {
+    fn start_next(&mut self, space: &str, db: &Db, tx: &mpsc::Sender<Event>) {
+        if self.busy {
+            return;
+        }
+        let Some((conn, batch, author, ops)) = self.queue.pop_front() else {
+            return;
+        };
+        self.busy = true;
+        let (db, tx, space) = (db.clone(), tx.clone(), space.to_string());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let event = match db.apply(&space, author, &ops).await {
+                Ok(committed) => {
+                    let ops = seq_ops(committed);
+                    crate::metrics::ingest(Ok(ops.len() as u64), started.elapsed().as_secs_f64());
+                    Event::Ingested { conn, batch, ops }
+                }
+                Err(e) => {
+                    let code = e.reject_code().map_or("unavailable", |c| c.as_str());
+                    crate::metrics::ingest(Err(code), 0.0);
+                    Event::IngestFailed {
+                        conn,
+                        batch,
+                        code: code.to_string(),
+                        message: e.to_string(),
+                    }
+                }
+            };
+            let _ = tx.send(event).await;
+        });
     }
 }
 
@@ -275,6 +339,7 @@ fn execute(
     db: &Db,
     tx: &mpsc::Sender<Event>,
     outs: &mut HashMap<ConnId, mpsc::Sender<Outbound>>,
+    ingests: &mut Ingests,
     actions: Vec<Action>,
 ) {
     let mut queue: std::collections::VecDeque<Action> = actions.into();
@@ -299,38 +364,7 @@ fn execute(
                 batch,
                 author,
                 ops,
-            } => {
-                let (db, tx, space) = (db.clone(), tx.clone(), space.to_string());
-                tokio::spawn(async move {
-                    let started = std::time::Instant::now();
-                    let event = match db.apply(&space, author, &ops).await {
-                        Ok(committed) => {
-                            let ops = seq_ops(committed);
-                            crate::metrics::ingest(
-                                Ok(ops.len() as u64),
-                                started.elapsed().as_secs_f64(),
-                            );
-                            Event::Ingested { conn, batch, ops }
-                        }
-                        Err(e) => {
-                            crate::metrics::ingest(
-                                Err(e.reject_code().map_or("unavailable", |c| c.as_str())),
-                                0.0,
-                            );
-                            Event::IngestFailed {
-                                conn,
-                                batch,
-                                code: e
-                                    .reject_code()
-                                    .map_or("unavailable", |c| c.as_str())
-                                    .to_string(),
-                                message: e.to_string(),
-                            }
-                        }
-                    };
-                    let _ = tx.send(event).await;
-                });
-            }
+            } => ingests.queue.push_back((conn, batch, author, ops)),
             Action::CatchUp { conn, after, upto } => {
                 let (db, tx, space) = (db.clone(), tx.clone(), space.to_string());
                 tokio::spawn(async move {

@@ -19,6 +19,8 @@ use crate::db::{Db, DbError, RejectCode, replica_from_sql};
 pub const MAGIC: &[u8; 8] = b"ARBORSNP";
 /// Format version.
 pub const VERSION: u32 = 1;
+/// Target size of a framed chunk.
+const CHUNK: usize = 64 * 1024;
 
 /// The snapshot's JSON header.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,20 +172,29 @@ impl State {
 
     async fn step(&mut self) -> Result<(), DbError> {
         if let Some(copy) = self.copy.as_mut() {
-            match copy.next().await {
-                Some(chunk) => {
-                    let chunk = chunk?;
-                    if !chunk.is_empty() {
-                        let mut frame = BytesMut::with_capacity(4);
-                        frame.put_u32(u32::try_from(chunk.len()).unwrap_or(u32::MAX));
-                        self.emit(frame.freeze());
-                        self.emit(chunk);
+            // Postgres sends one CopyData message per row: gather them into
+            // chunks of about CHUNK bytes (a frame per row would cost more
+            // than the row).
+            let mut buf = BytesMut::with_capacity(CHUNK + 4);
+            buf.put_u32(0);
+            let mut ended = false;
+            while buf.len() < CHUNK {
+                match copy.next().await {
+                    Some(data) => buf.put_slice(&data?),
+                    None => {
+                        ended = true;
+                        break;
                     }
                 }
-                None => {
-                    self.copy = None;
-                    self.emit(Bytes::from_static(&[0, 0, 0, 0]));
-                }
+            }
+            let len = buf.len() - 4;
+            if len > 0 {
+                buf[..4].copy_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+                self.emit(buf.freeze());
+            }
+            if ended {
+                self.copy = None;
+                self.emit(Bytes::from_static(&[0, 0, 0, 0]));
             }
             return Ok(());
         }
