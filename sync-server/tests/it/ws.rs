@@ -438,3 +438,56 @@ async fn reconnecting_with_a_cursor_gets_exactly_the_missed_ops() {
     assert_eq!(feed.head_seq, Some(9));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn back_to_back_pushes_commit_in_arrival_order() {
+    // A client pushes a create and, without waiting for its ack, a set on
+    // the new node: the room commits them in arrival order, so both land.
+    let s = Server::start().await;
+    let admin = token("demo", Role::Admin, None, 60);
+    s.http
+        .put(s.url("/v1/spaces/demo"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    let mut a = connect(&s, "demo", &token("demo", Role::Write, Some(1), 60))
+        .await
+        .unwrap();
+    send(
+        &mut a,
+        ClientMsg::Hello {
+            v: 1,
+            replica: ReplicaId(1),
+            cursor: None,
+        },
+    )
+    .await;
+    let base = now_ms() << 16;
+    for i in 0..20u64 {
+        let node = n(u128::from(i) + 1);
+        send(
+            &mut a,
+            ClientMsg::Push {
+                batch: 2 * i,
+                ops: vec![mv(base + 2 * i, 1, node, NodeId::ROOT, &[0x80], 0)],
+            },
+        )
+        .await;
+        send(
+            &mut a,
+            ClientMsg::Push {
+                batch: 2 * i + 1,
+                ops: vec![set(base + 2 * i + 1, 1, node, "text", Some("x"), 0)],
+            },
+        )
+        .await;
+    }
+    let (seqs, other) = recv_ops(&mut a, 40).await;
+    assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
+    assert!(
+        !other.iter().any(|m| matches!(m, ServerMsg::Error { .. })),
+        "{other:?}"
+    );
+    s.stop().await;
+}
