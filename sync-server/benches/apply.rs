@@ -222,11 +222,17 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-async fn naive(client: &tokio_postgres::Client, space: &str, ops: &[Op]) {
+/// The baseline.
+const NAIVE: &str = "SELECT naive_apply($1, NULL, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+/// `apply_ops` called directly (the profiling connection).
+const APPLY: &str = "SELECT count(*) FROM apply_ops($1, NULL, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
+/// Calls `function` (NAIVE or APPLY) with a batch on `client`.
+async fn call(client: &tokio_postgres::Client, function: &str, space: &str, ops: &[Op]) {
     let a = OpArrays::encode(ops).unwrap();
     client
         .query_one(
-            "SELECT naive_apply($1, NULL, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            function,
             &[
                 &space,
                 &a.hlc,
@@ -340,24 +346,7 @@ async fn main() {
             // Warm the session's plan cache first (PL/pgSQL switches to
             // generic plans after five calls): profile the steady state.
             for _ in 0..8 {
-                let b = batches.remove(0);
-                let a = OpArrays::encode(&b).unwrap();
-                prof.query(
-                    "SELECT * FROM apply_ops('main', NULL, $1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                    &[
-                        &a.hlc,
-                        &a.replica,
-                        &a.kind,
-                        &a.node,
-                        &a.parent,
-                        &a.key,
-                        &a.field,
-                        &a.value,
-                        &a.known_seq,
-                    ],
-                )
-                .await
-                .unwrap();
+                call(&prof, APPLY, "main", &batches.remove(0)).await;
             }
             prof.batch_execute(
                 "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0;
@@ -366,24 +355,7 @@ async fn main() {
             )
             .await
             .unwrap();
-            let b = batches.remove(0);
-            let a = OpArrays::encode(&b).unwrap();
-            prof.query(
-                "SELECT * FROM apply_ops('main', NULL, $1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                &[
-                    &a.hlc,
-                    &a.replica,
-                    &a.kind,
-                    &a.node,
-                    &a.parent,
-                    &a.key,
-                    &a.field,
-                    &a.value,
-                    &a.known_seq,
-                ],
-            )
-            .await
-            .unwrap();
+            call(&prof, APPLY, "main", &batches.remove(0)).await;
             println!(
                 "profile written to {}/postgres.log",
                 cluster.socket_dir().display()
@@ -399,7 +371,7 @@ async fn main() {
         let mut base = Run::default();
         for b in &batches {
             let t = Instant::now();
-            naive(&client, "naive", b).await;
+            call(&client, NAIVE, "naive", b).await;
             base.lat.push(t.elapsed());
             base.ops += b.len();
         }

@@ -143,11 +143,15 @@ fn authorize(
     space: &str,
     need: Need,
 ) -> Result<Claims, ApiError> {
-    let token = headers
+    authorize_token(state, bearer(headers), space, need)
+}
+
+/// The token of an `Authorization: Bearer` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    authorize_token(state, token, space, need)
+        .and_then(|v| v.strip_prefix("Bearer "))
 }
 
 /// [`authorize`] for a token found anywhere (header, subprotocol, query).
@@ -547,11 +551,7 @@ async fn websocket(
     ws: axum::extract::ws::WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     // The token is checked before the upgrade: a bad one gets 401/403.
-    let from_header = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string);
+    let from_header = bearer(&headers).map(str::to_string);
     let from_protocol = headers
         .get(header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok())

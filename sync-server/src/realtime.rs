@@ -77,14 +77,20 @@ pub struct Rooms {
     rooms: Mutex<HashMap<String, mpsc::Sender<Event>>>,
 }
 
+fn seq_op(c: Committed) -> SeqOp {
+    SeqOp {
+        seq: c.seq,
+        op: c.op,
+    }
+}
+
+/// The ops of an answer to relay: new ones and restores (duplicates were
+/// relayed when they committed).
 fn seq_ops(committed: Vec<Committed>) -> Vec<SeqOp> {
     committed
         .into_iter()
         .filter(|c| c.origin != Origin::Duplicate)
-        .map(|c| SeqOp {
-            seq: c.seq,
-            op: c.op,
-        })
+        .map(seq_op)
         .collect()
 }
 
@@ -382,10 +388,7 @@ fn execute(
                             .ops
                             .into_iter()
                             .filter(|c| c.seq <= upto)
-                            .map(|c| SeqOp {
-                                seq: c.seq,
-                                op: c.op,
-                            })
+                            .map(seq_op)
                             .collect();
                         cursor = ops.last().map_or(upto, |o| o.seq);
                         let done = cursor >= upto || ops.is_empty();
@@ -405,14 +408,7 @@ fn execute(
                 tokio::spawn(async move {
                     let limit = u32::try_from(upto.saturating_sub(after)).unwrap_or(u32::MAX);
                     if let Ok(page) = db.ops_after(&space, after, limit).await {
-                        let ops = page
-                            .ops
-                            .into_iter()
-                            .map(|c| SeqOp {
-                                seq: c.seq,
-                                op: c.op,
-                            })
-                            .collect();
+                        let ops = page.ops.into_iter().map(seq_op).collect();
                         let _ = tx.send(Event::Committed(ops)).await;
                     }
                 });

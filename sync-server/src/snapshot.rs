@@ -71,38 +71,49 @@ const SECTIONS: [(u8, &str); 3] = [
     ),
 ];
 
+/// `sub`: the ids of the subtree of `arbor.root` (itself included), for the
+/// subtree snapshot's queries.
+macro_rules! subtree {
+    () => {
+        "WITH RECURSIVE sub (id) AS (
+             SELECT current_setting('arbor.root')::uuid
+             UNION ALL
+             SELECT n.id FROM sub JOIN nodes n
+               ON n.space = current_setting('arbor.space')::bigint AND n.parent = sub.id)"
+    };
+}
+
 /// The sections of a subtree snapshot: `arbor.root` is the subtree's root;
 /// the log holds the ops about nodes of the subtree.
 const SUBTREE_SECTIONS: [(u8, &str); 3] = [
     (
         b'N',
-        "COPY (WITH RECURSIVE sub (id) AS (
-                   SELECT current_setting('arbor.root')::uuid
-                   UNION ALL
-                   SELECT n.id FROM sub JOIN nodes n
-                     ON n.space = current_setting('arbor.space')::bigint AND n.parent = sub.id)
+        concat!(
+            "COPY (",
+            subtree!(),
+            "
                SELECT n.id, n.parent, n.key FROM sub JOIN nodes n
                  ON n.space = current_setting('arbor.space')::bigint AND n.id = sub.id)
-         TO STDOUT (FORMAT binary)",
+         TO STDOUT (FORMAT binary)"
+        ),
     ),
     (
         b'P',
-        "COPY (WITH RECURSIVE sub (id) AS (
-                   SELECT current_setting('arbor.root')::uuid
-                   UNION ALL
-                   SELECT n.id FROM sub JOIN nodes n
-                     ON n.space = current_setting('arbor.space')::bigint AND n.parent = sub.id)
+        concat!(
+            "COPY (",
+            subtree!(),
+            "
                SELECT p.node, p.field, p.value, p.hlc, p.replica FROM sub JOIN payloads p
                  ON p.space = current_setting('arbor.space')::bigint AND p.node = sub.id)
-         TO STDOUT (FORMAT binary)",
+         TO STDOUT (FORMAT binary)"
+        ),
     ),
     (
         b'L',
-        "COPY (WITH RECURSIVE sub (id) AS (
-                   SELECT current_setting('arbor.root')::uuid
-                   UNION ALL
-                   SELECT n.id FROM sub JOIN nodes n
-                     ON n.space = current_setting('arbor.space')::bigint AND n.parent = sub.id)
+        concat!(
+            "COPY (",
+            subtree!(),
+            "
                SELECT o.seq, o.hlc, o.replica, o.kind, o.node, o.parent, o.key, o.field, o.value,
                       o.known_seq, o.applied, o.prev_parent, o.prev_key
                FROM ops o JOIN spaces s ON s.id = o.space
@@ -111,7 +122,8 @@ const SUBTREE_SECTIONS: [(u8, &str); 3] = [
                  AND (s.horizon_hlc IS NULL
                       OR (o.hlc, o.replica) > (s.horizon_hlc, s.horizon_replica))
                ORDER BY o.seq)
-         TO STDOUT (FORMAT binary)",
+         TO STDOUT (FORMAT binary)"
+        ),
     ),
 ];
 
@@ -299,11 +311,9 @@ pub async fn snapshot(
         .await?;
         let sub = conn
             .query_one(
-                "WITH RECURSIVE sub (id) AS (
-                   SELECT current_setting('arbor.root')::uuid
-                   UNION ALL
-                   SELECT n.id FROM sub JOIN nodes n
-                     ON n.space = current_setting('arbor.space')::bigint AND n.parent = sub.id)
+                concat!(
+                    subtree!(),
+                    "
                  SELECT (SELECT count(*) FROM sub JOIN nodes n
                            ON n.space = current_setting('arbor.space')::bigint AND n.id = sub.id),
                         (SELECT count(*) FROM sub JOIN payloads p
@@ -312,7 +322,8 @@ pub async fn snapshot(
                           WHERE o.space = current_setting('arbor.space')::bigint
                             AND o.node IN (SELECT sub.id FROM sub)
                             AND (s.horizon_hlc IS NULL
-                                 OR (o.hlc, o.replica) > (s.horizon_hlc, s.horizon_replica)))",
+                                 OR (o.hlc, o.replica) > (s.horizon_hlc, s.horizon_replica)))"
+                ),
                 &[],
             )
             .await?;

@@ -95,6 +95,35 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
+    /// Creates `space` with an admin `token`.
+    pub async fn create_space(&self, space: &str, token: &str) {
+        let r = self
+            .http
+            .put(self.url(&format!("/v1/spaces/{space}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    /// GETs `path` with `token` and decodes the JSON answer.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        token: impl std::fmt::Display,
+    ) -> T {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
@@ -223,11 +252,7 @@ async fn ingest_catch_up_and_children_over_http() {
     let s = Server::start().await;
     let http = &s.http;
     let admin = token("demo", Role::Admin, None, 60);
-    http.put(s.url("/v1/spaces/demo"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    s.create_space("demo", &admin).await;
     let write = token("demo", Role::Write, Some(7), 60);
     let base = now_ms() << 16;
     let ops = vec![
@@ -266,28 +291,16 @@ async fn ingest_catch_up_and_children_over_http() {
         .unwrap();
     assert!(again.ops.iter().all(|c| c.origin == "duplicate"));
     // Catch-up in pages.
-    let page: OpsBody = http
-        .get(s.url("/v1/spaces/demo/ops?after=1&limit=1"))
-        .bearer_auth(&write)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: OpsBody = s
+        .get_json("/v1/spaces/demo/ops?after=1&limit=1", &write)
+        .await;
     assert_eq!(page.head_seq, Some(3));
     assert_eq!(page.ops.len(), 1);
     assert_eq!(page.ops[0].seq, 2);
     // Children with registers.
-    let kids: ChildrenBody = http
-        .get(s.url(&format!("/v1/spaces/demo/nodes/{}/children", n(1))))
-        .bearer_auth(&write)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let kids: ChildrenBody = s
+        .get_json(&format!("/v1/spaces/demo/nodes/{}/children", n(1)), &write)
+        .await;
     assert_eq!(kids.children.len(), 1);
     assert_eq!(kids.children[0].id, n(2));
     assert_eq!(
@@ -332,15 +345,7 @@ async fn ingest_catch_up_and_children_over_http() {
         .await
         .unwrap();
     assert_eq!(error_code(r).await, (404, "unknown_space".into()));
-    let feed: OpsBody = http
-        .get(s.url("/v1/spaces/demo/ops"))
-        .bearer_auth(&write)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let feed: OpsBody = s.get_json("/v1/spaces/demo/ops", &write).await;
     assert_eq!(feed.head_seq, Some(3));
     s.stop().await;
 }
@@ -360,12 +365,7 @@ async fn shutdown_flips_readiness_and_stops() {
 async fn admin_listener_serves_metrics_and_cors_is_applied() {
     let s = Server::start().await;
     let admin = token("demo", Role::Admin, None, 60);
-    s.http
-        .put(s.url("/v1/spaces/demo"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    s.create_space("demo", &admin).await;
     let base = now_ms() << 16;
     let r = s
         .http
@@ -443,12 +443,7 @@ async fn admin_listener_serves_metrics_and_cors_is_applied() {
 async fn fork_copies_a_space_that_then_lives_on_its_own() {
     let s = Server::start().await;
     let admin = token("demo", Role::Admin, None, 60);
-    s.http
-        .put(s.url("/v1/spaces/demo"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    s.create_space("demo", &admin).await;
     let base = now_ms() << 16;
     let ops = vec![
         mv(base, 7, n(1), NodeId::ROOT, &[0x80], 0),
@@ -490,22 +485,12 @@ async fn fork_copies_a_space_that_then_lives_on_its_own() {
         400
     );
 
-    let feed = |space: &'static str| {
-        let t = token(space, Role::Read, None, 60);
-        let url = s.url(&format!("/v1/spaces/{space}/ops"));
-        let http = s.http.clone();
-        async move {
-            let body: OpsBody = http
-                .get(url)
-                .bearer_auth(t)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            body
-        }
+    let server = &s;
+    let feed = move |space: &'static str| async move {
+        let path = format!("/v1/spaces/{space}/ops");
+        server
+            .get_json::<OpsBody>(&path, token(space, Role::Read, None, 60))
+            .await
     };
     let (a, b) = (feed("demo").await, feed("copy").await);
     assert_eq!(a.head_seq, b.head_seq);
@@ -540,12 +525,7 @@ fn forge(header: &str, payload: &serde_json::Value, secret: &[u8]) -> String {
 async fn the_auth_matrix_is_refused_before_any_work() {
     let s = Server::start().await;
     let admin = token("demo", Role::Admin, None, 60);
-    s.http
-        .put(s.url("/v1/spaces/demo"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    s.create_space("demo", &admin).await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -638,16 +618,7 @@ async fn the_auth_matrix_is_refused_before_any_work() {
         assert_eq!(error_code(r).await, (status, code.to_string()), "{what}");
     }
     // Nothing was committed by any refused call.
-    let feed: OpsBody = s
-        .http
-        .get(s.url("/v1/spaces/demo/ops"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let feed: OpsBody = s.get_json("/v1/spaces/demo/ops", &admin).await;
     assert_eq!(feed.head_seq, Some(1));
     s.stop().await;
 }

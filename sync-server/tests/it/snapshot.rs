@@ -123,12 +123,7 @@ fn uuid(b: &Option<Vec<u8>>) -> NodeId {
 async fn snapshot_streams_the_state_and_a_cut_is_detected() {
     let s = Server::start().await;
     let admin = token("demo", Role::Admin, None, 60);
-    s.http
-        .put(s.url("/v1/spaces/demo"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    s.create_space("demo", &admin).await;
     let base = now_ms() << 16;
     let mut ops = Vec::new();
     for i in 0..300u64 {
@@ -279,12 +274,7 @@ async fn snapshot_streams_the_state_and_a_cut_is_detected() {
 async fn a_snapshot_during_writes_plus_catch_up_equals_the_final_state() {
     let s = Server::start().await;
     let admin = token("demo", Role::Admin, None, 60);
-    s.http
-        .put(s.url("/v1/spaces/demo"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    s.create_space("demo", &admin).await;
     let base = now_ms() << 16;
     // A writer keeps committing batches while the snapshot is taken.
     let writer = {
@@ -333,15 +323,8 @@ async fn a_snapshot_during_writes_plus_catch_up_equals_the_final_state() {
     }
     writer.await.unwrap();
     let feed: arbor_sync_server::api::OpsBody = s
-        .http
-        .get(s.url("/v1/spaces/demo/ops?after=0&limit=10000"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json("/v1/spaces/demo/ops?after=0&limit=10000", &admin)
+        .await;
     let all: Vec<_> = feed.ops.iter().map(|c| c.op.clone()).collect();
     assert_eq!(all.len(), 2000);
     for body in snapshots {
@@ -365,15 +348,11 @@ async fn a_snapshot_during_writes_plus_catch_up_equals_the_final_state() {
         // ... and catch-up from its head is exactly the rest: no gap, no
         // duplicate.
         let rest: arbor_sync_server::api::OpsBody = s
-            .http
-            .get(s.url(&format!("/v1/spaces/demo/ops?after={head}&limit=10000")))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .get_json(
+                &format!("/v1/spaces/demo/ops?after={head}&limit=10000"),
+                &admin,
+            )
+            .await;
         let seqs: Vec<u64> = rest.ops.iter().map(|c| c.seq).collect();
         assert_eq!(seqs, ((head as u64 + 1)..=2000).collect::<Vec<_>>());
         at_head

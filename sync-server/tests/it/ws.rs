@@ -71,12 +71,8 @@ fn create(step: u64, replica: u64, node: u128) -> Op {
 #[tokio::test]
 async fn sockets_catch_up_push_and_relay_in_seq_order() {
     let s = Server::start().await;
-    s.http
-        .put(s.url("/v1/spaces/demo"))
-        .bearer_auth(token("demo", Role::Admin, None, 60))
-        .send()
-        .await
-        .unwrap();
+    s.create_space("demo", &token("demo", Role::Admin, None, 60))
+        .await;
     // Bad tokens never reach an upgrade.
     assert_eq!(connect(&s, "demo", "garbage").await.err(), Some(401));
     assert_eq!(
@@ -242,12 +238,7 @@ async fn a_slow_reader_is_closed_while_others_keep_up() {
     // a reader that keeps reading gets every op.
     let s = Server::start_with(4, 5).await;
     let admin = token("demo", Role::Admin, None, 60);
-    s.http
-        .put(s.url("/v1/spaces/demo"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    s.create_space("demo", &admin).await;
     let base = now_ms() << 16;
     s.http
         .post(s.url("/v1/spaces/demo/ops"))
@@ -311,12 +302,7 @@ async fn a_slow_reader_is_closed_while_others_keep_up() {
 async fn an_expired_token_closes_its_socket_and_shutdown_closes_the_rest() {
     let s = Server::start_with(256, 0).await;
     let admin = token("demo", Role::Admin, None, 60);
-    s.http
-        .put(s.url("/v1/spaces/demo"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    s.create_space("demo", &admin).await;
     // Valid for one more second: the room's once-a-second check closes it.
     let mut short = connect(&s, "demo", &token("demo", Role::Read, Some(1), 1))
         .await
@@ -354,12 +340,7 @@ async fn an_expired_token_closes_its_socket_and_shutdown_closes_the_rest() {
 async fn reconnecting_with_a_cursor_gets_exactly_the_missed_ops() {
     let s = Server::start().await;
     let admin = token("demo", Role::Admin, None, 60);
-    s.http
-        .put(s.url("/v1/spaces/demo"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    s.create_space("demo", &admin).await;
     let push_http = |from: u64, to: u64| {
         let ops: Vec<Op> = (from..to).map(|i| create(i, 9, u128::from(i))).collect();
         s.http
@@ -425,16 +406,7 @@ async fn reconnecting_with_a_cursor_gets_exactly_the_missed_ops() {
         }
     }
     assert!(got_error);
-    let feed: arbor_sync_server::api::OpsBody = s
-        .http
-        .get(s.url("/v1/spaces/demo/ops"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let feed: arbor_sync_server::api::OpsBody = s.get_json("/v1/spaces/demo/ops", &admin).await;
     assert_eq!(feed.head_seq, Some(9));
     s.stop().await;
 }
@@ -445,12 +417,7 @@ async fn back_to_back_pushes_commit_in_arrival_order() {
     // the new node: the room commits them in arrival order, so both land.
     let s = Server::start().await;
     let admin = token("demo", Role::Admin, None, 60);
-    s.http
-        .put(s.url("/v1/spaces/demo"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    s.create_space("demo", &admin).await;
     let mut a = connect(&s, "demo", &token("demo", Role::Write, Some(1), 60))
         .await
         .unwrap();
