@@ -88,6 +88,20 @@ pub enum Action {
     },
 }
 
+/// How one push of a group commit ended (see [`Room::on_ingested_group`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngestResult {
+    /// Committed: the database's answer (new ops and restores with seqs).
+    Committed(Vec<SeqOp>),
+    /// Refused or failed; nothing of it committed.
+    Failed {
+        /// Stable error code.
+        code: String,
+        /// Human-readable detail.
+        message: String,
+    },
+}
+
 /// Limits that keep a room's memory bounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RoomLimits {
@@ -145,6 +159,9 @@ pub struct Room {
     pending: BTreeMap<u64, SeqOp>,
     /// The upper end of the gap fetch already asked for.
     gap_asked: u64,
+    /// Highest seq known committed (from commits or head notices); the
+    /// room fetches up to it when it is above `head_seq`.
+    known_head: u64,
 }
 
 impl Room {
@@ -158,6 +175,7 @@ impl Room {
             conns: BTreeMap::new(),
             pending: BTreeMap::new(),
             gap_asked: head_seq,
+            known_head: head_seq,
         }
     }
 
@@ -434,21 +452,16 @@ impl Room {
             self.head_seq = op.seq;
             ready.push(op);
         }
-        if let Some((&first, _)) = self.pending.iter().next() {
-            if first - 1 > self.gap_asked.max(self.head_seq) {
-                self.gap_asked = first - 1;
-                out.push(Action::FetchGap {
-                    after: self.head_seq,
-                    upto: first - 1,
-                });
-            }
-            if self.pending.len() > self.limits.max_pending_ops {
-                // The gap never filled: drop what waits; the hosts' catch-up
-                // (from the database) still delivers everything.
-                self.pending.clear();
-                self.gap_asked = self.head_seq;
-            }
+        if let Some((&last, _)) = self.pending.iter().next_back() {
+            self.known_head = self.known_head.max(last);
         }
+        self.known_head = self.known_head.max(self.head_seq);
+        if self.pending.len() > self.limits.max_pending_ops {
+            // The gap never filled: drop what waits (the gap fetch, or a
+            // connection's catch-up from the database, still delivers it).
+            self.pending.clear();
+        }
+        out.extend(self.ask_gap());
         if ready.is_empty() {
             return out;
         }
@@ -478,6 +491,31 @@ impl Room {
         out
     }
 
+    /// The database's head is at least `seq` (a commit notice from another
+    /// server process, or from any path): fetch what the room has not seen.
+    pub fn on_head(&mut self, seq: u64) -> Vec<Action> {
+        self.known_head = self.known_head.max(seq);
+        self.ask_gap().into_iter().collect()
+    }
+
+    /// The host's gap fetch failed: the next [`Room::on_tick`] asks again.
+    pub fn on_gap_failed(&mut self) {
+        self.gap_asked = self.head_seq;
+    }
+
+    /// A fetch of `(head_seq, known_head]` unless one covering it was asked.
+    fn ask_gap(&mut self) -> Option<Action> {
+        if self.known_head > self.gap_asked.max(self.head_seq) {
+            self.gap_asked = self.known_head;
+            Some(Action::FetchGap {
+                after: self.head_seq,
+                upto: self.known_head,
+            })
+        } else {
+            None
+        }
+    }
+
     /// The host committed `conn`'s push: `committed` is the database's
     /// answer (new ops, duplicates with their old seqs, restores). New ops
     /// and restores go to everyone, author included, then `ack`.
@@ -488,6 +526,42 @@ impl Room {
             out.push(Action::Send {
                 conn,
                 msg: ServerMsg::Ack { batch },
+            });
+        }
+        out
+    }
+
+    /// The host committed several pushes together (a group commit):
+    /// `results` in push order, each the database's answer or the refusal
+    /// (code, message). Every socket gets the group's new ops in one frame,
+    /// then each author its acks and errors.
+    pub fn on_ingested_group(&mut self, results: Vec<(ConnId, u64, IngestResult)>) -> Vec<Action> {
+        let mut committed = Vec::new();
+        let mut answers = Vec::with_capacity(results.len());
+        for (conn, batch, result) in results {
+            match result {
+                IngestResult::Committed(ops) => {
+                    committed.extend(ops);
+                    answers.push((conn, batch, None));
+                }
+                IngestResult::Failed { code, message } => {
+                    answers.push((conn, batch, Some((code, message))));
+                }
+            }
+        }
+        committed.sort_by_key(|o| o.seq);
+        let mut out = self.on_committed(committed);
+        for (conn, batch, failure) in answers {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            c.inflight.remove(&batch);
+            out.push(match failure {
+                None => Action::Send {
+                    conn,
+                    msg: ServerMsg::Ack { batch },
+                },
+                Some((code, message)) => Self::error(conn, &code, message, Some(batch)),
             });
         }
         out
@@ -519,12 +593,16 @@ impl Room {
     }
 
     /// Time passed: connections whose token expired are closed.
+    /// A failed gap fetch is asked again.
     pub fn on_tick(&mut self, now_s: u64, leeway_s: u64) -> Vec<Action> {
-        self.conns
+        let mut out: Vec<Action> = self
+            .conns
             .iter()
             .filter(|(_, c)| now_s > c.claims.exp.saturating_add(leeway_s))
             .map(|(id, _)| Self::close(*id, close::TOKEN_EXPIRED, "token expired"))
-            .collect()
+            .collect();
+        out.extend(self.ask_gap());
+        out
     }
 
     /// Closes everyone (shutdown).
@@ -544,6 +622,15 @@ impl Room {
             .is_some_and(|&k| k <= self.head_seq + 1)
         {
             return Err("a pending commit is not above a gap".into());
+        }
+        if self.known_head < self.head_seq
+            || self
+                .pending
+                .keys()
+                .next_back()
+                .is_some_and(|&k| k > self.known_head)
+        {
+            return Err("known_head below a seen commit".into());
         }
         for (id, c) in &self.conns {
             if c.cursor > self.head_seq {

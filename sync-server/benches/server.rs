@@ -212,7 +212,13 @@ async fn main() {
                 .parse()
                 .unwrap(),
         );
-        async move { tokio_tungstenite::connect_async(req).await.unwrap().0 }
+        // Nagle off, like the server: realtime frames are latency-bound.
+        async move {
+            tokio_tungstenite::connect_async_with_config(req, None, true)
+                .await
+                .unwrap()
+                .0
+        }
     };
     let start = Instant::now();
     const OPS: usize = 3_000;

@@ -92,7 +92,7 @@ impl From<DbError> for ApiError {
                 };
                 ApiError::new(status, code.as_str(), message.clone())
             }
-            DbError::Pool(_) | DbError::Postgres(_) => {
+            DbError::Pool(_) | DbError::Postgres(_) | DbError::GroupFailed(_) => {
                 tracing::warn!(error = %e, "database unavailable");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -16,6 +16,8 @@
 //!   thoughtspace driving the shared room state machine.
 //! - [`snapshot`]: whole-space snapshots streamed from `COPY ... (FORMAT
 //!   binary)` with backpressure.
+//! - [`notify`]: commit notices (`LISTEN arbor_head`) so several server
+//!   processes relay each other's ops.
 //! - [`metrics`]: Prometheus metrics for the admin listener.
 //! - [`config`]: flags, environment variables and secrets.
 
@@ -25,11 +27,14 @@ pub mod api;
 pub mod config;
 pub mod db;
 pub mod metrics;
+pub mod notify;
 pub mod realtime;
 pub mod snapshot;
 
 use std::future::Future;
 use std::sync::Arc;
+
+use axum::serve::ListenerExt as _;
 use std::sync::atomic::Ordering;
 
 pub use config::{Config, ConfigError, ServeArgs};
@@ -82,6 +87,11 @@ pub async fn serve(
     });
     let app = api::router(state.clone(), config.max_body_bytes, &config.cors_origins);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(notify::listen(
+        config.database.clone(),
+        rooms.clone(),
+        stop_rx.clone(),
+    ));
     if let Some(admin) = admin {
         let admin_app = api::admin_router(state.clone(), metrics);
         let mut stop = stop_rx.clone();
@@ -106,6 +116,13 @@ pub async fn serve(
         rooms.close_all().await;
         let _ = stop_tx.send(true);
     };
+    // Realtime frames are small and latency-bound: no Nagle delay (with
+    // delayed ACKs it holds frames for up to 40 ms).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY failed");
+        }
+    });
     let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
     let mut stop_rx2 = stop_rx.clone();
     let deadline = async move {

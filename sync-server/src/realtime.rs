@@ -16,9 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arbor_shared::auth::Claims;
-use arbor_shared::protocol::SeqOp;
-use arbor_shared::room::{Action, ConnId, Room, RoomLimits, close};
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use arbor_shared::protocol::{SeqOp, ServerMsg};
+use arbor_shared::room::{Action, ConnId, IngestResult, Room, RoomLimits, close};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt as _;
 use tokio::sync::{Mutex, mpsc};
 
 use crate::db::{Committed, Db, Origin};
@@ -27,10 +28,23 @@ use crate::db::{Committed, Db, Origin};
 const ROOM_EVENTS: usize = 1024;
 /// Catch-up page size.
 const CATCH_UP_PAGE: u32 = 1_000;
+/// Pushes committed together at most (group commit).
+const GROUP_PUSHES: usize = 64;
+/// Ops committed together at most (group commit).
+const GROUP_OPS: usize = 10_000;
 
 enum Outbound {
-    Text(String),
+    /// A frame, encoded once and shared by every socket it goes to.
+    Text(Utf8Bytes),
     Close(u16, String),
+}
+
+/// A push waiting for its commit.
+struct Push {
+    conn: ConnId,
+    batch: u64,
+    author: Option<arbor_shared::ReplicaId>,
+    ops: Vec<arbor_shared::Op>,
 }
 
 enum Event {
@@ -47,22 +61,16 @@ enum Event {
         conn: ConnId,
     },
     Committed(Vec<SeqOp>),
+    /// The database's head is at least this seq (a commit notice).
+    Head(u64),
+    GapFailed,
     CatchUpPage {
         conn: ConnId,
         ops: Vec<SeqOp>,
         done: bool,
     },
-    Ingested {
-        conn: ConnId,
-        batch: u64,
-        ops: Vec<SeqOp>,
-    },
-    IngestFailed {
-        conn: ConnId,
-        batch: u64,
-        code: String,
-        message: String,
-    },
+    /// A group commit ended: each push's result, in push order.
+    Ingested(Vec<(ConnId, u64, IngestResult)>),
     CloseAll,
 }
 
@@ -145,6 +153,27 @@ impl Rooms {
         }
     }
 
+    /// The database's head of `space` is at least `seq` (a commit notice
+    /// from any server process): its room, if open, fetches what it missed.
+    pub async fn head(&self, space: &str, seq: u64) {
+        let tx = self.rooms.lock().await.get(space).cloned();
+        if let Some(tx) = tx {
+            let _ = tx.send(Event::Head(seq)).await;
+        }
+    }
+
+    /// The names of the open rooms (to re-check their heads after the
+    /// notice connection was lost).
+    pub async fn open_rooms(&self) -> Vec<String> {
+        self.rooms
+            .lock()
+            .await
+            .iter()
+            .filter(|(_, tx)| !tx.is_closed())
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// Closes every socket with 1001 (shutdown).
     pub async fn close_all(&self) {
         let rooms: Vec<_> = self.rooms.lock().await.values().cloned().collect();
@@ -209,7 +238,20 @@ impl Rooms {
                 },
                 outgoing = out_rx.recv() => match outgoing {
                     Some(Outbound::Text(text)) => {
-                        if socket.send(Message::Text(text.into())).await.is_err() { break; }
+                        // Frames already queued go out with one flush.
+                        let mut sent = socket.feed(Message::Text(text)).await;
+                        while sent.is_ok() {
+                            match out_rx.try_recv() {
+                                Ok(Outbound::Text(text)) => sent = socket.feed(Message::Text(text)).await,
+                                Ok(Outbound::Close(code, reason)) => {
+                                    let _ = socket.flush().await;
+                                    let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                                    sent = Err(axum::Error::new(std::io::Error::other("closed")));
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        if sent.is_err() || socket.flush().await.is_err() { break; }
                     }
                     Some(Outbound::Close(code, reason)) => {
                         let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
@@ -265,14 +307,23 @@ async fn run_room(
                         room.on_close(conn)
                     }
                     Event::Committed(ops) => room.on_committed(ops),
-                    Event::CatchUpPage { conn, ops, done } => room.on_catch_up(conn, ops, done),
-                    Event::Ingested { conn, batch, ops } => {
-                        ingests.busy = false;
-                        room.on_ingested(conn, batch, ops)
+                    Event::Head(seq) if ingests.busy => {
+                        // Most notices are for our own commit in flight:
+                        // its answer brings the ops without a fetch.
+                        ingests.noticed = ingests.noticed.max(seq);
+                        Vec::new()
                     }
-                    Event::IngestFailed { conn, batch, code, message } => {
+                    Event::Head(seq) => room.on_head(seq),
+                    Event::GapFailed => {
+                        room.on_gap_failed();
+                        Vec::new()
+                    }
+                    Event::CatchUpPage { conn, ops, done } => room.on_catch_up(conn, ops, done),
+                    Event::Ingested(results) => {
                         ingests.busy = false;
-                        room.on_ingest_failed(conn, batch, &code, &message)
+                        let mut actions = room.on_ingested_group(results);
+                        actions.extend(room.on_head(std::mem::take(&mut ingests.noticed)));
+                        actions
                     }
                     Event::CloseAll => room.close_all(),
                 }
@@ -292,49 +343,67 @@ async fn run_room(
     }
 }
 
-/// The push queue of a room: at most one commit in flight.
+/// The push queue of a room: at most one group commit in flight.
 #[derive(Default)]
 struct Ingests {
-    queue: std::collections::VecDeque<(
-        ConnId,
-        u64,
-        Option<arbor_shared::ReplicaId>,
-        Vec<arbor_shared::Op>,
-    )>,
+    queue: std::collections::VecDeque<Push>,
     /// A commit is running; its answer comes back as an event.
     busy: bool,
+    /// The highest head notice that came while a commit ran.
+    noticed: u64,
 }
 
 impl Ingests {
+    /// Starts a commit of the waiting pushes (as many as fit a group) if
+    /// none is running.
     fn start_next(&mut self, space: &str, db: &Db, tx: &mpsc::Sender<Event>) {
-        if self.busy {
+        if self.busy || self.queue.is_empty() {
             return;
         }
-        let Some((conn, batch, author, ops)) = self.queue.pop_front() else {
-            return;
-        };
+        let mut group = Vec::new();
+        let mut ops = 0;
+        while let Some(next) = self.queue.front() {
+            if !group.is_empty()
+                && (group.len() == GROUP_PUSHES || ops + next.ops.len() > GROUP_OPS)
+            {
+                break;
+            }
+            ops += next.ops.len();
+            group.extend(self.queue.pop_front());
+        }
         self.busy = true;
         let (db, tx, space) = (db.clone(), tx.clone(), space.to_string());
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let event = match db.apply(&space, author, &ops).await {
-                Ok(committed) => {
-                    let ops = seq_ops(committed);
-                    crate::metrics::ingest(Ok(ops.len() as u64), started.elapsed().as_secs_f64());
-                    Event::Ingested { conn, batch, ops }
-                }
-                Err(e) => {
-                    let code = e.reject_code().map_or("unavailable", |c| c.as_str());
-                    crate::metrics::ingest(Err(code), 0.0);
-                    Event::IngestFailed {
-                        conn,
-                        batch,
-                        code: code.to_string(),
-                        message: e.to_string(),
-                    }
-                }
-            };
-            let _ = tx.send(event).await;
+            let pushes: Vec<_> = group
+                .iter_mut()
+                .map(|p| (p.author, std::mem::take(&mut p.ops)))
+                .collect();
+            let answers = db.apply_group(&space, &pushes).await;
+            let elapsed = started.elapsed().as_secs_f64();
+            let results = group
+                .iter()
+                .zip(answers)
+                .map(|(p, answer)| {
+                    let result = match answer {
+                        Ok(committed) => {
+                            let ops = seq_ops(committed);
+                            crate::metrics::ingest(Ok(ops.len() as u64), elapsed);
+                            IngestResult::Committed(ops)
+                        }
+                        Err(e) => {
+                            let code = e.reject_code().map_or("unavailable", |c| c.as_str());
+                            crate::metrics::ingest(Err(code), 0.0);
+                            IngestResult::Failed {
+                                code: code.to_string(),
+                                message: e.to_string(),
+                            }
+                        }
+                    };
+                    (p.conn, p.batch, result)
+                })
+                .collect();
+            let _ = tx.send(Event::Ingested(results)).await;
         });
     }
 }
@@ -349,11 +418,33 @@ fn execute(
     actions: Vec<Action>,
 ) {
     let mut queue: std::collections::VecDeque<Action> = actions.into();
+    // The same ops go to every live socket: encode each `ops` frame once.
+    let mut last_ops: Option<((u64, u64, usize), Utf8Bytes)> = None;
     while let Some(action) = queue.pop_front() {
         match action {
             Action::Send { conn, msg } => {
                 let Some(out) = outs.get(&conn) else { continue };
-                if out.try_send(Outbound::Text(msg.encode())).is_err() {
+                let frame = match &msg {
+                    ServerMsg::Ops { ops } => {
+                        // Seqs name ops: equal (first, last, len) means the
+                        // same frame.
+                        let id = (
+                            ops.first().map_or(0, |o| o.seq),
+                            ops.last().map_or(0, |o| o.seq),
+                            ops.len(),
+                        );
+                        match &last_ops {
+                            Some((seen, frame)) if *seen == id => frame.clone(),
+                            _ => {
+                                let frame = Utf8Bytes::from(msg.encode());
+                                last_ops = Some((id, frame.clone()));
+                                frame
+                            }
+                        }
+                    }
+                    _ => Utf8Bytes::from(msg.encode()),
+                };
+                if out.try_send(Outbound::Text(frame)).is_err() {
                     // Full or gone: drop the sender (the socket closes 4002).
                     outs.remove(&conn);
                     queue.extend(room.on_close(conn));
@@ -370,7 +461,12 @@ fn execute(
                 batch,
                 author,
                 ops,
-            } => ingests.queue.push_back((conn, batch, author, ops)),
+            } => ingests.queue.push_back(Push {
+                conn,
+                batch,
+                author,
+                ops,
+            }),
             Action::CatchUp { conn, after, upto } => {
                 let (db, tx, space) = (db.clone(), tx.clone(), space.to_string());
                 tokio::spawn(async move {
@@ -406,10 +502,29 @@ fn execute(
             Action::FetchGap { after, upto } => {
                 let (db, tx, space) = (db.clone(), tx.clone(), space.to_string());
                 tokio::spawn(async move {
-                    let limit = u32::try_from(upto.saturating_sub(after)).unwrap_or(u32::MAX);
-                    if let Ok(page) = db.ops_after(&space, after, limit).await {
-                        let ops = page.ops.into_iter().map(seq_op).collect();
-                        let _ = tx.send(Event::Committed(ops)).await;
+                    let mut cursor = after;
+                    while cursor < upto {
+                        let limit = u32::try_from(upto - cursor)
+                            .unwrap_or(u32::MAX)
+                            .min(CATCH_UP_PAGE);
+                        let ops: Vec<SeqOp> = match db.ops_after(&space, cursor, limit).await {
+                            Ok(page) => page.ops.into_iter().map(seq_op).collect(),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "gap fetch failed");
+                                let _ = tx.send(Event::GapFailed).await;
+                                return;
+                            }
+                        };
+                        let Some(last) = ops.last() else {
+                            // Not committed after all (a notice cannot run
+                            // ahead of the log): ask again later.
+                            let _ = tx.send(Event::GapFailed).await;
+                            return;
+                        };
+                        cursor = last.seq;
+                        if tx.send(Event::Committed(ops)).await.is_err() {
+                            return;
+                        }
                     }
                 });
             }

@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_fork.sql",
         sql: include_str!("../../../migrations/0003_fork.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_notify.sql",
+        sql: include_str!("../../../migrations/0004_notify.sql"),
+    },
 ];
 
 /// Key of the session advisory lock held while migrating (two-int form, so it

@@ -131,6 +131,10 @@ pub enum DbError {
     /// A stored row does not decode (a bug or a hand-edited database).
     #[error("bad row: {0}")]
     BadRow(String),
+    /// The group commit this push was part of failed before or at commit
+    /// (the connection or Postgres failed): nothing of it committed.
+    #[error("group commit failed: {0}")]
+    GroupFailed(String),
 }
 
 impl DbError {
@@ -165,6 +169,44 @@ fn map_pg(e: tokio_postgres::Error) -> DbError {
         }
     }
     DbError::Postgres(e)
+}
+
+/// One `apply_ops` call on `client` (a connection, transaction or
+/// savepoint).
+async fn apply_on<C: deadpool_postgres::GenericClient>(
+    client: &C,
+    space: &str,
+    author: Option<ReplicaId>,
+    ops: &[Op],
+) -> Result<Vec<Committed>, DbError> {
+    let a = OpArrays::encode(ops)?;
+    let author = author.map(|r| replica_to_sql(r.0));
+    let stmt = client
+        .prepare_cached(
+            "SELECT seq, hlc, replica, kind, node, parent, key, field, value, known_seq, origin
+             FROM apply_ops($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .await?;
+    let rows = client
+        .query(
+            &stmt,
+            &[
+                &space,
+                &author,
+                &a.hlc,
+                &a.replica,
+                &a.kind,
+                &a.node,
+                &a.parent,
+                &a.key,
+                &a.field,
+                &a.value,
+                &a.known_seq,
+            ],
+        )
+        .await
+        .map_err(map_pg)?;
+    rows.iter().map(committed_from_row).collect()
 }
 
 /// How an op in [`Db::apply`]'s answer got there.
@@ -490,35 +532,69 @@ impl Db {
                 format!("batch_too_large: {} ops, at most {MAX_BATCH}", ops.len()),
             ));
         }
-        let a = OpArrays::encode(ops)?;
-        let author = author.map(|r| replica_to_sql(r.0));
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "SELECT seq, hlc, replica, kind, node, parent, key, field, value, known_seq, origin
-                 FROM apply_ops($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            )
-            .await?;
-        let rows = client
-            .query(
-                &stmt,
-                &[
-                    &space,
-                    &author,
-                    &a.hlc,
-                    &a.replica,
-                    &a.kind,
-                    &a.node,
-                    &a.parent,
-                    &a.key,
-                    &a.field,
-                    &a.value,
-                    &a.known_seq,
-                ],
-            )
-            .await
-            .map_err(map_pg)?;
-        rows.iter().map(committed_from_row).collect()
+        apply_on(&client, space, author, ops).await
+    }
+
+    /// Commits several pushes to `space` in one transaction (group commit:
+    /// one WAL flush for all of them), each as if applied alone in the given
+    /// order: each runs under its own savepoint, so a refused push changes
+    /// nothing and the others still commit. The answers are in push order;
+    /// if the commit itself fails, every push gets that error.
+    pub async fn apply_group(
+        &self,
+        space: &str,
+        pushes: &[(Option<ReplicaId>, Vec<Op>)],
+    ) -> Vec<Result<Vec<Committed>, DbError>> {
+        if let [(author, ops)] = pushes {
+            return vec![self.apply(space, *author, ops).await];
+        }
+        let mut client = match self.client().await {
+            Ok(c) => c,
+            Err(e) => {
+                return pushes
+                    .iter()
+                    .map(|_| Err(DbError::GroupFailed(e.to_string())))
+                    .collect();
+            }
+        };
+        let mut tx = match client.transaction().await {
+            Ok(t) => t,
+            Err(e) => {
+                let e = DbError::from(e);
+                return pushes
+                    .iter()
+                    .map(|_| Err(DbError::GroupFailed(e.to_string())))
+                    .collect();
+            }
+        };
+        let mut answers = Vec::with_capacity(pushes.len());
+        for (author, ops) in pushes {
+            if ops.len() > MAX_BATCH {
+                answers.push(Err(DbError::rejected(
+                    RejectCode::BadBatch,
+                    format!("batch_too_large: {} ops, at most {MAX_BATCH}", ops.len()),
+                )));
+                continue;
+            }
+            let answer = match tx.savepoint("push").await {
+                Ok(sp) => match apply_on(&sp, space, *author, ops).await {
+                    Ok(committed) => sp.commit().await.map(|()| committed).map_err(DbError::from),
+                    // Dropping the savepoint rolls it back.
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(DbError::from(e)),
+            };
+            answers.push(answer);
+        }
+        if let Err(e) = tx.commit().await {
+            let e = DbError::from(e);
+            return pushes
+                .iter()
+                .map(|_| Err(DbError::GroupFailed(e.to_string())))
+                .collect();
+        }
+        answers
     }
 
     /// Catch-up: up to `limit` ops with seq above `after`, in seq order.

@@ -141,3 +141,48 @@ async fn children_pages_walk_many_siblings_in_order() {
         .collect();
     assert_eq!(walked, expected);
 }
+
+#[tokio::test]
+async fn a_group_commit_answers_each_push_as_if_applied_alone() {
+    let db = test_db().await;
+    db.create_space("s").await.unwrap();
+    let (a, b) = (n(1), n(2));
+    let pushes = vec![
+        (
+            Some(ReplicaId(7)),
+            vec![mv(100, 7, a, NodeId::ROOT, &[0x80], 0)],
+        ),
+        // Refused (unknown parent): changes nothing, the others commit.
+        (Some(ReplicaId(7)), vec![mv(101, 7, b, n(99), &[0x80], 0)]),
+        // Depends on the first push of the group.
+        (
+            Some(ReplicaId(8)),
+            vec![set(102, 8, a, "text", Some("hi"), 0)],
+        ),
+        // Wrong author: refused.
+        (
+            Some(ReplicaId(8)),
+            vec![set(103, 7, a, "text", Some("no"), 0)],
+        ),
+    ];
+    let answers = db.apply_group("s", &pushes).await;
+    assert_eq!(answers.len(), 4);
+    let seqs =
+        |i: usize| -> Vec<u64> { answers[i].as_ref().unwrap().iter().map(|c| c.seq).collect() };
+    assert_eq!(seqs(0), [1]);
+    assert_eq!(
+        answers[1].as_ref().unwrap_err().reject_code(),
+        Some(RejectCode::UnknownNode)
+    );
+    assert_eq!(seqs(2), [2]);
+    assert_eq!(
+        answers[3].as_ref().unwrap_err().reject_code(),
+        Some(RejectCode::WrongReplica)
+    );
+    let mut reference = tree();
+    reference
+        .apply(&[pushes[0].1.clone(), pushes[2].1.clone()].concat())
+        .unwrap();
+    assert_state_eq(&db.state("s").await.unwrap(), &reference.state().unwrap());
+    assert_eq!(db.space("s").await.unwrap().unwrap().head_seq, 2);
+}

@@ -53,12 +53,17 @@ impl Server {
 
     /// A server with `queue` frames per socket and `leeway_s` token leeway.
     pub async fn start_with(queue: usize, leeway_s: u64) -> Server {
+        Server::start_on(test_db_config().await, queue, leeway_s).await
+    }
+
+    /// A server on an existing database (several servers can share one).
+    pub async fn start_on(database: tokio_postgres::Config, queue: usize, leeway_s: u64) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = format!("http://{}", admin_listener.local_addr().unwrap());
         let config = Config {
-            database: test_db_config().await,
+            database,
             db_pool: 4,
             key: key(),
             token_leeway_s: leeway_s,

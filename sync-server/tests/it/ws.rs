@@ -35,9 +35,14 @@ async fn send(ws: &mut Ws, msg: ClientMsg) {
     ws.send(Message::Text(msg.encode().into())).await.unwrap();
 }
 
+/// The next frame; a frame that does not come within 20 s fails the test
+/// (a bound on failure, not a synchronization).
 async fn recv(ws: &mut Ws) -> ServerMsg {
     loop {
-        match ws.next().await.unwrap().unwrap() {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(20), ws.next())
+            .await
+            .expect("no frame within 20 s");
+        match next.unwrap().unwrap() {
             Message::Text(t) => return ServerMsg::decode(&t).unwrap(),
             Message::Close(f) => panic!("closed: {f:?}"),
             _ => {}
@@ -458,4 +463,73 @@ async fn back_to_back_pushes_commit_in_arrival_order() {
         "{other:?}"
     );
     s.stop().await;
+}
+
+#[tokio::test]
+async fn two_server_processes_relay_each_others_commits() {
+    // Two servers share one database and nothing else: a push through one
+    // and an HTTP ingest through the other reach the sockets of both, in
+    // seq order, through the commit notices.
+    let db = test_db_config().await;
+    let one = Server::start_on(db.clone(), 256, 5).await;
+    let two = Server::start_on(db, 256, 5).await;
+    let admin = token("demo", Role::Admin, None, 60);
+    one.create_space("demo", &admin).await;
+    let mut a = connect(&one, "demo", &token("demo", Role::Write, Some(1), 60))
+        .await
+        .unwrap();
+    let mut b = connect(&two, "demo", &token("demo", Role::Write, Some(2), 60))
+        .await
+        .unwrap();
+    for (ws, replica) in [(&mut a, 1), (&mut b, 2)] {
+        send(
+            ws,
+            ClientMsg::Hello {
+                v: 1,
+                replica: ReplicaId(replica),
+                cursor: Some(0),
+            },
+        )
+        .await;
+        assert!(matches!(
+            recv(ws).await,
+            ServerMsg::Welcome { head_seq: 0, .. }
+        ));
+    }
+    send(
+        &mut a,
+        ClientMsg::Push {
+            batch: 1,
+            ops: vec![create(1, 1, 1), create(2, 1, 2)],
+        },
+    )
+    .await;
+    assert_eq!(recv_ops(&mut a, 2).await.0, [1, 2]);
+    assert_eq!(recv_ops(&mut b, 2).await.0, [1, 2]);
+    let ops: Vec<Op> = (3..6).map(|i| create(i, 9, u128::from(i))).collect();
+    let r = two
+        .http
+        .post(two.url("/v1/spaces/demo/ops"))
+        .bearer_auth(&admin)
+        .json(&json!({ "ops": ops }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(recv_ops(&mut b, 3).await.0, [3, 4, 5]);
+    assert_eq!(recv_ops(&mut a, 3).await.0, [3, 4, 5]);
+    send(
+        &mut b,
+        ClientMsg::Push {
+            batch: 7,
+            ops: vec![create(6, 2, 6)],
+        },
+    )
+    .await;
+    let (seqs, other) = recv_ops(&mut b, 1).await;
+    assert_eq!(seqs, [6]);
+    assert!(!other.iter().any(|m| matches!(m, ServerMsg::Error { .. })));
+    assert_eq!(recv_ops(&mut a, 1).await.0, [6]);
+    one.stop().await;
+    two.stop().await;
 }

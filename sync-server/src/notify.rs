@@ -1,0 +1,115 @@
+//! Commit notices: `LISTEN arbor_head` on a dedicated connection and hand
+//! every notice to the open rooms, so ops committed by any server process
+//! reach every socket (contract: `migrations/README.md`, "Commit notices").
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio_postgres::AsyncMessage;
+
+use crate::realtime::Rooms;
+
+/// Longest wait between reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Parses a notice payload, `"<space> <head_seq>"`.
+fn parse(payload: &str) -> Option<(&str, u64)> {
+    let (space, seq) = payload.rsplit_once(' ')?;
+    Some((space, seq.parse().ok()?))
+}
+
+/// Listens until `stop` turns true, reconnecting with backoff when the
+/// connection fails. After every (re)connect the open rooms re-read their
+/// head, since notices sent while disconnected are lost.
+pub async fn listen(
+    config: tokio_postgres::Config,
+    rooms: Arc<Rooms>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut connected = false;
+        tokio::select! {
+            result = listen_once(&config, &rooms, &mut connected) => {
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "commit notice connection lost; reconnecting");
+                }
+            }
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if connected {
+            // It worked for a while: the next failure starts over.
+            backoff = Duration::from_millis(100);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    rooms: &Rooms,
+    connected: &mut bool,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
+    *connected = true;
+    // The connection must be polled for the LISTEN to complete, and its
+    // notices come out of the same poll: a task forwards them.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<String, tokio_postgres::Error>>(1024);
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            let forward = match message {
+                Ok(AsyncMessage::Notification(n)) => Ok(n.payload().to_string()),
+                Ok(_) => continue,
+                Err(e) => Err(e),
+            };
+            let failed = forward.is_err();
+            if tx.send(forward).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    let result = async {
+        client.batch_execute("LISTEN arbor_head").await?;
+        for space in rooms.open_rooms().await {
+            let row = client
+                .query_opt("SELECT head_seq FROM spaces WHERE name = $1", &[&space])
+                .await?;
+            if let Some(head) = row.and_then(|r| r.get::<_, Option<i64>>(0)) {
+                rooms.head(&space, u64::try_from(head).unwrap_or(0)).await;
+            }
+        }
+        tracing::debug!("listening for commit notices");
+        while let Some(message) = rx.recv().await {
+            let payload = message?;
+            match parse(&payload) {
+                Some((space, seq)) => rooms.head(space, seq).await,
+                None => tracing::warn!(payload, "malformed commit notice"),
+            }
+        }
+        Ok(())
+    }
+    .await;
+    driver.abort();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    #[test]
+    fn parses_notices() {
+        assert_eq!(parse("demo 42"), Some(("demo", 42)));
+        assert_eq!(parse("a.b-c_d 0"), Some(("a.b-c_d", 0)));
+        assert_eq!(parse("demo"), None);
+        assert_eq!(parse("demo x"), None);
+        assert_eq!(parse("demo -1"), None);
+    }
+}
