@@ -16,6 +16,12 @@ pub async fn test_db() -> Db {
 
 /// The connection config of a fresh, migrated database of its own.
 pub async fn test_db_config() -> tokio_postgres::Config {
+    PgCluster::shared().config(&test_db_name().await)
+}
+
+/// The name of a fresh, migrated database of its own (in the shared
+/// cluster).
+pub async fn test_db_name() -> String {
     let cluster = PgCluster::shared();
     TEMPLATE
         .get_or_init(|| async {
@@ -29,8 +35,7 @@ pub async fn test_db_config() -> tokio_postgres::Config {
             assert!(!applied.is_empty());
         })
         .await;
-    let name = cluster.fresh_db(Some(TEMPLATE_DB)).await.unwrap();
-    cluster.config(&name)
+    cluster.fresh_db(Some(TEMPLATE_DB)).await.unwrap()
 }
 
 pub type MemTree = Tree<MemoryStore>;
