@@ -17,6 +17,8 @@
 //!   per-replica jitter.
 //! - [`tree`]: the CRDT ([`Tree`]) over the [`TreeStore`] trait, and the
 //!   in-memory [`MemoryStore`].
+//! - [`snapshot`]: the snapshot file format (framing decoder and encoder,
+//!   binary `COPY` rows), for cold starts, exports and replica uploads.
 //! - [`auth`]: HS256 token verification and minting (RFC 7519), shared by
 //!   the sync server and the Durable Object.
 //! - [`sim`]: the [`sim::Action`] enum and a network of replicas that drives
@@ -32,6 +34,7 @@ pub mod op;
 pub mod protocol;
 pub mod room;
 pub mod sim;
+pub mod snapshot;
 pub mod tree;
 
 pub use clock::{Clock, ClockError, Hlc, Stamp};

@@ -130,6 +130,7 @@ async fn main() {
         key: Hs256Key::new(SECRET).unwrap(),
         token_leeway_s: 60,
         max_body_bytes: 4 << 20,
+        max_import_bytes: 4 << 30,
         drain: Duration::from_secs(5),
         cors_origins: Vec::new(),
         socket_queue_frames: 1024,

@@ -18,6 +18,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::db::{Committed, Db, DbError, MAX_BATCH, Origin, RejectCode};
+use crate::snapshot::Scope;
 
 /// Shared by every request.
 #[derive(Debug)]
@@ -32,6 +33,8 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// The realtime rooms.
     pub rooms: Arc<crate::realtime::Rooms>,
+    /// Largest import file, bytes.
+    pub max_import_bytes: u64,
 }
 
 /// An API error: HTTP status, stable code, message.
@@ -258,6 +261,12 @@ fn api_routes(state: Arc<AppState>, max_body_bytes: usize) -> Router {
             get(subtree_snapshot),
         )
         .route("/v1/spaces/{space}/fork", post(fork))
+        .route("/v1/spaces/{space}/export", get(export))
+        // Imports stream into Postgres under their own limit.
+        .route(
+            "/v1/spaces/{space}/import",
+            post(import).layer(DefaultBodyLimit::disable()),
+        )
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
@@ -590,7 +599,7 @@ async fn snapshot(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, &space, Need::Read)?;
-    stream_snapshot(&state, &space, None).await
+    stream_snapshot(&state, &space, Scope::Space).await
 }
 
 async fn subtree_snapshot(
@@ -602,15 +611,62 @@ async fn subtree_snapshot(
     let root: NodeId = node
         .parse()
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "node is not a UUID"))?;
-    stream_snapshot(&state, &space, Some(root)).await
+    stream_snapshot(&state, &space, Scope::Subtree(root)).await
+}
+
+async fn export(
+    State(state): State<Arc<AppState>>,
+    Path(space): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    // Read role: the whole log is what a reader can already page through
+    // with catch-up from seq 0.
+    authorize(&state, &headers, &space, Need::Read)?;
+    let mut response = stream_snapshot(&state, &space, Scope::Export).await?;
+    if let Ok(value) = format!("attachment; filename=\"{space}.arbor\"").parse() {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}
+
+async fn import(
+    State(state): State<Arc<AppState>>,
+    Path(space): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Json<SpaceBody>, ApiError> {
+    authorize(&state, &headers, &space, Need::Admin)?;
+    let info = crate::import::import(
+        &state.db,
+        &space,
+        body.into_data_stream(),
+        state.max_import_bytes,
+    )
+    .await
+    .map_err(|e| match e {
+        crate::import::ImportError::Db(e) => ApiError::from(e),
+        crate::import::ImportError::TooLarge(_) => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+        }
+        crate::import::ImportError::Snapshot(_) | crate::import::ImportError::Body(_) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_snapshot", e.to_string())
+        }
+    })?;
+    tracing::info!(space, "imported");
+    Ok(Json(SpaceBody {
+        name: info.name,
+        head_seq: info.head_seq,
+    }))
 }
 
 async fn stream_snapshot(
     state: &AppState,
     space: &str,
-    root: Option<NodeId>,
+    scope: Scope,
 ) -> Result<Response, ApiError> {
-    let (header, stream) = crate::snapshot::snapshot(&state.db, space, root).await?;
+    let (header, stream) = crate::snapshot::snapshot(&state.db, space, scope).await?;
     tracing::info!(space, nodes = header.nodes, log = header.log, "snapshot");
     Ok((
         [

@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// Largest request body, in bytes.
     #[arg(long, env = "ARBOR_MAX_BODY_BYTES", default_value_t = 4 << 20)]
     pub max_body_bytes: usize,
+    /// Largest snapshot file accepted by `POST .../import`, in bytes (it
+    /// streams into Postgres, so this bounds disk, not memory).
+    #[arg(long, env = "ARBOR_MAX_IMPORT_BYTES", default_value_t = 4 << 30)]
+    pub max_import_bytes: u64,
     /// How long in-flight requests may run after a shutdown signal, in
     /// seconds.
     #[arg(long, env = "ARBOR_DRAIN_S", default_value_t = 10)]
@@ -78,8 +82,10 @@ pub struct Config {
     pub key: Hs256Key,
     /// Token clock leeway, seconds.
     pub token_leeway_s: u64,
-    /// Largest request body, bytes.
+    /// Largest request body, bytes (imports excepted).
     pub max_body_bytes: usize,
+    /// Largest import file, bytes.
+    pub max_import_bytes: u64,
     /// Drain deadline after a shutdown signal.
     pub drain: Duration,
     /// Origins allowed by CORS (`*` for any).
@@ -117,6 +123,7 @@ impl ServeArgs {
             key: Hs256Key::new(&secret)?,
             token_leeway_s: self.token_leeway_s,
             max_body_bytes: self.max_body_bytes,
+            max_import_bytes: self.max_import_bytes,
             drain: Duration::from_secs(self.drain_s),
             cors_origins: self.cors_origins,
             socket_queue_frames: self.socket_queue_frames,

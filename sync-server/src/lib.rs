@@ -18,6 +18,7 @@
 //!   binary)` with backpressure.
 //! - [`notify`]: commit notices (`LISTEN arbor_head`) so several server
 //!   processes relay each other's ops.
+//! - [`import`]: a snapshot file streamed into a new thoughtspace.
 //! - [`metrics`]: Prometheus metrics for the admin listener.
 //! - [`config`]: flags, environment variables and secrets.
 
@@ -26,6 +27,7 @@
 pub mod api;
 pub mod config;
 pub mod db;
+pub mod import;
 pub mod metrics;
 pub mod notify;
 pub mod realtime;
@@ -84,6 +86,7 @@ pub async fn serve(
         leeway_s: config.token_leeway_s,
         draining: false.into(),
         rooms: rooms.clone(),
+        max_import_bytes: config.max_import_bytes,
     });
     let app = api::router(state.clone(), config.max_body_bytes, &config.cors_origins);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

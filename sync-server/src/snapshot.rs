@@ -11,36 +11,24 @@ use std::pin::Pin;
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt as _};
-use serde::{Deserialize, Serialize};
 
 use crate::db::{Db, DbError, RejectCode, replica_from_sql};
 
-/// First bytes of a snapshot.
-pub const MAGIC: &[u8; 8] = b"ARBORSNP";
-/// Format version.
-pub const VERSION: u32 = 1;
+pub use arbor_shared::snapshot::{MAGIC, SnapshotHeader, VERSION};
+
 /// Target size of a framed chunk.
 const CHUNK: usize = 64 * 1024;
 
-/// The snapshot's JSON header.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotHeader {
-    /// The thoughtspace.
-    pub space: String,
-    /// Every op with seq at or below it is in the snapshot's state.
-    pub head_seq: u64,
-    /// The log horizon (stamp text), if any.
-    pub horizon: Option<arbor_shared::Stamp>,
-    /// Rows in the nodes section.
-    pub nodes: u64,
-    /// Rows in the payloads section.
-    pub payloads: u64,
-    /// Rows in the log section.
-    pub log: u64,
-    /// For a subtree snapshot: its root (whose own row is in the nodes
-    /// section, with its place).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub root: Option<arbor_shared::NodeId>,
+/// What a snapshot covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The whole space, with the log above the horizon (cold start).
+    Space,
+    /// The subtree of a node (which must be in the tree), with the log of
+    /// its nodes above the horizon.
+    Subtree(arbor_shared::NodeId),
+    /// The whole space with its whole log (export).
+    Export,
 }
 
 /// The sections, in order: tag and `COPY` query. The space id is passed as
@@ -66,6 +54,20 @@ const SECTIONS: [(u8, &str); 3] = [
                WHERE o.space = current_setting('arbor.space')::bigint
                  AND (s.horizon_hlc IS NULL
                       OR (o.hlc, o.replica) > (s.horizon_hlc, s.horizon_replica))
+               ORDER BY o.seq)
+         TO STDOUT (FORMAT binary)",
+    ),
+];
+
+/// The sections of an export: the whole log.
+const EXPORT_SECTIONS: [(u8, &str); 3] = [
+    SECTIONS[0],
+    SECTIONS[1],
+    (
+        b'L',
+        "COPY (SELECT o.seq, o.hlc, o.replica, o.kind, o.node, o.parent, o.key, o.field, o.value,
+                      o.known_seq, o.applied, o.prev_parent, o.prev_key
+               FROM ops o WHERE o.space = current_setting('arbor.space')::bigint
                ORDER BY o.seq)
          TO STDOUT (FORMAT binary)",
     ),
@@ -246,12 +248,11 @@ impl State {
 }
 
 /// Opens the snapshot transaction and returns the header and the byte
-/// stream of the whole snapshot (header included): the whole space, or the
-/// subtree of `root` (which must be in the tree).
+/// stream of the whole snapshot (header included) of `scope`.
 pub async fn snapshot(
     db: &Db,
     space: &str,
-    root: Option<arbor_shared::NodeId>,
+    scope: Scope,
 ) -> Result<
     (
         SnapshotHeader,
@@ -265,9 +266,10 @@ pub async fn snapshot(
     let mut state = State {
         conn: Some(conn),
         pending: VecDeque::new(),
-        sections: match root {
-            None => SECTIONS.into_iter().collect(),
-            Some(_) => SUBTREE_SECTIONS.into_iter().collect(),
+        sections: match scope {
+            Scope::Space => SECTIONS.into_iter().collect(),
+            Scope::Subtree(_) => SUBTREE_SECTIONS.into_iter().collect(),
+            Scope::Export => EXPORT_SECTIONS.into_iter().collect(),
         },
         copy: None,
         crc: crc32fast::Hasher::new(),
@@ -284,10 +286,10 @@ pub async fn snapshot(
                     (SELECT count(*) FROM nodes WHERE space = s.id),
                     (SELECT count(*) FROM payloads WHERE space = s.id),
                     (SELECT count(*) FROM ops o WHERE o.space = s.id
-                       AND (s.horizon_hlc IS NULL
+                       AND ($2 OR s.horizon_hlc IS NULL
                             OR (o.hlc, o.replica) > (s.horizon_hlc, s.horizon_replica)))
              FROM spaces s WHERE name = $1",
-            &[&space],
+            &[&space, &(scope == Scope::Export)],
         )
         .await?
     else {
@@ -303,6 +305,10 @@ pub async fn snapshot(
     )
     .await?;
     let mut counts = [count_at(&row, 4)?, count_at(&row, 5)?, count_at(&row, 6)?];
+    let root = match scope {
+        Scope::Subtree(root) => Some(root),
+        Scope::Space | Scope::Export => None,
+    };
     if let Some(root) = root {
         conn.execute(
             "SELECT set_config('arbor.root', $1, true)",

@@ -14,4 +14,5 @@ mod props;
 mod regressions;
 mod room;
 mod scaling;
+mod snapshot;
 mod util;

@@ -274,6 +274,7 @@ async fn dev(
         key,
         token_leeway_s: 60,
         max_body_bytes: 4 << 20,
+        max_import_bytes: 4 << 30,
         drain: std::time::Duration::from_secs(5),
         cors_origins: vec!["*".into()],
         socket_queue_frames: 256,

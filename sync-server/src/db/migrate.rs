@@ -42,6 +42,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_notify.sql",
         sql: include_str!("../../../migrations/0004_notify.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_import.sql",
+        sql: include_str!("../../../migrations/0005_import.sql"),
+    },
 ];
 
 /// Key of the session advisory lock held while migrating (two-int form, so it

@@ -40,13 +40,16 @@ pub enum RejectCode {
     /// `AR011`: malformed batch (array shapes, NULLs, too many ops, numbers
     /// out of range).
     BadBatch,
-    /// `AR012`: a space of that name exists already (fork).
+    /// `AR012`: a space of that name exists already (fork, import).
     SpaceExists,
+    /// `AR013`: an imported file's rows are inconsistent (a node or register
+    /// twice, a cycle).
+    BadImport,
 }
 
 impl RejectCode {
     /// Every code, for mapping tables and tests.
-    pub const ALL: [RejectCode; 12] = [
+    pub const ALL: [RejectCode; 13] = [
         RejectCode::ReservedNode,
         RejectCode::BadKey,
         RejectCode::BadField,
@@ -59,6 +62,7 @@ impl RejectCode {
         RejectCode::UnknownSpace,
         RejectCode::BadBatch,
         RejectCode::SpaceExists,
+        RejectCode::BadImport,
     ];
 
     /// The SQLSTATE `apply_ops` raises for it.
@@ -76,6 +80,7 @@ impl RejectCode {
             RejectCode::UnknownSpace => "AR010",
             RejectCode::BadBatch => "AR011",
             RejectCode::SpaceExists => "AR012",
+            RejectCode::BadImport => "AR013",
         }
     }
 
@@ -94,6 +99,7 @@ impl RejectCode {
             RejectCode::UnknownSpace => "unknown_space",
             RejectCode::BadBatch => "bad_batch",
             RejectCode::SpaceExists => "space_exists",
+            RejectCode::BadImport => "bad_import",
         }
     }
 
@@ -162,7 +168,7 @@ pub(crate) fn pg_message(e: &tokio_postgres::Error) -> String {
     }
 }
 
-fn map_pg(e: tokio_postgres::Error) -> DbError {
+pub(crate) fn map_pg(e: tokio_postgres::Error) -> DbError {
     if let Some(db) = e.as_db_error() {
         if let Some(code) = RejectCode::from_sqlstate(db.code().code()) {
             return DbError::rejected(code, db.message());

@@ -68,6 +68,7 @@ impl Server {
             key: key(),
             token_leeway_s: leeway_s,
             max_body_bytes: 256 * 1024,
+            max_import_bytes: 64 << 20,
             drain: Duration::from_secs(5),
             cors_origins: vec!["https://app.example".into()],
             socket_queue_frames: queue,
@@ -137,7 +138,7 @@ impl Server {
     }
 }
 
-async fn error_code(r: reqwest::Response) -> (u16, String) {
+pub async fn error_code(r: reqwest::Response) -> (u16, String) {
     let status = r.status().as_u16();
     let body: serde_json::Value = r.json().await.unwrap();
     (

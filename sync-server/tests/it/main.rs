@@ -15,6 +15,7 @@ mod dev;
 mod differential;
 mod harness;
 mod http;
+mod import;
 mod memory;
 mod restore;
 mod snapshot;

@@ -1,0 +1,153 @@
+//! Import: a snapshot file streamed from the request body into staging
+//! tables with binary `COPY FROM`, verified (framing, CRC, counts), then
+//! turned into a new thoughtspace by `import_space` in the same transaction
+//! (contract: `migrations/README.md`). Nothing is written unless the whole
+//! file is good. Memory stays flat: each body chunk goes on to Postgres.
+
+use arbor_shared::snapshot::{Decoder, Event, SnapshotError, SnapshotHeader};
+use bytes::Bytes;
+use futures_util::{SinkExt as _, Stream, StreamExt as _};
+
+use crate::db::{Db, DbError, SpaceInfo, map_pg, replica_to_sql};
+
+/// Why an import was refused. Nothing was written.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// The file is not a well-formed snapshot (framing, checksum, counts,
+    /// or `COPY` data Postgres refused).
+    #[error("bad snapshot: {0}")]
+    Snapshot(String),
+    /// The file is larger than the configured limit.
+    #[error("the file is larger than {0} bytes")]
+    TooLarge(u64),
+    /// The request body failed (client gone).
+    #[error("request body: {0}")]
+    Body(String),
+    /// The database refused the rows (typed) or failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<SnapshotError> for ImportError {
+    fn from(e: SnapshotError) -> Self {
+        ImportError::Snapshot(e.to_string())
+    }
+}
+
+/// Postgres refusing `COPY` input is the file's fault, not the server's.
+fn copy_error(e: tokio_postgres::Error) -> ImportError {
+    match e.as_db_error() {
+        Some(db) => ImportError::Snapshot(format!("{} ({})", db.message(), db.code().code())),
+        None => ImportError::Db(DbError::Postgres(e)),
+    }
+}
+
+const STAGING: [&str; 3] = [
+    "COPY arbor_import_nodes FROM STDIN (FORMAT binary)",
+    "COPY arbor_import_payloads FROM STDIN (FORMAT binary)",
+    "COPY arbor_import_log FROM STDIN (FORMAT binary)",
+];
+
+/// Creates `dst` from the snapshot file in `body` (at most `max_bytes`).
+pub async fn import<S, E>(
+    db: &Db,
+    dst: &str,
+    body: S,
+    max_bytes: u64,
+) -> Result<SpaceInfo, ImportError>
+where
+    S: Stream<Item = Result<Bytes, E>>,
+    E: std::fmt::Display,
+{
+    let mut client = db.client().await?;
+    let tx = client.transaction().await.map_err(DbError::from)?;
+    tx.execute("SELECT arbor_import_begin()", &[])
+        .await
+        .map_err(DbError::from)?;
+    let mut decoder = Decoder::new();
+    let mut header: Option<SnapshotHeader> = None;
+    let mut section = 0usize;
+    let mut sink = None;
+    let mut received = 0u64;
+    let mut body = std::pin::pin!(body);
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| ImportError::Body(e.to_string()))?;
+        received += chunk.len() as u64;
+        if received > max_bytes {
+            return Err(ImportError::TooLarge(max_bytes));
+        }
+        decoder.push(&chunk);
+        while let Some(event) = decoder.next_event()? {
+            match event {
+                Event::Header(h) => header = Some(h),
+                Event::SectionStart(_) => {
+                    let copy = tx
+                        .copy_in::<_, Bytes>(STAGING[section])
+                        .await
+                        .map_err(DbError::from)?;
+                    sink = Some(Box::pin(copy));
+                }
+                Event::Data(data) => {
+                    if let Some(s) = sink.as_mut() {
+                        s.send(Bytes::from(data)).await.map_err(copy_error)?;
+                    }
+                }
+                Event::SectionEnd(tag) => {
+                    let rows = match sink.take() {
+                        Some(mut s) => s.as_mut().finish().await.map_err(copy_error)?,
+                        None => 0,
+                    };
+                    let want = header
+                        .as_ref()
+                        .map_or(0, |h| [h.nodes, h.payloads, h.log][section]);
+                    if rows != want {
+                        return Err(ImportError::Snapshot(format!(
+                            "section {}: {rows} rows, the header says {want}",
+                            char::from(tag)
+                        )));
+                    }
+                    section += 1;
+                }
+                Event::End(_) => {}
+            }
+        }
+    }
+    decoder.finish()?;
+    let header = header.ok_or(SnapshotError::Cut(0))?;
+    if let Some(root) = header.root {
+        // A subtree becomes a space: its root hangs from ROOT.
+        tx.execute(
+            "UPDATE arbor_import_nodes SET parent = '00000000-0000-0000-0000-000000000000'
+             WHERE id = $1",
+            &[&uuid::Uuid::from_u128(root.0)],
+        )
+        .await
+        .map_err(DbError::from)?;
+    }
+    let (hlc, replica) = match header.horizon {
+        Some(h) => (
+            Some(
+                i64::try_from(h.hlc.0)
+                    .map_err(|_| ImportError::Snapshot("horizon hlc above 2^63".into()))?,
+            ),
+            Some(replica_to_sql(h.replica.0)),
+        ),
+        None => (None, None),
+    };
+    tx.execute("SELECT import_space($1, $2, $3)", &[&dst, &hlc, &replica])
+        .await
+        .map_err(|e| {
+            if e.code() == Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION) {
+                ImportError::Db(DbError::Rejected {
+                    code: crate::db::RejectCode::UnknownSpace,
+                    message: "a space name is 1..64 of [A-Za-z0-9_.-]".into(),
+                })
+            } else {
+                ImportError::Db(map_pg(e))
+            }
+        })?;
+    tx.commit().await.map_err(DbError::from)?;
+    db.space(dst)
+        .await?
+        .ok_or_else(|| ImportError::Db(DbError::BadRow("imported space vanished".into())))
+}
