@@ -4,9 +4,13 @@
 use std::collections::BTreeMap;
 
 use arbor_shared::auth::Role;
+use arbor_shared::snapshot::Event;
 use arbor_shared::{NodeId, OrderKey};
 use arbor_sync_server::snapshot::{MAGIC, SnapshotHeader};
+use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::json;
+use tokio_postgres::binary_copy::BinaryCopyOutStream;
+use tokio_postgres::types::Type;
 
 use crate::harness::*;
 use crate::http::{Server, token};
@@ -191,6 +195,48 @@ async fn snapshot_streams_the_state_and_a_cut_is_detected() {
         if let arbor_shared::Op::Move(m) = op {
             assert_eq!(nodes[&m.node], (m.parent, m.key.clone()));
         }
+    }
+    // Postgres agrees: the nodes section, loaded back with COPY FROM and
+    // read with tokio-postgres' binary COPY reader, is the same rows.
+    let pg = arbor_testkit::PgCluster::shared()
+        .connect("postgres")
+        .await
+        .unwrap();
+    pg.batch_execute("CREATE TEMP TABLE snap_nodes (id uuid, parent uuid, key bytea)")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let mut decoder = arbor_shared::snapshot::Decoder::new();
+    decoder.push(&body);
+    let mut in_nodes = false;
+    while let Some(event) = decoder.next_event().unwrap() {
+        match event {
+            Event::SectionStart(tag) => in_nodes = tag == b'N',
+            Event::Data(d) if in_nodes => raw.extend(d),
+            _ => {}
+        }
+    }
+    let sink = pg
+        .copy_in::<_, bytes::Bytes>("COPY snap_nodes FROM STDIN (FORMAT binary)")
+        .await
+        .unwrap();
+    let mut sink = std::pin::pin!(sink);
+    sink.send(bytes::Bytes::from(raw)).await.unwrap();
+    assert_eq!(sink.as_mut().finish().await.unwrap(), 300);
+    let out = pg
+        .copy_out("COPY snap_nodes TO STDOUT (FORMAT binary)")
+        .await
+        .unwrap();
+    let rows: Vec<_> = BinaryCopyOutStream::new(out, &[Type::UUID, Type::UUID, Type::BYTEA])
+        .collect()
+        .await;
+    assert_eq!(rows.len(), 300);
+    for row in rows {
+        let row = row.unwrap();
+        let id = NodeId(row.get::<uuid::Uuid>(0).as_u128());
+        let parent = NodeId(row.get::<uuid::Uuid>(1).as_u128());
+        let key = OrderKey::new(row.get::<&[u8]>(2)).unwrap();
+        assert_eq!(nodes[&id], (parent, key));
     }
     let texts: BTreeMap<NodeId, String> = sections[1]
         .iter()
