@@ -581,9 +581,12 @@ async fn websocket(
             format!("unknown_space: {space}"),
         ));
     }
+    // The transport reads up to twice the protocol limit so a frame just
+    // over it reaches the room, which answers `frame_too_large` and closes
+    // 1009; anything larger fails in the transport (also closed 1009).
     let ws = ws
-        .max_message_size(arbor_shared::protocol::MAX_FRAME_BYTES)
-        .max_frame_size(arbor_shared::protocol::MAX_FRAME_BYTES);
+        .max_message_size(2 * arbor_shared::protocol::MAX_FRAME_BYTES)
+        .max_frame_size(2 * arbor_shared::protocol::MAX_FRAME_BYTES);
     let ws = if via_protocol {
         ws.protocols([WS_PROTOCOL])
     } else {

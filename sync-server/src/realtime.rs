@@ -234,7 +234,21 @@ impl Rooms {
                         if room.send(event).await.is_err() { break; }
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                    Some(Err(e)) => {
+                        // tungstenite's capacity error ("Space limit
+                        // exceeded: Message too long"): the frame was over
+                        // the transport limit. Other errors: the socket is
+                        // broken and the close below goes nowhere.
+                        let text = e.to_string();
+                        let (code, reason) = if text.contains("too long") || text.contains("Space limit") {
+                            (close::TOO_BIG, "frame too large")
+                        } else {
+                            (close::PROTOCOL, "websocket protocol error")
+                        };
+                        let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                        break;
+                    }
+                    Some(Ok(Message::Close(_))) | None => break,
                 },
                 outgoing = out_rx.recv() => match outgoing {
                     Some(Outbound::Text(text)) => {

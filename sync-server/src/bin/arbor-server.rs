@@ -57,6 +57,10 @@ enum Command {
         /// The thoughtspace to create.
         #[arg(long, default_value = "demo")]
         space: String,
+        /// Use this Postgres instead of starting one in --data-dir (the
+        /// token secret still lives in --data-dir).
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
     },
     /// Mint a development token (HS256, secret from ARBOR_JWT_SECRET or
     /// --jwt-secret-file).
@@ -137,7 +141,8 @@ async fn main() -> anyhow::Result<()> {
             listen,
             admin_listen,
             space,
-        } => dev(data_dir, listen, admin_listen, space).await?,
+            database_url,
+        } => dev(data_dir, listen, admin_listen, space, database_url).await?,
         Command::Serve(args) => {
             let (listen, admin_listen) = (args.listen, args.admin_listen);
             let config = args.into_config(env_secret())?;
@@ -209,33 +214,45 @@ async fn dev(
     listen: std::net::SocketAddr,
     admin_listen: std::net::SocketAddr,
     space: String,
+    database_url: Option<String>,
 ) -> anyhow::Result<()> {
     use arbor_testkit::{PgCluster, PgOptions};
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
-    let cluster = PgCluster::open(
-        &data_dir.join("postgres"),
-        PgOptions {
-            throwaway: false,
-            shared_buffers: "128MB",
-        },
-    )
-    .map_err(|e| anyhow::anyhow!("starting the dev Postgres: {e}"))?;
-    let admin_db = cluster
-        .connect("postgres")
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    if admin_db
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = 'arbor'", &[])
-        .await?
-        .is_none()
-    {
-        admin_db.batch_execute("CREATE DATABASE arbor").await?;
-    }
-    drop(admin_db);
+    // An embedded cluster in the data folder, unless DATABASE_URL names one.
+    let (cluster, database, shown) = match database_url {
+        Some(url) => {
+            let database: tokio_postgres::Config = url.parse().context("parsing DATABASE_URL")?;
+            (None, database, String::from("DATABASE_URL"))
+        }
+        None => {
+            let cluster = PgCluster::open(
+                &data_dir.join("postgres"),
+                PgOptions {
+                    throwaway: false,
+                    shared_buffers: "128MB",
+                },
+            )
+            .map_err(|e| anyhow::anyhow!("starting the dev Postgres: {e}"))?;
+            let admin_db = cluster
+                .connect("postgres")
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if admin_db
+                .query_opt("SELECT 1 FROM pg_database WHERE datname = 'arbor'", &[])
+                .await?
+                .is_none()
+            {
+                admin_db.batch_execute("CREATE DATABASE arbor").await?;
+            }
+            drop(admin_db);
+            let database = cluster.config("arbor");
+            let shown = cluster.conn_string("arbor");
+            (Some(cluster), database, shown)
+        }
+    };
     let secret = dev_secret(&data_dir)?;
     let key = Hs256Key::new(secret.as_bytes())?;
-    let database = cluster.config("arbor");
     let db = arbor_sync_server::db::Db::open(database.clone(), 2).await?;
     db.create_space(&space).await?;
     drop(db);
@@ -263,7 +280,7 @@ async fn dev(
     println!("arbor dev server");
     println!("  api:      http://{}", listener.local_addr()?);
     println!("  admin:    http://{}/metrics", admin.local_addr()?);
-    println!("  postgres: {}", cluster.conn_string("arbor"));
+    println!("  postgres: {shown}");
     println!("  space:    {space}");
     println!("  token:    {token}");
     use std::io::Write as _;
@@ -280,7 +297,9 @@ async fn dev(
         socket_queue_frames: 256,
     };
     let served = arbor_sync_server::serve(listener, Some(admin), config, shutdown_signal()).await;
-    cluster.stop();
+    if let Some(cluster) = cluster {
+        cluster.stop();
+    }
     served?;
     Ok(())
 }

@@ -16,7 +16,17 @@ struct Dev {
 }
 
 fn start(dir: &std::path::Path) -> Dev {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_arbor-server"))
+    start_with(dir, None)
+}
+
+/// `arbor-server dev`, with `DATABASE_URL` set to `database_url` if given.
+fn start_with(dir: &std::path::Path, database_url: Option<&str>) -> Dev {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_arbor-server"));
+    match database_url {
+        Some(url) => command.env("DATABASE_URL", url),
+        None => command.env_remove("DATABASE_URL"),
+    };
+    let mut child = command
         .args([
             "--log-format",
             "json",
@@ -112,6 +122,33 @@ async fn dev_mode_serves_with_its_own_postgres_and_keeps_data() {
         .await
         .unwrap();
     assert_eq!(body["head_seq"], 1);
+    stop(dev);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn dev_mode_uses_database_url_when_given() {
+    let dir = std::env::temp_dir().join(format!("arbor-dev-url-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let name = test_db_name().await;
+    let cluster = arbor_testkit::PgCluster::shared();
+    let dev = start_with(&dir, Some(&cluster.conn_string(&name)));
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/spaces/demo/ops", dev.api))
+        .bearer_auth(&dev.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The space lives in the given database; no cluster was started.
+    let sql = cluster.connect(&name).await.unwrap();
+    let spaces: i64 = sql
+        .query_one("SELECT count(*) FROM spaces WHERE name = 'demo'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(spaces, 1);
+    assert!(!dir.join("postgres").exists());
     stop(dev);
     let _ = std::fs::remove_dir_all(&dir);
 }

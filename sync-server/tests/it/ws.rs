@@ -533,3 +533,55 @@ async fn two_server_processes_relay_each_others_commits() {
     one.stop().await;
     two.stop().await;
 }
+
+#[tokio::test]
+async fn oversized_frames_close_1009_and_change_nothing() {
+    let s = Server::start().await;
+    let admin = token("demo", Role::Admin, None, 60);
+    s.create_space("demo", &admin).await;
+    // Just over the protocol limit: the room refuses it with a typed error,
+    // then closes 1009. Far over it: the transport refuses it, also 1009.
+    for (size, typed) in [((1 << 20) + 10, true), (3 << 20, false)] {
+        let mut ws = connect(&s, "demo", &token("demo", Role::Write, Some(1), 60))
+            .await
+            .unwrap();
+        send(
+            &mut ws,
+            ClientMsg::Hello {
+                v: 1,
+                replica: ReplicaId(1),
+                cursor: Some(0),
+            },
+        )
+        .await;
+        assert!(matches!(recv(&mut ws).await, ServerMsg::Welcome { .. }));
+        let ops = serde_json::to_string(&[create(1, 1, 1)]).unwrap();
+        let frame = format!(
+            "{{\"type\":\"push\",\"batch\":1,\"ops\":{ops},\"pad\":\"{}\"}}",
+            "x".repeat(size)
+        );
+        ws.send(Message::Text(frame.into())).await.unwrap();
+        let mut error = None;
+        let code = loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    if let Ok(ServerMsg::Error { code, .. }) = ServerMsg::decode(&t) {
+                        error = Some(code);
+                    }
+                }
+                Some(Ok(Message::Close(f))) => break f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("{e}"),
+                None => break None,
+            }
+        };
+        assert_eq!(code, Some(1009), "frame of {size} bytes");
+        if typed {
+            assert_eq!(error.as_deref(), Some("frame_too_large"));
+        }
+    }
+    let feed: arbor_sync_server::api::OpsBody = s.get_json("/v1/spaces/demo/ops", &admin).await;
+    assert_eq!(feed.head_seq, Some(0));
+    assert!(feed.ops.is_empty());
+    s.stop().await;
+}
