@@ -454,7 +454,10 @@ pub mod copy {
 
         /// Appends section bytes.
         pub fn push(&mut self, bytes: &[u8]) {
-            if self.pos > 64 * 1024 && self.pos * 2 > self.buf.len() {
+            if self.pos > 0 && self.pos == self.buf.len() {
+                self.buf.clear();
+                self.pos = 0;
+            } else if self.pos > 64 * 1024 && self.pos * 2 > self.buf.len() {
                 self.buf.drain(..self.pos);
                 self.pos = 0;
             }
@@ -470,31 +473,47 @@ pub mod copy {
             &self.buf[self.pos..]
         }
 
+        /// Reads the stream header if not done yet; false if more bytes
+        /// are needed.
+        fn read_header(&mut self) -> Result<bool, SnapshotError> {
+            if self.phase != Phase::Header {
+                return Ok(true);
+            }
+            let a = self.avail();
+            if a.len() < 19 {
+                return Ok(false);
+            }
+            if &a[..11] != SIGNATURE {
+                return Err(SnapshotError::BadCopy("bad signature".into()));
+            }
+            let ext = u32::from_be_bytes([a[15], a[16], a[17], a[18]]) as usize;
+            if a.len() < 19 + ext {
+                return Ok(false);
+            }
+            self.pos += 19 + ext;
+            self.phase = Phase::Tuples;
+            Ok(true)
+        }
+
+        fn check_done(&self) -> Result<(), SnapshotError> {
+            if self.avail().is_empty() {
+                Ok(())
+            } else {
+                Err(SnapshotError::BadCopy(
+                    "bytes after the COPY trailer".into(),
+                ))
+            }
+        }
+
         /// The next complete tuple, `Ok(None)` if more bytes are needed or
         /// the trailer was read.
         pub fn next_tuple(&mut self) -> Result<Option<Tuple>, SnapshotError> {
             let bad = |m: &str| SnapshotError::BadCopy(m.to_string());
-            if self.phase == Phase::Header {
-                let a = self.avail();
-                if a.len() < 19 {
-                    return Ok(None);
-                }
-                if &a[..11] != SIGNATURE {
-                    return Err(bad("bad signature"));
-                }
-                let ext = u32::from_be_bytes([a[15], a[16], a[17], a[18]]) as usize;
-                if a.len() < 19 + ext {
-                    return Ok(None);
-                }
-                self.pos += 19 + ext;
-                self.phase = Phase::Tuples;
+            if !self.read_header()? {
+                return Ok(None);
             }
             if self.phase == Phase::Done {
-                return if self.avail().is_empty() {
-                    Ok(None)
-                } else {
-                    Err(bad("bytes after the COPY trailer"))
-                };
+                return self.check_done().map(|()| None);
             }
             let a = self.avail();
             if a.len() < 2 {
@@ -542,6 +561,63 @@ pub mod copy {
             self.pos += at;
             self.rows += 1;
             Ok(Some(tuple))
+        }
+
+        /// Like [`Reader::next_tuple`] without copying: calls `f` with the
+        /// next complete tuple's fields borrowed from the buffer (at most 16
+        /// fields), and returns its result.
+        pub fn next_with<R>(
+            &mut self,
+            f: impl FnOnce(&[Option<&[u8]>]) -> R,
+        ) -> Result<Option<R>, SnapshotError> {
+            const MAX: usize = 16;
+            let bad = |m: &str| SnapshotError::BadCopy(m.to_string());
+            if !self.read_header()? {
+                return Ok(None);
+            }
+            loop {
+                if self.phase == Phase::Done {
+                    return self.check_done().map(|()| None);
+                }
+                let a = &self.buf[self.pos..];
+                if a.len() < 2 {
+                    return Ok(None);
+                }
+                let n = i16::from_be_bytes([a[0], a[1]]);
+                if n == -1 {
+                    self.pos += 2;
+                    self.phase = Phase::Done;
+                    continue;
+                }
+                if n != self.fields || !(0..=MAX as i16).contains(&n) {
+                    return Err(SnapshotError::BadCopy(format!(
+                        "tuple of {n} fields, expected {}",
+                        self.fields
+                    )));
+                }
+                let mut fields: [Option<&[u8]>; MAX] = [None; MAX];
+                let mut at = 2usize;
+                for slot in fields.iter_mut().take(n as usize) {
+                    if a.len() < at + 4 {
+                        return Ok(None);
+                    }
+                    let len = i32::from_be_bytes([a[at], a[at + 1], a[at + 2], a[at + 3]]);
+                    at += 4;
+                    if len == -1 {
+                        continue;
+                    }
+                    let len = usize::try_from(len).map_err(|_| bad("negative field length"))?;
+                    if a.len() < at + len {
+                        return Ok(None);
+                    }
+                    *slot = Some(&a[at..at + len]);
+                    at += len;
+                }
+                let result = f(&fields[..n as usize]);
+                self.pos += at;
+                self.rows += 1;
+                return Ok(Some(result));
+            }
         }
 
         /// The section ended: an error unless the trailer was read.

@@ -1,0 +1,467 @@
+//! `arbor`: the command-line client over `arbor-client` (a replica file,
+//! local edits that work offline, sync with a server).
+//!
+//! ```text
+//! arbor --db a.db init --server http://127.0.0.1:8080 --space demo --token $TOKEN
+//! arbor --db a.db add "first item"
+//! arbor --db a.db sync
+//! arbor --db a.db tree
+//! ```
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context as _, bail};
+use arbor_client::snapshot::write_snapshot;
+use arbor_client::{Position, Replica, SyncConfig, SyncState, SyncStatus};
+use arbor_shared::NodeId;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "arbor",
+    version,
+    about = "Arbor replica: edit offline, sync with a server"
+)]
+struct Cli {
+    /// The replica file.
+    #[arg(long, env = "ARBOR_DB", default_value = "arbor.db", global = true)]
+    db: PathBuf,
+    /// Token (else the one stored by `init`).
+    #[arg(long, env = "ARBOR_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where a node goes among its siblings (default: last).
+#[derive(clap::Args, Clone, Default)]
+struct Pos {
+    /// First among the siblings.
+    #[arg(long, conflicts_with_all = ["before", "after"])]
+    first: bool,
+    /// Right before this sibling.
+    #[arg(long, conflicts_with = "after")]
+    before: Option<String>,
+    /// Right after this sibling.
+    #[arg(long)]
+    after: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Bind the replica to a server and thoughtspace.
+    Init {
+        /// Server base URL.
+        #[arg(long)]
+        server: String,
+        /// Thoughtspace name.
+        #[arg(long)]
+        space: String,
+        /// Replicate only this node's subtree.
+        #[arg(long)]
+        subtree: Option<String>,
+    },
+    /// Add a node with a text (under ROOT, or `--parent`).
+    Add {
+        /// The text.
+        text: String,
+        /// Parent node (id or id prefix; default ROOT).
+        #[arg(long)]
+        parent: Option<String>,
+        #[command(flatten)]
+        pos: Pos,
+    },
+    /// Move a node under a new parent.
+    Mv {
+        /// The node.
+        node: String,
+        /// Its new parent (`root` for ROOT).
+        parent: String,
+        #[command(flatten)]
+        pos: Pos,
+    },
+    /// Delete a node (and its subtree).
+    Rm {
+        /// The node.
+        node: String,
+    },
+    /// Restore a deleted node.
+    Restore {
+        /// The node.
+        node: String,
+    },
+    /// Set a field (no value: clear it).
+    Set {
+        /// The node.
+        node: String,
+        /// Field name.
+        field: String,
+        /// Value.
+        value: Option<String>,
+    },
+    /// List a node's children (default ROOT) with their fields.
+    Ls {
+        /// The node.
+        node: Option<String>,
+        /// Show deleted nodes (TRASH).
+        #[arg(long)]
+        trash: bool,
+    },
+    /// Print a subtree (default ROOT), indented, in order.
+    Tree {
+        /// The node.
+        node: Option<String>,
+    },
+    /// Sync with the server: once (until caught up and pushed), or keep
+    /// syncing with `--watch`.
+    Sync {
+        /// Keep syncing until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Show the replica's sync state.
+    Status,
+    /// Write a copy of the replica file.
+    Export {
+        /// Destination file.
+        file: PathBuf,
+    },
+    /// Create a new thoughtspace on the server from this replica (needs an
+    /// admin token for the new space).
+    Fork {
+        /// The new thoughtspace's name.
+        space: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .init();
+    let cli = Cli::parse();
+    let mut replica =
+        Replica::open(&cli.db).with_context(|| format!("opening {}", cli.db.display()))?;
+    match cli.command {
+        Command::Init {
+            server,
+            space,
+            subtree,
+        } => {
+            replica.bind_space(&space)?;
+            replica.set_setting("server", server.trim_end_matches('/'))?;
+            if let Some(t) = &cli.token {
+                replica.set_setting("token", t)?;
+            }
+            if let Some(s) = subtree {
+                let root: NodeId = s.parse().context("--subtree takes a full node id")?;
+                replica.bind_subtree(root)?;
+            }
+            println!(
+                "replica {} bound to {space} at {server}",
+                replica.replica_id()
+            );
+        }
+        Command::Add { text, parent, pos } => {
+            let parent = match parent {
+                Some(p) => resolve(&replica, &p)?,
+                None => NodeId::ROOT,
+            };
+            let pos = position(&replica, &pos)?;
+            let id = replica.create_with(parent, pos, &[("text", &text)])?;
+            println!("{id}");
+        }
+        Command::Mv { node, parent, pos } => {
+            let node = resolve(&replica, &node)?;
+            let parent = resolve(&replica, &parent)?;
+            let pos = position(&replica, &pos)?;
+            replica.move_node(node, parent, pos)?;
+        }
+        Command::Rm { node } => {
+            let node = resolve(&replica, &node)?;
+            replica.delete(node)?;
+        }
+        Command::Restore { node } => {
+            let node = resolve(&replica, &node)?;
+            replica.restore(node)?;
+        }
+        Command::Set { node, field, value } => {
+            let node = resolve(&replica, &node)?;
+            replica.set(node, &field, value.as_deref())?;
+        }
+        Command::Ls { node, trash } => {
+            let node = match (node, trash) {
+                (_, true) => NodeId::TRASH,
+                (Some(n), false) => resolve(&replica, &n)?,
+                (None, false) => NodeId::ROOT,
+            };
+            let mut after = None;
+            loop {
+                let page = replica.children(node, after, 500)?;
+                for child in &page {
+                    println!("{}  {}", short(child.id), describe(&child.fields));
+                }
+                match page.last() {
+                    Some(last) if page.len() == 500 => after = Some(last.id),
+                    _ => break,
+                }
+            }
+        }
+        Command::Tree { node } => {
+            let root = match node {
+                Some(n) => resolve(&replica, &n)?,
+                None => NodeId::ROOT,
+            };
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut failed = None;
+            replica.walk(root, |id, depth| {
+                use std::io::Write as _;
+                let fields = match replica.fields(id) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        failed = Some(e);
+                        return false;
+                    }
+                };
+                writeln!(
+                    out,
+                    "{}{}  {}",
+                    "  ".repeat(depth - 1),
+                    short(id),
+                    describe(&fields)
+                )
+                .is_ok()
+            })?;
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
+        }
+        Command::Sync { watch } => {
+            let config = sync_config(&replica, cli.token.as_deref())?;
+            run_sync(Arc::new(Mutex::new(replica)), config, watch)?;
+        }
+        Command::Status => {
+            let space = replica.space()?.unwrap_or_else(|| "(not bound)".into());
+            let server = replica
+                .setting("server")?
+                .unwrap_or_else(|| "(none)".into());
+            println!("replica   {}", replica.replica_id());
+            println!("space     {space}");
+            println!("server    {server}");
+            if let Some(root) = replica.subtree_root()? {
+                println!("subtree   {root}");
+            }
+            match replica.cursor()? {
+                Some(c) => println!("cursor    {c}"),
+                None => println!("cursor    (none: the next sync loads a snapshot)"),
+            }
+            println!("nodes     {}", replica.node_count()?);
+            println!("outbox    {} ops not yet committed", replica.outbox_len()?);
+            if let Some(h) = replica.horizon()? {
+                println!("horizon   {h}");
+            }
+        }
+        Command::Export { file } => {
+            replica.export(&file)?;
+            println!("wrote {}", file.display());
+        }
+        Command::Fork { space } => {
+            let config = sync_config(&replica, cli.token.as_deref())?;
+            fork(replica, &config.server, &space, &config.token)?;
+            println!("created thoughtspace {space} from this replica");
+        }
+    }
+    Ok(())
+}
+
+/// The first 8 hex digits of an id (enough to name it in a CLI session).
+fn short(id: NodeId) -> String {
+    id.to_string()[..8].to_string()
+}
+
+fn describe(fields: &std::collections::BTreeMap<String, String>) -> String {
+    let mut parts = Vec::new();
+    if let Some(t) = fields.get("text") {
+        parts.push(t.clone());
+    }
+    for (k, v) in fields.iter().filter(|(k, _)| *k != "text") {
+        parts.push(format!("[{k}={v}]"));
+    }
+    parts.join(" ")
+}
+
+/// A node from a full id, an id prefix, `root` or `trash`.
+fn resolve(replica: &Replica, text: &str) -> anyhow::Result<NodeId> {
+    match text.to_ascii_lowercase().as_str() {
+        "root" => return Ok(NodeId::ROOT),
+        "trash" => return Ok(NodeId::TRASH),
+        _ => {}
+    }
+    if let Ok(id) = text.parse::<NodeId>() {
+        return Ok(id);
+    }
+    let hex: String = text
+        .chars()
+        .filter(|c| *c != '-')
+        .collect::<String>()
+        .to_ascii_uppercase();
+    if hex.is_empty() || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!("{text} is not a node id or id prefix");
+    }
+    let mut stmt = replica
+        .connection()
+        .prepare("SELECT id FROM nodes WHERE hex(id) LIKE ?1 || '%' LIMIT 2")?;
+    let ids: Vec<Vec<u8>> = stmt
+        .query_map([&hex], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    match ids.as_slice() {
+        [one] => {
+            let bytes: [u8; 16] = one
+                .as_slice()
+                .try_into()
+                .context("a stored id is not 16 bytes")?;
+            Ok(NodeId::from_bytes(bytes))
+        }
+        [] => bail!("no node starts with {text}"),
+        _ => bail!("{text} matches several nodes: give more digits"),
+    }
+}
+
+fn position(replica: &Replica, pos: &Pos) -> anyhow::Result<Position> {
+    Ok(match (&pos.before, &pos.after, pos.first) {
+        (Some(b), _, _) => Position::Before(resolve(replica, b)?),
+        (_, Some(a), _) => Position::After(resolve(replica, a)?),
+        (_, _, true) => Position::First,
+        _ => Position::Last,
+    })
+}
+
+fn sync_config(replica: &Replica, token: Option<&str>) -> anyhow::Result<SyncConfig> {
+    let space = replica
+        .space()?
+        .context("the replica is not bound: run `arbor init` first")?;
+    let server = replica
+        .setting("server")?
+        .context("no server: run `arbor init --server ...`")?;
+    let token = match token {
+        Some(t) => t.to_string(),
+        None => replica
+            .setting("token")?
+            .context("no token: pass --token or set ARBOR_TOKEN")?,
+    };
+    Ok(SyncConfig::new(&server, &space, &token))
+}
+
+fn run_sync(
+    replica: arbor_client::SharedReplica,
+    config: SyncConfig,
+    watch: bool,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let (tx, mut rx) = tokio::sync::watch::channel(SyncStatus::default());
+        // Progress bar while a snapshot loads; state changes on stderr.
+        let printer = tokio::spawn(async move {
+            let mut bar: Option<indicatif::ProgressBar> = None;
+            let mut last = None;
+            while rx.changed().await.is_ok() {
+                let status = rx.borrow_and_update().clone();
+                match status.state {
+                    SyncState::ColdStart(p) => {
+                        let b = bar.get_or_insert_with(|| {
+                            let b = indicatif::ProgressBar::new(p.total_rows.max(1));
+                            b.set_style(
+                                indicatif::ProgressStyle::with_template(
+                                    "loading snapshot {bar:40} {pos}/{len} rows, {msg}",
+                                )
+                                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                            );
+                            b
+                        });
+                        b.set_length(p.total_rows.max(1));
+                        b.set_position(p.rows);
+                        b.set_message(format!("{:.1} MB", p.bytes as f64 / 1e6));
+                    }
+                    ref s => {
+                        if let Some(b) = bar.take() {
+                            b.finish();
+                        }
+                        let line = format!("{s:?}");
+                        if last.as_ref() != Some(&line) {
+                            eprintln!(
+                                "sync: {line} (cursor {:?}, outbox {})",
+                                status.cursor, status.outbox
+                            );
+                            last = Some(line);
+                        }
+                    }
+                }
+            }
+        });
+        let result = if watch {
+            arbor_client::sync_forever(replica, config, tx, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+            .map(|()| None)
+        } else {
+            arbor_client::sync_once(replica, config, tx, 5)
+                .await
+                .map(Some)
+        };
+        let _ = printer.await;
+        match result {
+            Ok(Some(report)) => {
+                println!(
+                    "synced: {} ops applied, {} local ops committed, {} snapshot loads",
+                    report.applied, report.pushed, report.cold_starts
+                );
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(anyhow::Error::new(e)),
+        }
+    })
+}
+
+fn fork(replica: Replica, server: &str, space: &str, token: &str) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        // The replica is encoded on a thread while the upload streams it
+        // (bounded channel: memory stays flat whatever the replica's size).
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(16);
+        let name = space.to_string();
+        let writer = std::thread::spawn(move || {
+            write_snapshot(&replica, &name, |chunk| {
+                tx.blocking_send(Ok(chunk))
+                    .map_err(|_| std::io::Error::other("upload ended"))
+            })
+        });
+        let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let response = reqwest::Client::new()
+            .post(format!("{server}/v1/spaces/{space}/import"))
+            .bearer_auth(token)
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await;
+        let written = writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the encoder thread panicked"))?;
+        let response = response?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!(
+                "the server refused the fork: {status} {}",
+                response.text().await?
+            );
+        }
+        written?;
+        Ok(())
+    })
+}

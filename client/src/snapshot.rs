@@ -1,0 +1,398 @@
+//! Snapshot files into and out of the replica: [`load_snapshot`] (cold
+//! start: decoded as it streams, bulk-inserted in one transaction with the
+//! children index built after, unacknowledged local ops rebased on top) and
+//! [`write_snapshot`] (the replica encoded for `POST .../import`, the fork).
+
+use arbor_shared::snapshot::copy::{Reader, Writer};
+use arbor_shared::snapshot::field::replica_to_stored;
+use arbor_shared::snapshot::{Decoder, Encoder, Event, SnapshotHeader};
+use arbor_shared::{Hlc, Op, Stamp, Tree};
+use rusqlite::{TransactionBehavior, params};
+
+use crate::replica::{Replica, ReplicaError, key, meta_delete, meta_set};
+use crate::store::{Changes, SqliteStore, hlc_to_sql};
+
+/// Cold-start progress.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes of the snapshot consumed.
+    pub bytes: u64,
+    /// Rows loaded (nodes, registers and log).
+    pub rows: u64,
+    /// Rows the header announces.
+    pub total_rows: u64,
+}
+
+/// What a cold start loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    /// The snapshot's header.
+    pub header: SnapshotHeader,
+    /// Local ops re-stamped because they were at or below the horizon.
+    pub restamped: u64,
+    /// Local ops found committed in the snapshot (dropped from the outbox).
+    pub committed: u64,
+    /// Local ops still in the outbox, re-applied on top.
+    pub pending: u64,
+}
+
+fn bad(m: impl std::fmt::Display) -> ReplicaError {
+    ReplicaError::Snapshot(m.to_string())
+}
+
+fn blob<'a>(f: Option<&'a [u8]>, what: &str) -> Result<&'a [u8], ReplicaError> {
+    f.ok_or_else(|| bad(format!("NULL {what}")))
+}
+
+fn int8(f: Option<&[u8]>) -> Result<i64, ReplicaError> {
+    let b: [u8; 8] = f
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| bad("bad int8"))?;
+    Ok(i64::from_be_bytes(b))
+}
+
+fn text(f: Option<&[u8]>) -> Result<Option<&str>, ReplicaError> {
+    f.map(|b| std::str::from_utf8(b).map_err(|_| bad("text is not UTF-8")))
+        .transpose()
+}
+
+const SECTION_FIELDS: [i16; 3] = [3, 5, 13];
+
+/// Replaces the replica's tree, registers and log with the snapshot read
+/// from `chunks`, in one transaction: a cut or corrupted stream (or any
+/// error from `chunks`) rolls everything back. Then the outbox is rebased:
+/// own ops the snapshot already holds leave it, the rest are re-applied on
+/// top (re-stamped if at or below the snapshot's horizon). `progress` is
+/// called after every chunk.
+pub fn load_snapshot<E: std::fmt::Display>(
+    replica: &mut Replica,
+    chunks: impl IntoIterator<Item = Result<bytes::Bytes, E>>,
+    mut progress: impl FnMut(Progress),
+) -> Result<Loaded, ReplicaError> {
+    let me = replica_to_stored(replica.replica.0);
+    let space = replica.space()?;
+    let tx = replica
+        .conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(
+        "DROP INDEX IF EXISTS nodes_children;
+         DELETE FROM nodes; DELETE FROM payloads; DELETE FROM ops;",
+    )?;
+    let mut decoder = Decoder::new();
+    let mut header: Option<SnapshotHeader> = None;
+    let mut reader: Option<(usize, Reader)> = None;
+    let mut section = 0usize;
+    let mut prog = Progress::default();
+    let mut max_hlc = 0i64;
+    let mut mine_committed: Vec<(i64, i64)> = Vec::new();
+    let mut done = false;
+    {
+        let mut ins_node =
+            tx.prepare_cached("INSERT INTO nodes (id, parent, key) VALUES (?1, ?2, ?3)")?;
+        let mut ins_payload = tx.prepare_cached(
+            "INSERT INTO payloads (node, field, value, hlc, replica) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        let mut ins_op = tx.prepare_cached(
+            "INSERT INTO ops (hlc, replica, node, parent, key, applied, prev_parent, prev_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for chunk in chunks {
+            let chunk = chunk.map_err(|e| bad(format!("stream failed: {e}")))?;
+            decoder.push(&chunk);
+            while let Some(event) = decoder.next_event().map_err(bad)? {
+                match event {
+                    Event::Header(h) => {
+                        if let Some(s) = &space {
+                            if *s != h.space {
+                                return Err(ReplicaError::WrongSpace {
+                                    have: s.clone(),
+                                    want: h.space,
+                                });
+                            }
+                        }
+                        prog.total_rows = h.nodes + h.payloads + h.log;
+                        header = Some(h);
+                    }
+                    Event::SectionStart(_) => {
+                        reader = Some((section, Reader::new(SECTION_FIELDS[section])));
+                    }
+                    Event::Data(data) => {
+                        let Some((i, r)) = reader.as_mut() else {
+                            return Err(bad("data outside a section"));
+                        };
+                        r.push(&data);
+                        loop {
+                            let row = r.next_with(|f| -> Result<(), ReplicaError> {
+                                match *i {
+                                    0 => {
+                                        ins_node.execute(params![
+                                            blob(f[0], "id")?,
+                                            blob(f[1], "parent")?,
+                                            blob(f[2], "key")?
+                                        ])?;
+                                    }
+                                    1 => {
+                                        let hlc = int8(f[3])?;
+                                        max_hlc = max_hlc.max(hlc);
+                                        ins_payload.execute(params![
+                                            blob(f[0], "node")?,
+                                            text(f[1])?.ok_or_else(|| bad("NULL field"))?,
+                                            text(f[2])?,
+                                            hlc,
+                                            int8(f[4])?
+                                        ])?;
+                                    }
+                                    _ => {
+                                        let (hlc, rep) = (int8(f[1])?, int8(f[2])?);
+                                        max_hlc = max_hlc.max(hlc);
+                                        if rep == me {
+                                            mine_committed.push((hlc, rep));
+                                        }
+                                        if f[3] == Some(b"m") {
+                                            let applied = f[10] == Some(&[1u8][..]);
+                                            ins_op.execute(params![
+                                                hlc,
+                                                rep,
+                                                blob(f[4], "node")?,
+                                                blob(f[5], "parent")?,
+                                                blob(f[6], "key")?,
+                                                applied,
+                                                f[11],
+                                                f[12]
+                                            ])?;
+                                        }
+                                    }
+                                }
+                                Ok(())
+                            });
+                            match row.map_err(bad)? {
+                                Some(result) => {
+                                    result?;
+                                    prog.rows += 1;
+                                }
+                                None => break,
+                            }
+                        }
+                    }
+                    Event::SectionEnd(_) => {
+                        let Some((i, r)) = reader.take() else {
+                            return Err(bad("section end outside a section"));
+                        };
+                        let rows = r.finish().map_err(bad)?;
+                        let want = header
+                            .as_ref()
+                            .map_or(0, |h| [h.nodes, h.payloads, h.log][i]);
+                        if rows != want {
+                            return Err(bad(format!(
+                                "section {i}: {rows} rows, the header says {want}"
+                            )));
+                        }
+                        section += 1;
+                    }
+                    Event::End(_) => done = true,
+                }
+            }
+            prog.bytes = decoder.consumed();
+            progress(prog);
+        }
+    }
+    decoder.finish().map_err(bad)?;
+    let header = header.ok_or_else(|| bad("no header"))?;
+    if !done {
+        return Err(bad("no trailer"));
+    }
+    tx.execute_batch("CREATE INDEX nodes_children ON nodes (parent, key, id);")?;
+    meta_set(
+        &tx,
+        key::CURSOR,
+        i64::try_from(header.head_seq).unwrap_or(i64::MAX),
+    )?;
+    meta_set(&tx, key::SPACE, header.space.as_str())?;
+    match header.horizon {
+        Some(h) => {
+            meta_set(&tx, key::HORIZON_HLC, hlc_to_sql(h.hlc.0)?)?;
+            meta_set(&tx, key::HORIZON_REPLICA, replica_to_stored(h.replica.0))?;
+            max_hlc = max_hlc.max(hlc_to_sql(h.hlc.0)?);
+        }
+        None => {
+            meta_delete(&tx, key::HORIZON_HLC)?;
+            meta_delete(&tx, key::HORIZON_REPLICA)?;
+        }
+    }
+    if let Some(root) = header.root {
+        meta_set(&tx, key::ROOT, root.to_bytes().to_vec())?;
+    }
+    // Rebase the outbox.
+    let committed = {
+        let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE hlc = ?1 AND replica = ?2")?;
+        let mut n = 0u64;
+        for (h, r) in &mine_committed {
+            n += delete.execute(params![h, r])? as u64;
+        }
+        n
+    };
+    replica.clock.observe(Hlc(max_hlc.max(0) as u64));
+    let pending: Vec<(i64, String)> = {
+        let mut stmt = tx.prepare_cached("SELECT ord, op FROM outbox ORDER BY ord")?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?
+    };
+    let mut ops = Vec::with_capacity(pending.len());
+    let mut restamped = 0u64;
+    for (ord, json) in &pending {
+        let mut op: Op = serde_json::from_str(json).map_err(|e| bad(format!("outbox: {e}")))?;
+        if header.horizon.is_some_and(|h| op.stamp() <= h) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let stamp = replica.clock.tick(now)?;
+            set_stamp(&mut op, stamp, header.head_seq);
+            tx.prepare_cached("UPDATE outbox SET hlc = ?1, replica = ?2, op = ?3 WHERE ord = ?4")?
+                .execute(params![
+                    hlc_to_sql(stamp.hlc.0)?,
+                    replica_to_stored(stamp.replica.0),
+                    serde_json::to_string(&op).map_err(bad)?,
+                    ord
+                ])?;
+            restamped += 1;
+        }
+        ops.push(op);
+    }
+    if !ops.is_empty() {
+        let mut tree = Tree::new(SqliteStore::new(&tx));
+        tree.apply(&ops)?;
+    }
+    meta_set(&tx, key::CLOCK, hlc_to_sql(replica.clock.last().0)?)?;
+    tx.commit()?;
+    replica.notify_changes(Changes {
+        reset: true,
+        ..Changes::default()
+    });
+    if restamped > 0 {
+        replica.wake_outbox();
+    }
+    Ok(Loaded {
+        header,
+        restamped,
+        committed,
+        pending: ops.len() as u64,
+    })
+}
+
+fn set_stamp(op: &mut Op, stamp: Stamp, known_seq: u64) {
+    match op {
+        Op::Move(m) => {
+            m.stamp = stamp;
+            m.known_seq = known_seq;
+        }
+        Op::Set(s) => {
+            s.stamp = stamp;
+            s.known_seq = known_seq;
+        }
+    }
+}
+
+/// Encodes the replica's state as a snapshot file for `space` (the body of
+/// `POST /v1/spaces/{space}/import`): its tree, registers and move log,
+/// unacknowledged local ops included. `out` receives the bytes in chunks
+/// of about 64 KiB.
+pub fn write_snapshot(
+    replica: &Replica,
+    space: &str,
+    mut out: impl FnMut(Vec<u8>) -> std::io::Result<()>,
+) -> Result<(), ReplicaError> {
+    // One read transaction: the counts and the rows are one state.
+    let tx = replica.conn.unchecked_transaction()?;
+    let count = |sql: &str| -> Result<u64, ReplicaError> {
+        let n: i64 = tx.query_row(sql, [], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    };
+    let header = SnapshotHeader {
+        space: space.to_string(),
+        head_seq: 0,
+        horizon: replica.horizon()?,
+        nodes: count("SELECT count(*) FROM nodes")?,
+        payloads: count("SELECT count(*) FROM payloads")?,
+        log: count("SELECT count(*) FROM ops")?,
+        root: None,
+    };
+    let io = |e: std::io::Error| bad(format!("writing: {e}"));
+    let mut enc = Encoder::new();
+    out(enc.header(&header)).map_err(io)?;
+    const FLUSH: usize = 64 * 1024;
+    let sections: [(u8, &str); 3] = [
+        (b'N', "SELECT id, parent, key FROM nodes"),
+        (
+            b'P',
+            "SELECT node, field, value, hlc, replica FROM payloads",
+        ),
+        (
+            b'L',
+            "SELECT hlc, replica, node, parent, key, applied, prev_parent, prev_key FROM ops
+             ORDER BY hlc, replica",
+        ),
+    ];
+    for (tag, sql) in sections {
+        out(enc.section(tag)).map_err(io)?;
+        let mut w = Writer::new();
+        let mut stmt = tx.prepare(sql)?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            match tag {
+                b'N' => {
+                    let (id, parent, key): (Vec<u8>, Vec<u8>, Vec<u8>) =
+                        (r.get(0)?, r.get(1)?, r.get(2)?);
+                    w.tuple(&[Some(&id), Some(&parent), Some(&key)]);
+                }
+                b'P' => {
+                    let node: Vec<u8> = r.get(0)?;
+                    let field: String = r.get(1)?;
+                    let value: Option<String> = r.get(2)?;
+                    let (hlc, rep): (i64, i64) = (r.get(3)?, r.get(4)?);
+                    w.tuple(&[
+                        Some(&node),
+                        Some(field.as_bytes()),
+                        value.as_deref().map(str::as_bytes),
+                        Some(&hlc.to_be_bytes()),
+                        Some(&rep.to_be_bytes()),
+                    ]);
+                }
+                _ => {
+                    let (hlc, rep): (i64, i64) = (r.get(0)?, r.get(1)?);
+                    let (node, parent, key): (Vec<u8>, Vec<u8>, Vec<u8>) =
+                        (r.get(2)?, r.get(3)?, r.get(4)?);
+                    let applied: bool = r.get(5)?;
+                    let (prev_parent, prev_key): (Option<Vec<u8>>, Option<Vec<u8>>) =
+                        (r.get(6)?, r.get(7)?);
+                    // Log rows carry no seq here: the import uses their
+                    // stamps only (to place the new space's horizon).
+                    w.tuple(&[
+                        Some(&0i64.to_be_bytes()),
+                        Some(&hlc.to_be_bytes()),
+                        Some(&rep.to_be_bytes()),
+                        Some(b"m"),
+                        Some(&node),
+                        Some(&parent),
+                        Some(&key),
+                        None,
+                        None,
+                        Some(&0i64.to_be_bytes()),
+                        Some(&[u8::from(applied)]),
+                        prev_parent.as_deref(),
+                        prev_key.as_deref(),
+                    ]);
+                }
+            }
+            if w.buffered() >= FLUSH {
+                let data = w.take();
+                out(enc.chunk(&data)).map_err(io)?;
+            }
+        }
+        let data = w.finish();
+        out(enc.chunk(&data)).map_err(io)?;
+        out(enc.end_section()).map_err(io)?;
+    }
+    out(enc.trailer()).map_err(io)?;
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! Integration tests of the client: the replica on real SQLite files, and
+//! sync against a real server on a real socket over real Postgres. Linked
+//! into one binary.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    unreachable_pub
+)]
+
+mod harness;
+mod local;
+mod sync;

@@ -1,0 +1,245 @@
+//! Sync against a real server on a real socket over real Postgres:
+//! replicas editing offline converge with each other and with Postgres;
+//! killing the server mid-push or mid-snapshot loses nothing; a replica
+//! offline past the horizon re-stamps and converges.
+
+use std::time::Duration;
+
+use arbor_client::{Position, SharedReplica, SyncStatus, sync_forever, sync_once};
+use arbor_shared::{NodeId, Stamp};
+use tokio::sync::watch;
+
+use crate::harness::*;
+
+async fn sync(server: &TestServer, r: &SharedReplica, space: &str) {
+    let (tx, _rx) = watch::channel(SyncStatus::default());
+    sync_once(r.clone(), server.sync_config(space), tx, 3)
+        .await
+        .unwrap();
+}
+
+/// The replica's tree equals Postgres' `nodes` and `payloads` rows.
+async fn assert_matches_server(server: &TestServer, r: &SharedReplica, space: &str) {
+    let pg = server.db.state(space).await.unwrap();
+    let local = r.lock().unwrap().state().unwrap();
+    assert_eq!(local, pg, "replica differs from Postgres");
+    r.lock().unwrap().check_invariants().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_offline_replicas_converge_with_postgres() {
+    let seed = seed("three_offline_replicas_converge_with_postgres");
+    let server = TestServer::start("s").await;
+    let dir = TempDir::new("three");
+    let (a, b, c) = (dir.replica("a"), dir.replica("b"), dir.replica("c"));
+    // A builds the shared starting tree: x, y, z under ROOT.
+    let (x, y, z) = {
+        let mut r = a.lock().unwrap();
+        let x = r
+            .create_with(NodeId::ROOT, Position::Last, &[("text", "x")])
+            .unwrap();
+        let y = r
+            .create_with(NodeId::ROOT, Position::Last, &[("text", "y")])
+            .unwrap();
+        let z = r
+            .create_with(NodeId::ROOT, Position::Last, &[("text", "z")])
+            .unwrap();
+        (x, y, z)
+    };
+    for r in [&a, &b, &c] {
+        sync(&server, r, "s").await;
+    }
+    assert_eq!(
+        b.lock().unwrap().state().unwrap(),
+        a.lock().unwrap().state().unwrap()
+    );
+
+    // Offline, concurrently: A moves x under y, B moves y under x (together
+    // a cycle); C deletes z while A adds a child to z; all three set the
+    // same field of x.
+    a.lock().unwrap().move_node(x, y, Position::Last).unwrap();
+    b.lock().unwrap().move_node(y, x, Position::Last).unwrap();
+    c.lock().unwrap().delete(z).unwrap();
+    let child = a
+        .lock()
+        .unwrap()
+        .create_with(z, Position::Last, &[("text", "child of z")])
+        .unwrap();
+    for (r, v) in [(&a, "from a"), (&b, "from b"), (&c, "from c")] {
+        r.lock().unwrap().set(x, "text", Some(v)).unwrap();
+    }
+
+    // Reconnect in a seeded random order, twice round.
+    let mut order = [0usize, 1, 2];
+    let mut s = seed;
+    for i in (1..3).rev() {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        order.swap(i, (s >> 33) as usize % (i + 1));
+    }
+    let replicas = [&a, &b, &c];
+    for _ in 0..2 {
+        for &i in &order {
+            sync(&server, replicas[i], "s").await;
+        }
+    }
+    for r in replicas {
+        assert_matches_server(&server, r, "s").await;
+    }
+    let r = a.lock().unwrap();
+    // No cycle (checked), one of the two moves won; z came back from the
+    // trash (the restore rule) with its new child.
+    assert!(!r.is_deleted(z).unwrap(), "z should be restored");
+    assert_eq!(r.parent(child).unwrap(), Some(z));
+    let x_parent = r.parent(x).unwrap();
+    let y_parent = r.parent(y).unwrap();
+    assert!(
+        (x_parent == Some(y)) != (y_parent == Some(x)),
+        "exactly one of the cycle's moves applies"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_server_mid_push_loses_nothing_acknowledged() {
+    let mut server = TestServer::start("s").await;
+    let dir = TempDir::new("killpush");
+    let r = dir.replica("r");
+    {
+        let mut g = r.lock().unwrap();
+        let mut parent = NodeId::ROOT;
+        for i in 0..3_000 {
+            let n = g
+                .create_with(parent, Position::Last, &[("text", &format!("{i}"))])
+                .unwrap();
+            if i % 100 == 0 {
+                parent = n;
+            }
+        }
+    }
+    let mut config = server.sync_config("s");
+    config.batch_ops = 50;
+    config.max_inflight = 2;
+    let (tx, mut rx) = watch::channel(SyncStatus::default());
+    let task = tokio::spawn(sync_forever(r.clone(), config, tx, std::future::pending()));
+    // Some pushes committed, more to go: kill.
+    wait_for(&mut rx, "first acks", |s| s.outbox > 0 && s.outbox < 5_500).await;
+    server.kill().await;
+    let left = r.lock().unwrap().outbox_len().unwrap();
+    assert!(left > 0, "the push finished before the kill");
+    wait_for(&mut rx, "offline", |s| {
+        matches!(s.state, arbor_client::SyncState::Offline { .. })
+    })
+    .await;
+    server.restart().await;
+    wait_for(&mut rx, "live again", is_live).await;
+    task.abort();
+    assert_eq!(r.lock().unwrap().outbox_len().unwrap(), 0);
+    assert_eq!(server.db.state("s").await.unwrap().nodes.len(), 3_000);
+    assert_matches_server(&server, &r, "s").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_server_mid_snapshot_rolls_back_then_resumes() {
+    let mut server = TestServer::start("s").await;
+    let dir = TempDir::new("killsnap");
+    // 300,000 nodes written straight into the tables: far more than the
+    // socket buffers hold, so the kill lands mid-stream.
+    let sql = arbor_testkit::PgCluster::shared()
+        .connect(&server.db_name)
+        .await
+        .unwrap();
+    sql.batch_execute(
+        "INSERT INTO nodes (space, id, parent, key)
+           SELECT s.id, md5(i::text)::uuid, '00000000-0000-0000-0000-000000000000',
+                  '\\x80'::bytea || int4send(i) || '\\x01'::bytea
+           FROM spaces s, generate_series(1, 300000) i WHERE s.name = 's';
+         INSERT INTO payloads (space, node, field, value, hlc, replica)
+           SELECT s.id, md5(i::text)::uuid, 'text', 'node ' || i, i, 1
+           FROM spaces s, generate_series(1, 300000) i WHERE s.name = 's';",
+    )
+    .await
+    .unwrap();
+    let fresh = dir.replica("fresh");
+    let (tx, mut rx) = watch::channel(SyncStatus::default());
+    let task = tokio::spawn(sync_forever(
+        fresh.clone(),
+        server.sync_config("s"),
+        tx,
+        std::future::pending(),
+    ));
+    wait_for(
+        &mut rx,
+        "cold start under way",
+        |s| matches!(s.state, arbor_client::SyncState::ColdStart(p) if p.rows > 1_000),
+    )
+    .await;
+    server.kill().await;
+    wait_for(&mut rx, "offline", |s| {
+        matches!(s.state, arbor_client::SyncState::Offline { .. })
+    })
+    .await;
+    {
+        // Rolled back: nothing of the half-loaded snapshot is visible.
+        let g = fresh.lock().unwrap();
+        assert_eq!(g.node_count().unwrap(), 0);
+        assert_eq!(g.cursor().unwrap(), None);
+    }
+    server.restart().await;
+    wait_for(&mut rx, "live after the resumed cold start", is_live).await;
+    task.abort();
+    assert_matches_server(&server, &fresh, "s").await;
+    assert_eq!(fresh.lock().unwrap().node_count().unwrap(), 300_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_offline_past_the_horizon_restamps_and_converges() {
+    let server = TestServer::start("s").await;
+    let dir = TempDir::new("horizon");
+    let (a, b) = (dir.replica("a"), dir.replica("b"));
+    let x = a
+        .lock()
+        .unwrap()
+        .create_with(NodeId::ROOT, Position::Last, &[("text", "x")])
+        .unwrap();
+    sync(&server, &a, "s").await;
+    sync(&server, &b, "s").await;
+    // A edits offline; meanwhile B keeps writing and the server's horizon
+    // passes A's ops.
+    let offline = {
+        let mut g = a.lock().unwrap();
+        g.set(x, "text", Some("edited offline")).unwrap();
+        g.create_with(x, Position::Last, &[("text", "made offline")])
+            .unwrap()
+    };
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    b.lock()
+        .unwrap()
+        .create_with(NodeId::ROOT, Position::Last, &[("text", "from b")])
+        .unwrap();
+    sync(&server, &b, "s").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    server
+        .db
+        .raise_horizon("s", Stamp::new(now << 16, u64::MAX))
+        .await
+        .unwrap();
+    let (tx, _rx) = watch::channel(SyncStatus::default());
+    let report = sync_once(a.clone(), server.sync_config("s"), tx, 3)
+        .await
+        .unwrap();
+    assert!(report.cold_starts >= 1, "{report:?}");
+    sync(&server, &b, "s").await;
+    for r in [&a, &b] {
+        assert_matches_server(&server, r, "s").await;
+    }
+    let g = b.lock().unwrap();
+    assert_eq!(
+        g.field(x, "text").unwrap().as_deref(),
+        Some("edited offline")
+    );
+    assert_eq!(g.parent(offline).unwrap(), Some(x));
+}
