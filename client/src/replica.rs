@@ -421,16 +421,47 @@ impl Replica {
             }
             None => None,
         };
-        let kids = tree.children(parent, cursor.as_ref(), limit)?;
-        kids.into_iter()
-            .map(|c| {
-                Ok(NodeView {
-                    fields: self.fields(c.id)?,
-                    id: c.id,
-                    key: c.key,
-                })
-            })
-            .collect()
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // One query for the page and its fields (not one per child).
+        let (after_key, after_id) = match &cursor {
+            Some(c) => (c.key.as_bytes().to_vec(), id_blob(c.id).to_vec()),
+            None => (Vec::new(), Vec::new()),
+        };
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT n.id, n.key, p.field, p.value
+             FROM (SELECT id, key FROM nodes
+                   WHERE parent = ?1 AND (?2 = 0 OR (key, id) > (?3, ?4))
+                   ORDER BY key, id LIMIT ?5) n
+             LEFT JOIN payloads p ON p.node = n.id
+             ORDER BY n.key, n.id, p.field",
+        )?;
+        let mut rows = stmt.query(params![
+            id_blob(parent),
+            i64::from(cursor.is_some()),
+            after_key,
+            after_id,
+            limit
+        ])?;
+        let mut out: Vec<NodeView> = Vec::new();
+        while let Some(r) = rows.next()? {
+            let id = id_from_blob(&r.get::<_, Vec<u8>>(0)?)?;
+            if out.last().is_none_or(|v| v.id != id) {
+                out.push(NodeView {
+                    id,
+                    key: key_from_blob(&r.get::<_, Vec<u8>>(1)?)?,
+                    fields: BTreeMap::new(),
+                });
+            }
+            if let (Some(field), Some(value)) = (
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ) {
+                if let Some(v) = out.last_mut() {
+                    v.fields.insert(field, value);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Calls `f(node, depth)` for `root`'s subtree in pre-order (root
