@@ -9,6 +9,7 @@
     unreachable_pub
 )]
 
+mod cli;
 mod harness;
 mod local;
 mod sync;

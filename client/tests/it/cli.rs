@@ -1,0 +1,83 @@
+//! The `arbor` CLI as a real process: two replicas edit offline and
+//! converge, the README's walkthrough.
+
+use std::path::Path;
+use std::process::Command;
+
+use arbor_shared::auth::Role;
+
+use crate::harness::*;
+
+fn arbor(db: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_arbor"))
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .env_remove("ARBOR_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "arbor {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_cli_replicas_edit_offline_and_converge() {
+    let server = TestServer::start("demo").await;
+    let dir = TempDir::new("cli");
+    let (a, b) = (dir.0.join("a.db"), dir.0.join("b.db"));
+    let url = server.url();
+    let tok = token("demo", Role::Write);
+    let a2 = a.clone();
+    let b2 = b.clone();
+    // The CLI blocks: run it off the async workers.
+    let out = tokio::task::spawn_blocking(move || {
+        let (a, b) = (a2, b2);
+        for db in [&a, &b] {
+            arbor(
+                db,
+                &["init", "--server", &url, "--space", "demo", "--token", &tok],
+            );
+        }
+        let groceries = arbor(&a, &["add", "groceries"]).trim().to_string();
+        arbor(&a, &["add", "--parent", &groceries, "milk"]);
+        arbor(&a, &["sync"]);
+        arbor(&b, &["sync"]);
+        // Offline: both edit.
+        arbor(&a, &["add", "--parent", &groceries, "bread"]);
+        let todo = arbor(&b, &["add", "--first", "todo"]).trim().to_string();
+        arbor(&b, &["set", &groceries[..8], "color", "green"]);
+        arbor(&b, &["mv", &groceries[..8], &todo[..8]]);
+        let status = arbor(&b, &["status"]);
+        assert!(status.contains("outbox    4 ops"), "{status}");
+        // Back online, in any order.
+        arbor(&a, &["sync"]);
+        arbor(&b, &["sync"]);
+        arbor(&a, &["sync"]);
+        let (ta, tb) = (arbor(&a, &["tree"]), arbor(&b, &["tree"]));
+        let ls = arbor(&a, &["ls", &todo[..8]]);
+        let export = a.with_extension("copy.db");
+        arbor(&a, &["export", export.to_str().unwrap()]);
+        let exported = arbor(&export, &["tree"]);
+        (ta, tb, ls, exported)
+    })
+    .await
+    .unwrap();
+    let (ta, tb, ls, exported) = out;
+    assert_eq!(ta, tb);
+    assert_eq!(ta, exported);
+    for text in ["todo", "groceries", "milk", "bread"] {
+        assert!(ta.contains(text), "{text} missing from\n{ta}");
+    }
+    // groceries sits under todo, with both items and its color.
+    assert!(ls.contains("groceries [color=green]"), "{ls}");
+    let lines: Vec<&str> = ta.lines().collect();
+    assert!(lines[0].ends_with("todo"), "{ta}");
+    assert!(lines[1].starts_with("  ") && lines[1].contains("groceries"));
+    assert!(lines[2].starts_with("    ") && lines[3].starts_with("    "));
+    let pg = server.db.state("demo").await.unwrap();
+    assert_eq!(pg.nodes.len(), 4);
+}
