@@ -28,5 +28,5 @@ pub mod sync;
 pub use replica::{NodeView, OpenOptions, Position, Replica, ReplicaError};
 pub use store::Changes;
 pub use sync::{
-    SharedReplica, SyncConfig, SyncError, SyncState, SyncStatus, sync_forever, sync_once,
+    SharedReplica, SyncConfig, SyncError, SyncState, SyncStatus, fork, sync_forever, sync_once,
 };

@@ -545,3 +545,47 @@ async fn next_msg(ws: &mut Ws) -> Result<ServerMsg, SyncError> {
         }
     }
 }
+
+/// Creates the thoughtspace `new_space` on the server from the replica's
+/// state (`POST /v1/spaces/{new_space}/import`, an admin token for the new
+/// name). The replica is encoded on a blocking thread while the upload
+/// streams it through a bounded channel, so memory stays flat.
+pub async fn fork(
+    replica: SharedReplica,
+    server: &str,
+    new_space: &str,
+    token: &str,
+) -> Result<(), SyncError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(16);
+    let name = new_space.to_string();
+    let writer = tokio::task::spawn_blocking(move || {
+        let r = lock(&replica);
+        crate::snapshot::write_snapshot(&r, &name, |chunk| {
+            tx.blocking_send(Ok(chunk))
+                .map_err(|_| std::io::Error::other("the upload ended"))
+        })
+    });
+    let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/spaces/{new_space}/import",
+            server.trim_end_matches('/')
+        ))
+        .bearer_auth(token)
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await;
+    let written = writer.await.map_err(transient)?;
+    let response = response.map_err(transient)?;
+    let status = response.status();
+    if !status.is_success() {
+        let text = response.text().await.unwrap_or_default();
+        return Err(if status.is_client_error() {
+            SyncError::Refused(format!("fork: {status} {text}"))
+        } else {
+            transient(format!("fork: {status} {text}"))
+        });
+    }
+    written?;
+    Ok(())
+}

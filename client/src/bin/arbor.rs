@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, bail};
-use arbor_client::snapshot::write_snapshot;
 use arbor_client::{Position, Replica, SyncConfig, SyncState, SyncStatus};
 use arbor_shared::NodeId;
 use clap::{Parser, Subcommand};
@@ -429,39 +428,15 @@ fn run_sync(
 }
 
 fn fork(replica: Replica, server: &str, space: &str, token: &str) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(async {
-        // The replica is encoded on a thread while the upload streams it
-        // (bounded channel: memory stays flat whatever the replica's size).
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(16);
-        let name = space.to_string();
-        let writer = std::thread::spawn(move || {
-            write_snapshot(&replica, &name, |chunk| {
-                tx.blocking_send(Ok(chunk))
-                    .map_err(|_| std::io::Error::other("upload ended"))
-            })
-        });
-        let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
-        let response = reqwest::Client::new()
-            .post(format!("{server}/v1/spaces/{space}/import"))
-            .bearer_auth(token)
-            .body(reqwest::Body::wrap_stream(body))
-            .send()
-            .await;
-        let written = writer
-            .join()
-            .map_err(|_| anyhow::anyhow!("the encoder thread panicked"))?;
-        let response = response?;
-        let status = response.status();
-        if !status.is_success() {
-            bail!(
-                "the server refused the fork: {status} {}",
-                response.text().await?
-            );
-        }
-        written?;
-        Ok(())
-    })
+    runtime.block_on(arbor_client::fork(
+        Arc::new(Mutex::new(replica)),
+        server,
+        space,
+        token,
+    ))?;
+    Ok(())
 }

@@ -243,3 +243,83 @@ async fn a_replica_offline_past_the_horizon_restamps_and_converges() {
     );
     assert_eq!(g.parent(offline).unwrap(), Some(x));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subtree_replica_loads_its_subtree_and_a_fork_becomes_a_space() {
+    let server = TestServer::start("s").await;
+    let dir = TempDir::new("subtree");
+    let w = dir.replica("w");
+    let (a, a1, a11, b) = {
+        let mut g = w.lock().unwrap();
+        let a = g
+            .create_with(NodeId::ROOT, Position::Last, &[("text", "a")])
+            .unwrap();
+        let a1 = g.create_with(a, Position::Last, &[("text", "a1")]).unwrap();
+        g.create_with(a, Position::Last, &[("text", "a2")]).unwrap();
+        let a11 = g
+            .create_with(a1, Position::Last, &[("text", "a11")])
+            .unwrap();
+        let b = g
+            .create_with(NodeId::ROOT, Position::Last, &[("text", "b")])
+            .unwrap();
+        g.create_with(b, Position::Last, &[("text", "b1")]).unwrap();
+        (a, a1, a11, b)
+    };
+    sync(&server, &w, "s").await;
+
+    let sub = dir.replica("sub");
+    sub.lock().unwrap().bind_subtree(a).unwrap();
+    let (tx, _rx) = watch::channel(SyncStatus::default());
+    let report = sync_once(sub.clone(), server.sync_config("s"), tx, 3)
+        .await
+        .unwrap();
+    assert_eq!(report.cold_starts, 1);
+    {
+        let g = sub.lock().unwrap();
+        // The subtree: a (with its place under ROOT) and its 3 descendants.
+        assert_eq!(g.node_count().unwrap(), 4);
+        assert_eq!(g.parent(a).unwrap(), Some(NodeId::ROOT));
+        assert_eq!(g.parent(a11).unwrap(), Some(a1));
+        assert!(!g.contains(b).unwrap());
+        assert_eq!(g.field(a11, "text").unwrap().as_deref(), Some("a11"));
+    }
+    // A live op inside the subtree reaches it.
+    w.lock()
+        .unwrap()
+        .set(a11, "text", Some("a11 edited"))
+        .unwrap();
+    sync(&server, &w, "s").await;
+    sync(&server, &sub, "s").await;
+    assert_eq!(
+        sub.lock().unwrap().field(a11, "text").unwrap().as_deref(),
+        Some("a11 edited")
+    );
+
+    // Fork: the writer's replica becomes a new space with its state.
+    w.lock()
+        .unwrap()
+        .set(b, "text", Some("unsynced edit"))
+        .unwrap();
+    arbor_client::fork(
+        w.clone(),
+        &server.url(),
+        "copy",
+        &token("copy", arbor_shared::auth::Role::Admin),
+    )
+    .await
+    .unwrap();
+    let copy = server.db.state("copy").await.unwrap();
+    assert_eq!(copy, w.lock().unwrap().state().unwrap());
+    let refused = arbor_client::fork(
+        w.clone(),
+        &server.url(),
+        "copy",
+        &token("copy", arbor_shared::auth::Role::Admin),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(refused, arbor_client::SyncError::Refused(_)),
+        "{refused}"
+    );
+}
