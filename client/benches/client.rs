@@ -280,6 +280,7 @@ fn main() {
             drain: Duration::from_secs(5),
             cors_origins: Vec::new(),
             socket_queue_frames: 1024,
+            notify_url: None,
         };
         tokio::spawn(serve(listener, None, config, std::future::pending()));
         (base, info.id)

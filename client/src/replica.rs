@@ -136,6 +136,7 @@ pub(crate) mod key {
     pub(crate) const HORIZON_HLC: &str = "horizon_hlc";
     pub(crate) const HORIZON_REPLICA: &str = "horizon_replica";
     pub(crate) const ROOT: &str = "root";
+    pub(crate) const RESTAMP: &str = "restamp";
 }
 
 fn now_ms() -> u64 {
@@ -325,6 +326,12 @@ impl Replica {
     /// Forgets the cursor, so the next sync cold-starts from a snapshot.
     pub fn reset_cursor(&mut self) -> Result<()> {
         Ok(meta_delete(&self.conn, key::CURSOR)?)
+    }
+
+    /// Marks the outbox for re-stamping at the next snapshot load (the
+    /// server refused an op as stale).
+    pub fn request_restamp(&mut self) -> Result<()> {
+        Ok(meta_set(&self.conn, key::RESTAMP, 1i64)?)
     }
 
     /// The log horizon (from the last snapshot).
@@ -865,11 +872,25 @@ impl Replica {
 
     /// Writes a consistent copy of the replica file to `path` (`VACUUM
     /// INTO`: a compact SQLite file, openable with [`Replica::open`]).
+    ///
+    /// The copy is a new replica: a fresh replica id (two live files with
+    /// one id would issue equal stamps), no cursor (its first sync loads a
+    /// snapshot) and an empty outbox (the unacknowledged ops stay this
+    /// file's to push; the copy shows their effects until it syncs, and a
+    /// fork of it includes them).
     pub fn export(&self, path: &Path) -> Result<()> {
-        let path = path
+        let text = path
             .to_str()
             .ok_or_else(|| ReplicaError::Snapshot("export path is not UTF-8".into()))?;
-        self.conn.execute("VACUUM INTO ?1", [path])?;
+        self.conn.execute("VACUUM INTO ?1", [text])?;
+        let copy = Connection::open(path)?;
+        let mut id = random_u64();
+        if id == 0 || id == self.replica.0 {
+            id = id.wrapping_add(1).max(1);
+        }
+        meta_set(&copy, key::REPLICA, id as i64)?;
+        meta_delete(&copy, key::CURSOR)?;
+        copy.execute("DELETE FROM outbox", [])?;
         Ok(())
     }
 

@@ -237,11 +237,19 @@ pub fn load_snapshot<E: std::fmt::Display>(
         stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?
     };
+    // Re-stamp only after the server refused an op as stale (ops committed
+    // below the horizon whose ack was lost are still deduplicated when
+    // pushed with their own stamps), and then from the first stale op on,
+    // so later ops keep their order after it.
+    let restamp = crate::replica::meta_i64(&tx, key::RESTAMP)?.is_some();
+    meta_delete(&tx, key::RESTAMP)?;
+    let mut restamping = false;
     let mut ops = Vec::with_capacity(pending.len());
     let mut restamped = 0u64;
     for (ord, json) in &pending {
         let mut op: Op = serde_json::from_str(json).map_err(|e| bad(format!("outbox: {e}")))?;
-        if header.horizon.is_some_and(|h| op.stamp() <= h) {
+        restamping |= restamp && header.horizon.is_some_and(|h| op.stamp() <= h);
+        if restamping {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)

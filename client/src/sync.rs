@@ -20,14 +20,20 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use crate::replica::{Replica, ReplicaError};
 use crate::snapshot::{Loaded, Progress, load_snapshot};
 
+/// Largest push frame the client builds (the protocol's limit is 1 MiB).
+const PUSH_BYTES: usize = 768 * 1024;
+
 /// A replica shared between the app and its sync client.
 pub type SharedReplica = Arc<Mutex<Replica>>;
 
 /// Where and as whom to sync.
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
-    /// The server's base URL (`http://host:port`).
+    /// The sync server's base URL (`http://host:port`): snapshots, fork.
     pub server: String,
+    /// The realtime endpoint's base URL if it is elsewhere (the Worker of
+    /// the Durable Object tier); `None`: the sync server's native one.
+    pub realtime: Option<String>,
     /// The thoughtspace.
     pub space: String,
     /// A bearer token for it (role write to push, read to follow).
@@ -47,6 +53,7 @@ impl SyncConfig {
     pub fn new(server: &str, space: &str, token: &str) -> SyncConfig {
         SyncConfig {
             server: server.trim_end_matches('/').to_string(),
+            realtime: None,
             space: space.to_string(),
             token: token.to_string(),
             max_inflight: 8,
@@ -184,9 +191,18 @@ pub async fn sync_forever(
                 ctx.set_state(SyncState::Stopped);
                 return Ok(());
             }
-            Ok(Outcome::Done | Outcome::Again) => {
+            Ok(Outcome::Done) => {
                 backoff = config.min_backoff;
-                continue;
+            }
+            Ok(Outcome::Again) => {
+                // A resync (snapshot, re-stamp) is due; should the server
+                // keep asking for one, this still backs off.
+                if started.elapsed() > Duration::from_secs(10) {
+                    backoff = config.min_backoff;
+                } else {
+                    tokio::time::sleep(jitter(backoff)).await;
+                    backoff = (backoff * 2).min(config.max_backoff);
+                }
             }
             Err(e @ (SyncError::Refused(_) | SyncError::Replica(_))) => {
                 ctx.set_state(SyncState::Offline {
@@ -350,10 +366,22 @@ impl<'a> Ctx<'a> {
 
     async fn session(&mut self, once: bool) -> Result<Outcome, SyncError> {
         self.set_state(SyncState::Connecting);
+        // A replica holds one thoughtspace: never mix another's ops in.
+        lock(self.replica).bind_space(&self.config.space)?;
         if lock(self.replica).cursor()?.is_none() {
             self.cold_start().await?;
         }
-        let ws_url = self.url("/ws").replacen("http", "ws", 1);
+        let base = self
+            .config
+            .realtime
+            .as_deref()
+            .unwrap_or(&self.config.server);
+        let ws_url = format!(
+            "{}/v1/spaces/{}/ws",
+            base.trim_end_matches('/'),
+            self.config.space
+        )
+        .replacen("http", "ws", 1);
         let mut request = ws_url.into_client_request().map_err(transient)?;
         let auth = format!("Bearer {}", self.config.token)
             .parse()
@@ -411,10 +439,19 @@ impl<'a> Ctx<'a> {
             while inflight.len() < self.config.max_inflight {
                 let ops: Vec<Op> = {
                     let r = lock(self.replica);
+                    // At most `batch_ops` ops and well under the 1 MiB
+                    // frame limit (values reach 64 KiB each).
+                    let mut bytes = 0usize;
                     r.outbox(sent.len() + self.config.batch_ops)?
                         .into_iter()
                         .filter(|o| !sent.contains(&o.stamp()))
                         .take(self.config.batch_ops)
+                        .take_while(|o| {
+                            let n = serde_json::to_string(o).map_or(0, |t| t.len());
+                            let fits = bytes == 0 || bytes + n <= PUSH_BYTES;
+                            bytes += n;
+                            fits
+                        })
                         .collect()
                 };
                 if ops.is_empty() {
@@ -481,24 +518,33 @@ impl<'a> Ctx<'a> {
                             }
                             match code.as_str() {
                                 // The horizon passed our ops: load the
-                                // snapshot, which re-stamps them.
+                                // snapshot, then re-stamp them.
                                 "stale" => {
-                                    lock(self.replica).reset_cursor()?;
+                                    let mut r = lock(self.replica);
+                                    r.request_restamp()?;
+                                    r.reset_cursor()?;
                                     return Ok(Outcome::Again);
                                 }
-                                "unavailable" | "clock_ahead" | "too_many_pushes"
-                                | "duplicate_batch" => {
-                                    return Err(transient(format!("push refused: {code}: {message}")));
-                                }
-                                _ => {
-                                    // Refused for good: drop the ops, and
-                                    // resync so their local effects go.
+                                // The ops themselves are refused, for good:
+                                // drop them, and resync so their local
+                                // effects go.
+                                "bad_op" | "reserved_node" | "bad_key" | "bad_field"
+                                | "value_too_long" | "stamp_conflict" | "unknown_node"
+                                | "bad_batch" | "wrong_replica" => {
                                     tracing::warn!(code, message, ops = stamps.len(), "push refused; dropping its ops");
                                     self.rejected += stamps.len() as u64;
                                     let mut r = lock(self.replica);
                                     r.drop_from_outbox(&stamps)?;
                                     r.reset_cursor()?;
                                     return Ok(Outcome::Again);
+                                }
+                                // A read token, an unknown space: retrying
+                                // cannot help, and the ops stay queued.
+                                "forbidden" | "unknown_space" | "wrong_space" => {
+                                    return Err(SyncError::Refused(format!("push refused: {code}: {message}")));
+                                }
+                                _ => {
+                                    return Err(transient(format!("push refused: {code}: {message}")));
                                 }
                             }
                         }

@@ -16,7 +16,7 @@ use crate::auth::{Claims, Role};
 use crate::clock::Stamp;
 use crate::id::ReplicaId;
 use crate::op::Op;
-use crate::protocol::{ClientMsg, Peer, ProtocolError, SeqOp, ServerMsg};
+use crate::protocol::{ClientMsg, MAX_FRAME_BYTES, Peer, ProtocolError, SeqOp, ServerMsg};
 
 /// A connection's id, unique in the room while it is open.
 pub type ConnId = u64;
@@ -86,6 +86,49 @@ pub enum Action {
         /// Inclusive upper bound.
         upto: u64,
     },
+}
+
+/// Budget for one `ops` frame's ops, well under [`MAX_FRAME_BYTES`] (the
+/// platform limit of the Durable Object tier is also 1 MiB).
+const FRAME_BUDGET: usize = MAX_FRAME_BYTES * 3 / 4;
+
+/// An upper bound of an op's JSON size: fixed fields plus the text ones,
+/// counted 6 times (the worst JSON escape, `\u0000`).
+fn op_size_bound(op: &SeqOp) -> usize {
+    let text = match &op.op {
+        Op::Move(m) => m.key.as_bytes().len() * 2,
+        Op::Set(s) => 6 * (s.field.len() + s.value.as_ref().map_or(0, String::len)),
+    };
+    256 + text
+}
+
+/// `ops` as `ops` frames for `conn`, each within [`FRAME_BUDGET`] (an op
+/// larger than the budget alone still fits the frame limit).
+fn ops_frames(conn: ConnId, ops: Vec<SeqOp>) -> Vec<Action> {
+    let mut frames = Vec::new();
+    let mut frame = Vec::new();
+    let mut size = 0;
+    for op in ops {
+        let n = op_size_bound(&op);
+        if !frame.is_empty() && size + n > FRAME_BUDGET {
+            frames.push(Action::Send {
+                conn,
+                msg: ServerMsg::Ops {
+                    ops: std::mem::take(&mut frame),
+                },
+            });
+            size = 0;
+        }
+        size += n;
+        frame.push(op);
+    }
+    if !frame.is_empty() {
+        frames.push(Action::Send {
+            conn,
+            msg: ServerMsg::Ops { ops: frame },
+        });
+    }
+    frames
 }
 
 /// How one push of a group commit ended (see [`Room::on_ingested_group`]).
@@ -162,6 +205,9 @@ pub struct Room {
     /// Highest seq known committed (from commits or head notices); the
     /// room fetches up to it when it is above `head_seq`.
     known_head: u64,
+    /// Hellos with a cursor above `head_seq`, waiting for the gap fetch
+    /// (invariant: their connections are still awaiting hello).
+    parked: BTreeMap<ConnId, (ReplicaId, u64)>,
 }
 
 impl Room {
@@ -176,6 +222,7 @@ impl Room {
             pending: BTreeMap::new(),
             gap_asked: head_seq,
             known_head: head_seq,
+            parked: BTreeMap::new(),
         }
     }
 
@@ -223,6 +270,65 @@ impl Room {
         Vec::new()
     }
 
+    /// The host lost its memory (a Durable Object woke from hibernation)
+    /// and re-adds a connection from what it kept with the socket: its
+    /// claims, and, if it had said hello, its replica and the highest seq
+    /// sent to it. A connection behind the room's head catches up (the
+    /// returned `CatchUp`); restore the connection with the highest cursor
+    /// first, or create the room with that head.
+    pub fn restore(
+        &mut self,
+        conn: ConnId,
+        claims: Claims,
+        hello: Option<(ReplicaId, u64)>,
+    ) -> Vec<Action> {
+        let Some((replica, cursor)) = hello else {
+            return self.on_connect(conn, claims);
+        };
+        if cursor > self.head_seq {
+            // It was sent these ops, so they are committed.
+            self.head_seq = cursor;
+            self.known_head = self.known_head.max(cursor);
+            self.gap_asked = self.gap_asked.max(cursor);
+            self.pending.retain(|&seq, _| seq > cursor + 1);
+        }
+        let head = self.head_seq;
+        let phase = if cursor < head {
+            Phase::CatchingUp {
+                upto: head,
+                buffered: Vec::new(),
+            }
+        } else {
+            Phase::Live
+        };
+        self.conns.insert(
+            conn,
+            Conn {
+                claims,
+                phase,
+                cursor,
+                replica: Some(replica),
+                inflight: BTreeSet::new(),
+            },
+        );
+        if cursor < head {
+            vec![Action::CatchUp {
+                conn,
+                after: cursor,
+                upto: head,
+            }]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The highest seq sent to `conn` and its replica, if it said hello
+    /// (what a host that can lose its memory keeps with the socket).
+    pub fn conn_cursor(&self, conn: ConnId) -> Option<(ReplicaId, u64)> {
+        let c = self.conns.get(&conn)?;
+        Some((c.replica?, c.cursor))
+    }
+
     fn error(conn: ConnId, code: &str, message: impl Into<String>, batch: Option<u64>) -> Action {
         Action::Send {
             conn,
@@ -254,6 +360,58 @@ impl Room {
                 },
             })
             .collect()
+    }
+
+    /// Welcomes `conn` (its hello named `cursor`, at most the head) and
+    /// starts its catch-up.
+    fn finish_hello(&mut self, conn: ConnId, replica: ReplicaId, cursor: u64) -> Vec<Action> {
+        let head = self.head_seq;
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.replica = Some(replica);
+            c.cursor = cursor;
+            c.phase = if cursor < head {
+                Phase::CatchingUp {
+                    upto: head,
+                    buffered: Vec::new(),
+                }
+            } else {
+                Phase::Live
+            };
+        }
+        let mut out = vec![Action::Send {
+            conn,
+            msg: ServerMsg::Welcome {
+                space: self.space.clone(),
+                head_seq: head,
+                horizon: self.horizon,
+                peers: self.peers(),
+            },
+        }];
+        if cursor < head {
+            out.push(Action::CatchUp {
+                conn,
+                after: cursor,
+                upto: head,
+            });
+        }
+        out.extend(self.presence(Some(conn)));
+        out
+    }
+
+    /// Parked hellos the head has reached.
+    fn unpark(&mut self) -> Vec<Action> {
+        let ready: Vec<(ConnId, ReplicaId, u64)> = self
+            .parked
+            .iter()
+            .filter(|(_, (_, cursor))| *cursor <= self.head_seq)
+            .map(|(&conn, &(replica, cursor))| (conn, replica, cursor))
+            .collect();
+        let mut out = Vec::new();
+        for (conn, replica, cursor) in ready {
+            self.parked.remove(&conn);
+            out.extend(self.finish_hello(conn, replica, cursor));
+        }
+        out
     }
 
     /// A text frame arrived from `conn`.
@@ -301,44 +459,18 @@ impl Room {
                 }
                 let cursor = cursor.unwrap_or(0);
                 if cursor > self.head_seq {
-                    return vec![Action::Send {
-                        conn,
-                        msg: ServerMsg::SnapshotRequired {
-                            head_seq: self.head_seq,
-                        },
+                    // Ahead of what this room has seen: another process may
+                    // have committed it. Fetch up to it; the hello finishes
+                    // when the room gets there, or the client is told to
+                    // load a snapshot when the database has less.
+                    self.parked.insert(conn, (replica, cursor));
+                    self.gap_asked = self.gap_asked.max(cursor);
+                    return vec![Action::FetchGap {
+                        after: self.head_seq,
+                        upto: cursor,
                     }];
                 }
-                let head = self.head_seq;
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    c.replica = Some(replica);
-                    c.cursor = cursor;
-                    c.phase = if cursor < head {
-                        Phase::CatchingUp {
-                            upto: head,
-                            buffered: Vec::new(),
-                        }
-                    } else {
-                        Phase::Live
-                    };
-                }
-                let mut out = vec![Action::Send {
-                    conn,
-                    msg: ServerMsg::Welcome {
-                        space: self.space.clone(),
-                        head_seq: head,
-                        horizon: self.horizon,
-                        peers: self.peers(),
-                    },
-                }];
-                if cursor < head {
-                    out.push(Action::CatchUp {
-                        conn,
-                        after: cursor,
-                        upto: head,
-                    });
-                }
-                out.extend(self.presence(Some(conn)));
-                out
+                self.finish_hello(conn, replica, cursor)
             }
             ClientMsg::Push { batch, ops } => {
                 if c.phase == Phase::AwaitingHello {
@@ -405,10 +537,7 @@ impl Room {
         let mut out = Vec::new();
         if let Some(last) = fresh.last() {
             c.cursor = last.seq;
-            out.push(Action::Send {
-                conn,
-                msg: ServerMsg::Ops { ops: fresh },
-            });
+            out.extend(ops_frames(conn, fresh));
         }
         if done || c.cursor >= upto {
             let buffered = match std::mem::replace(&mut c.phase, Phase::Live) {
@@ -428,10 +557,7 @@ impl Room {
             let rest: Vec<SeqOp> = buffered.into_iter().filter(|o| o.seq > c.cursor).collect();
             if let Some(last) = rest.last() {
                 c.cursor = last.seq;
-                out.push(Action::Send {
-                    conn,
-                    msg: ServerMsg::Ops { ops: rest },
-                });
+                out.extend(ops_frames(conn, rest));
             }
         }
         out
@@ -474,10 +600,7 @@ impl Room {
                         ready.iter().filter(|o| o.seq > c.cursor).cloned().collect();
                     if let Some(last) = send.last() {
                         c.cursor = last.seq;
-                        out.push(Action::Send {
-                            conn: *id,
-                            msg: ServerMsg::Ops { ops: send },
-                        });
+                        out.extend(ops_frames(*id, send));
                     }
                 }
                 Phase::CatchingUp { upto, buffered } => {
@@ -488,6 +611,7 @@ impl Room {
                 }
             }
         }
+        out.extend(self.unpark());
         out
     }
 
@@ -499,8 +623,28 @@ impl Room {
     }
 
     /// The host's gap fetch failed: the next [`Room::on_tick`] asks again.
-    pub fn on_gap_failed(&mut self) {
+    ///
+    /// Parked hellos whose cursor is still ahead are told to load a
+    /// snapshot (the returned actions): the database has less than they do.
+    pub fn on_gap_failed(&mut self) -> Vec<Action> {
         self.gap_asked = self.head_seq;
+        let head = self.head_seq;
+        let ahead: Vec<ConnId> = self
+            .parked
+            .iter()
+            .filter(|(_, (_, cursor))| *cursor > head)
+            .map(|(&c, _)| c)
+            .collect();
+        ahead
+            .into_iter()
+            .map(|conn| {
+                self.parked.remove(&conn);
+                Action::Send {
+                    conn,
+                    msg: ServerMsg::SnapshotRequired { head_seq: head },
+                }
+            })
+            .collect()
     }
 
     /// A fetch of `(head_seq, known_head]` unless one covering it was asked.
@@ -586,6 +730,7 @@ impl Room {
 
     /// The socket closed (or the host closed it).
     pub fn on_close(&mut self, conn: ConnId) -> Vec<Action> {
+        self.parked.remove(&conn);
         match self.conns.remove(&conn) {
             Some(c) if c.phase != Phase::AwaitingHello => self.presence(None),
             _ => Vec::new(),
@@ -631,6 +776,20 @@ impl Room {
                 .is_some_and(|&k| k > self.known_head)
         {
             return Err("known_head below a seen commit".into());
+        }
+        for (id, (_, cursor)) in &self.parked {
+            if *cursor <= self.head_seq {
+                return Err(format!(
+                    "conn {id} parked at {cursor}, the head has passed it"
+                ));
+            }
+            if self
+                .conns
+                .get(id)
+                .is_none_or(|c| c.phase != Phase::AwaitingHello)
+            {
+                return Err(format!("parked conn {id} is not awaiting hello"));
+            }
         }
         for (id, c) in &self.conns {
             if c.cursor > self.head_seq {

@@ -487,6 +487,9 @@ pub mod copy {
                 return Err(SnapshotError::BadCopy("bad signature".into()));
             }
             let ext = u32::from_be_bytes([a[15], a[16], a[17], a[18]]) as usize;
+            if ext > super::MAX_CHUNK_BYTES as usize {
+                return Err(SnapshotError::BadCopy("header extension too long".into()));
+            }
             if a.len() < 19 + ext {
                 return Ok(false);
             }
@@ -607,6 +610,9 @@ pub mod copy {
                         continue;
                     }
                     let len = usize::try_from(len).map_err(|_| bad("negative field length"))?;
+                    if len > super::MAX_CHUNK_BYTES as usize {
+                        return Err(bad("field too long"));
+                    }
                     if a.len() < at + len {
                         return Ok(None);
                     }

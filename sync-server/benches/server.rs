@@ -134,6 +134,7 @@ async fn main() {
         drain: Duration::from_secs(5),
         cors_origins: Vec::new(),
         socket_queue_frames: 1024,
+        notify_url: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, None, config, async move {

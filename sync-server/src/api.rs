@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arbor_shared::auth::{self, AuthError, Claims, Hs256Key, Role};
-use arbor_shared::{NodeId, Op, OrderKey, Stamp};
+use arbor_shared::{NodeId, Op, OrderKey, ReplicaId, Stamp};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -354,9 +354,18 @@ pub struct OpsBody {
     pub head_seq: Option<u64>,
 }
 
+/// Query of `POST /v1/spaces/{space}/ops`.
+#[derive(Debug, Deserialize)]
+pub struct IngestQuery {
+    /// For service tokens: the replica every op must be by (the Durable
+    /// Object pushes for a client whose hello it checked).
+    pub author: Option<String>,
+}
+
 async fn ingest(
     State(state): State<Arc<AppState>>,
     Path(space): Path<String>,
+    Query(query): Query<IngestQuery>,
     headers: HeaderMap,
     body: Result<Json<IngestBody>, JsonRejection>,
 ) -> Result<Json<OpsBody>, ApiError> {
@@ -384,7 +393,16 @@ async fn ingest(
     // A token bound to a replica may only push that replica's ops; service
     // tokens push on behalf of clients they have checked.
     let author = if claims.role == Role::Service {
-        None
+        match query.author.as_deref() {
+            Some(a) => Some(a.parse::<ReplicaId>().map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "author is a replica id (1 to 16 hex digits)",
+                )
+            })?),
+            None => None,
+        }
     } else {
         claims.rid
     };

@@ -47,6 +47,11 @@ pub struct ServeArgs {
     /// seconds.
     #[arg(long, env = "ARBOR_DRAIN_S", default_value_t = 10)]
     pub drain_s: u64,
+    /// Base URL of the realtime Worker (the Durable Object tier): every
+    /// commit notice is forwarded to `POST {url}/v1/spaces/{space}/notify`
+    /// with a service token, so its sockets see ops committed by any path.
+    #[arg(long, env = "ARBOR_NOTIFY_URL")]
+    pub notify_url: Option<String>,
 }
 
 /// Why the configuration cannot be used.
@@ -92,6 +97,8 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// Frames queued per realtime socket before it is closed as too slow.
     pub socket_queue_frames: usize,
+    /// Where to forward commit notices (the realtime Worker), if anywhere.
+    pub notify_url: Option<String>,
 }
 
 impl ServeArgs {
@@ -127,6 +134,7 @@ impl ServeArgs {
             drain: Duration::from_secs(self.drain_s),
             cors_origins: self.cors_origins,
             socket_queue_frames: self.socket_queue_frames,
+            notify_url: self.notify_url,
         })
     }
 }

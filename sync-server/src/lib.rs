@@ -90,9 +90,14 @@ pub async fn serve(
     });
     let app = api::router(state.clone(), config.max_body_bytes, &config.cors_origins);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let forward = config
+        .notify_url
+        .clone()
+        .map(|url| notify::Forwarder::start(url, config.key.clone()));
     tokio::spawn(notify::listen(
         config.database.clone(),
         rooms.clone(),
+        forward,
         stop_rx.clone(),
     ));
     if let Some(admin) = admin {

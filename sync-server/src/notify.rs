@@ -20,19 +20,105 @@ fn parse(payload: &str) -> Option<(&str, u64)> {
     Some((space, seq.parse().ok()?))
 }
 
+/// Forwards commit notices to the realtime Worker (`POST
+/// {url}/v1/spaces/{space}/notify`, body `{"head_seq": N}`, a service token
+/// for the space), so a Durable Object's sockets see ops committed by any
+/// path. Only the newest head per space waits: a slow Worker coalesces
+/// notices instead of queueing them.
+#[derive(Debug, Clone)]
+pub struct Forwarder {
+    waiting: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl Forwarder {
+    /// Starts the forwarding task for `url`, minting tokens with `key`.
+    pub fn start(url: String, key: arbor_shared::auth::Hs256Key) -> Forwarder {
+        let f = Forwarder {
+            waiting: Arc::default(),
+            wake: Arc::default(),
+        };
+        let me = f.clone();
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let url = url.trim_end_matches('/').to_string();
+            loop {
+                me.wake.notified().await;
+                let batch: Vec<(String, u64)> = {
+                    let mut w = me.waiting.lock().unwrap_or_else(|p| p.into_inner());
+                    w.drain().collect()
+                };
+                for (space, head) in batch {
+                    forward_one(&http, &url, &key, &space, head).await;
+                }
+            }
+        });
+        f
+    }
+
+    /// Queues `space`'s head for forwarding.
+    pub fn push(&self, space: &str, head: u64) {
+        {
+            let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            let e = w.entry(space.to_string()).or_insert(head);
+            *e = (*e).max(head);
+        }
+        self.wake.notify_one();
+    }
+}
+
+async fn forward_one(
+    http: &reqwest::Client,
+    url: &str,
+    key: &arbor_shared::auth::Hs256Key,
+    space: &str,
+    head: u64,
+) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let token = arbor_shared::auth::mint(
+        &arbor_shared::auth::Claims {
+            sub: "arbor-server".into(),
+            space: space.to_string(),
+            role: arbor_shared::auth::Role::Service,
+            rid: None,
+            exp: now + 60,
+            nbf: None,
+            iat: Some(now),
+        },
+        key,
+    );
+    let sent = http
+        .post(format!("{url}/v1/spaces/{space}/notify"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "head_seq": head }))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await;
+    match sent {
+        Ok(r) if r.status().is_success() => {}
+        Ok(r) => tracing::warn!(space, status = %r.status(), "the worker refused a commit notice"),
+        Err(e) => tracing::warn!(space, error = %e, "forwarding a commit notice failed"),
+    }
+}
+
 /// Listens until `stop` turns true, reconnecting with backoff when the
 /// connection fails. After every (re)connect the open rooms re-read their
-/// head, since notices sent while disconnected are lost.
+/// head, since notices sent while disconnected are lost. Every notice also
+/// goes to `forward`, if set.
 pub async fn listen(
     config: tokio_postgres::Config,
     rooms: Arc<Rooms>,
+    forward: Option<Forwarder>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let mut connected = false;
         tokio::select! {
-            result = listen_once(&config, &rooms, &mut connected) => {
+            result = listen_once(&config, &rooms, forward.as_ref(), &mut connected) => {
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "commit notice connection lost; reconnecting");
                 }
@@ -54,6 +140,7 @@ pub async fn listen(
 async fn listen_once(
     config: &tokio_postgres::Config,
     rooms: &Rooms,
+    forward: Option<&Forwarder>,
     connected: &mut bool,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
@@ -89,7 +176,12 @@ async fn listen_once(
         while let Some(message) = rx.recv().await {
             let payload = message?;
             match parse(&payload) {
-                Some((space, seq)) => rooms.head(space, seq).await,
+                Some((space, seq)) => {
+                    if let Some(f) = forward {
+                        f.push(space, seq);
+                    }
+                    rooms.head(space, seq).await;
+                }
                 None => tracing::warn!(payload, "malformed commit notice"),
             }
         }

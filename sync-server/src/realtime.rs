@@ -328,10 +328,7 @@ async fn run_room(
                         Vec::new()
                     }
                     Event::Head(seq) => room.on_head(seq),
-                    Event::GapFailed => {
-                        room.on_gap_failed();
-                        Vec::new()
-                    }
+                    Event::GapFailed => room.on_gap_failed(),
                     Event::CatchUpPage { conn, ops, done } => room.on_catch_up(conn, ops, done),
                     Event::Ingested(results) => {
                         ingests.busy = false;

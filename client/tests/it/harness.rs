@@ -73,6 +73,7 @@ fn config(db_name: &str) -> Config {
         drain: Duration::from_secs(2),
         cors_origins: Vec::new(),
         socket_queue_frames: 4096,
+        notify_url: None,
     }
 }
 

@@ -87,8 +87,15 @@ impl Host {
                 } => self.ingests.push_back((conn, batch, ops)),
                 Action::FetchGap { after, upto } => {
                     let ops = self.range(after, upto);
+                    let short = ops.last().is_none_or(|o| o.seq < upto);
                     let more = self.room.on_committed(ops);
                     self.run(more);
+                    if short {
+                        // The database has less than asked, like the hosts'
+                        // fetch loop reporting a failed gap.
+                        let more = self.room.on_gap_failed();
+                        self.run(more);
+                    }
                 }
             }
         }
@@ -423,4 +430,125 @@ fn random_interleavings_deliver_every_op_once_in_order() {
             );
         }
     }
+}
+
+#[test]
+fn a_host_that_lost_its_memory_restores_sockets_without_gap_or_duplicate() {
+    // Two live sockets at different cursors; the host (a Durable Object
+    // after hibernation) keeps only each socket's claims and cursor.
+    let mut h = Host::new(5);
+    for (c, cursor) in [(1, Some(5)), (2, Some(2))] {
+        h.connect(c, claims(Role::Write, Some(c), u64::MAX));
+        let a = h.room.on_message(c, &hello(c, cursor));
+        h.run(a);
+    }
+    while !h.catch_ups.is_empty() {
+        h.serve_catch_up(2);
+    }
+    h.commit_external();
+    let kept: Vec<(ConnId, (ReplicaId, u64))> = [1, 2]
+        .iter()
+        .map(|&c| (c, h.room.conn_cursor(c).unwrap()))
+        .collect();
+    assert_eq!(kept[0].1.1, 6);
+    // Memory lost; meanwhile seqs 7 and 8 commit elsewhere. The new room
+    // starts from the lowest cursor it knows (one socket is behind).
+    h.log.push(SeqOp {
+        seq: 7,
+        op: mv(7, 9, 1007, 0),
+    });
+    h.log.push(SeqOp {
+        seq: 8,
+        op: mv(8, 9, 1008, 0),
+    });
+    let before: BTreeMap<ConnId, usize> = [1, 2].iter().map(|&c| (c, h.seqs(c).len())).collect();
+    h.room = Room::new("s", 6, None, RoomLimits::default());
+    // Socket 2 was told seq 6 too; restore it as behind to exercise the
+    // catch-up path.
+    let a = h.room.restore(
+        2,
+        claims(Role::Write, Some(2), u64::MAX),
+        Some((ReplicaId(2), 4)),
+    );
+    h.run(a);
+    let a = h.room.restore(
+        1,
+        claims(Role::Write, Some(1), u64::MAX),
+        Some((ReplicaId(1), 6)),
+    );
+    h.run(a);
+    // A commit notice brings the room up to the database's head.
+    let a = h.room.on_head(8);
+    h.run(a);
+    while !h.catch_ups.is_empty() {
+        h.serve_catch_up(2);
+    }
+    h.commit_external();
+    let after1: Vec<u64> = h.seqs(1)[before[&1]..].to_vec();
+    let after2: Vec<u64> = h.seqs(2)[before[&2]..].to_vec();
+    assert_eq!(after1, [7, 8, 9]);
+    assert_eq!(after2, [5, 6, 7, 8, 9]);
+    assert_eq!(h.room.peers().len(), 2);
+}
+
+#[test]
+fn large_commits_go_out_in_frames_under_the_limit() {
+    // 300 sets of 10 KiB each: about 3 MiB of ops for one socket.
+    let mut h = Host::new(0);
+    h.connect(1, claims(Role::Read, Some(1), u64::MAX));
+    let a = h.room.on_message(1, &hello(1, Some(0)));
+    h.run(a);
+    let value = "x".repeat(10 * 1024);
+    let ops: Vec<SeqOp> = (1..=300u64)
+        .map(|seq| SeqOp {
+            seq,
+            op: Op::Set(arbor_shared::SetOp {
+                stamp: arbor_shared::Stamp::new(seq, 9),
+                known_seq: 0,
+                node: arbor_shared::NodeId(7),
+                field: "text".into(),
+                value: Some(value.clone()),
+            }),
+        })
+        .collect();
+    h.log.extend(ops.clone());
+    let a = h.room.on_committed(ops);
+    h.run(a);
+    let frames: Vec<&ServerMsg> = h.received[&1]
+        .iter()
+        .filter(|m| matches!(m, ServerMsg::Ops { .. }))
+        .collect();
+    assert!(frames.len() > 3, "{} frames", frames.len());
+    for f in &frames {
+        assert!(f.encode().len() <= MAX_FRAME_BYTES);
+    }
+    assert_eq!(h.seqs(1), (1..=300).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_hello_ahead_of_the_room_waits_for_the_database_or_gets_a_snapshot() {
+    // The room saw up to 3; the database (another process) has 6.
+    let mut h = Host::new(6);
+    h.room = Room::new("s", 3, None, RoomLimits::default());
+    h.connect(1, claims(Role::Read, Some(1), u64::MAX));
+    let a = h.room.on_message(1, &hello(1, Some(5)));
+    h.run(a);
+    // Welcomed once the room fetched up to the cursor.
+    assert!(
+        matches!(h.received[&1][0], ServerMsg::Welcome { head_seq: 5, .. }),
+        "{:?}",
+        h.received[&1]
+    );
+    // The next commit notice brings the rest.
+    let a = h.room.on_head(6);
+    h.run(a);
+    assert_eq!(h.seqs(1), [6]);
+    // A cursor the database never reached: load a snapshot.
+    h.connect(2, claims(Role::Read, Some(2), u64::MAX));
+    let a = h.room.on_message(2, &hello(2, Some(50)));
+    h.run(a);
+    assert!(matches!(
+        h.received[&2][..],
+        [ServerMsg::SnapshotRequired { head_seq: 6 }]
+    ));
 }

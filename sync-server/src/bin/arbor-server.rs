@@ -295,6 +295,7 @@ async fn dev(
         drain: std::time::Duration::from_secs(5),
         cors_origins: vec!["*".into()],
         socket_queue_frames: 256,
+        notify_url: None,
     };
     let served = arbor_sync_server::serve(listener, Some(admin), config, shutdown_signal()).await;
     if let Some(cluster) = cluster {

@@ -72,6 +72,7 @@ impl Server {
             drain: Duration::from_secs(5),
             cors_origins: vec!["https://app.example".into()],
             socket_queue_frames: queue,
+            notify_url: None,
         };
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, Some(admin_listener), config, async move {
