@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up and runs every check CI runs: format, clippy (-D warnings), the
-# wasm32 build of `shared`, all tests (against Postgres clusters the tests
-# start themselves), and the release-mode scaling test.
+# wasm32 build of `shared`, the realtime Worker's toolchain and build, all
+# tests (against Postgres clusters the tests start themselves, the Worker
+# in workerd), and the release-mode scaling test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/arbor/target}"
@@ -18,12 +19,21 @@ bash scripts/ensure-postgres.sh
 
 step "cargo fmt --check"
 cargo fmt --all --check
+cargo fmt --manifest-path worker-realtime/Cargo.toml --check
 
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 
 step "wasm32-unknown-unknown build of arbor-shared"
 bash scripts/build-wasm-shared.sh
+
+step "the realtime Worker: toolchain (cached), clippy, worker-build"
+# Clippy checks its Rust natively (it type-checks the same code); the build
+# is the wasm32 one workerd runs in the end-to-end tests.
+CARGO_TARGET_DIR="$CARGO_TARGET_DIR-worker-native" \
+  cargo clippy --locked --manifest-path worker-realtime/Cargo.toml -- -D warnings
+bash scripts/build-worker.sh
+export ARBOR_WORKER_TOOLS="$(bash scripts/build-worker.sh --tools)"
 
 step "cargo test --workspace"
 cargo test --locked --workspace

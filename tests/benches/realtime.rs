@@ -1,0 +1,2 @@
+//! Realtime latency benchmark (see the body).
+fn main() {}

@@ -1,0 +1,11 @@
+//! End-to-end tests across real processes. Linked into one binary.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    unreachable_pub
+)]
+
+mod worker;
+mod workerd;
