@@ -220,10 +220,8 @@ async fn native_clients_sync_through_the_durable_object() {
         (1..=40).collect::<Vec<_>>()
     );
     wait_for(&mut b.status, "b has a's ops", |s| caught_up(s, 40)).await;
-    assert_eq!(
-        b.replica.lock().unwrap().state().unwrap(),
-        db.state("s").await.unwrap()
-    );
+    let pg = db.state("s").await.unwrap();
+    assert_eq!(b.replica.lock().unwrap().state().unwrap(), pg);
 
     // Another path (HTTP ingest on the sync server) reaches the object's
     // sockets without a reconnect.
