@@ -1,2 +1,248 @@
-//! Realtime latency benchmark (see the body).
-fn main() {}
+//! Realtime push-to-receive latency through the Durable Object in workerd,
+//! side by side with the sync server's native endpoint, in one run.
+//!
+//! ```text
+//! bash scripts/build-worker.sh && cargo bench -p arbor-e2e --bench realtime
+//! ```
+//!
+//! One thoughtspace per endpoint, 20 reader sockets and one writer. The
+//! writer behaves like a sync client: an op is queued every 5 ms (200
+//! ops/s), and queued ops go out as one push whenever fewer than 8 pushes
+//! wait for their ack. Latency runs from queueing to receipt at each reader
+//! (p50, p99). Postgres (durable settings), the sync server, workerd and
+//! all clients share the machine's 2 cores.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+#[path = "../it/workerd.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod workerd;
+
+use std::time::{Duration, Instant};
+
+use arbor_shared::auth::{Claims, Hs256Key, Role, mint};
+use arbor_shared::protocol::{ClientMsg, ServerMsg};
+use arbor_shared::{KeyGen, MoveOp, NodeId, Op, ReplicaId, SetOp, Stamp};
+use arbor_sync_server::Config;
+use arbor_sync_server::db::{Db, migrate};
+use arbor_testkit::{PgCluster, PgOptions};
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+const SECRET: &str = "bench-secret-bench-secret-bench-secret";
+const READERS: u64 = 20;
+const OPS: usize = 1_000;
+const EVERY: Duration = Duration::from_millis(5);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn token(space: &str, role: Role) -> String {
+    mint(
+        &Claims {
+            sub: "bench".into(),
+            space: space.into(),
+            role,
+            rid: None,
+            exp: now_ms() / 1000 + 3600,
+            nbf: None,
+            iat: None,
+        },
+        &Hs256Key::new(SECRET.as_bytes()).unwrap(),
+    )
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(base: &str, space: &str, role: Role) -> Ws {
+    let url = format!("{}/v1/spaces/{space}/ws", base.replace("http://", "ws://"));
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token(space, role)).parse().unwrap(),
+    );
+    tokio_tungstenite::connect_async_with_config(req, None, true)
+        .await
+        .unwrap()
+        .0
+}
+
+async fn hello(ws: &mut Ws, replica: u64) {
+    let msg = ClientMsg::Hello {
+        v: 1,
+        replica: ReplicaId(replica),
+        cursor: Some(0),
+    };
+    ws.send(Message::Text(msg.encode().into())).await.unwrap();
+    while let Some(Ok(m)) = ws.next().await {
+        if let Message::Text(t) = m {
+            if let Ok(ServerMsg::Welcome { .. }) = ServerMsg::decode(&t) {
+                return;
+            }
+        }
+    }
+    panic!("no welcome");
+}
+
+/// Runs the workload against `base` (thoughtspace `space`); returns every
+/// reader's latencies.
+async fn run(base: &str, space: &str) -> Vec<Duration> {
+    let start = Instant::now();
+    let mut readers = Vec::new();
+    for r in 0..READERS {
+        let mut ws = connect(base, space, Role::Read).await;
+        hello(&mut ws, 1_000 + r).await;
+        readers.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(OPS);
+            while lat.len() < OPS {
+                let Some(Ok(Message::Text(t))) = ws.next().await else {
+                    break;
+                };
+                if let Ok(ServerMsg::Ops { ops }) = ServerMsg::decode(&t) {
+                    let now = start.elapsed().as_micros() as u64;
+                    for o in ops {
+                        if let Op::Set(s) = o.op {
+                            let sent: u64 = s.value.unwrap_or_default().parse().unwrap_or(now);
+                            lat.push(Duration::from_micros(now.saturating_sub(sent)));
+                        }
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    let mut writer = connect(base, space, Role::Write).await;
+    hello(&mut writer, 7).await;
+    let node = NodeId(42);
+    let mut hlc = (now_ms() << 16) + 1;
+    let create = Op::Move(MoveOp {
+        stamp: Stamp::new(hlc, 7),
+        known_seq: 0,
+        node,
+        parent: NodeId::ROOT,
+        key: KeyGen::new(7).append_after(None),
+    });
+    let first = ClientMsg::Push {
+        batch: 0,
+        ops: vec![create],
+    };
+    writer
+        .send(Message::Text(first.encode().into()))
+        .await
+        .unwrap();
+    let (mut sink, mut stream) = writer.split();
+    let inflight = std::sync::Arc::new(tokio::sync::Semaphore::new(8));
+    let acks = inflight.clone();
+    let drain = tokio::spawn(async move {
+        while let Some(Ok(Message::Text(t))) = stream.next().await {
+            match ServerMsg::decode(&t) {
+                Ok(ServerMsg::Ack { batch })
+                | Ok(ServerMsg::Error {
+                    batch: Some(batch), ..
+                }) if batch > 0 => acks.add_permits(1),
+                _ => {}
+            }
+        }
+    });
+    let mut tick = tokio::time::interval(EVERY);
+    let (mut queued, mut batch, mut made) = (Vec::new(), 0u64, 0usize);
+    while made < OPS || !queued.is_empty() {
+        tick.tick().await;
+        if made < OPS {
+            hlc = hlc.max(now_ms() << 16) + 1;
+            queued.push(Op::Set(SetOp {
+                stamp: Stamp::new(hlc, 7),
+                known_seq: 0,
+                node,
+                field: "t".into(),
+                value: Some((start.elapsed().as_micros() as u64).to_string()),
+            }));
+            made += 1;
+        }
+        if let Ok(permit) = inflight.clone().try_acquire_owned() {
+            permit.forget();
+            batch += 1;
+            let ops = std::mem::take(&mut queued);
+            let push = ClientMsg::Push { batch, ops };
+            sink.send(Message::Text(push.encode().into()))
+                .await
+                .unwrap();
+        }
+    }
+    let mut all = Vec::new();
+    for r in readers {
+        all.extend(r.await.unwrap());
+    }
+    drain.abort();
+    all
+}
+
+fn pct(v: &mut [Duration], p: f64) -> f64 {
+    v.sort();
+    v[((v.len() as f64 * p) as usize).min(v.len() - 1)].as_secs_f64() * 1e3
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let cluster = PgCluster::start(PgOptions {
+        throwaway: false,
+        shared_buffers: "256MB",
+    })
+    .unwrap();
+    let admin = cluster.connect("postgres").await.unwrap();
+    admin.batch_execute("CREATE DATABASE bench").await.unwrap();
+    let mut c = cluster.connect("bench").await.unwrap();
+    migrate(&mut c).await.unwrap();
+    let db = Db::new(cluster.config("bench"), 2).unwrap();
+    db.create_space("native").await.unwrap();
+    db.create_space("edge").await.unwrap();
+    let worker_port = workerd::free_port();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = format!("http://{}", listener.local_addr().unwrap());
+    let config = Config {
+        database: cluster.config("bench"),
+        db_pool: 8,
+        key: Hs256Key::new(SECRET.as_bytes()).unwrap(),
+        token_leeway_s: 60,
+        max_body_bytes: 4 << 20,
+        max_import_bytes: 1 << 30,
+        drain: Duration::from_secs(2),
+        cors_origins: Vec::new(),
+        socket_queue_frames: 4096,
+        notify_url: Some(format!("http://127.0.0.1:{worker_port}")),
+    };
+    tokio::spawn(arbor_sync_server::serve(
+        listener,
+        None,
+        config,
+        std::future::pending(),
+    ));
+    let workerd = workerd::Workerd::start(&server, SECRET, worker_port).await;
+    let mut native = run(&server, "native").await;
+    let mut edge = run(&workerd.url(), "edge").await;
+    println!();
+    println!(
+        "| push to receipt, {READERS} sockets, 1 writer at 200 ops/s, {OPS} ops | p50 ms | p99 ms | samples |"
+    );
+    println!("|---|---|---|---|");
+    println!(
+        "| native endpoint (arbor-server) | {:.2} | {:.2} | {} |",
+        pct(&mut native, 0.5),
+        pct(&mut native, 0.99),
+        native.len()
+    );
+    println!(
+        "| Durable Object in workerd (wrangler dev), ingest over HTTP | {:.2} | {:.2} | {} |",
+        pct(&mut edge, 0.5),
+        pct(&mut edge, 0.99),
+        edge.len()
+    );
+    drop(workerd);
+    cluster.stop();
+}

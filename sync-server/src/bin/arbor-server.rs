@@ -61,6 +61,9 @@ enum Command {
         /// token secret still lives in --data-dir).
         #[arg(long, env = "DATABASE_URL")]
         database_url: Option<String>,
+        /// Forward commit notices to this realtime Worker (base URL).
+        #[arg(long, env = "ARBOR_NOTIFY_URL")]
+        notify_url: Option<String>,
     },
     /// Mint a development token (HS256, secret from ARBOR_JWT_SECRET or
     /// --jwt-secret-file).
@@ -142,7 +145,18 @@ async fn main() -> anyhow::Result<()> {
             admin_listen,
             space,
             database_url,
-        } => dev(data_dir, listen, admin_listen, space, database_url).await?,
+            notify_url,
+        } => {
+            dev(
+                data_dir,
+                listen,
+                admin_listen,
+                space,
+                database_url,
+                notify_url,
+            )
+            .await?
+        }
         Command::Serve(args) => {
             let (listen, admin_listen) = (args.listen, args.admin_listen);
             let config = args.into_config(env_secret())?;
@@ -215,6 +229,7 @@ async fn dev(
     admin_listen: std::net::SocketAddr,
     space: String,
     database_url: Option<String>,
+    notify_url: Option<String>,
 ) -> anyhow::Result<()> {
     use arbor_testkit::{PgCluster, PgOptions};
     std::fs::create_dir_all(&data_dir)
@@ -295,7 +310,7 @@ async fn dev(
         drain: std::time::Duration::from_secs(5),
         cors_origins: vec!["*".into()],
         socket_queue_frames: 256,
-        notify_url: None,
+        notify_url,
     };
     let served = arbor_sync_server::serve(listener, Some(admin), config, shutdown_signal()).await;
     if let Some(cluster) = cluster {
