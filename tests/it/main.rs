@@ -7,5 +7,6 @@
     unreachable_pub
 )]
 
+mod scenario;
 mod worker;
 mod workerd;
