@@ -10,6 +10,7 @@
 mod auth;
 mod differential;
 mod engine;
+mod fuzz;
 mod props;
 mod regressions;
 mod room;

@@ -13,6 +13,7 @@ mod basic;
 mod concurrency;
 mod dev;
 mod differential;
+mod fuzz;
 mod harness;
 mod http;
 mod import;
