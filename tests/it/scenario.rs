@@ -149,16 +149,13 @@ fn random_op(r: &mut Replica, rng: &mut Rng, step: u64) -> u64 {
             Ok(()) => 1,
             Err(_) => 0,
         },
-        (7, Some(node), _) => {
-            if r.parent(node).ok().flatten() == Some(NodeId::TRASH) {
-                match r.restore(node) {
-                    Ok(()) => 1,
-                    Err(_) => 0,
-                }
-            } else {
-                0
+        (7, Some(node), _) if r.parent(node).ok().flatten() == Some(NodeId::TRASH) => {
+            match r.restore(node) {
+                Ok(()) => 1,
+                Err(_) => 0,
             }
         }
+        (7, _, _) => 0,
         (_, Some(node), _) => match r.set(node, "text", Some(&format!("s{step}"))) {
             Ok(()) => 1,
             Err(_) => 0,
@@ -319,17 +316,18 @@ async fn run_scenario(seed: u64, duration: Duration) -> Figures {
     let pg = db.state("s").await.unwrap();
     let sql = cluster.connect("scenario").await.unwrap();
     for (i, c) in clients.iter().enumerate() {
-        let r = c.replica.lock().unwrap();
-        let state = r.state().unwrap();
-        assert_eq!(state, pg, "replica {i} differs from Postgres (seed {seed})");
-        r.check_invariants().unwrap();
+        let id = {
+            let r = c.replica.lock().unwrap();
+            let state = r.state().unwrap();
+            assert_eq!(state, pg, "replica {i} differs from Postgres (seed {seed})");
+            r.check_invariants().unwrap();
+            r.replica_id().0
+        };
         assert_eq!(
             c.rejected + c.status.borrow().rejected,
             0,
             "replica {i} had ops refused"
         );
-        let id = r.replica_id().0;
-        drop(r);
         let stored = (id as i64) ^ i64::MIN;
         let n: i64 = sql
             .query_one(

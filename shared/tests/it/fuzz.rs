@@ -214,10 +214,7 @@ fn the_snapshot_decoder_never_panics_and_refuses_every_corruption() {
         }
         let ok = result.is_ok() && d.finish().is_ok();
         if input != good {
-            assert!(
-                !ok || input.len() > good.len() && input.starts_with(&good) == false,
-                "a corrupted file decoded"
-            );
+            assert!(!ok, "a corrupted file decoded");
         }
     }
 }
