@@ -328,6 +328,96 @@ impl Replica {
         Ok(meta_delete(&self.conn, key::CURSOR)?)
     }
 
+    /// The server went back in time (restored from a backup: it has less
+    /// than this replica's cursor). Queues again every op of this replica
+    /// that it still holds (its own moves in the log, its own winning
+    /// registers) with the outbox, in stamp order, so they are pushed
+    /// again after the next snapshot load: the server keeps the ones it
+    /// has (same stamps) and commits the ones the rewind lost. Returns how
+    /// many were queued again.
+    pub fn requeue_own_ops(&mut self) -> Result<u64> {
+        let me = replica_to_stored(self.replica.0);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut ops: BTreeMap<Stamp, Op> = BTreeMap::new();
+        {
+            let mut stmt =
+                tx.prepare("SELECT hlc, node, parent, key FROM ops WHERE replica = ?1")?;
+            let rows = stmt.query_map([me], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    id_from_blob(&r.get::<_, Vec<u8>>(1)?)?,
+                    id_from_blob(&r.get::<_, Vec<u8>>(2)?)?,
+                    key_from_blob(&r.get::<_, Vec<u8>>(3)?)?,
+                ))
+            })?;
+            for row in rows {
+                let (hlc, node, parent, key) = row?;
+                let stamp = Stamp::new(hlc as u64, self.replica.0);
+                ops.insert(
+                    stamp,
+                    Op::Move(MoveOp {
+                        stamp,
+                        known_seq: 0,
+                        node,
+                        parent,
+                        key,
+                    }),
+                );
+            }
+            let mut stmt =
+                tx.prepare("SELECT hlc, node, field, value FROM payloads WHERE replica = ?1")?;
+            let rows = stmt.query_map([me], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    id_from_blob(&r.get::<_, Vec<u8>>(1)?)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                ))
+            })?;
+            for row in rows {
+                let (hlc, node, field, value) = row?;
+                let stamp = Stamp::new(hlc as u64, self.replica.0);
+                ops.insert(
+                    stamp,
+                    Op::Set(SetOp {
+                        stamp,
+                        known_seq: 0,
+                        node,
+                        field,
+                        value,
+                    }),
+                );
+            }
+            // What the outbox holds already keeps its own text.
+            let mut stmt = tx.prepare("SELECT op FROM outbox")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            for row in rows {
+                let op: Op = serde_json::from_str(&row?)
+                    .map_err(|e| ReplicaError::Snapshot(format!("outbox row: {e}")))?;
+                ops.insert(op.stamp(), op);
+            }
+        }
+        let queued = ops.len() as u64;
+        tx.execute("DELETE FROM outbox", [])?;
+        {
+            let mut insert =
+                tx.prepare_cached("INSERT INTO outbox (hlc, replica, op) VALUES (?1, ?2, ?3)")?;
+            for (stamp, op) in &ops {
+                let json =
+                    serde_json::to_string(op).map_err(|e| ReplicaError::Snapshot(e.to_string()))?;
+                insert.execute(params![
+                    hlc_to_sql(stamp.hlc.0)?,
+                    replica_to_stored(stamp.replica.0),
+                    json
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(queued)
+    }
+
     /// Marks the outbox for re-stamping at the next snapshot load (the
     /// server refused an op as stale).
     pub fn request_restamp(&mut self) -> Result<()> {

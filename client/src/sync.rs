@@ -417,8 +417,20 @@ impl<'a> Ctx<'a> {
                     self.status.send_modify(|s| s.peers = peers);
                     break head_seq;
                 }
-                ServerMsg::SnapshotRequired { .. } => {
-                    lock(self.replica).reset_cursor()?;
+                ServerMsg::SnapshotRequired { head_seq } => {
+                    let mut r = lock(self.replica);
+                    if cursor.is_some_and(|c| c > head_seq) {
+                        // The server has less than we saw: it was restored
+                        // from a backup. Push again what we still hold.
+                        let n = r.requeue_own_ops()?;
+                        tracing::warn!(
+                            head_seq,
+                            ?cursor,
+                            requeued = n,
+                            "the server went back in time"
+                        );
+                    }
+                    r.reset_cursor()?;
                     return Ok(Outcome::Again);
                 }
                 ServerMsg::Error { code, message, .. } => {

@@ -7,6 +7,7 @@
     unreachable_pub
 )]
 
+mod backup;
 mod scenario;
 mod worker;
 mod workerd;

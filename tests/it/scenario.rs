@@ -175,7 +175,14 @@ struct Figures {
 }
 
 async fn run_scenario(seed: u64, duration: Duration) -> Figures {
-    let cluster = PgCluster::start(PgOptions::default()).unwrap();
+    // Durable settings: the scenario restarts Postgres with `-m immediate`
+    // (a crash), and a cluster with synchronous_commit=off loses commits
+    // it already acknowledged (the first soak found exactly that).
+    let cluster = PgCluster::start(PgOptions {
+        throwaway: false,
+        shared_buffers: "128MB",
+    })
+    .unwrap();
     let admin = cluster.connect("postgres").await.unwrap();
     admin
         .batch_execute("CREATE DATABASE scenario")
@@ -376,6 +383,11 @@ async fn replicas_under_partitions_kills_and_restarts_converge_without_loss() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
     eprintln!("scenario: ARBOR_SEED={seed} ARBOR_SOAK_SECS={secs}");
+    // Warnings (refused pushes, lost connections) go to the test output.
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_test_writer()
+        .try_init();
     let f = run_scenario(seed, Duration::from_secs(secs)).await;
     assert!(f.ops > 0);
 }

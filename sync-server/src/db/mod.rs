@@ -484,6 +484,9 @@ impl Db {
                 map_pg(e)
             }
         })?;
+        // Back to the pool first: `space` takes a connection of its own (a
+        // pool of one would wait for itself).
+        drop(client);
         self.space(name).await?.ok_or_else(|| {
             DbError::rejected(RejectCode::UnknownSpace, format!("space {name} vanished"))
         })
