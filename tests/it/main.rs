@@ -8,6 +8,7 @@
 )]
 
 mod backup;
+mod load;
 mod scenario;
 mod worker;
 mod workerd;
