@@ -9,6 +9,7 @@
 
 mod backup;
 mod load;
+mod proxy;
 mod scenario;
 mod worker;
 mod workerd;
