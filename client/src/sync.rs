@@ -211,7 +211,7 @@ pub async fn sync_forever(
                 return Err(e);
             }
             Err(SyncError::Transient(e)) => {
-                tracing::debug!(error = %e, "sync session ended");
+                tracing::warn!(error = %e, "sync session ended; reconnecting");
                 ctx.set_state(SyncState::Offline { error: Some(e) });
                 // A session that stayed up a while starts the backoff over.
                 if started.elapsed() > Duration::from_secs(10) {

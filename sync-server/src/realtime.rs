@@ -404,6 +404,9 @@ impl Ingests {
                         }
                         Err(e) => {
                             let code = e.reject_code().map_or("unavailable", |c| c.as_str());
+                            if e.reject_code().is_none() {
+                                tracing::warn!(error = %e, "a push could not be committed");
+                            }
                             crate::metrics::ingest(Err(code), 0.0);
                             IngestResult::Failed {
                                 code: code.to_string(),
