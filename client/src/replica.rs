@@ -202,6 +202,35 @@ pub(crate) fn meta_delete(conn: &Connection, k: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Queues `ops` in the outbox (inside the caller's transaction).
+fn outbox_insert<'a>(tx: &Connection, ops: impl IntoIterator<Item = &'a Op>) -> Result<()> {
+    let mut insert =
+        tx.prepare_cached("INSERT INTO outbox (hlc, replica, op) VALUES (?1, ?2, ?3)")?;
+    for op in ops {
+        let s = op.stamp();
+        let json = serde_json::to_string(op).map_err(|e| ReplicaError::Snapshot(e.to_string()))?;
+        insert.execute(params![
+            hlc_to_sql(s.hlc.0)?,
+            replica_to_stored(s.replica.0),
+            json
+        ])?;
+    }
+    Ok(())
+}
+
+/// Removes the ops with these stamps from the outbox (inside the caller's
+/// transaction).
+fn outbox_delete(tx: &Connection, stamps: impl IntoIterator<Item = Stamp>) -> Result<()> {
+    let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE hlc = ?1 AND replica = ?2")?;
+    for s in stamps {
+        delete.execute(params![
+            hlc_to_sql(s.hlc.0)?,
+            replica_to_stored(s.replica.0)
+        ])?;
+    }
+    Ok(())
+}
+
 /// A full local replica of one thoughtspace (or one subtree of it).
 pub struct Replica {
     pub(crate) conn: Connection,
@@ -401,19 +430,7 @@ impl Replica {
         }
         let queued = ops.len() as u64;
         tx.execute("DELETE FROM outbox", [])?;
-        {
-            let mut insert =
-                tx.prepare_cached("INSERT INTO outbox (hlc, replica, op) VALUES (?1, ?2, ?3)")?;
-            for (stamp, op) in &ops {
-                let json =
-                    serde_json::to_string(op).map_err(|e| ReplicaError::Snapshot(e.to_string()))?;
-                insert.execute(params![
-                    hlc_to_sql(stamp.hlc.0)?,
-                    replica_to_stored(stamp.replica.0),
-                    json
-                ])?;
-            }
-        }
+        outbox_insert(&tx, ops.values())?;
         tx.commit()?;
         Ok(queued)
     }
@@ -714,20 +731,7 @@ impl Replica {
             tree.apply(&ops)?;
             tree.into_store().changes
         };
-        {
-            let mut insert =
-                tx.prepare_cached("INSERT INTO outbox (hlc, replica, op) VALUES (?1, ?2, ?3)")?;
-            for op in &ops {
-                let s = op.stamp();
-                let json =
-                    serde_json::to_string(op).map_err(|e| ReplicaError::Snapshot(e.to_string()))?;
-                insert.execute(params![
-                    hlc_to_sql(s.hlc.0)?,
-                    replica_to_stored(s.replica.0),
-                    json
-                ])?;
-            }
-        }
+        outbox_insert(&tx, &ops)?;
         meta_set(&tx, key::CLOCK, hlc_to_sql(self.clock.last().0)?)?;
         tx.commit()?;
         self.notify(changes);
@@ -916,17 +920,13 @@ impl Replica {
             tree.apply(&plain)?;
             tree.into_store().changes
         };
-        {
-            let mut delete =
-                tx.prepare_cached("DELETE FROM outbox WHERE hlc = ?1 AND replica = ?2")?;
-            for op in plain.iter().filter(|o| o.stamp().replica == self.replica) {
-                let s = op.stamp();
-                delete.execute(params![
-                    hlc_to_sql(s.hlc.0)?,
-                    replica_to_stored(s.replica.0)
-                ])?;
-            }
-        }
+        outbox_delete(
+            &tx,
+            plain
+                .iter()
+                .map(Op::stamp)
+                .filter(|s| s.replica == self.replica),
+        )?;
         let last = ops.last().map_or(cursor, |o| o.seq);
         meta_set(&tx, key::CURSOR, i64::try_from(last).unwrap_or(i64::MAX))?;
         meta_set(&tx, key::CLOCK, hlc_to_sql(self.clock.last().0)?)?;
@@ -938,16 +938,7 @@ impl Replica {
     /// Removes ops the server committed (an `ack`) from the outbox.
     pub fn acknowledge(&mut self, stamps: &[Stamp]) -> Result<()> {
         let tx = self.conn.transaction()?;
-        {
-            let mut delete =
-                tx.prepare_cached("DELETE FROM outbox WHERE hlc = ?1 AND replica = ?2")?;
-            for s in stamps {
-                delete.execute(params![
-                    hlc_to_sql(s.hlc.0)?,
-                    replica_to_stored(s.replica.0)
-                ])?;
-            }
-        }
+        outbox_delete(&tx, stamps.iter().copied())?;
         tx.commit()?;
         Ok(())
     }
