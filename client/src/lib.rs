@@ -23,10 +23,12 @@ pub mod replica;
 pub mod schema;
 pub mod snapshot;
 pub mod store;
+#[cfg(feature = "native")]
 pub mod sync;
 
 pub use replica::{NodeView, OpenOptions, Position, Replica, ReplicaError};
 pub use store::Changes;
+#[cfg(feature = "native")]
 pub use sync::{
     SharedReplica, SyncConfig, SyncError, SyncState, SyncStatus, fork, sync_forever, sync_once,
 };

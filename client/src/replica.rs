@@ -139,11 +139,19 @@ pub(crate) mod key {
     pub(crate) const RESTAMP: &str = "restamp";
 }
 
-fn now_ms() -> u64 {
+/// Wall-clock milliseconds for the HLC.
+#[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Wall-clock milliseconds for the HLC (`SystemTime` panics in browsers).
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+pub(crate) fn now_ms() -> u64 {
+    js_sys::Date::now() as u64
 }
 
 fn random_u64() -> u64 {

@@ -7,7 +7,7 @@ use arbor_shared::snapshot::copy::{Reader, Writer};
 use arbor_shared::snapshot::field::replica_to_stored;
 use arbor_shared::snapshot::{Decoder, Encoder, Event, SnapshotHeader};
 use arbor_shared::{Hlc, Op, Stamp, Tree};
-use rusqlite::{TransactionBehavior, params};
+use rusqlite::params;
 
 use crate::replica::{Replica, ReplicaError, key, meta_delete, meta_set};
 use crate::store::{Changes, SqliteStore, hlc_to_sql};
@@ -63,30 +63,94 @@ const SECTION_FIELDS: [i16; 3] = [3, 5, 13];
 /// error from `chunks`) rolls everything back. Then the outbox is rebased:
 /// own ops the snapshot already holds leave it, the rest are re-applied on
 /// top (re-stamped if at or below the snapshot's horizon). `progress` is
-/// called after every chunk.
+/// called after every chunk. [`SnapshotLoad`] is the same, fed chunk by
+/// chunk (the browser's fetch stream is async).
 pub fn load_snapshot<E: std::fmt::Display>(
     replica: &mut Replica,
     chunks: impl IntoIterator<Item = Result<bytes::Bytes, E>>,
     mut progress: impl FnMut(Progress),
 ) -> Result<Loaded, ReplicaError> {
-    let me = replica_to_stored(replica.replica.0);
-    let space = replica.space()?;
-    let tx = replica
-        .conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute_batch(
-        "DROP INDEX IF EXISTS nodes_children;
-         DELETE FROM nodes; DELETE FROM payloads; DELETE FROM ops;",
-    )?;
-    let mut decoder = Decoder::new();
-    let mut header: Option<SnapshotHeader> = None;
-    let mut reader: Option<(usize, Reader)> = None;
-    let mut section = 0usize;
-    let mut prog = Progress::default();
-    let mut max_hlc = 0i64;
-    let mut mine_committed: Vec<(i64, i64)> = Vec::new();
-    let mut done = false;
-    {
+    let mut load = SnapshotLoad::begin(replica)?;
+    for chunk in chunks {
+        let chunk = chunk.map_err(|e| bad(format!("stream failed: {e}")))?;
+        progress(load.push(&chunk)?);
+    }
+    load.finish()
+}
+
+/// A cold start in progress: one open transaction on the replica, fed the
+/// snapshot's bytes as they arrive. Dropped before [`SnapshotLoad::finish`]
+/// (an error, a cut stream) it rolls back, leaving the replica as it was.
+#[derive(Debug)]
+pub struct SnapshotLoad<'r> {
+    replica: &'r mut Replica,
+    /// This replica's id as stored, to find its own committed ops.
+    me: i64,
+    /// The space the replica is bound to (the header must match).
+    space: Option<String>,
+    decoder: Decoder,
+    header: Option<SnapshotHeader>,
+    /// The open section (its index) and its COPY reader.
+    reader: Option<(usize, Reader)>,
+    /// Sections finished so far (they come in order: nodes, payloads, log).
+    section: usize,
+    prog: Progress,
+    /// The newest HLC seen, so the clock never goes behind the snapshot.
+    max_hlc: i64,
+    /// Own ops the snapshot holds: they leave the outbox.
+    mine_committed: Vec<(i64, i64)>,
+    /// The trailer arrived.
+    done: bool,
+    /// The transaction is still open (rolled back on drop).
+    open: bool,
+}
+
+impl Drop for SnapshotLoad<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = self.replica.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+impl<'r> SnapshotLoad<'r> {
+    /// Opens the transaction and empties the tree, registers and log.
+    pub fn begin(replica: &'r mut Replica) -> Result<SnapshotLoad<'r>, ReplicaError> {
+        let me = replica_to_stored(replica.replica.0);
+        let space = replica.space()?;
+        replica.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let load = SnapshotLoad {
+            replica,
+            me,
+            space,
+            decoder: Decoder::new(),
+            header: None,
+            reader: None,
+            section: 0,
+            prog: Progress::default(),
+            max_hlc: 0,
+            mine_committed: Vec::new(),
+            done: false,
+            open: true,
+        };
+        load.replica.conn.execute_batch(
+            "DROP INDEX IF EXISTS nodes_children;
+             DELETE FROM nodes; DELETE FROM payloads; DELETE FROM ops;",
+        )?;
+        Ok(load)
+    }
+
+    /// Feeds the next bytes of the stream; returns the progress so far.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Progress, ReplicaError> {
+        let tx = &self.replica.conn;
+        let me = self.me;
+        let max_hlc = &mut self.max_hlc;
+        let mine_committed = &mut self.mine_committed;
+        let prog = &mut self.prog;
+        let header = &mut self.header;
+        let reader = &mut self.reader;
+        let section = &mut self.section;
+        let decoder = &mut self.decoder;
         let mut ins_node =
             tx.prepare_cached("INSERT INTO nodes (id, parent, key) VALUES (?1, ?2, ?3)")?;
         let mut ins_payload = tx.prepare_cached(
@@ -96,196 +160,199 @@ pub fn load_snapshot<E: std::fmt::Display>(
             "INSERT INTO ops (hlc, replica, node, parent, key, applied, prev_parent, prev_key)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
-        for chunk in chunks {
-            let chunk = chunk.map_err(|e| bad(format!("stream failed: {e}")))?;
-            decoder.push(&chunk);
-            while let Some(event) = decoder.next_event().map_err(bad)? {
-                match event {
-                    Event::Header(h) => {
-                        if let Some(s) = &space {
-                            if *s != h.space {
-                                return Err(ReplicaError::WrongSpace {
-                                    have: s.clone(),
-                                    want: h.space,
-                                });
-                            }
-                        }
-                        prog.total_rows = h.nodes + h.payloads + h.log;
-                        header = Some(h);
-                    }
-                    Event::SectionStart(_) => {
-                        reader = Some((section, Reader::new(SECTION_FIELDS[section])));
-                    }
-                    Event::Data(data) => {
-                        let Some((i, r)) = reader.as_mut() else {
-                            return Err(bad("data outside a section"));
-                        };
-                        r.push(&data);
-                        loop {
-                            let row = r.next_with(|f| -> Result<(), ReplicaError> {
-                                match *i {
-                                    0 => {
-                                        ins_node.execute(params![
-                                            blob(f[0], "id")?,
-                                            blob(f[1], "parent")?,
-                                            blob(f[2], "key")?
-                                        ])?;
-                                    }
-                                    1 => {
-                                        let hlc = int8(f[3])?;
-                                        max_hlc = max_hlc.max(hlc);
-                                        ins_payload.execute(params![
-                                            blob(f[0], "node")?,
-                                            text(f[1])?.ok_or_else(|| bad("NULL field"))?,
-                                            text(f[2])?,
-                                            hlc,
-                                            int8(f[4])?
-                                        ])?;
-                                    }
-                                    _ => {
-                                        let (hlc, rep) = (int8(f[1])?, int8(f[2])?);
-                                        max_hlc = max_hlc.max(hlc);
-                                        if rep == me {
-                                            mine_committed.push((hlc, rep));
-                                        }
-                                        if f[3] == Some(b"m") {
-                                            let applied = f[10] == Some(&[1u8][..]);
-                                            ins_op.execute(params![
-                                                hlc,
-                                                rep,
-                                                blob(f[4], "node")?,
-                                                blob(f[5], "parent")?,
-                                                blob(f[6], "key")?,
-                                                applied,
-                                                f[11],
-                                                f[12]
-                                            ])?;
-                                        }
-                                    }
-                                }
-                                Ok(())
+        decoder.push(chunk);
+        while let Some(event) = decoder.next_event().map_err(bad)? {
+            match event {
+                Event::Header(h) => {
+                    if let Some(s) = &self.space {
+                        if *s != h.space {
+                            return Err(ReplicaError::WrongSpace {
+                                have: s.clone(),
+                                want: h.space,
                             });
-                            match row.map_err(bad)? {
-                                Some(result) => {
-                                    result?;
-                                    prog.rows += 1;
-                                }
-                                None => break,
-                            }
                         }
                     }
-                    Event::SectionEnd(_) => {
-                        let Some((i, r)) = reader.take() else {
-                            return Err(bad("section end outside a section"));
-                        };
-                        let rows = r.finish().map_err(bad)?;
-                        let want = header
-                            .as_ref()
-                            .map_or(0, |h| [h.nodes, h.payloads, h.log][i]);
-                        if rows != want {
-                            return Err(bad(format!(
-                                "section {i}: {rows} rows, the header says {want}"
-                            )));
-                        }
-                        section += 1;
-                    }
-                    Event::End(_) => done = true,
+                    prog.total_rows = h.nodes + h.payloads + h.log;
+                    *header = Some(h);
                 }
+                Event::SectionStart(_) => {
+                    *reader = Some((*section, Reader::new(SECTION_FIELDS[*section])));
+                }
+                Event::Data(data) => {
+                    let Some((i, r)) = reader.as_mut() else {
+                        return Err(bad("data outside a section"));
+                    };
+                    r.push(&data);
+                    loop {
+                        let row = r.next_with(|f| -> Result<(), ReplicaError> {
+                            match *i {
+                                0 => {
+                                    ins_node.execute(params![
+                                        blob(f[0], "id")?,
+                                        blob(f[1], "parent")?,
+                                        blob(f[2], "key")?
+                                    ])?;
+                                }
+                                1 => {
+                                    let hlc = int8(f[3])?;
+                                    *max_hlc = (*max_hlc).max(hlc);
+                                    ins_payload.execute(params![
+                                        blob(f[0], "node")?,
+                                        text(f[1])?.ok_or_else(|| bad("NULL field"))?,
+                                        text(f[2])?,
+                                        hlc,
+                                        int8(f[4])?
+                                    ])?;
+                                }
+                                _ => {
+                                    let (hlc, rep) = (int8(f[1])?, int8(f[2])?);
+                                    *max_hlc = (*max_hlc).max(hlc);
+                                    if rep == me {
+                                        mine_committed.push((hlc, rep));
+                                    }
+                                    if f[3] == Some(b"m") {
+                                        let applied = f[10] == Some(&[1u8][..]);
+                                        ins_op.execute(params![
+                                            hlc,
+                                            rep,
+                                            blob(f[4], "node")?,
+                                            blob(f[5], "parent")?,
+                                            blob(f[6], "key")?,
+                                            applied,
+                                            f[11],
+                                            f[12]
+                                        ])?;
+                                    }
+                                }
+                            }
+                            Ok(())
+                        });
+                        match row.map_err(bad)? {
+                            Some(result) => {
+                                result?;
+                                prog.rows += 1;
+                            }
+                            None => break,
+                        }
+                    }
+                }
+                Event::SectionEnd(_) => {
+                    let Some((i, r)) = reader.take() else {
+                        return Err(bad("section end outside a section"));
+                    };
+                    let rows = r.finish().map_err(bad)?;
+                    let want = header
+                        .as_ref()
+                        .map_or(0, |h| [h.nodes, h.payloads, h.log][i]);
+                    if rows != want {
+                        return Err(bad(format!(
+                            "section {i}: {rows} rows, the header says {want}"
+                        )));
+                    }
+                    *section += 1;
+                }
+                Event::End(_) => self.done = true,
             }
-            prog.bytes = decoder.consumed();
-            progress(prog);
         }
+        prog.bytes = decoder.consumed();
+        Ok(*prog)
     }
-    decoder.finish().map_err(bad)?;
-    let header = header.ok_or_else(|| bad("no header"))?;
-    if !done {
-        return Err(bad("no trailer"));
-    }
-    tx.execute_batch("CREATE INDEX nodes_children ON nodes (parent, key, id);")?;
-    meta_set(
-        &tx,
-        key::CURSOR,
-        i64::try_from(header.head_seq).unwrap_or(i64::MAX),
-    )?;
-    meta_set(&tx, key::SPACE, header.space.as_str())?;
-    match header.horizon {
-        Some(h) => {
-            meta_set(&tx, key::HORIZON_HLC, hlc_to_sql(h.hlc.0)?)?;
-            meta_set(&tx, key::HORIZON_REPLICA, replica_to_stored(h.replica.0))?;
-            max_hlc = max_hlc.max(hlc_to_sql(h.hlc.0)?);
+
+    /// Checks the stream ended whole, builds the index, rebases the outbox
+    /// and commits.
+    pub fn finish(mut self) -> Result<Loaded, ReplicaError> {
+        self.decoder.finish().map_err(bad)?;
+        let header = self.header.take().ok_or_else(|| bad("no header"))?;
+        if !self.done {
+            return Err(bad("no trailer"));
         }
-        None => {
-            meta_delete(&tx, key::HORIZON_HLC)?;
-            meta_delete(&tx, key::HORIZON_REPLICA)?;
+        let mut max_hlc = self.max_hlc;
+        let mine_committed = std::mem::take(&mut self.mine_committed);
+        let replica = &mut *self.replica;
+        let tx = &replica.conn;
+        tx.execute_batch("CREATE INDEX nodes_children ON nodes (parent, key, id);")?;
+        meta_set(
+            &tx,
+            key::CURSOR,
+            i64::try_from(header.head_seq).unwrap_or(i64::MAX),
+        )?;
+        meta_set(&tx, key::SPACE, header.space.as_str())?;
+        match header.horizon {
+            Some(h) => {
+                meta_set(&tx, key::HORIZON_HLC, hlc_to_sql(h.hlc.0)?)?;
+                meta_set(&tx, key::HORIZON_REPLICA, replica_to_stored(h.replica.0))?;
+                max_hlc = max_hlc.max(hlc_to_sql(h.hlc.0)?);
+            }
+            None => {
+                meta_delete(&tx, key::HORIZON_HLC)?;
+                meta_delete(&tx, key::HORIZON_REPLICA)?;
+            }
         }
-    }
-    if let Some(root) = header.root {
-        meta_set(&tx, key::ROOT, root.to_bytes().to_vec())?;
-    }
-    // Rebase the outbox.
-    let committed = {
-        let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE hlc = ?1 AND replica = ?2")?;
-        let mut n = 0u64;
-        for (h, r) in &mine_committed {
-            n += delete.execute(params![h, r])? as u64;
+        if let Some(root) = header.root {
+            meta_set(&tx, key::ROOT, root.to_bytes().to_vec())?;
         }
-        n
-    };
-    replica.clock.observe(Hlc(max_hlc.max(0) as u64));
-    let pending: Vec<(i64, String)> = {
-        let mut stmt = tx.prepare_cached("SELECT ord, op FROM outbox ORDER BY ord")?;
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?
-    };
-    // Re-stamp only after the server refused an op as stale (ops committed
-    // below the horizon whose ack was lost are still deduplicated when
-    // pushed with their own stamps), and then from the first stale op on,
-    // so later ops keep their order after it.
-    let restamp = crate::replica::meta_i64(&tx, key::RESTAMP)?.is_some();
-    meta_delete(&tx, key::RESTAMP)?;
-    let mut restamping = false;
-    let mut ops = Vec::with_capacity(pending.len());
-    let mut restamped = 0u64;
-    for (ord, json) in &pending {
-        let mut op: Op = serde_json::from_str(json).map_err(|e| bad(format!("outbox: {e}")))?;
-        restamping |= restamp && header.horizon.is_some_and(|h| op.stamp() <= h);
-        if restamping {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
-            let stamp = replica.clock.tick(now)?;
-            set_stamp(&mut op, stamp, header.head_seq);
-            tx.prepare_cached("UPDATE outbox SET hlc = ?1, replica = ?2, op = ?3 WHERE ord = ?4")?
-                .execute(params![
-                    hlc_to_sql(stamp.hlc.0)?,
-                    replica_to_stored(stamp.replica.0),
-                    serde_json::to_string(&op).map_err(bad)?,
-                    ord
-                ])?;
-            restamped += 1;
+        // Rebase the outbox.
+        let committed = {
+            let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE hlc = ?1 AND replica = ?2")?;
+            let mut n = 0u64;
+            for (h, r) in &mine_committed {
+                n += delete.execute(params![h, r])? as u64;
+            }
+            n
+        };
+        replica.clock.observe(Hlc(max_hlc.max(0) as u64));
+        let pending: Vec<(i64, String)> = {
+            let mut stmt = tx.prepare_cached("SELECT ord, op FROM outbox ORDER BY ord")?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?
+        };
+        // Re-stamp only after the server refused an op as stale (ops committed
+        // below the horizon whose ack was lost are still deduplicated when
+        // pushed with their own stamps), and then from the first stale op on,
+        // so later ops keep their order after it.
+        let restamp = crate::replica::meta_i64(&tx, key::RESTAMP)?.is_some();
+        meta_delete(&tx, key::RESTAMP)?;
+        let mut restamping = false;
+        let mut ops = Vec::with_capacity(pending.len());
+        let mut restamped = 0u64;
+        for (ord, json) in &pending {
+            let mut op: Op = serde_json::from_str(json).map_err(|e| bad(format!("outbox: {e}")))?;
+            restamping |= restamp && header.horizon.is_some_and(|h| op.stamp() <= h);
+            if restamping {
+                let stamp = replica.clock.tick(crate::replica::now_ms())?;
+                set_stamp(&mut op, stamp, header.head_seq);
+                tx.prepare_cached("UPDATE outbox SET hlc = ?1, replica = ?2, op = ?3 WHERE ord = ?4")?
+                    .execute(params![
+                        hlc_to_sql(stamp.hlc.0)?,
+                        replica_to_stored(stamp.replica.0),
+                        serde_json::to_string(&op).map_err(bad)?,
+                        ord
+                    ])?;
+                restamped += 1;
+            }
+            ops.push(op);
         }
-        ops.push(op);
+        if !ops.is_empty() {
+            let mut tree = Tree::new(SqliteStore::new(&tx));
+            tree.apply(&ops)?;
+        }
+        meta_set(&tx, key::CLOCK, hlc_to_sql(replica.clock.last().0)?)?;
+        tx.execute_batch("COMMIT")?;
+        self.open = false;
+        replica.notify_changes(Changes {
+            reset: true,
+            ..Changes::default()
+        });
+        if restamped > 0 {
+            replica.wake_outbox();
+        }
+        Ok(Loaded {
+            header,
+            restamped,
+            committed,
+            pending: ops.len() as u64,
+        })
     }
-    if !ops.is_empty() {
-        let mut tree = Tree::new(SqliteStore::new(&tx));
-        tree.apply(&ops)?;
-    }
-    meta_set(&tx, key::CLOCK, hlc_to_sql(replica.clock.last().0)?)?;
-    tx.commit()?;
-    replica.notify_changes(Changes {
-        reset: true,
-        ..Changes::default()
-    });
-    if restamped > 0 {
-        replica.wake_outbox();
-    }
-    Ok(Loaded {
-        header,
-        restamped,
-        committed,
-        pending: ops.len() as u64,
-    })
 }
 
 fn set_stamp(op: &mut Op, stamp: Stamp, known_seq: u64) {

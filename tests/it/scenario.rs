@@ -233,9 +233,27 @@ async fn run_scenario(seed: u64, duration: Duration) -> Figures {
     let mut server_back: Option<Instant> = None;
     let mut step = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut next_report = Instant::now() + Duration::from_secs(30);
     while started.elapsed() < duration {
         tick.tick().await;
         step += 1;
+        if Instant::now() >= next_report {
+            // Long soaks show their progress, so a stall is seen when it starts.
+            next_report += Duration::from_secs(30);
+            let statuses: Vec<_> = clients
+                .iter()
+                .map(|c| {
+                    let s = c.status.borrow().clone();
+                    let outbox = c.replica.lock().unwrap().outbox_len().unwrap_or(u64::MAX);
+                    (s.state, s.cursor, outbox)
+                })
+                .collect();
+            eprintln!(
+                "scenario t={:?} {:?} {statuses:?}",
+                started.elapsed().as_secs(),
+                figures
+            );
+        }
         // Each replica makes an op about every 100 ms.
         let i = rng.below(REPLICAS as u64) as usize;
         {

@@ -1,0 +1,176 @@
+// Arbor's browser API: the page's handle on a replica that lives in a
+// dedicated Web Worker (so the page never blocks on SQLite or sync).
+// Every call is a message to that worker; see worker.ts for how several
+// tabs share one replica.
+
+import {
+  ArborError,
+  type Changes,
+  type ConnectOptions,
+  type NodeId,
+  type NodeView,
+  type OpenOptions,
+  type Position,
+  type Status,
+} from "./types.js";
+
+export * from "./types.js";
+
+/** A call from the page to its worker. */
+export interface CallMsg {
+  id: number;
+  method: string;
+  args: unknown[];
+}
+
+/** What the worker sends the page. */
+export type WorkerMsg =
+  | { id: number; ok: unknown }
+  | { id: number; err: { code: string; message: string } }
+  | { event: "changes"; changes: Changes }
+  | { event: "status"; status: Status };
+
+/** Node details as `node` returns them. */
+export interface NodeInfo {
+  id: NodeId;
+  parent: NodeId | null;
+  fields: Record<string, string>;
+  /** True if the node is (under) TRASH. */
+  deleted: boolean;
+}
+
+/** A replica of one thoughtspace, opened in this tab. */
+export class Arbor {
+  #worker: Worker;
+  #next = 1;
+  #pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  #changes = new Set<(c: Changes) => void>();
+  #statusListeners = new Set<(s: Status) => void>();
+  #status: Status;
+
+  private constructor(worker: Worker, status: Status) {
+    this.#worker = worker;
+    this.#status = status;
+  }
+
+  /** Opens the replica for `options.space` (OPFS, or memory with a warning
+   * in the status where OPFS is missing). */
+  static async open(options: OpenOptions): Promise<Arbor> {
+    const url = options.workerUrl ?? new URL("arbor-worker.js", import.meta.url);
+    const worker = new Worker(url, { type: "module", name: `arbor:${options.space}` });
+    const arbor = new Arbor(worker, {
+      state: "offline",
+      error: null,
+      cursor: null,
+      outbox: 0,
+      peers: [],
+      progress: null,
+      storage: "memory",
+      role: "follower",
+      rejected: 0,
+    });
+    worker.onmessage = (e: MessageEvent<WorkerMsg>) => arbor.#receive(e.data);
+    worker.onerror = (e) => {
+      for (const p of arbor.#pending.values()) p.reject(new ArborError("worker", e.message));
+      arbor.#pending.clear();
+    };
+    arbor.#status = (await arbor.#call("open", options.space, options.memory ?? false)) as Status;
+    return arbor;
+  }
+
+  #receive(msg: WorkerMsg): void {
+    if ("event" in msg) {
+      if (msg.event === "changes") for (const f of this.#changes) f(msg.changes);
+      else {
+        this.#status = msg.status;
+        for (const f of this.#statusListeners) f(msg.status);
+      }
+      return;
+    }
+    const p = this.#pending.get(msg.id);
+    if (!p) return;
+    this.#pending.delete(msg.id);
+    if ("err" in msg) p.reject(new ArborError(msg.err.code, msg.err.message));
+    else p.resolve(msg.ok);
+  }
+
+  #call(method: string, ...args: unknown[]): Promise<unknown> {
+    const id = this.#next++;
+    return new Promise((resolve, reject) => {
+      this.#pending.set(id, { resolve, reject });
+      this.#worker.postMessage({ id, method, args } satisfies CallMsg);
+    });
+  }
+
+  /** Creates a node under `parent` at `pos`, with optional fields. */
+  async create(parent: NodeId, pos: Position = "last", fields: Record<string, string> = {}): Promise<NodeId> {
+    return (await this.#call("create", parent, pos, fields)) as NodeId;
+  }
+
+  /** Moves `node` under `parent` at `pos` (a move that would make a cycle is ignored). */
+  async move(node: NodeId, parent: NodeId, pos: Position = "last"): Promise<void> {
+    await this.#call("move", node, parent, pos);
+  }
+
+  /** Moves `node` to TRASH (restore brings it back). */
+  async delete(node: NodeId): Promise<void> {
+    await this.#call("delete", node);
+  }
+
+  /** Brings a deleted node back to where it was deleted from. */
+  async restore(node: NodeId): Promise<void> {
+    await this.#call("restore", node);
+  }
+
+  /** Sets a field (`null` clears it). */
+  async set(node: NodeId, field: string, value: string | null): Promise<void> {
+    await this.#call("set", node, field, value);
+  }
+
+  /** A page of `parent`'s children in order, after the child `after`. */
+  async children(parent: NodeId, opts: { after?: NodeId; limit?: number } = {}): Promise<NodeView[]> {
+    return (await this.#call("children", parent, opts.after ?? null, opts.limit ?? 1000)) as NodeView[];
+  }
+
+  /** A node's parent and fields, or null if the replica does not have it. */
+  async node(id: NodeId): Promise<NodeInfo | null> {
+    return (await this.#call("node", id)) as NodeInfo | null;
+  }
+
+  /** The number of nodes in the tree (ROOT and TRASH excluded). */
+  async count(): Promise<number> {
+    return (await this.#call("count")) as number;
+  }
+
+  /** Calls `f` after every change (local or remote); returns the unsubscribe. */
+  subscribe(f: (c: Changes) => void): () => void {
+    this.#changes.add(f);
+    return () => this.#changes.delete(f);
+  }
+
+  /** Starts syncing (and keeps reconnecting) until `disconnect`. */
+  async connect(options: ConnectOptions): Promise<void> {
+    await this.#call("connect", options);
+  }
+
+  /** Stops syncing: edits keep queueing in the outbox until `connect`. */
+  async disconnect(): Promise<void> {
+    await this.#call("disconnect");
+  }
+
+  /** The last status the worker reported. */
+  status(): Status {
+    return this.#status;
+  }
+
+  /** Calls `f` on every status change; returns the unsubscribe. */
+  onStatus(f: (s: Status) => void): () => void {
+    this.#statusListeners.add(f);
+    return () => this.#statusListeners.delete(f);
+  }
+
+  /** Closes the worker (this tab's share of the replica). */
+  close(): void {
+    this.#worker.terminate();
+  }
+}

@@ -1,0 +1,103 @@
+// The public types of Arbor's browser API (see docs/BROWSER.md).
+
+/** A node id: a UUID in its 36-character text form. */
+export type NodeId = string;
+
+/** The root every thoughtspace has. */
+export const ROOT: NodeId = "00000000-0000-0000-0000-000000000000";
+/** Deleted nodes live under TRASH until restored. */
+export const TRASH: NodeId = "00000000-0000-0000-0000-000000000001";
+
+/** Where a node goes among its new siblings. */
+export type Position = "first" | "last" | { before: NodeId } | { after: NodeId };
+
+/** A child as `children` returns it. */
+export interface NodeView {
+  id: NodeId;
+  /** Set fields only (cleared ones are absent). */
+  fields: Record<string, string>;
+  /** True if the node has at least one child. */
+  hasChildren: boolean;
+}
+
+/** What a write touched (local or remote). */
+export interface Changes {
+  /** The whole replica was replaced (cold start): reload everything. */
+  reset: boolean;
+  /** Parents whose list of children changed. */
+  parents: NodeId[];
+  /** Nodes created, moved, deleted or restored. */
+  moved: NodeId[];
+  /** Nodes whose fields changed. */
+  fields: NodeId[];
+}
+
+/** A connection to the same thoughtspace (presence). */
+export interface Peer {
+  conn: number;
+  /** The token's subject (the user). */
+  sub: string;
+  /** The replica id, as a decimal string. */
+  replica: string | null;
+}
+
+/** What the sync client is doing. */
+export type SyncState =
+  | "offline"
+  | "connecting"
+  | "cold_start"
+  | "catching_up"
+  | "pushing"
+  | "live"
+  | "refused";
+
+/** The replica's status, pushed to `onStatus` listeners. */
+export interface Status {
+  state: SyncState;
+  /** Why the last session ended, if it did. */
+  error: string | null;
+  /** The last server seq applied (null: never synced). */
+  cursor: number | null;
+  /** Local ops not yet acknowledged by the server. */
+  outbox: number;
+  peers: Peer[];
+  /** Cold-start progress (rows loaded of total), while in `cold_start`. */
+  progress: { rows: number; total: number; bytes: number } | null;
+  /** Where the replica lives: OPFS (durable) or memory (lost on reload). */
+  storage: "opfs" | "memory";
+  /** This tab's worker owns the database, or forwards to the tab that does. */
+  role: "owner" | "follower";
+  /** Local ops the server refused for good. */
+  rejected: number;
+}
+
+/** How to reach the server. */
+export interface ConnectOptions {
+  /** The sync server's HTTP base, e.g. "http://127.0.0.1:8080". */
+  server: string;
+  /** The realtime base (WebSocket) if it differs (the Durable Object tier). */
+  realtime?: string;
+  /** A bearer token for this thoughtspace. */
+  token: string;
+}
+
+/** How to open a replica. */
+export interface OpenOptions {
+  /** The thoughtspace; it also names the database file. */
+  space: string;
+  /** The worker script's URL (default: "arbor-worker.js" next to the page). */
+  workerUrl?: string | URL;
+  /** Force a replica in memory (tests, private windows). */
+  memory?: boolean;
+}
+
+/** An error from the replica or the worker, with a stable code. */
+export class ArborError extends Error {
+  constructor(
+    public readonly code: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = "ArborError";
+  }
+}
