@@ -73,6 +73,18 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    serve_with(listener, admin, config, axum::Router::new(), shutdown).await
+}
+
+/// [`serve`] with `extra` routes merged into the API (the dev server adds
+/// the demo's static files and its token endpoint).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    admin: Option<tokio::net::TcpListener>,
+    config: Config,
+    extra: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     let metrics = metrics::handle();
     let db = db::Db::open(config.database.clone(), config.db_pool).await?;
     let rooms = Arc::new(realtime::Rooms::new(
@@ -88,7 +100,7 @@ pub async fn serve(
         rooms: rooms.clone(),
         max_import_bytes: config.max_import_bytes,
     });
-    let app = api::router(state.clone(), config.max_body_bytes, &config.cors_origins);
+    let app = api::router(state.clone(), config.max_body_bytes, &config.cors_origins).merge(extra);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let forward = config
         .notify_url

@@ -64,6 +64,10 @@ enum Command {
         /// Forward commit notices to this realtime Worker (base URL).
         #[arg(long, env = "ARBOR_NOTIFY_URL")]
         notify_url: Option<String>,
+        /// The built browser demo (scripts/build-web.sh), served at /demo/
+        /// when the folder exists.
+        #[arg(long, env = "ARBOR_WEB_DIR", default_value = "web/dist")]
+        web_dir: std::path::PathBuf,
     },
     /// Mint a development token (HS256, secret from ARBOR_JWT_SECRET or
     /// --jwt-secret-file).
@@ -146,6 +150,7 @@ async fn main() -> anyhow::Result<()> {
             space,
             database_url,
             notify_url,
+            web_dir,
         } => {
             dev(
                 data_dir,
@@ -154,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
                 space,
                 database_url,
                 notify_url,
+                web_dir,
             )
             .await?
         }
@@ -230,6 +236,7 @@ async fn dev(
     space: String,
     database_url: Option<String>,
     notify_url: Option<String>,
+    web_dir: std::path::PathBuf,
 ) -> anyhow::Result<()> {
     use arbor_testkit::{PgCluster, PgOptions};
     std::fs::create_dir_all(&data_dir)
@@ -297,6 +304,15 @@ async fn dev(
     println!("  admin:    http://{}/metrics", admin.local_addr()?);
     println!("  postgres: {shown}");
     println!("  space:    {space}");
+    let extra = demo_routes(&web_dir, key.clone());
+    if extra.is_some() {
+        println!("  demo:     http://{}/demo/", listener.local_addr()?);
+    } else {
+        println!(
+            "  demo:     not built ({} missing: bash scripts/build-web.sh)",
+            web_dir.display()
+        );
+    }
     println!("  token:    {token}");
     use std::io::Write as _;
     std::io::stdout().flush()?;
@@ -312,10 +328,63 @@ async fn dev(
         socket_queue_frames: 256,
         notify_url,
     };
-    let served = arbor_sync_server::serve(listener, Some(admin), config, shutdown_signal()).await;
+    let served = arbor_sync_server::serve_with(
+        listener,
+        Some(admin),
+        config,
+        extra.unwrap_or_default(),
+        shutdown_signal(),
+    )
+    .await;
     if let Some(cluster) = cluster {
         cluster.stop();
     }
     served?;
     Ok(())
+}
+
+/// The dev server's extra routes: the demo's static files at `/demo/` (and
+/// `/` redirecting there) and `GET /dev/token?space=S&user=U`, which mints
+/// a one-day write token for anyone who asks. That is what makes the demo
+/// open with no login, and why `dev` must never face a network.
+fn demo_routes(web_dir: &std::path::Path, key: Hs256Key) -> Option<axum::Router> {
+    use axum::extract::Query;
+    use axum::response::{IntoResponse, Redirect};
+    use axum::routing::get;
+    if !web_dir.join("index.html").is_file() {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct TokenQuery {
+        space: String,
+        user: String,
+    }
+    let mint_token = move |Query(q): Query<TokenQuery>| {
+        let key = key.clone();
+        async move {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let token = mint(
+                &Claims {
+                    sub: q.user,
+                    space: q.space,
+                    role: Role::Write,
+                    rid: None,
+                    exp: now + 24 * 3600,
+                    nbf: None,
+                    iat: Some(now),
+                },
+                &key,
+            );
+            axum::Json(serde_json::json!({ "token": token })).into_response()
+        }
+    };
+    Some(
+        axum::Router::new()
+            .route("/", get(|| async { Redirect::temporary("/demo/") }))
+            .route("/dev/token", get(mint_token))
+            .nest_service("/demo", tower_http::services::ServeDir::new(web_dir)),
+    )
 }

@@ -1,0 +1,446 @@
+//! Arbor in the browser: the client [`Replica`] on SQLite in OPFS (the
+//! `opfs-sahpool` VFS), or in memory where OPFS is missing, and the sync
+//! loop over a `web-sys` WebSocket, exported to JavaScript with
+//! wasm-bindgen. It runs in a dedicated Web Worker (`web/src/worker.ts`),
+//! which owns one replica per origin and thoughtspace and serves every tab.
+//!
+//! # Layout
+//!
+//! - [`WebReplica`]: the exported class; the local API (create, move,
+//!   delete, restore, set, children, node, count), change and status
+//!   callbacks, `connect` / `disconnect`.
+//! - [`sync`]: the sync loop (hello, catch-up, pushes with acks, refusals,
+//!   reconnect with jittered backoff), the browser twin of
+//!   `arbor_client::sync`, and the streamed cold start over `fetch`.
+//! - [`js`]: small bridges to browser APIs (timers, errors as `{code,
+//!   message}` objects, the WebSocket as a stream of events).
+//!
+//! Values cross the boundary as JSON strings (parsed by the worker), which
+//! keeps the binding small and the types in one place (`web/src/types.ts`).
+
+pub mod js;
+pub mod sync;
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use arbor_client::{Changes, Position, Replica, ReplicaError};
+use arbor_shared::NodeId;
+use rusqlite::params;
+use serde::{Deserialize, Serialize};
+use wasm_bindgen::prelude::*;
+
+use crate::js::{JsResult, err};
+
+/// The replica's status as `web/src/types.ts` `Status` describes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// `offline`, `connecting`, `cold_start`, `catching_up`, `pushing`,
+    /// `live` or `refused`.
+    pub state: &'static str,
+    /// Why the last session ended.
+    pub error: Option<String>,
+    /// The last server seq applied.
+    pub cursor: Option<u64>,
+    /// Local ops not yet acknowledged.
+    pub outbox: u64,
+    /// Who is connected to the thoughtspace.
+    pub peers: Vec<PeerJs>,
+    /// Cold-start progress, while in `cold_start`.
+    pub progress: Option<ProgressJs>,
+    /// `opfs` or `memory`.
+    pub storage: &'static str,
+    /// Always `owner` here (the worker marks followers).
+    pub role: &'static str,
+    /// Local ops the server refused for good.
+    pub rejected: u64,
+}
+
+/// A peer (presence).
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerJs {
+    conn: u64,
+    sub: String,
+    /// Decimal: a u64 does not fit a JS number.
+    replica: Option<String>,
+}
+
+/// Cold-start progress.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ProgressJs {
+    rows: u64,
+    total: u64,
+    bytes: u64,
+}
+
+/// Shared by the exported handle and the sync loop (one thread: `Rc`).
+pub(crate) struct Inner {
+    pub(crate) replica: RefCell<Replica>,
+    /// The replica's change feed, drained after every write and apply.
+    changes: mpsc::Receiver<Arc<Changes>>,
+    on_changes: RefCell<Option<js_sys::Function>>,
+    on_status: RefCell<Option<js_sys::Function>>,
+    pub(crate) status: RefCell<Status>,
+    /// Bumped by `connect` and `disconnect`: a sync loop whose generation
+    /// is no longer current stops at its next step.
+    pub(crate) generation: Cell<u64>,
+    /// Wakes the running session (a local write queued ops; a disconnect).
+    pub(crate) wake: RefCell<Option<futures_channel::mpsc::UnboundedSender<sync::Event>>>,
+}
+
+impl Inner {
+    /// Sends pending change notifications to the page.
+    pub(crate) fn flush_changes(&self) {
+        let mut all = Changes::default();
+        while let Ok(c) = self.changes.try_recv() {
+            all.extend((*c).clone());
+        }
+        if all.is_empty() {
+            return;
+        }
+        let ids = |s: &std::collections::BTreeSet<NodeId>| -> Vec<String> {
+            s.iter().map(ToString::to_string).collect()
+        };
+        let json = serde_json::json!({
+            "reset": all.reset,
+            "parents": ids(&all.parents),
+            "moved": ids(&all.moved),
+            "fields": ids(&all.fields),
+        })
+        .to_string();
+        if let Some(f) = self.on_changes.borrow().as_ref() {
+            let _ = f.call1(&JsValue::NULL, &JsValue::from_str(&json));
+        }
+    }
+
+    /// Updates the status and tells the page.
+    pub(crate) fn set_status(&self, f: impl FnOnce(&mut Status)) {
+        {
+            let mut s = self.status.borrow_mut();
+            f(&mut s);
+            if let Ok(r) = self.replica.try_borrow() {
+                s.cursor = r.cursor().ok().flatten();
+                s.outbox = r.outbox_len().unwrap_or(s.outbox);
+            }
+        }
+        let json = serde_json::to_string(&*self.status.borrow()).unwrap_or_default();
+        if let Some(f) = self.on_status.borrow().as_ref() {
+            let _ = f.call1(&JsValue::NULL, &JsValue::from_str(&json));
+        }
+    }
+
+    fn replica_mut(&self) -> JsResult<std::cell::RefMut<'_, Replica>> {
+        self.replica
+            .try_borrow_mut()
+            .map_err(|_| err("busy", "the replica is loading a snapshot"))
+    }
+
+    fn replica(&self) -> JsResult<std::cell::Ref<'_, Replica>> {
+        self.replica
+            .try_borrow()
+            .map_err(|_| err("busy", "the replica is loading a snapshot"))
+    }
+
+    /// After a local write: notify, wake the sync loop, report the outbox.
+    fn wrote(&self) {
+        self.flush_changes();
+        if let Some(w) = self.wake.borrow().as_ref() {
+            let _ = w.unbounded_send(sync::Event::Wake);
+        }
+        self.set_status(|_| {});
+    }
+}
+
+/// A replica error as a `{code, message}` JS object.
+pub(crate) fn replica_err(e: ReplicaError) -> JsValue {
+    let code = match &e {
+        ReplicaError::UnknownNode(_) => "unknown_node",
+        ReplicaError::Reserved(_) => "reserved_node",
+        ReplicaError::NotASibling { .. } => "not_a_sibling",
+        ReplicaError::Cycle { .. } => "cycle",
+        ReplicaError::Op(_) => "bad_op",
+        ReplicaError::WrongSpace { .. } => "wrong_space",
+        ReplicaError::Snapshot(_) => "snapshot",
+        _ => "replica",
+    };
+    err(code, &e.to_string())
+}
+
+fn node_id(s: &str) -> JsResult<NodeId> {
+    s.parse()
+        .map_err(|_| err("bad_id", &format!("not a node id: {s:?}")))
+}
+
+/// `"first" | "last" | {"before": id} | {"after": id}`.
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum PositionJs {
+    First,
+    Last,
+    Before(String),
+    After(String),
+}
+
+fn position(json: &str) -> JsResult<Position> {
+    let p: PositionJs =
+        serde_json::from_str(json).map_err(|e| err("bad_position", &e.to_string()))?;
+    Ok(match p {
+        PositionJs::First => Position::First,
+        PositionJs::Last => Position::Last,
+        PositionJs::Before(s) => Position::Before(node_id(&s)?),
+        PositionJs::After(s) => Position::After(node_id(&s)?),
+    })
+}
+
+/// A replica of one thoughtspace in this worker.
+#[wasm_bindgen]
+pub struct WebReplica {
+    inner: Rc<Inner>,
+}
+
+/// Installs the OPFS pool (retrying while another worker of this origin
+/// still holds it: ownership is moving between tabs). `Ok(false)`: this
+/// browser has no OPFS sync access handles.
+async fn install_opfs() -> Result<bool, String> {
+    use sqlite_wasm_vfs::sahpool::{OpfsSAHPoolCfgBuilder, install};
+    let cfg = OpfsSAHPoolCfgBuilder::new().directory("arbor").build();
+    let mut last = String::new();
+    for attempt in 0..40u32 {
+        match install::<sqlite_wasm_rs::WasmOsCallback>(&cfg, true).await {
+            Ok(_) => return Ok(true),
+            Err(e) => {
+                last = e.to_string();
+                let unsupported = !js::has_opfs();
+                if unsupported {
+                    return Ok(false);
+                }
+                js::sleep_ms(50 + 25 * attempt).await;
+            }
+        }
+    }
+    Err(last)
+}
+
+#[wasm_bindgen]
+impl WebReplica {
+    /// Opens the replica of `space`: on OPFS unless `memory` is set or
+    /// OPFS is missing (then `status().storage` is `memory`).
+    pub async fn open(space: String, memory: bool) -> Result<WebReplica, JsValue> {
+        let durable = if memory {
+            false
+        } else {
+            install_opfs().await.map_err(|e| err("storage", &e))?
+        };
+        let mut replica = if durable {
+            // File names in the pool are flat: one file per thoughtspace.
+            let name: String = space
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            Replica::open(std::path::Path::new(&format!("/{name}.arbor")))
+                .map_err(replica_err)?
+        } else {
+            Replica::open_in_memory().map_err(replica_err)?
+        };
+        replica.bind_space(&space).map_err(replica_err)?;
+        let changes = replica.subscribe();
+        let outbox = replica.outbox_len().unwrap_or(0);
+        let cursor = replica.cursor().ok().flatten();
+        let inner = Rc::new(Inner {
+            replica: RefCell::new(replica),
+            changes,
+            on_changes: RefCell::new(None),
+            on_status: RefCell::new(None),
+            status: RefCell::new(Status {
+                state: "offline",
+                error: None,
+                cursor,
+                outbox,
+                peers: Vec::new(),
+                progress: None,
+                storage: if durable { "opfs" } else { "memory" },
+                role: "owner",
+                rejected: 0,
+            }),
+            generation: Cell::new(0),
+            wake: RefCell::new(None),
+        });
+        Ok(WebReplica { inner })
+    }
+
+    /// The status as JSON.
+    pub fn status(&self) -> String {
+        serde_json::to_string(&*self.inner.status.borrow()).unwrap_or_default()
+    }
+
+    /// Calls `f(changesJson)` after every change.
+    #[wasm_bindgen(js_name = onChanges)]
+    pub fn on_changes(&self, f: js_sys::Function) {
+        *self.inner.on_changes.borrow_mut() = Some(f);
+    }
+
+    /// Calls `f(statusJson)` on every status change.
+    #[wasm_bindgen(js_name = onStatus)]
+    pub fn on_status(&self, f: js_sys::Function) {
+        *self.inner.on_status.borrow_mut() = Some(f);
+    }
+
+    /// Creates a node; `pos` and `fields` are JSON. Returns its id.
+    pub fn create(&self, parent: &str, pos: &str, fields: &str) -> Result<String, JsValue> {
+        let parent = node_id(parent)?;
+        let pos = position(pos)?;
+        let fields: BTreeMap<String, String> =
+            serde_json::from_str(fields).map_err(|e| err("bad_fields", &e.to_string()))?;
+        let fields: Vec<(&str, &str)> = fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let id = self
+            .inner
+            .replica_mut()?
+            .create_with(parent, pos, &fields)
+            .map_err(replica_err)?;
+        self.inner.wrote();
+        Ok(id.to_string())
+    }
+
+    /// Moves `node` under `parent` at `pos` (JSON).
+    #[wasm_bindgen(js_name = moveNode)]
+    pub fn move_node(&self, node: &str, parent: &str, pos: &str) -> Result<(), JsValue> {
+        let (node, parent, pos) = (node_id(node)?, node_id(parent)?, position(pos)?);
+        self.inner
+            .replica_mut()?
+            .move_node(node, parent, pos)
+            .map_err(replica_err)?;
+        self.inner.wrote();
+        Ok(())
+    }
+
+    /// Moves `node` to TRASH.
+    pub fn delete(&self, node: &str) -> Result<(), JsValue> {
+        let node = node_id(node)?;
+        self.inner
+            .replica_mut()?
+            .delete(node)
+            .map_err(replica_err)?;
+        self.inner.wrote();
+        Ok(())
+    }
+
+    /// Brings a deleted node back where it was.
+    pub fn restore(&self, node: &str) -> Result<(), JsValue> {
+        let node = node_id(node)?;
+        self.inner
+            .replica_mut()?
+            .restore(node)
+            .map_err(replica_err)?;
+        self.inner.wrote();
+        Ok(())
+    }
+
+    /// Sets (or with `None`, clears) a field.
+    pub fn set(&self, node: &str, field: &str, value: Option<String>) -> Result<(), JsValue> {
+        let node = node_id(node)?;
+        self.inner
+            .replica_mut()?
+            .set(node, field, value.as_deref())
+            .map_err(replica_err)?;
+        self.inner.wrote();
+        Ok(())
+    }
+
+    /// A page of children as JSON `[{id, fields, hasChildren}]`.
+    pub fn children(
+        &self,
+        parent: &str,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<String, JsValue> {
+        let parent = node_id(parent)?;
+        let after = after.as_deref().map(node_id).transpose()?;
+        let r = self.inner.replica()?;
+        let page = r
+            .children(parent, after, limit as usize)
+            .map_err(replica_err)?;
+        let mut has = r
+            .connection()
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM nodes WHERE parent = ?1)")
+            .map_err(|e| replica_err(e.into()))?;
+        let mut out = Vec::with_capacity(page.len());
+        for v in page {
+            let has_children: bool = has
+                .query_row(params![v.id.to_bytes().to_vec()], |row| row.get(0))
+                .map_err(|e| replica_err(e.into()))?;
+            out.push(serde_json::json!({
+                "id": v.id.to_string(),
+                "fields": v.fields,
+                "hasChildren": has_children,
+            }));
+        }
+        Ok(serde_json::Value::Array(out).to_string())
+    }
+
+    /// `{id, parent, fields, deleted}` as JSON, or `null`.
+    pub fn node(&self, id: &str) -> Result<String, JsValue> {
+        let id = node_id(id)?;
+        let r = self.inner.replica()?;
+        if !r.contains(id).map_err(replica_err)? {
+            return Ok("null".into());
+        }
+        let parent = r.parent(id).map_err(replica_err)?;
+        let fields = r.fields(id).map_err(replica_err)?;
+        let deleted = r.is_deleted(id).map_err(replica_err)?;
+        Ok(serde_json::json!({
+            "id": id.to_string(),
+            "parent": parent.map(|p| p.to_string()),
+            "fields": fields,
+            "deleted": deleted,
+        })
+        .to_string())
+    }
+
+    /// Nodes in the tree (ROOT and TRASH excluded).
+    pub fn count(&self) -> Result<f64, JsValue> {
+        Ok(self.inner.replica()?.node_count().map_err(replica_err)? as f64)
+    }
+
+    /// Starts syncing with `server` (HTTP base), `realtime` (WebSocket
+    /// base, empty: the server's) and `token`, until `disconnect`.
+    pub fn connect(&self, server: String, realtime: String, token: String) {
+        let generation = self.inner.generation.get() + 1;
+        self.inner.generation.set(generation);
+        if let Some(w) = self.inner.wake.borrow_mut().take() {
+            let _ = w.unbounded_send(sync::Event::Stop);
+        }
+        let space = self
+            .inner
+            .replica()
+            .ok()
+            .and_then(|r| r.space().ok().flatten())
+            .unwrap_or_default();
+        let config = sync::Config {
+            server,
+            realtime: (!realtime.is_empty()).then_some(realtime),
+            space,
+            token,
+        };
+        wasm_bindgen_futures::spawn_local(sync::run(self.inner.clone(), config, generation));
+    }
+
+    /// Stops syncing; local edits keep queueing.
+    pub fn disconnect(&self) {
+        self.inner.generation.set(self.inner.generation.get() + 1);
+        if let Some(w) = self.inner.wake.borrow_mut().take() {
+            let _ = w.unbounded_send(sync::Event::Stop);
+        }
+        self.inner.set_status(|s| {
+            s.state = "offline";
+            s.error = None;
+            s.peers.clear();
+            s.progress = None;
+        });
+    }
+}

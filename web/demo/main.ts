@@ -1,0 +1,289 @@
+// Arbor's demo outliner: startup, the header (status, peers, offline
+// toggle, add, trash), cold-start progress and the storage warning.
+//
+// URL: /demo/?space=demo&user=alice[&token=...][&memory=1][&realtime=wss://...]
+//
+// Tests drive the page through the DOM (data-testid attributes) and through
+// `window.arbor` (the Arbor handle) and `window.outline` (see OutlineApi).
+
+import { Arbor, type NodeId, type Status, type SyncState } from "../src/arbor.js";
+import { Outline, type RowInfo } from "./outline.js";
+import { TrashPanel } from "./trash.js";
+import { byTestId, colourFor, h, initials, showError } from "./ui.js";
+
+/** What `window.outline` offers. */
+export interface OutlineApi {
+  /** Resolves after the first render (ROOT and the expanded nodes loaded). */
+  ready: Promise<void>;
+  space: string;
+  user: string;
+  /** Every visible row, flattened in display order (not just the rendered window). */
+  rows(): RowInfo[];
+  /** Resolves when no load, change batch or queued edit is outstanding. */
+  settled(): Promise<void>;
+  expand(id: NodeId): void;
+  collapse(id: NodeId): void;
+  toggle(id: NodeId): void;
+  isExpanded(id: NodeId): boolean;
+  /** Scrolls the row into view and focuses its title input. */
+  focus(id: NodeId): void;
+  /** Scrolls the row into view. */
+  scrollTo(id: NodeId): void;
+  /** Like the Add button: appends an empty node to ROOT; resolves to its id. */
+  add(): Promise<NodeId | null>;
+  /** Saves every title typed but not yet saved. */
+  flush(): Promise<void>;
+}
+
+declare global {
+  interface Window {
+    arbor?: Arbor;
+    outline?: OutlineApi;
+  }
+}
+
+const STATE_LABEL: Record<SyncState, string> = {
+  offline: "offline",
+  connecting: "connecting",
+  cold_start: "cold start",
+  catching_up: "catching up",
+  pushing: "pushing",
+  live: "live",
+  refused: "refused",
+};
+
+const params = new URLSearchParams(location.search);
+const space = params.get("space") || "demo";
+const user = params.get("user") || guestName();
+
+let outline: Outline | null = null;
+let resolveReady!: () => void;
+let rejectReady!: (e: unknown) => void;
+const ready = new Promise<void>((res, rej) => {
+  resolveReady = res;
+  rejectReady = rej;
+});
+ready.catch(() => {}); // a failed start is shown in the toast
+
+window.outline = {
+  ready,
+  space,
+  user,
+  rows: () => outline?.rows() ?? [],
+  settled: async () => {
+    await ready;
+    await outline?.settled();
+  },
+  expand: (id) => outline?.setExpanded(id, true),
+  collapse: (id) => outline?.setExpanded(id, false),
+  toggle: (id) => outline?.toggle(id),
+  isExpanded: (id) => outline?.isExpanded(id) ?? false,
+  focus: (id) => outline?.focus(id),
+  scrollTo: (id) => outline?.scrollTo(id),
+  add: async () => (outline ? ((await outline.add()) ?? null) : null),
+  flush: async () => {
+    await outline?.flushSaves();
+  },
+};
+
+function guestName(): string {
+  try {
+    const saved = sessionStorage.getItem("arbor-demo:user");
+    if (saved) return saved;
+    const name = `guest-${1000 + Math.floor(Math.random() * 9000)}`;
+    sessionStorage.setItem("arbor-demo:user", name);
+    return name;
+  } catch {
+    return `guest-${1000 + Math.floor(Math.random() * 9000)}`;
+  }
+}
+
+// ------------------------------------------------------------------ elements
+
+const statusEl = byTestId("status");
+const peersEl = byTestId("peers");
+const warningEl = byTestId("storage-warning");
+const progressWrap = byTestId("progress-wrap");
+const progressEl = byTestId<HTMLProgressElement>("progress");
+const progressText = byTestId("progress-text");
+const offlineBtn = byTestId<HTMLButtonElement>("offline-toggle");
+const addBtn = byTestId<HTMLButtonElement>("add");
+const trashBtn = byTestId<HTMLButtonElement>("trash-toggle");
+const scroller = byTestId("scroller");
+const spacer = byTestId("spacer");
+const emptyEl = byTestId("empty");
+const errorEl = byTestId("error");
+
+byTestId("space").textContent = space;
+byTestId("user").textContent = user;
+document.title = `${space} · Arbor`;
+errorEl.addEventListener("click", () => {
+  errorEl.hidden = true;
+});
+
+// ------------------------------------------------------------------ status
+
+let lastState: SyncState | null = null;
+let rowCount = -1; // unknown until the first render
+
+/** The "nothing here" hint: an empty outline that is not still loading. */
+function renderEmpty(): void {
+  emptyEl.hidden = rowCount !== 0 || lastState === "cold_start";
+}
+
+function renderStatus(s: Status): void {
+  statusEl.dataset.state = s.state;
+  statusEl.dataset.outbox = String(s.outbox);
+  let text = STATE_LABEL[s.state] ?? s.state;
+  if (s.outbox > 0) text += ` · ${s.outbox} pending`;
+  if (s.rejected > 0) text += ` · ${s.rejected} rejected`;
+  statusEl.textContent = text;
+  const where = s.role === "owner" ? "this tab holds the replica" : "replica shared with another tab";
+  statusEl.title = [`${s.storage === "opfs" ? "OPFS" : "in memory"}, ${where}`, `cursor ${s.cursor ?? "none"}`, s.error ? `last error: ${s.error}` : ""]
+    .filter(Boolean)
+    .join("\n");
+
+  warningEl.hidden = s.storage !== "memory";
+
+  const cold = s.state === "cold_start";
+  progressWrap.hidden = !cold;
+  if (cold) {
+    const p = s.progress;
+    if (p && p.total > 0) {
+      progressEl.max = p.total;
+      progressEl.value = Math.min(p.rows, p.total);
+      const pct = Math.floor((100 * Math.min(p.rows, p.total)) / p.total);
+      progressText.textContent = `Loading the thoughtspace: ${p.rows.toLocaleString()} of ${p.total.toLocaleString()} nodes (${pct}%, ${formatBytes(p.bytes)})`;
+    } else {
+      progressEl.removeAttribute("value"); // indeterminate
+      progressText.textContent = p ? `Loading the thoughtspace: ${p.rows.toLocaleString()} nodes (${formatBytes(p.bytes)})` : "Loading the thoughtspace…";
+    }
+  }
+
+  renderPeers(s);
+
+  // Leaving a cold start: the replica was replaced; the `reset` event does
+  // the same, this is a safety net.
+  if (lastState === "cold_start" && !cold) outline?.reloadAll();
+  lastState = s.state;
+  renderEmpty();
+}
+
+function renderPeers(s: Status): void {
+  const subs = [...new Set(s.peers.map((p) => p.sub))].sort();
+  peersEl.dataset.count = String(subs.length);
+  peersEl.title = subs.length === 0 ? "Nobody connected" : `Connected: ${subs.join(", ")}`;
+  const key = subs.join("\n");
+  if (peersEl.dataset.key === key) return;
+  peersEl.dataset.key = key;
+  peersEl.replaceChildren(
+    ...subs.map((sub) => {
+      const chip = h("span", { class: sub === user ? "peer me" : "peer", "data-testid": "peer", "data-sub": sub, title: sub === user ? `${sub} (you)` : sub }, initials(sub));
+      chip.style.background = colourFor(sub);
+      return chip;
+    }),
+  );
+}
+
+function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MB`;
+}
+
+// ------------------------------------------------------------------ connection
+
+let token: string | null = params.get("token");
+let online = true;
+let toggling = false;
+
+async function fetchToken(): Promise<string> {
+  const res = await fetch(`/dev/token?space=${encodeURIComponent(space)}&user=${encodeURIComponent(user)}`);
+  if (!res.ok) throw new Error(`GET /dev/token: HTTP ${res.status}`);
+  const body = (await res.json()) as { token?: unknown };
+  if (typeof body.token !== "string") throw new Error("GET /dev/token: no token in the answer");
+  return body.token;
+}
+
+async function goOnline(arbor: Arbor): Promise<void> {
+  token ??= await fetchToken();
+  const realtime = params.get("realtime") || undefined;
+  await arbor.connect({ server: params.get("server") || location.origin, token, realtime });
+}
+
+function renderOffline(): void {
+  offlineBtn.textContent = online ? "Go offline" : "Go online";
+  offlineBtn.setAttribute("aria-pressed", String(!online));
+  offlineBtn.dataset.offline = String(!online);
+  offlineBtn.classList.toggle("on", !online);
+}
+
+// ------------------------------------------------------------------ startup
+
+async function main(): Promise<void> {
+  renderOffline();
+  const arbor = await Arbor.open({
+    space,
+    workerUrl: new URL("./arbor-worker.js", location.href),
+    memory: params.get("memory") === "1" || params.get("memory") === "true",
+  });
+  window.arbor = arbor;
+  renderStatus(arbor.status());
+  arbor.onStatus(renderStatus);
+
+  const view = new Outline(arbor, space, scroller, spacer);
+  outline = view;
+  view.onRender = (n) => {
+    rowCount = n;
+    renderEmpty();
+  };
+  const trash = new TrashPanel(arbor, view, byTestId("trash"), byTestId("trash-list"), trashBtn);
+  view.onTrashChanged = () => void trash.reload();
+  byTestId("trash-close").addEventListener("click", () => trash.setOpen(false));
+
+  addBtn.addEventListener("click", () => void view.add());
+  emptyEl.addEventListener("click", () => void view.add());
+
+  offlineBtn.addEventListener("click", async () => {
+    if (toggling) return;
+    toggling = true;
+    offlineBtn.disabled = true;
+    try {
+      if (online) {
+        online = false;
+        renderOffline();
+        await arbor.disconnect();
+      } else {
+        online = true;
+        renderOffline();
+        await goOnline(arbor);
+      }
+    } catch (e) {
+      showError(e, online ? "Could not connect" : "Could not disconnect");
+      if (online) {
+        online = false;
+        renderOffline();
+      }
+    } finally {
+      toggling = false;
+      offlineBtn.disabled = false;
+    }
+  });
+
+  // Connect while the tree loads; a failure leaves the replica offline
+  // (edits keep working and queue in the outbox).
+  const connecting = goOnline(arbor).catch((e: unknown) => {
+    online = false;
+    renderOffline();
+    showError(e, "Could not connect");
+  });
+
+  await view.start();
+  resolveReady();
+  await connecting;
+}
+
+main().catch((e: unknown) => {
+  showError(e, "Could not open the replica");
+  rejectReady(e);
+});

@@ -1,0 +1,224 @@
+// The dedicated Web Worker behind `Arbor` (one per tab). Several tabs of
+// one origin share one replica: the worker that holds the Web Lock
+// `arbor-owner:<space>` owns the database (OPFS allows one owner per
+// pool) and runs the sync loop; the others forward calls to it over a
+// BroadcastChannel and relay its change and status events to their page.
+// When the owner's tab closes, its lock is released and the next waiting
+// worker opens the database and takes over, resending calls still open.
+
+import init, { WebReplica } from "../pkg/arbor_client_web.js";
+import type { CallMsg, WorkerMsg } from "./arbor.js";
+import type { Changes, ConnectOptions, Status } from "./types.js";
+
+/** Messages between the workers of one origin and thoughtspace. */
+type PeerMsg =
+  | { kind: "call"; from: string; cid: number; method: string; args: unknown[] }
+  | { kind: "reply"; to: string; cid: number; ok?: unknown; err?: { code: string; message: string } }
+  | { kind: "changes"; changes: Changes }
+  | { kind: "status"; status: Status }
+  | { kind: "owner" }
+  | { kind: "hello" };
+
+const scope = self as unknown as DedicatedWorkerGlobalScope;
+const me = crypto.randomUUID();
+let space = "";
+let memory = false;
+let channel: BroadcastChannel | null = null;
+let replica: WebReplica | null = null;
+let lastStatus: Status | null = null;
+/** The connection every tab wants (shared: one socket per origin). */
+let wanted: ConnectOptions | null = null;
+/** Calls forwarded to the owner and not answered yet. */
+const forwarded = new Map<number, { page: number; method: string; args: unknown[] }>();
+let nextCid = 1;
+let ownerReady: Promise<void> | null = null;
+let statusSeen: (() => void) | null = null;
+
+function post(msg: WorkerMsg): void {
+  scope.postMessage(msg);
+}
+
+function toPage(status: Status, role: "owner" | "follower"): Status {
+  return { ...status, role };
+}
+
+function error(e: unknown): { code: string; message: string } {
+  if (e && typeof e === "object" && "code" in e && "message" in e) {
+    return { code: String((e as { code: unknown }).code), message: String((e as { message: unknown }).message) };
+  }
+  return { code: "worker", message: e instanceof Error ? e.message : String(e) };
+}
+
+/** Runs a call against the replica this worker owns. */
+function execute(r: WebReplica, method: string, args: unknown[]): unknown {
+  const s = (v: unknown) => JSON.stringify(v);
+  switch (method) {
+    case "create":
+      return r.create(args[0] as string, s(args[1] ?? "last"), s(args[2] ?? {}));
+    case "move":
+      return r.moveNode(args[0] as string, args[1] as string, s(args[2] ?? "last"));
+    case "delete":
+      return r.delete(args[0] as string);
+    case "restore":
+      return r.restore(args[0] as string);
+    case "set":
+      return r.set(args[0] as string, args[1] as string, (args[2] as string | null) ?? undefined);
+    case "children":
+      return JSON.parse(r.children(args[0] as string, (args[1] as string | null) ?? undefined, args[2] as number));
+    case "node":
+      return JSON.parse(r.node(args[0] as string));
+    case "count":
+      return r.count();
+    case "connect": {
+      wanted = args[0] as ConnectOptions;
+      r.connect(wanted.server, wanted.realtime ?? "", wanted.token);
+      return null;
+    }
+    case "disconnect":
+      wanted = null;
+      r.disconnect();
+      return null;
+    case "status":
+      return JSON.parse(r.status());
+    default:
+      throw { code: "bad_method", message: `unknown method ${method}` };
+  }
+}
+
+async function becomeOwner(): Promise<void> {
+  await init();
+  replica = await WebReplica.open(space, memory);
+  const r = replica;
+  r.onChanges((json: string) => {
+    const changes = JSON.parse(json) as Changes;
+    post({ event: "changes", changes });
+    channel?.postMessage({ kind: "changes", changes } satisfies PeerMsg);
+  });
+  r.onStatus((json: string) => {
+    const status = JSON.parse(json) as Status;
+    lastStatus = status;
+    post({ event: "status", status: toPage(status, "owner") });
+    channel?.postMessage({ kind: "status", status } satisfies PeerMsg);
+  });
+  lastStatus = JSON.parse(r.status()) as Status;
+  if (wanted) r.connect(wanted.server, wanted.realtime ?? "", wanted.token);
+  channel?.postMessage({ kind: "owner" } satisfies PeerMsg);
+  post({ event: "status", status: toPage(lastStatus, "owner") });
+  // Calls this tab had forwarded to the old owner run here now.
+  for (const [cid, c] of forwarded) {
+    forwarded.delete(cid);
+    answer(c.page, () => execute(r, c.method, c.args));
+  }
+}
+
+function answer(page: number, f: () => unknown): void {
+  try {
+    post({ id: page, ok: f() });
+  } catch (e) {
+    post({ id: page, err: error(e) });
+  }
+}
+
+function onPeer(msg: PeerMsg): void {
+  switch (msg.kind) {
+    case "call": {
+      if (!replica) return;
+      const r = replica;
+      let reply: PeerMsg;
+      try {
+        reply = { kind: "reply", to: msg.from, cid: msg.cid, ok: execute(r, msg.method, msg.args) };
+      } catch (e) {
+        reply = { kind: "reply", to: msg.from, cid: msg.cid, err: error(e) };
+      }
+      channel?.postMessage(reply);
+      return;
+    }
+    case "reply": {
+      if (msg.to !== me) return;
+      const c = forwarded.get(msg.cid);
+      if (!c) return;
+      forwarded.delete(msg.cid);
+      if (msg.err) post({ id: c.page, err: msg.err });
+      else post({ id: c.page, ok: msg.ok ?? null });
+      return;
+    }
+    case "changes":
+      if (!replica) post({ event: "changes", changes: msg.changes });
+      return;
+    case "status":
+      if (!replica) {
+        lastStatus = msg.status;
+        post({ event: "status", status: toPage(msg.status, "follower") });
+        statusSeen?.();
+      }
+      return;
+    case "owner":
+      // A new owner: resend what the old one never answered.
+      if (!replica) {
+        for (const [cid, c] of forwarded) {
+          channel?.postMessage({ kind: "call", from: me, cid, method: c.method, args: c.args } satisfies PeerMsg);
+        }
+        channel?.postMessage({ kind: "hello" } satisfies PeerMsg);
+      }
+      return;
+    case "hello":
+      if (replica && lastStatus) channel?.postMessage({ kind: "status", status: lastStatus } satisfies PeerMsg);
+      return;
+  }
+}
+
+async function open(id: number, args: unknown[]): Promise<void> {
+  space = args[0] as string;
+  memory = Boolean(args[1]);
+  channel = new BroadcastChannel(`arbor:${space}`);
+  channel.onmessage = (e: MessageEvent<PeerMsg>) => onPeer(e.data);
+  let owned: () => void = () => {};
+  let failed: (e: unknown) => void = () => {};
+  ownerReady = new Promise<void>((resolve, reject) => {
+    owned = resolve;
+    failed = reject;
+  });
+  // Held until this worker ends (its tab closes): then the next tab's
+  // worker gets it and takes over.
+  void navigator.locks.request(`arbor-owner:${space}`, async () => {
+    try {
+      await becomeOwner();
+      owned();
+    } catch (e) {
+      failed(e);
+      return;
+    }
+    await new Promise<never>(() => {});
+  });
+  // The owner answers `hello` with its status; without an owner (or while
+  // this worker becomes it) wait for whichever comes first.
+  const seen = new Promise<void>((resolve) => (statusSeen = resolve));
+  channel.postMessage({ kind: "hello" } satisfies PeerMsg);
+  try {
+    await Promise.race([ownerReady, seen]);
+  } catch (e) {
+    post({ id, err: error(e) });
+    return;
+  }
+  statusSeen = null;
+  const role = replica ? "owner" : "follower";
+  post({ id, ok: lastStatus ? toPage(lastStatus, role) : null });
+}
+
+scope.onmessage = (e: MessageEvent<CallMsg>) => {
+  const { id, method, args } = e.data;
+  if (method === "open") {
+    void open(id, args);
+    return;
+  }
+  if (method === "connect") wanted = args[0] as ConnectOptions;
+  if (method === "disconnect") wanted = null;
+  if (replica) {
+    const r = replica;
+    answer(id, () => execute(r, method, args));
+    return;
+  }
+  const cid = nextCid++;
+  forwarded.set(cid, { page: id, method, args });
+  channel?.postMessage({ kind: "call", from: me, cid, method, args } satisfies PeerMsg);
+};

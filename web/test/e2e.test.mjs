@@ -1,0 +1,133 @@
+// The browser client and demo in real headless Chromium against a real
+// `arbor-server dev` (its own Postgres): two browsers editing one
+// thoughtspace, offline edits, reload from OPFS, and a 50k-node cold start.
+//
+//   node --test web/test/          (after scripts/build-web.sh and
+//                                   cargo build -p arbor-sync-server)
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { launch, openDemo, seedSpace, startServer, titles, until } from "./harness.mjs";
+
+const ROOT = "00000000-0000-0000-0000-000000000000";
+let server;
+let alice;
+let bob;
+
+before(async () => {
+  server = await startServer();
+  alice = await launch();
+  bob = await launch();
+});
+
+after(async () => {
+  await alice?.close();
+  await bob?.close();
+  await server?.stop();
+});
+
+/** Adds a node at the end of ROOT through the UI (the add button, then typing). */
+async function addThroughUi(page, title) {
+  const before = (await titles(page)).length;
+  await page.getByTestId("add").click();
+  await until("the new row", async () => (await titles(page)).length > before);
+  const input = page.locator(":focus");
+  await input.fill(title);
+  await input.press("Escape").catch(() => {});
+  await page.evaluate(() => document.activeElement?.blur());
+  await until(`"${title}" saved`, async () => (await titles(page)).includes(title));
+}
+
+test("two browsers edit one thoughtspace and see each other's edits", async () => {
+  const a = await openDemo(alice.context, server, "demo", "alice");
+  const b = await openDemo(bob.context, server, "demo", "bob");
+  await until("alice live", () => a.evaluate(() => window.arbor.status().state === "live"));
+  await until("bob live", () => b.evaluate(() => window.arbor.status().state === "live"));
+  // Presence: each sees the other.
+  await until("alice sees bob", async () => Number(await a.getByTestId("peers").getAttribute("data-count")) >= 2);
+  await addThroughUi(a, "written by alice");
+  await until("bob sees alice's node", async () => (await titles(b)).includes("written by alice"));
+  const id = await b.evaluate(async (root) => window.arbor.create(root, "first", { title: "written by bob" }), ROOT);
+  await until("alice sees bob's node", async () => (await titles(a)).includes("written by bob"));
+  assert.equal((await titles(a))[0], "written by bob");
+  // A nested edit: bob moves alice's node under his; alice sees it nested.
+  await b.evaluate(async (parent) => {
+    const kids = await window.arbor.children("00000000-0000-0000-0000-000000000000");
+    const hers = kids.find((k) => k.fields.title === "written by alice");
+    await window.arbor.move(hers.id, parent, "last");
+  }, id);
+  await until("alice sees the move", async () => {
+    const info = await a.evaluate(async (parent) => {
+      const kids = await window.arbor.children(parent);
+      return kids.map((k) => k.fields.title);
+    }, id);
+    return info.includes("written by alice");
+  });
+  await a.close();
+  await b.close();
+});
+
+test("one browser goes offline, both edit, it reconnects, both show the same tree", async () => {
+  const a = await openDemo(alice.context, server, "demo", "alice");
+  const b = await openDemo(bob.context, server, "demo", "bob");
+  await until("alice live", () => a.evaluate(() => window.arbor.status().state === "live"));
+  await a.getByTestId("offline-toggle").click();
+  await until("alice offline", async () => (await a.getByTestId("status").getAttribute("data-state")) === "offline");
+  await a.evaluate((root) => window.arbor.create(root, "last", { title: "alice offline edit" }), ROOT);
+  await b.evaluate((root) => window.arbor.create(root, "last", { title: "bob online edit" }), ROOT);
+  await until("alice's edit queued", () => a.evaluate(() => window.arbor.status().outbox > 0));
+  await until("bob sees nothing of alice's offline edit", async () => !(await titles(b)).includes("alice offline edit"));
+  await a.getByTestId("offline-toggle").click();
+  await until("both show both edits", async () => {
+    const [ta, tb] = [await titles(a), await titles(b)];
+    return ta.includes("bob online edit") && tb.includes("alice offline edit");
+  });
+  await until("alice drained", () => a.evaluate(() => window.arbor.status().outbox === 0));
+  await until("the same tree", async () => JSON.stringify(await titles(a)) === JSON.stringify(await titles(b)));
+  await a.close();
+  await b.close();
+});
+
+test("reload keeps the local replica (OPFS)", async () => {
+  const a = await openDemo(alice.context, server, "demo", "alice");
+  assert.equal(await a.evaluate(() => window.arbor.status().storage), "opfs");
+  await a.getByTestId("offline-toggle").click();
+  await until("alice offline", async () => (await a.getByTestId("status").getAttribute("data-state")) === "offline");
+  // Made offline, so the server never saw it: after a reload only the
+  // browser's own storage can have it.
+  await a.evaluate((root) => window.arbor.create(root, "last", { title: "kept in OPFS" }), ROOT);
+  await until("rendered", async () => (await titles(a)).includes("kept in OPFS"));
+  await a.reload();
+  await a.waitForFunction(() => window.outline !== undefined);
+  await a.evaluate(() => window.outline.ready);
+  await until("the offline node after reload", async () => (await titles(a)).includes("kept in OPFS"));
+  assert.equal(await a.evaluate(() => window.arbor.status().storage), "opfs");
+  await a.close();
+});
+
+test("a cold start of a 50k-node thoughtspace shows progress, then the tree", async () => {
+  seedSpace(server, "big", 50_000);
+  const page = await bob.context.newPage();
+  // Progress is recorded from the first status on, so a fast load cannot
+  // slip past the check.
+  await page.addInitScript(() => {
+    window.__progressSeen = false;
+    const watch = setInterval(() => {
+      const el = document.querySelector('[data-testid="progress"]');
+      if (el && el.getClientRects().length > 0) {
+        window.__progressSeen = true;
+        clearInterval(watch);
+      }
+    }, 5);
+  });
+  await page.goto(`${server.url}/demo/?space=big&user=bob`);
+  await page.waitForFunction(() => window.arbor !== undefined && window.outline !== undefined, null, { timeout: 60_000 });
+  await page.waitForFunction(() => window.outline.rows().length === 50_000, null, { timeout: 120_000 });
+  assert.equal(await page.evaluate(() => window.__progressSeen || window.__arborProgressSeen === true), true, "the progress bar was never shown");
+  assert.equal(await page.evaluate(() => window.arbor.count()), 50_000);
+  // Virtualized: a handful of row elements for 50k rows.
+  const rendered = await page.getByTestId("row").count();
+  assert.ok(rendered > 0 && rendered < 200, `${rendered} row elements in the DOM`);
+  const first = await page.getByTestId("row").first().textContent();
+  assert.ok(first !== null);
+  await page.close();
+});

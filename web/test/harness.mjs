@@ -1,0 +1,138 @@
+// Shared by the Chromium tests and the browser benchmark: a real
+// `arbor-server dev` process (with its own Postgres in a temp folder)
+// serving the built demo, headless Chromium driven by playwright-core, and
+// a way to seed a large thoughtspace straight into Postgres.
+import { spawn, execFileSync } from "node:child_process";
+import { chmodSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { createInterface } from "node:readline";
+import { chromium } from "playwright-core";
+
+export const repo = resolve(import.meta.dirname, "../..");
+const targetDir = process.env.CARGO_TARGET_DIR ?? join(process.env.HOME, ".cache/arbor/target");
+
+/** The environment without settings that would point the dev server
+ * elsewhere (its own Postgres and secret are the point). */
+function cleanEnv() {
+  const env = { ...process.env };
+  for (const k of ["DATABASE_URL", "ARBOR_JWT_SECRET", "ARBOR_WEB_DIR", "ARBOR_NOTIFY_URL"]) delete env[k];
+  return env;
+}
+
+/** Starts `arbor-server dev` on free ports; resolves once its banner is out. */
+export async function startServer() {
+  const bin = process.env.ARBOR_SERVER_BIN ?? join(targetDir, "debug/arbor-server");
+  const dir = mkdtempSync(join(tmpdir(), "arbor-web-"));
+  // As root, Postgres runs as `postgres`, which must reach its data folder.
+  chmodSync(dir, 0o755);
+  const child = spawn(
+    bin,
+    [
+      "dev",
+      "--data-dir", dir,
+      "--listen", "127.0.0.1:0",
+      "--admin-listen", "127.0.0.1:0",
+      "--web-dir", join(repo, "web/dist"),
+    ],
+    { stdio: ["ignore", "pipe", "inherit"], env: cleanEnv() },
+  );
+  const banner = {};
+  const lines = createInterface({ input: child.stdout });
+  await new Promise((ok, fail) => {
+    const timer = setTimeout(() => fail(new Error("arbor-server dev printed no banner in 120 s")), 120_000);
+    child.on("exit", (code) => fail(new Error(`arbor-server dev exited with ${code}`)));
+    lines.on("line", (line) => {
+      const m = line.match(/^\s+(\w+):\s+(.*)$/);
+      if (m) banner[m[1]] = m[2].trim();
+      if (banner.token) {
+        clearTimeout(timer);
+        ok();
+      }
+    });
+  });
+  if (!banner.demo?.startsWith("http")) throw new Error(`the demo is not served: ${banner.demo}`);
+  return {
+    url: banner.api,
+    postgres: banner.postgres,
+    async stop() {
+      child.kill("SIGTERM");
+      await new Promise((ok) => (child.exitCode !== null ? ok() : child.on("exit", ok)));
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Writes a thoughtspace of `n` nodes under ROOT (titled "node i") straight
+ * into the dev server's Postgres: how it was filled does not matter to a
+ * cold start, which reads the tables. */
+export function seedSpace(server, space, n) {
+  const sql = `
+    INSERT INTO spaces (name) VALUES ('${space}');
+    INSERT INTO nodes (space, id, parent, key)
+      SELECT s.id, md5('${space}' || i)::uuid, '00000000-0000-0000-0000-000000000000',
+             -- A valid order key: ordered by i, never ending in 0x00.
+             '\\x80'::bytea || int4send(i) || '\\x80'::bytea
+      FROM spaces s, generate_series(1, ${Number(n)}) i WHERE s.name = '${space}';
+    INSERT INTO payloads (space, node, field, value, hlc, replica)
+      SELECT s.id, md5('${space}' || i)::uuid, 'title', 'node ' || i, i, 1
+      FROM spaces s, generate_series(1, ${Number(n)}) i WHERE s.name = '${space}';`;
+  execFileSync("psql", [server.postgres, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql], { stdio: "inherit" });
+}
+
+/** A Chromium with its own profile (its own OPFS): a separate browser. */
+export async function launch() {
+  const profile = mkdtempSync(join(tmpdir(), "arbor-chromium-"));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    headless: true,
+    viewport: { width: 1100, height: 760 },
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+  return {
+    context,
+    async close() {
+      await context.close();
+      rmSync(profile, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Opens the demo for `space` as `user` and waits for its first render. */
+export async function openDemo(context, server, space, user) {
+  const page = await context.newPage();
+  page.on("pageerror", (e) => console.error(`[${user}] page error:`, e.message));
+  page.on("console", (m) => {
+    if (m.type() === "error") console.error(`[${user}] console:`, m.text());
+  });
+  await page.goto(`${server.url}/demo/?space=${encodeURIComponent(space)}&user=${encodeURIComponent(user)}`);
+  await page.waitForFunction(() => window.outline !== undefined && window.arbor !== undefined, null, { timeout: 60_000 });
+  await page.evaluate(() => window.outline.ready);
+  return page;
+}
+
+/** The titles of the visible rows, in order. */
+export async function titles(page) {
+  return page.evaluate(() => window.outline.rows().map((r) => r.title));
+}
+
+/** Waits until `f(page)` resolves truthy (polling the page, no fixed sleep). */
+export async function until(what, f, timeoutMs = 30_000) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    last = await f();
+    if (last) return last;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((ok) => setTimeout(ok, 50));
+  }
+}
