@@ -4,7 +4,8 @@
 # wasm-bindgen, shrunk with wasm-opt, and the TypeScript (API, worker, demo)
 # bundled by esbuild. Toolchain facts: /work/shared/notes/wasm-toolchain.md.
 #
-#   bash scripts/build-web.sh        # install what is missing, build
+#   bash scripts/build-web.sh            # install what is missing, build
+#   bash scripts/build-web.sh --clippy   # also clippy -D warnings (wasm32)
 #
 # Env: ARBOR_TOOLS (tool cache), CARGO_TARGET_DIR (base; the web build uses
 # "<base>-web").
@@ -22,11 +23,11 @@ tools="$(bash "$repo_root/scripts/build-worker.sh" --tools)"
 pkg_installed() {
   [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" == "install ok installed" ]]
 }
+SUDO=()
+if [[ "$(id -u)" -ne 0 ]]; then SUDO=(sudo -n); fi
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do pkg_installed "$p" || missing+=("$p"); done
 if ((${#missing[@]})); then
-  SUDO=()
-  if [[ "$(id -u)" -ne 0 ]]; then SUDO=(sudo -n); fi
   log "installing ${missing[*]}"
   "${SUDO[@]}" apt-get update -q </dev/null
   "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
@@ -42,15 +43,24 @@ fi
 target_dir="${CARGO_TARGET_DIR:-$HOME/.cache/arbor/target}-web"
 cd "$repo_root/client-web"
 unset RUSTUP_TOOLCHAIN RUSTC_WRAPPER RUSTC_WORKSPACE_WRAPPER CARGO_BUILD_TARGET
+# Debian's toolchain (rustc-web) for wasm32, std built from its sources.
+wasm_cargo() {
+  env PATH="/usr/bin:$PATH" RUSTC=/usr/bin/rustc \
+    RUSTC_BOOTSTRAP=1 \
+    CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=wasm-ld-22 \
+    CC_wasm32_unknown_unknown=clang-22 \
+    AR_wasm32_unknown_unknown=llvm-ar-22 \
+    CARGO_TARGET_DIR="$target_dir" \
+    /usr/bin/cargo "$@" </dev/null
+}
+if [[ "${1:-}" == "--clippy" ]]; then
+  pkg_installed rust-web-clippy || "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -q --no-install-recommends rust-web-clippy </dev/null
+  log "clippy (wasm32) -D warnings"
+  wasm_cargo clippy --locked --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort -- -D warnings
+fi
 start=$SECONDS
-env RUSTC=/usr/bin/rustc \
-  RUSTC_BOOTSTRAP=1 \
-  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=wasm-ld-22 \
-  CC_wasm32_unknown_unknown=clang-22 \
-  AR_wasm32_unknown_unknown=llvm-ar-22 \
-  CARGO_TARGET_DIR="$target_dir" \
-  /usr/bin/cargo build --locked --release --target wasm32-unknown-unknown \
-  -Zbuild-std=std,panic_abort </dev/null
+wasm_cargo build --locked --release --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort
 wasm="$target_dir/wasm32-unknown-unknown/release/arbor_client_web.wasm"
 [[ -s "$wasm" ]] || die "no $wasm"
 log "built client-web in $((SECONDS - start))s"

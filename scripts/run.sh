@@ -2,8 +2,9 @@
 # The main job: the core's convergence demo, the Postgres demo (apply_ops and
 # the restore rule on a throwaway cluster), then the local server stack:
 # `arbor-server dev` starts its own Postgres (kept in .arbor-dev/), creates
-# the thoughtspace `demo`, prints an admin token and serves the API until
-# Ctrl-C. Two CLI replicas edit offline and converge through it first. Set
+# the thoughtspace `demo`, prints an admin token and serves the API and the
+# browser demo outliner (built here by scripts/build-web.sh) until Ctrl-C.
+# Two CLI replicas edit offline and converge through it first. Set
 # ARBOR_RUN_NO_SERVER=1 to stop after the demos.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,8 @@ cargo run --locked -q -p arbor-sync-server --example postgres_demo
 echo
 echo "==> the sync server with its own Postgres, and two CLI replicas syncing through it"
 cargo build --locked -q -p arbor-sync-server --bin arbor-server -p arbor-client --bin arbor
+echo "--- building the browser client and demo outliner (wasm32; the first run installs its toolchain)"
+bash scripts/build-web.sh
 BIN="$CARGO_TARGET_DIR/debug"
 LOG="$(mktemp)"
 "$BIN/arbor-server" dev >"$LOG" 2>&1 &
@@ -63,4 +66,5 @@ rm -rf "$DEMO"
 if [[ "${ARBOR_RUN_NO_SERVER:-}" == 1 ]]; then exit 0; fi
 echo
 echo "==> serving on $URL until Ctrl-C (token above)"
+echo "    the demo outliner: $URL/demo/ (open it in two browsers, or add ?user=NAME)"
 wait "$SERVER"

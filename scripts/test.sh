@@ -2,7 +2,8 @@
 # Sets up and runs every check CI runs: format, clippy (-D warnings), the
 # wasm32 build of `shared`, the realtime Worker's toolchain and build, all
 # tests (against Postgres clusters the tests start themselves, the Worker
-# in workerd), and the release-mode scaling test.
+# in workerd), the browser client built for wasm32 and tested in headless
+# Chromium, and the release-mode scaling test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/arbor/target}"
@@ -37,6 +38,12 @@ export ARBOR_WORKER_TOOLS="$(bash scripts/build-worker.sh --tools)"
 
 step "cargo test --workspace"
 cargo test --locked --workspace
+
+step "the browser client: fmt, clippy (wasm32), build, Chromium tests against arbor-server dev"
+cargo fmt --manifest-path client-web/Cargo.toml --check
+bash scripts/build-web.sh --clippy
+cargo build --locked -p arbor-sync-server --bin arbor-server
+(cd web && node --test --test-concurrency=1 test/)
 
 step "scaling test (release, ignored by default)"
 cargo test --locked --release -p arbor-shared --test it -- --ignored --nocapture

@@ -169,6 +169,13 @@ pub(crate) fn replica_err(e: ReplicaError) -> JsValue {
     err(code, &e.to_string())
 }
 
+/// Lowercase hex: ordering hex strings orders the bytes (what sibling
+/// order is: key bytes, then id), so the page can place a moved node
+/// without reloading its siblings.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn node_id(s: &str) -> JsResult<NodeId> {
     s.parse()
         .map_err(|_| err("bad_id", &format!("not a node id: {s:?}")))
@@ -240,8 +247,7 @@ impl WebReplica {
                 .chars()
                 .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
                 .collect();
-            Replica::open(std::path::Path::new(&format!("/{name}.arbor")))
-                .map_err(replica_err)?
+            Replica::open(std::path::Path::new(&format!("/{name}.arbor"))).map_err(replica_err)?
         } else {
             Replica::open_in_memory().map_err(replica_err)?
         };
@@ -376,6 +382,7 @@ impl WebReplica {
                 .map_err(|e| replica_err(e.into()))?;
             out.push(serde_json::json!({
                 "id": v.id.to_string(),
+                "key": hex(v.key.as_bytes()),
                 "fields": v.fields,
                 "hasChildren": has_children,
             }));
@@ -390,12 +397,13 @@ impl WebReplica {
         if !r.contains(id).map_err(replica_err)? {
             return Ok("null".into());
         }
-        let parent = r.parent(id).map_err(replica_err)?;
+        let place = r.place(id).map_err(replica_err)?;
         let fields = r.fields(id).map_err(replica_err)?;
         let deleted = r.is_deleted(id).map_err(replica_err)?;
         Ok(serde_json::json!({
             "id": id.to_string(),
-            "parent": parent.map(|p| p.to_string()),
+            "parent": place.as_ref().map(|p| p.parent.to_string()),
+            "key": place.as_ref().map(|p| hex(p.key.as_bytes())),
             "fields": fields,
             "deleted": deleted,
         })

@@ -79,6 +79,23 @@ fn from_replica(e: ReplicaError) -> Failure {
     Failure::Transient(format!("replica: {e}"))
 }
 
+/// The replica for reading; busy while another generation's cold start
+/// holds it (then this session retries later instead of panicking).
+fn ro(inner: &Inner) -> Result<std::cell::Ref<'_, arbor_client::Replica>, Failure> {
+    inner
+        .replica
+        .try_borrow()
+        .map_err(|_| transient("the replica is busy"))
+}
+
+/// The replica for writing (see [`ro`]).
+fn rw(inner: &Inner) -> Result<std::cell::RefMut<'_, arbor_client::Replica>, Failure> {
+    inner
+        .replica
+        .try_borrow_mut()
+        .map_err(|_| transient("the replica is busy"))
+}
+
 /// Runs sessions until the generation changes or the server refuses.
 pub(crate) async fn run(inner: Rc<Inner>, config: Config, generation: u64) {
     let mut backoff_ms = 250u32;
@@ -229,12 +246,7 @@ async fn session(
     generation: u64,
     backoff_ms: &mut u32,
 ) -> Result<Outcome, Failure> {
-    let no_cursor = inner
-        .replica
-        .borrow()
-        .cursor()
-        .map_err(from_replica)?
-        .is_none();
+    let no_cursor = ro(inner)?.cursor().map_err(from_replica)?.is_none();
     if no_cursor {
         if let Outcome::Stopped = cold_start(inner, config, generation).await? {
             return Ok(Outcome::Stopped);
@@ -259,7 +271,7 @@ async fn session(
         }
     }
     let (replica_id, cursor) = {
-        let r = inner.replica.borrow();
+        let r = ro(inner)?;
         (r.replica_id(), r.cursor().map_err(from_replica)?)
     };
     socket.send(&ClientMsg::Hello {
@@ -277,7 +289,7 @@ async fn session(
                     break head_seq;
                 }
                 ServerMsg::SnapshotRequired { head_seq } => {
-                    let mut r = inner.replica.borrow_mut();
+                    let mut r = rw(inner)?;
                     if cursor.is_some_and(|c| c > head_seq) {
                         // The server was restored from a backup: push again
                         // what we still hold.
@@ -313,7 +325,7 @@ async fn session(
         // Push what waits, up to the in-flight limit.
         while inflight.len() < MAX_INFLIGHT {
             let ops: Vec<Op> = {
-                let r = inner.replica.borrow();
+                let r = ro(inner)?;
                 let mut bytes = 0usize;
                 r.outbox(sent.len() + BATCH_OPS)
                     .map_err(from_replica)?
@@ -341,7 +353,7 @@ async fn session(
             next_batch += 1;
         }
         let (cursor, outbox) = {
-            let r = inner.replica.borrow();
+            let r = ro(inner)?;
             (
                 r.cursor().map_err(from_replica)?.unwrap_or(0),
                 r.outbox_len().map_err(from_replica)?,
@@ -364,7 +376,7 @@ async fn session(
                 last_frame = js_sys::Date::now();
                 match ServerMsg::decode(&text).map_err(|e| transient(format!("bad frame: {e}")))? {
                     ServerMsg::Ops { ops } => {
-                        let applied = inner.replica.borrow_mut().apply_remote(&ops);
+                        let applied = rw(inner)?.apply_remote(&ops);
                         match applied {
                             Ok(_) => inner.flush_changes(),
                             // Frames lost in between: reconnect from the cursor.
@@ -374,11 +386,7 @@ async fn session(
                     }
                     ServerMsg::Ack { batch } => {
                         if let Some(stamps) = inflight.remove(&batch) {
-                            inner
-                                .replica
-                                .borrow_mut()
-                                .acknowledge(&stamps)
-                                .map_err(from_replica)?;
+                            rw(inner)?.acknowledge(&stamps).map_err(from_replica)?;
                             for s in &stamps {
                                 sent.remove(s);
                             }
@@ -402,11 +410,7 @@ async fn session(
                     } => return Err(Failure::Transient(format!("{code}: {message}"))),
                     ServerMsg::Peers { peers } => set_peers(inner, peers),
                     ServerMsg::SnapshotRequired { .. } => {
-                        inner
-                            .replica
-                            .borrow_mut()
-                            .reset_cursor()
-                            .map_err(from_replica)?;
+                        rw(inner)?.reset_cursor().map_err(from_replica)?;
                         return Ok(Outcome::Again);
                     }
                     ServerMsg::Welcome { .. } | ServerMsg::Pong => {}
@@ -435,7 +439,7 @@ fn refused_push(
     match code {
         // The horizon passed our ops: load the snapshot, then re-stamp them.
         "stale" => {
-            let mut r = inner.replica.borrow_mut();
+            let mut r = rw(inner)?;
             r.request_restamp().map_err(from_replica)?;
             r.reset_cursor().map_err(from_replica)?;
             Ok(Outcome::Again)
@@ -445,16 +449,16 @@ fn refused_push(
         "bad_op" | "reserved_node" | "bad_key" | "bad_field" | "value_too_long"
         | "stamp_conflict" | "unknown_node" | "bad_batch" | "wrong_replica" => {
             {
-                let mut r = inner.replica.borrow_mut();
+                let mut r = rw(inner)?;
                 r.drop_from_outbox(stamps).map_err(from_replica)?;
                 r.reset_cursor().map_err(from_replica)?;
             }
             inner.set_status(|s| s.rejected += stamps.len() as u64);
             Ok(Outcome::Again)
         }
-        "forbidden" | "unknown_space" | "wrong_space" => Err(Failure::Refused(format!(
-            "push refused: {code}: {message}"
-        ))),
+        "forbidden" | "unknown_space" | "wrong_space" => {
+            Err(Failure::Refused(format!("push refused: {code}: {message}")))
+        }
         _ => Err(Failure::Transient(format!(
             "push refused: {code}: {message}"
         ))),
@@ -475,13 +479,16 @@ fn set_peers(inner: &Inner, peers: Vec<arbor_shared::protocol::Peer>) {
 }
 
 /// Downloads the snapshot with `fetch` and loads it as it streams, in one
-/// transaction (a cut rolls back; the next session starts over).
-async fn cold_start(inner: &Rc<Inner>, config: &Config, generation: u64) -> Result<Outcome, Failure> {
-    let root = inner
-        .replica
-        .borrow()
-        .subtree_root()
-        .map_err(from_replica)?;
+/// transaction (a cut rolls back; the next session starts over). The
+/// replica stays borrowed across the awaits on purpose: it is mid-
+/// transaction, and every other caller uses `try_borrow` and gets `busy`.
+#[allow(clippy::await_holding_refcell_ref)]
+async fn cold_start(
+    inner: &Rc<Inner>,
+    config: &Config,
+    generation: u64,
+) -> Result<Outcome, Failure> {
+    let root = ro(inner)?.subtree_root().map_err(from_replica)?;
     let path = match root {
         Some(root) => format!("/subtree/{root}/snapshot"),
         None => "/snapshot".to_string(),

@@ -131,3 +131,21 @@ test("a cold start of a 50k-node thoughtspace shows progress, then the tree", as
   assert.ok(first !== null);
   await page.close();
 });
+
+test("tabs of one browser share one replica, and ownership moves when the owner's tab closes", async () => {
+  const first = await openDemo(alice.context, server, "demo", "alice");
+  await until("first tab owns", () => first.evaluate(() => window.arbor.status().role === "owner"));
+  const second = await openDemo(alice.context, server, "demo", "alice");
+  assert.equal(await second.evaluate(() => window.arbor.status().role), "follower");
+  // A write in the follower lands in the owner's database and shows in both.
+  const id = await second.evaluate((root) => window.arbor.create(root, "last", { title: "from the second tab" }), ROOT);
+  await until("the owner tab shows it", async () => (await titles(first)).includes("from the second tab"));
+  assert.equal(await first.evaluate((id) => window.arbor.node(id).then((n) => n?.fields.title), id), "from the second tab");
+  await first.close();
+  await until("the second tab takes over", () => second.evaluate(() => window.arbor.status().role === "owner"), 60_000);
+  await second.evaluate((id) => window.arbor.set(id, "title", "after the handover"), id);
+  const b = await openDemo(bob.context, server, "demo", "bob");
+  await until("another browser sees the edit made after the handover", async () => (await titles(b)).includes("after the handover"));
+  await second.close();
+  await b.close();
+});
