@@ -272,28 +272,29 @@ impl<'r> SnapshotLoad<'r> {
         let tx = &replica.conn;
         tx.execute_batch("CREATE INDEX nodes_children ON nodes (parent, key, id);")?;
         meta_set(
-            &tx,
+            tx,
             key::CURSOR,
             i64::try_from(header.head_seq).unwrap_or(i64::MAX),
         )?;
-        meta_set(&tx, key::SPACE, header.space.as_str())?;
+        meta_set(tx, key::SPACE, header.space.as_str())?;
         match header.horizon {
             Some(h) => {
-                meta_set(&tx, key::HORIZON_HLC, hlc_to_sql(h.hlc.0)?)?;
-                meta_set(&tx, key::HORIZON_REPLICA, replica_to_stored(h.replica.0))?;
+                meta_set(tx, key::HORIZON_HLC, hlc_to_sql(h.hlc.0)?)?;
+                meta_set(tx, key::HORIZON_REPLICA, replica_to_stored(h.replica.0))?;
                 max_hlc = max_hlc.max(hlc_to_sql(h.hlc.0)?);
             }
             None => {
-                meta_delete(&tx, key::HORIZON_HLC)?;
-                meta_delete(&tx, key::HORIZON_REPLICA)?;
+                meta_delete(tx, key::HORIZON_HLC)?;
+                meta_delete(tx, key::HORIZON_REPLICA)?;
             }
         }
         if let Some(root) = header.root {
-            meta_set(&tx, key::ROOT, root.to_bytes().to_vec())?;
+            meta_set(tx, key::ROOT, root.to_bytes().to_vec())?;
         }
         // Rebase the outbox.
         let committed = {
-            let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE hlc = ?1 AND replica = ?2")?;
+            let mut delete =
+                tx.prepare_cached("DELETE FROM outbox WHERE hlc = ?1 AND replica = ?2")?;
             let mut n = 0u64;
             for (h, r) in &mine_committed {
                 n += delete.execute(params![h, r])? as u64;
@@ -310,8 +311,8 @@ impl<'r> SnapshotLoad<'r> {
         // below the horizon whose ack was lost are still deduplicated when
         // pushed with their own stamps), and then from the first stale op on,
         // so later ops keep their order after it.
-        let restamp = crate::replica::meta_i64(&tx, key::RESTAMP)?.is_some();
-        meta_delete(&tx, key::RESTAMP)?;
+        let restamp = crate::replica::meta_i64(tx, key::RESTAMP)?.is_some();
+        meta_delete(tx, key::RESTAMP)?;
         let mut restamping = false;
         let mut ops = Vec::with_capacity(pending.len());
         let mut restamped = 0u64;
@@ -321,22 +322,24 @@ impl<'r> SnapshotLoad<'r> {
             if restamping {
                 let stamp = replica.clock.tick(crate::replica::now_ms())?;
                 set_stamp(&mut op, stamp, header.head_seq);
-                tx.prepare_cached("UPDATE outbox SET hlc = ?1, replica = ?2, op = ?3 WHERE ord = ?4")?
-                    .execute(params![
-                        hlc_to_sql(stamp.hlc.0)?,
-                        replica_to_stored(stamp.replica.0),
-                        serde_json::to_string(&op).map_err(bad)?,
-                        ord
-                    ])?;
+                tx.prepare_cached(
+                    "UPDATE outbox SET hlc = ?1, replica = ?2, op = ?3 WHERE ord = ?4",
+                )?
+                .execute(params![
+                    hlc_to_sql(stamp.hlc.0)?,
+                    replica_to_stored(stamp.replica.0),
+                    serde_json::to_string(&op).map_err(bad)?,
+                    ord
+                ])?;
                 restamped += 1;
             }
             ops.push(op);
         }
         if !ops.is_empty() {
-            let mut tree = Tree::new(SqliteStore::new(&tx));
+            let mut tree = Tree::new(SqliteStore::new(tx));
             tree.apply(&ops)?;
         }
-        meta_set(&tx, key::CLOCK, hlc_to_sql(replica.clock.last().0)?)?;
+        meta_set(tx, key::CLOCK, hlc_to_sql(replica.clock.last().0)?)?;
         tx.execute_batch("COMMIT")?;
         self.open = false;
         replica.notify_changes(Changes {
