@@ -32,6 +32,8 @@ const CATCH_UP_PAGE: u32 = 1_000;
 const GROUP_PUSHES: usize = 64;
 /// Ops committed together at most (group commit).
 const GROUP_OPS: usize = 10_000;
+/// A group commit slower than this is logged.
+const SLOW_COMMIT_S: f64 = 1.0;
 
 enum Outbound {
     /// A frame, encoded once and shared by every socket it goes to.
@@ -392,6 +394,12 @@ impl Ingests {
                 .collect();
             let answers = db.apply_group(&space, &pushes).await;
             let elapsed = started.elapsed().as_secs_f64();
+            if elapsed > SLOW_COMMIT_S {
+                // Commits this slow hold up every push of the room: worth
+                // a line in the log (the histogram has the distribution).
+                let ops: usize = pushes.iter().map(|(_, ops)| ops.len()).sum();
+                tracing::warn!(space = %space, pushes = pushes.len(), ops, elapsed_s = elapsed, "slow group commit");
+            }
             let results = group
                 .iter()
                 .zip(answers)

@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_import.sql",
         sql: include_str!("../../../migrations/0005_import.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_restore_pass.sql",
+        sql: include_str!("../../../migrations/0006_restore_pass.sql"),
+    },
 ];
 
 /// Key of the session advisory lock held while migrating (two-int form, so it

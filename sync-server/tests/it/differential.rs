@@ -9,13 +9,20 @@
 //! logged move's effect must equal the core's log entry. Batches naming a
 //! node not in the tree yet must be refused (`unknown_node`) without a
 //! change and are pushed again later, as a client would.
+//!
+//! Every batch also goes to a twin space in a database whose restore pass
+//! is still 0002's (every delete of the window a candidate); 0006's pass
+//! (candidates from the batch's writes) must commit the same ops, restores
+//! included (their fresh stamps aside), and refuse the same batches.
 
 use std::collections::HashSet;
 
 use arbor_shared::sim::{Action, Sim, shuffle, splitmix};
 use arbor_shared::tree::Effect;
 use arbor_shared::{NodeId, Op, Stamp, TreeStore};
-use arbor_sync_server::db::{Db, Origin, RejectCode, replica_from_sql};
+use arbor_sync_server::db::{
+    Committed, Db, DbError, MIGRATIONS, Origin, RejectCode, replica_from_sql,
+};
 use uuid::Uuid;
 
 use crate::harness::*;
@@ -135,7 +142,43 @@ struct Stats {
     skipped_moves: u64,
 }
 
-async fn run_case(db: &Db, case_seed: u64, stats: &mut Stats) {
+/// A database whose `arbor_restore_pass` is 0002's again.
+async fn legacy_restore_db() -> Db {
+    let sql = MIGRATIONS[1].sql;
+    let start = sql
+        .find("CREATE FUNCTION arbor_restore_pass")
+        .expect("0002 defines the pass");
+    let end = start + sql[start..].find("END $$;").expect("its end") + "END $$;".len();
+    let legacy = sql[start..end].replacen("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1);
+    let db = test_db().await;
+    db.client()
+        .await
+        .unwrap()
+        .batch_execute(&legacy)
+        .await
+        .unwrap();
+    db
+}
+
+/// An answer with the fresh stamps of restores blanked (the two databases
+/// make them at different times).
+fn comparable(answer: &Result<Vec<Committed>, DbError>) -> Result<Vec<(u64, Origin, Op)>, String> {
+    match answer {
+        Ok(got) => Ok(got
+            .iter()
+            .map(|c| {
+                let mut op = c.op.clone();
+                if let (Origin::Restore, Op::Move(m)) = (c.origin, &mut op) {
+                    m.stamp = Stamp::new(0, m.stamp.replica.0);
+                }
+                (c.seq, c.origin, op)
+            })
+            .collect()),
+        Err(e) => Err(e.reject_code().map_or("failed", |c| c.as_str()).to_string()),
+    }
+}
+
+async fn run_case(db: &Db, legacy: &Db, case_seed: u64, stats: &mut Stats) {
     let mut s = case_seed;
     let mut sim = Sim::new(2 + pick(&mut s, 4) as usize);
     sim.check_every_step = false;
@@ -150,6 +193,9 @@ async fn run_case(db: &Db, case_seed: u64, stats: &mut Stats) {
     for perm in 0..2 {
         let space = format!("c{case_seed:x}p{perm}");
         db.create_space(&space).await.unwrap();
+        if perm == 0 {
+            legacy.create_space(&space).await.unwrap();
+        }
         let mut reference = tree();
         let mut order = ops.clone();
         shuffle(&mut order, &mut s);
@@ -174,6 +220,14 @@ async fn run_case(db: &Db, case_seed: u64, stats: &mut Stats) {
                 .map(|e| e.stamp);
             let result = db.apply(&space, None, &batch).await;
             stats.pushes += 1;
+            if perm == 0 {
+                let twin = legacy.apply(&space, None, &batch).await;
+                assert_eq!(
+                    comparable(&result),
+                    comparable(&twin),
+                    "0006's restore pass differs from 0002's (case {case_seed:x})"
+                );
+            }
             if !known {
                 let err = result.expect_err("a batch naming an unknown node was accepted");
                 assert_eq!(err.reject_code(), Some(RejectCode::UnknownNode), "{err}");
@@ -241,17 +295,18 @@ async fn postgres_apply_equals_the_core_on_random_op_sets() {
         .unwrap_or(1000);
     let seed = seed("postgres differential");
     let db = test_db().await;
+    let legacy = legacy_restore_db().await;
     const TASKS: u64 = 4;
     let mut handles = Vec::new();
     for t in 0..TASKS {
-        let db = db.clone();
+        let (db, legacy) = (db.clone(), legacy.clone());
         handles.push(tokio::spawn(async move {
             let mut stats = Stats::default();
             let mut i = t;
             while i < cases {
                 let mut s = seed ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
                 let case_seed = splitmix(&mut s);
-                run_case(&db, case_seed, &mut stats).await;
+                run_case(&db, &legacy, case_seed, &mut stats).await;
                 i += TASKS;
             }
             stats

@@ -374,3 +374,62 @@ async fn a_delete_from_a_long_offline_replica_still_restores() {
     assert_eq!(s.parent(x), Some(ROOT));
     assert_eq!(s.parent(c), Some(x));
 }
+
+#[tokio::test]
+async fn a_backlog_push_walks_once_per_write_not_once_per_delete() {
+    // C deleted 200 nodes; then A pushes a backlog of 100 writes it made
+    // before seeing any of those deletes (known_seq 1), none of them in a
+    // deleted subtree. Every delete is concurrent with every write, yet the
+    // restore pass may walk up only from each write's target once: the
+    // trash roots name the candidate deletes. (Walking up from every write
+    // once per delete, 20,000 walks, stalled the 30-minute fault soak.)
+    let name = test_db_name().await;
+    let cluster = arbor_testkit::PgCluster::shared();
+    let admin = cluster.connect(&name).await.unwrap();
+    admin
+        .batch_execute(&format!("ALTER DATABASE {name} SET track_functions = 'pl'"))
+        .await
+        .unwrap();
+    // One connection: the counters read below are the applying session's.
+    let db = Db::new(cluster.config(&name), 1).unwrap();
+    db.create_space("s").await.unwrap();
+    let t = now_ms() << 16;
+    let x = n(1);
+    let deleted: Vec<NodeId> = (0..200u128).map(|i| n(100 + i)).collect();
+    let mut setup = vec![mv(t, A, x, ROOT, &[0x80], 0)];
+    for (i, d) in deleted.iter().enumerate() {
+        setup.push(mv(t + 1 + i as u64, C, *d, ROOT, &[0x80], 1));
+    }
+    db.apply("s", None, &setup).await.unwrap();
+    let deletes: Vec<Op> = deleted
+        .iter()
+        .enumerate()
+        .map(|(i, d)| mv(t + 1_000 + i as u64, C, *d, TRASH, &[0x80], 201))
+        .collect();
+    db.apply("s", None, &deletes).await.unwrap();
+    let backlog: Vec<Op> = (0..100u64)
+        .map(|i| set(t + 500 + i, A, x, "text", Some("offline"), 1))
+        .collect();
+    let walks = || async {
+        let c = db.client().await.unwrap();
+        // Flush this session's pending counters, then read them.
+        c.batch_execute("SELECT pg_stat_force_next_flush()")
+            .await
+            .unwrap();
+        c.query_opt(
+            "SELECT calls FROM pg_stat_user_functions WHERE funcname = 'arbor_trash_root'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .map_or(0, |r| r.get::<_, i64>(0))
+    };
+    let before = walks().await;
+    let got = db.apply("s", None, &backlog).await.unwrap();
+    assert!(restores(&got).is_empty(), "{got:?}");
+    let walked = walks().await - before;
+    assert!(
+        (1..=150).contains(&walked),
+        "{walked} trash-root walks for 100 writes and 200 concurrent deletes"
+    );
+}
