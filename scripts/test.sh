@@ -43,7 +43,7 @@ step "the browser client: fmt, clippy (wasm32), build, Chromium tests against ar
 cargo fmt --manifest-path client-web/Cargo.toml --check
 bash scripts/build-web.sh --clippy
 cargo build --locked -p arbor-sync-server --bin arbor-server
-(cd web && node --test --test-concurrency=1 test/)
+(cd web && node --test --test-concurrency=1 test/*.test.mjs)
 
 step "scaling test (release, ignored by default)"
 cargo test --locked --release -p arbor-shared --test it -- --ignored --nocapture

@@ -1,25 +1,33 @@
 // The outline: a virtualized tree view over an Arbor replica.
 //
 // Model. `lists` holds the loaded child lists of ROOT and of every expanded
-// node that is visible; `rows` is the depth-first flattening of those lists
-// (the whole visible outline, which may be 100k rows long); `index` maps a
-// node id to its row. Only the rows in the viewport (plus an overscan) have
-// DOM elements, absolutely positioned inside a spacer as tall as all rows.
+// node that is visible, each in sibling order: by (key, id), compared as
+// strings; `where` says which loaded list holds a node (and its view);
+// `rows` is the depth-first flattening of those lists (the whole visible
+// outline, which may be 100k rows long) and `rowById` finds a node's row.
+// Only the rows in the viewport (plus an overscan) have DOM elements,
+// absolutely positioned inside a spacer as tall as all rows.
 //
-// Changes events are collected and handled once per animation frame: a
-// parent whose children changed has its list reloaded (paged, 5000 at a
-// time); a node whose fields changed gets its fields patched with `node(id)`;
-// `reset` reloads every list.
+// Changes events are collected and handled once per animation frame,
+// incrementally: every node in `moved` is read with `node(id)` and taken out
+// of the loaded list that held it and put into its new parent's loaded list
+// (if that is loaded) at its place by (key, id); its rows (its whole visible
+// subtree) are spliced out and back in, so a change costs a few small reads,
+// whatever the size of the parent. A node whose fields changed gets them
+// patched the same way. Only a big batch (a large remote sync) reloads the
+// parents' lists (paged, 5000 at a time), and `reset` reloads every list.
 //
 // Structural edits (create, indent, outdent, drag and drop, delete) apply to
 // the local lists at once, so the next keystroke sees them (a create shows
 // a focused placeholder row whose id starts with "tmp-" until the worker
-// returns the real id). The worker calls run one after another in a queue;
-// an edit is re-applied to any list read that may predate it, so a reload
-// in flight never undoes it on screen; the reload that its Changes event
-// triggers then makes the lists exact again.
+// returns the real id). Such a row is "unsettled": its key is not known
+// yet, so the binary searches step over it. The worker calls run one after
+// another in a queue; an edit is re-applied to any list read that may
+// predate it, and a node read that may predate an edit of that node is
+// ignored (the edit's own change event, and the read made once the worker
+// confirmed it, place the node for good).
 
-import { type Arbor, type Changes, type NodeId, type NodeView, type Position, ROOT, TRASH } from "../src/arbor.js";
+import { type Arbor, type Changes, type NodeId, type NodeInfo, type NodeView, type Position, ROOT, TRASH } from "../src/arbor.js";
 import { onNextFrame, showError } from "./ui.js";
 
 /** Fixed row height in pixels (matches --row in style.css). */
@@ -28,8 +36,17 @@ const OVERSCAN = 10;
 const PAGE = 5000;
 const INDENT = 20;
 const SAVE_DELAY = 300;
-/** More changed-field nodes than this in one frame: reload their parents instead. */
+/** More changed-field nodes than this in one loaded list (and more than
+ * 1/200 of it) in one frame: reload that list instead of reading each node. */
 const FIELD_PATCH_MAX = 64;
+/** More moved nodes than this in one frame (a big remote sync): reload the
+ * lists of their parents instead of reading each node. */
+const MOVE_PATCH_MAX = 500;
+/** More moved nodes than this in one frame: flatten all rows again instead
+ * of splicing each node's rows out and in. */
+const ROW_SPLICE_MAX = 64;
+/** A subtree with more rows than this is placed by flattening all rows again. */
+const SPLICE_ROWS_MAX = 5000;
 /** At most this many hasChildren probes per frame. */
 const PROBE_MAX = 256;
 const DRAG_MIME = "application/x-arbor-node";
@@ -46,6 +63,14 @@ interface Row {
   depth: number;
   parent: NodeId;
   /** The NodeView object held in the parent's list (shared, patched in place). */
+  view: NodeView;
+  /** Where the row was last seen in `rows` (a hint: splices shift rows). */
+  at: number;
+}
+
+/** Which loaded list holds a node, and the node's view in it. */
+interface Loc {
+  parent: NodeId;
   view: NodeView;
 }
 
@@ -80,6 +105,12 @@ interface LocalEdit {
   resolvedSeq: number | null;
 }
 
+/** What changed while a list was being reloaded (read again after it). */
+interface LoadLog {
+  moved: Set<NodeId>;
+  fields: Set<NodeId>;
+}
+
 type Drop = { kind: "before" | "after" | "inside"; target: NodeId } | { kind: "end" };
 
 type Caret = "start" | "end" | number | null;
@@ -99,8 +130,12 @@ export class Outline {
   #loading = new Map<NodeId, Promise<void>>();
   #again = new Set<NodeId>();
   #expanded: Set<NodeId>;
+  /** Node id -> its place in the loaded lists. */
+  #where = new Map<NodeId, Loc>();
+  /** Views placed by a local edit whose real key is not known yet. */
+  #unsettled = new WeakSet<NodeView>();
   #rows: Row[] = [];
-  #index = new Map<NodeId, number>();
+  #rowById = new Map<NodeId, Row>();
   #els = new Map<NodeId, RowEls>();
   #spacerHeight = -1;
 
@@ -121,9 +156,12 @@ export class Outline {
 
   #reset = false;
   #dirtyParents = new Set<NodeId>();
+  #dirtyMoved = new Set<NodeId>();
   #dirtyFields = new Set<NodeId>();
   #flushScheduled = false;
   #rebuildScheduled = false;
+  /** The lists changed in a way `rows` does not show yet (a rebuild is due). */
+  #rowsDirty = false;
   #persistTimer = 0;
   #loaded = false;
 
@@ -132,10 +170,18 @@ export class Outline {
   /** Placeholder id -> real id. */
   #alias = new Map<string, NodeId>();
   #tempCount = 0;
-  /** Orders reload passes against edit confirmations. */
+  /** Orders reads (reload passes, node reads) against edit confirmations. */
   #seq = 0;
-  /** The #seq of every reload pass in flight. */
+  /** The #seq of every read in flight. */
   #passes = new Set<number>();
+  /** The #seq of the reload pass in flight per parent. */
+  #passOf = new Map<NodeId, number>();
+  /** The #seq of the last completed reload pass per parent. */
+  #readAt = new Map<NodeId, number>();
+  /** The #seq when the last `reset` arrived. */
+  #resetMark = 0;
+  /** One per reload pass in flight. */
+  #loadLogs = new Set<LoadLog>();
 
   constructor(arbor: Arbor, space: string, scroller: HTMLElement, spacer: HTMLElement) {
     this.arbor = arbor;
@@ -224,7 +270,7 @@ export class Outline {
 
   /** Scrolls a row into view (no focus). */
   scrollTo(id: NodeId): void {
-    const i = this.#index.get(id);
+    const i = this.#pos(id);
     if (i !== undefined) {
       this.#scrollIntoView(i);
       this.render();
@@ -232,9 +278,15 @@ export class Outline {
   }
 
   /** Reloads every loaded list (what a `reset` does). */
+  /** Reloads every loaded list (what a `reset` does), except a list
+   * already read (or being read) since the last `reset` arrived: reading
+   * 100k children keeps the worker busy for most of a second. */
   reloadAll(): void {
     const ids = new Set<NodeId>([ROOT, ...this.#lists.keys()]);
-    for (const id of ids) void this.reload(id);
+    for (const id of ids) {
+      const since = Math.max(this.#passOf.get(id) ?? 0, this.#readAt.get(id) ?? 0);
+      if (this.#resetMark === 0 || since <= this.#resetMark) void this.reload(id);
+    }
     this.onTrashChanged?.();
   }
 
@@ -256,7 +308,7 @@ export class Outline {
     const row = this.#row(this.#real(id));
     if (!row) return Promise.resolve();
     const sibs = this.#lists.get(row.parent);
-    const k = sibs ? sibs.findIndex((v) => v.id === row.id) : -1;
+    const k = sibs ? this.#indexIn(sibs, row.view) : -1;
     if (!sibs || k <= 0) return Promise.resolve();
     const prev = sibs[k - 1];
     const reload = this.#openForDrop(prev.id, prev.hasChildren);
@@ -302,7 +354,7 @@ export class Outline {
 
   /** Moves `id` to TRASH; with `focusNext`, focus goes to the next row. */
   remove(id: NodeId, focusNext = false): Promise<void> {
-    const i = this.#index.get(this.#real(id));
+    const i = this.#pos(this.#real(id));
     if (i === undefined) return Promise.resolve();
     const row = this.#rows[i];
     if (focusNext) {
@@ -324,7 +376,9 @@ export class Outline {
    * gives the placeholder the node's real id. */
   #createLocal(parent: NodeId, pos: Position): Promise<NodeId | undefined> {
     const temp = `${TEMP_PREFIX}${++this.#tempCount}`;
-    const view: NodeView = { id: temp, fields: { title: "" }, hasChildren: false };
+    // Its key is unknown until the worker creates it: the view is unsettled
+    // (binary searches step over it) until a read places it by its real key.
+    const view: NodeView = { id: temp, key: "", fields: { title: "" }, hasChildren: false };
     this.#pendingFocus = { id: temp, caret: "start", until: Date.now() + 5000 };
     return this.#structural("Could not create a node", { view, from: null, to: parent, pos, resolvedSeq: null }, async () => {
       const id = await this.arbor.create(this.#must(parent), this.#mustPos(pos), { title: "" });
@@ -343,7 +397,7 @@ export class Outline {
       this.#persistExpanded();
     }
     if (this.#lists.has(id)) return false;
-    this.#lists.set(id, []);
+    this.#setList(id, []);
     return hasChildren && !id.startsWith(TEMP_PREFIX);
   }
 
@@ -357,6 +411,10 @@ export class Outline {
       try {
         const result = await call();
         edit.resolvedSeq = ++this.#seq;
+        // Read the node once more now that the worker has it where it goes:
+        // that gives an unsettled view its real key (and corrects the view
+        // if the worker placed it elsewhere, or ignored the move).
+        this.#markMoved(this.#real(edit.view.id));
         return result;
       } catch (e) {
         this.#edits = this.#edits.filter((x) => x !== edit);
@@ -378,18 +436,22 @@ export class Outline {
    * (a fresh read of `only`'s children). Idempotent. */
   #applyEdit(edit: LocalEdit, only: { parent: NodeId; list: NodeView[] } | null): void {
     const id = edit.view.id;
-    const listOf = (p: NodeId) => (only ? (only.parent === p ? only.list : undefined) : this.#lists.get(p));
-    if (edit.from !== null) {
-      const list = listOf(this.#real(edit.from));
-      const k = list ? list.findIndex((v) => v.id === id) : -1;
-      if (list && k >= 0) list.splice(k, 1);
+    if (only) {
+      if (edit.from !== null && this.#real(edit.from) === only.parent) {
+        const k = only.list.findIndex((v) => v.id === id);
+        if (k >= 0) only.list.splice(k, 1);
+      }
+    } else {
+      // Out of whichever loaded list has it now.
+      const loc = this.#where.get(id);
+      if (loc) this.#listRemove(loc);
     }
     const to = this.#real(edit.to);
     if (to === TRASH) return;
-    const list = listOf(to);
+    const list = only ? (only.parent === to ? only.list : undefined) : this.#lists.get(to);
     if (!list) {
       if (!only) {
-        const p = this.#row(to);
+        const p = this.#where.get(to);
         if (p) p.view.hasChildren = true;
       }
       return;
@@ -404,6 +466,8 @@ export class Outline {
       if (j >= 0) at = "before" in pos ? j : j + 1;
     }
     list.splice(at, 0, edit.view);
+    this.#unsettled.add(edit.view);
+    if (!only) this.#where.set(id, { parent: to, view: edit.view });
   }
 
   /** Re-applies to a fresh read of `parent`'s children every edit the read
@@ -435,10 +499,19 @@ export class Outline {
     if (this.#focusedId === temp) this.#focusedId = id;
     if (this.#dragId === temp) this.#dragId = id;
     if (this.#pendingFocus?.id === temp) this.#pendingFocus.id = id;
+    const loc = this.#where.get(temp);
+    if (loc) {
+      this.#where.delete(temp);
+      this.#where.set(id, loc);
+    }
     const list = this.#lists.get(temp);
     if (list) {
       this.#lists.delete(temp);
       this.#lists.set(id, list);
+      for (const v of list) {
+        const l = this.#where.get(v.id);
+        if (l && l.parent === temp) l.parent = id;
+      }
     }
     if (this.#expanded.delete(temp)) {
       this.#expanded.add(id);
@@ -505,6 +578,11 @@ export class Outline {
           this.#again.delete(parent);
           const passSeq = ++this.#seq;
           this.#passes.add(passSeq);
+          this.#passOf.set(parent, passSeq);
+          // Changes handled while the pages are read may be missing from
+          // them (or be undone by them): those nodes are read again after.
+          const log: LoadLog = { moved: new Set(), fields: new Set() };
+          this.#loadLogs.add(log);
           try {
             const all: NodeView[] = [];
             let after: NodeId | undefined;
@@ -515,7 +593,8 @@ export class Outline {
               after = page[page.length - 1].id;
             }
             this.#reapplyEdits(parent, all, passSeq);
-            this.#lists.set(parent, all);
+            this.#setList(parent, all);
+            this.#readAt.set(parent, passSeq);
             this.#scheduleRebuild();
           } catch (e) {
             // A page cursor that moved away mid-load is followed by a change
@@ -524,10 +603,17 @@ export class Outline {
           } finally {
             this.#passes.delete(passSeq);
             this.#pruneEdits();
+            this.#loadLogs.delete(log);
+            if (log.moved.size > 0 || log.fields.size > 0) {
+              for (const id of log.moved) this.#dirtyMoved.add(id);
+              for (const id of log.fields) this.#dirtyFields.add(id);
+              this.#scheduleFlush();
+            }
           }
         } while (this.#again.has(parent));
       } finally {
         this.#loading.delete(parent);
+        this.#passOf.delete(parent);
       }
     })();
     this.#loading.set(parent, run);
@@ -535,9 +621,24 @@ export class Outline {
   }
 
   #onChanges(c: Changes): void {
-    if (c.reset) this.#reset = true;
+    if (c.reset) {
+      this.#reset = true;
+      this.#resetMark = ++this.#seq;
+    }
     for (const p of c.parents) this.#dirtyParents.add(p);
+    for (const m of c.moved) this.#dirtyMoved.add(m);
     for (const f of c.fields) this.#dirtyFields.add(f);
+    this.#scheduleFlush();
+  }
+
+  /** Reads `id` again at the next flush (as if it had moved). */
+  #markMoved(id: NodeId): void {
+    if (id.startsWith(TEMP_PREFIX)) return;
+    this.#dirtyMoved.add(id);
+    this.#scheduleFlush();
+  }
+
+  #scheduleFlush(): void {
     if (this.#flushScheduled) return;
     this.#flushScheduled = true;
     onNextFrame(() => {
@@ -549,84 +650,304 @@ export class Outline {
   #flush(): void {
     const reset = this.#reset;
     const parents = [...this.#dirtyParents];
+    const moved = [...this.#dirtyMoved];
     const fields = [...this.#dirtyFields];
     this.#reset = false;
     this.#dirtyParents.clear();
+    this.#dirtyMoved.clear();
     this.#dirtyFields.clear();
     if (reset) {
       this.reloadAll();
       return;
     }
+    const trash = parents.includes(TRASH);
+    if (moved.length > MOVE_PATCH_MAX) this.#reloadParents(parents, fields);
+    else this.#readChanged(parents, moved, fields);
+    if (trash) this.onTrashChanged?.();
+  }
 
+  /** After a big batch: reloads the loaded lists of the changed parents,
+   * probes collapsed rows, patches the fields of the other nodes. */
+  #reloadParents(parents: NodeId[], fields: NodeId[]): void {
     const reloading = new Set<NodeId>();
     const probes: NodeId[] = [];
-    let trash = false;
     for (const p of parents) {
-      if (p === TRASH) trash = true;
       if (this.#lists.has(p) || this.#loading.has(p) || p === ROOT) {
         reloading.add(p);
         void this.reload(p);
-      } else if (this.#index.has(p)) {
+      } else if (this.#where.has(p)) {
         probes.push(p); // a collapsed row: only its toggle may change
       }
     }
+    this.#probe(probes);
+    const rest = fields.filter((id) => {
+      const loc = this.#where.get(id);
+      return !loc || !reloading.has(loc.parent);
+    });
+    this.#readChanged([], [], rest);
+  }
 
-    for (const p of probes.slice(0, PROBE_MAX)) {
+  /** The incremental path: reads every moved node and every node whose
+   * fields changed (one `node()` call each, all queued at once), then
+   * places the moved ones and patches the fields. */
+  #readChanged(parents: NodeId[], moved: NodeId[], fields: NodeId[]): void {
+    // Reloads in flight may predate these changes: they read them again.
+    for (const log of this.#loadLogs) {
+      for (const id of moved) log.moved.add(id);
+      for (const id of fields) log.fields.add(id);
+    }
+    const isMoved = new Set(moved);
+    const patch: NodeId[] = [];
+    const perList = new Map<NodeId, NodeId[]>();
+    let trash = false;
+    for (const id of fields) {
+      if (isMoved.has(id)) continue; // read anyway
+      const loc = this.#where.get(id);
+      if (!loc) {
+        trash = true; // maybe a trashed node's title
+        continue;
+      }
+      let group = perList.get(loc.parent);
+      if (!group) perList.set(loc.parent, (group = []));
+      group.push(id);
+    }
+    for (const [p, group] of perList) {
+      // Many changed titles in one list: reading the list is cheaper.
+      const size = this.#lists.get(p)?.length ?? 0;
+      if (group.length > FIELD_PATCH_MAX && group.length * 200 > size) void this.reload(p);
+      else for (const id of group) patch.push(id);
+    }
+    if (trash) this.onTrashChanged?.();
+    if (moved.length === 0 && patch.length === 0) {
+      this.#afterPlacing(parents, new Set(), []);
+      return;
+    }
+    const ids = [...moved, ...patch];
+    const seq = ++this.#seq;
+    this.#passes.add(seq);
+    this.#busy++;
+    Promise.all(ids.map((id) => this.arbor.node(id).then((info) => ({ info }), (e: unknown) => ({ error: e }))))
+      .then((reads) => {
+        const failed = reads.find((r): r is { error: unknown } => "error" in r);
+        if (failed) {
+          // The replica could not answer (a snapshot is loading): read the
+          // lists instead.
+          for (const p of new Set<NodeId>([ROOT, ...this.#lists.keys()])) void this.reload(p);
+          return;
+        }
+        const infos = reads.map((r) => ("info" in r ? r.info : null));
+        this.#place(moved, infos.slice(0, moved.length), seq, parents);
+        let patched = false;
+        for (let k = moved.length; k < ids.length; k++) {
+          const info = infos[k];
+          const loc = this.#where.get(ids[k]);
+          if (info && loc) {
+            loc.view.fields = info.fields;
+            patched = true;
+          }
+        }
+        if (patched) this.render();
+      })
+      .catch((e: unknown) => showError(e, "Could not read changed nodes"))
+      .finally(() => {
+        this.#passes.delete(seq);
+        this.#pruneEdits();
+        this.#busy--;
+      });
+  }
+
+  /** Places every moved node where the worker says it is now: out of the
+   * loaded list that had it, into its new parent's loaded list at its
+   * (key, id) place; its rows follow (spliced, or all flattened again for
+   * a bigger batch). A node with an edit this read may predate is left
+   * where the edit put it. */
+  #place(ids: NodeId[], infos: (NodeInfo | null)[], seq: number, parents: NodeId[]): void {
+    const stale = new Set<NodeId>();
+    for (const e of this.#edits) {
+      if (e.resolvedSeq === null || e.resolvedSeq >= seq) stale.add(this.#real(e.view.id));
+    }
+    let splice = !this.#rowsDirty && ids.length <= ROW_SPLICE_MAX;
+    const anchor = this.#focusAnchor();
+    const gained = new Set<NodeId>();
+    const fresh: NodeView[] = [];
+    let changed = false;
+    let patched = false;
+    for (let k = 0; k < ids.length; k++) {
+      const id = ids[k];
+      const info = infos[k];
+      const loc = this.#where.get(id);
+      if (loc && info) {
+        loc.view.fields = info.fields;
+        patched = true;
+      }
+      if (stale.has(id)) continue;
+      const to = info && !info.deleted && info.parent !== null && info.key !== null ? info.parent : null;
+      const key = info?.key ?? "";
+      if (loc && loc.parent === to && loc.view.key === key && !this.#unsettled.has(loc.view)) continue; // where it is
+      changed = true;
+      let view: NodeView | undefined;
+      if (loc) {
+        view = loc.view;
+        this.#listRemove(loc);
+        if (splice && !this.#rowsRemove(id)) splice = false;
+      }
+      if (to === null || !info) continue;
+      gained.add(to);
+      const list = this.#lists.get(to);
+      if (!list) continue; // not loaded: its row (if any) just gets a toggle
+      if (!view) {
+        const own = this.#lists.get(id);
+        view = { id, key, fields: info.fields, hasChildren: own ? own.length > 0 : false };
+        if (!own) fresh.push(view); // whether it has children is read below
+      }
+      view.key = key;
+      view.fields = info.fields;
+      this.#unsettled.delete(view);
+      const at = this.#lowerBound(list, key, id);
+      list.splice(at, 0, view);
+      this.#where.set(id, { parent: to, view });
+      if (splice && !this.#rowsInsert(view, to, at)) splice = false;
+    }
+    if (changed) {
+      if (splice) {
+        this.#pruneLists();
+        this.#follow(anchor);
+        this.render();
+        this.#fulfilFocus();
+      } else {
+        this.#rebuild();
+      }
+    } else if (patched) {
+      this.render();
+    }
+    this.#afterPlacing(parents, gained, fresh);
+  }
+
+  /** Brings the toggles of changed parents up to date: a parent that
+   * gained a child has children; a parent whose list is loaded knows; any
+   * other one on screen (and every newly seen node) is asked. */
+  #afterPlacing(parents: NodeId[], gained: Set<NodeId>, fresh: NodeView[]): void {
+    let repaint = false;
+    const probes: NodeId[] = [];
+    for (const p of new Set([...parents, ...gained])) {
+      if (p === ROOT || p === TRASH) continue;
+      const loc = this.#where.get(p);
+      const list = this.#lists.get(p);
+      if (list) {
+        if (loc) loc.view.hasChildren = list.length > 0;
+        repaint = true;
+      } else if (gained.has(p)) {
+        if (loc) {
+          loc.view.hasChildren = true;
+          repaint = true;
+          this.#loadIfOpen(p);
+        }
+      } else if (loc) {
+        probes.push(p); // it may have lost its last child
+      }
+    }
+    for (const v of fresh) probes.push(v.id);
+    this.#probe(probes);
+    if (repaint) this.render();
+  }
+
+  /** Asks whether each node has children (for its toggle). */
+  #probe(ids: NodeId[]): void {
+    for (const p of ids.slice(0, PROBE_MAX)) {
       this.#busy++;
       this.arbor
         .children(p, { limit: 1 })
         .then((page) => {
-          const i = this.#index.get(p);
-          if (i !== undefined && !this.#lists.has(p)) {
-            this.#rows[i].view.hasChildren = page.length > 0;
+          const loc = this.#where.get(p);
+          if (loc && !this.#lists.has(p)) {
+            loc.view.hasChildren = page.length > 0;
+            if (page.length > 0) this.#loadIfOpen(p);
             this.render();
           }
         })
         .catch(() => {})
         .finally(() => this.#busy--);
     }
+  }
 
-    const patch: NodeId[] = [];
-    for (const id of fields) {
-      const i = this.#index.get(id);
-      if (i === undefined) {
-        trash = true; // maybe a trashed node's title
-        continue;
-      }
-      if (!reloading.has(this.#rows[i].parent)) patch.push(id);
+  /** An expanded row on screen that just got children loads them. */
+  #loadIfOpen(id: NodeId): void {
+    if (this.#expanded.has(id) && this.#rowById.has(id) && !this.#lists.has(id)) void this.reload(id);
+  }
+
+  // ---------------------------------------------------------------- lists
+
+  /** Replaces `parent`'s loaded list. */
+  #setList(parent: NodeId, list: NodeView[]): void {
+    this.#forget(parent);
+    this.#lists.set(parent, list);
+    for (const v of list) this.#where.set(v.id, { parent, view: v });
+  }
+
+  /** Drops `parent`'s loaded list. */
+  #dropList(parent: NodeId): void {
+    this.#forget(parent);
+    this.#lists.delete(parent);
+  }
+
+  #forget(parent: NodeId): void {
+    this.#readAt.delete(parent);
+    const old = this.#lists.get(parent);
+    if (!old) return;
+    for (const v of old) {
+      const l = this.#where.get(v.id);
+      if (l && l.parent === parent) this.#where.delete(v.id);
     }
-    if (patch.length > FIELD_PATCH_MAX) {
-      for (const id of patch) {
-        const p = this.#row(id)?.parent;
-        if (p && !reloading.has(p)) {
-          reloading.add(p);
-          void this.reload(p);
-        }
-      }
-    } else if (patch.length > 0) {
-      this.#busy++;
-      Promise.all(patch.map((id) => this.arbor.node(id)))
-        .then((infos) => {
-          infos.forEach((info, k) => {
-            const i = this.#index.get(patch[k]);
-            if (info && i !== undefined) this.#rows[i].view.fields = info.fields;
-          });
-          this.render();
-        })
-        .catch((e) => showError(e, "Could not read changed nodes"))
-        .finally(() => this.#busy--);
+  }
+
+  /** Takes a node out of the loaded list `loc` says has it. */
+  #listRemove(loc: Loc): void {
+    const list = this.#lists.get(loc.parent);
+    const k = list ? this.#indexIn(list, loc.view) : -1;
+    if (list && k >= 0) list.splice(k, 1);
+    if (this.#where.get(loc.view.id) === loc) this.#where.delete(loc.view.id);
+  }
+
+  /** Where `view` is in `list` (-1 if absent): a binary search, or a scan
+   * for an unsettled view. */
+  #indexIn(list: NodeView[], view: NodeView): number {
+    if (!this.#unsettled.has(view)) {
+      const k = this.#lowerBound(list, view.key, view.id);
+      if (list[k] === view) return k;
     }
-    if (trash) this.onTrashChanged?.();
+    return list.indexOf(view);
+  }
+
+  /** The first index in `list` whose node sorts at or after (key, id),
+   * stepping over unsettled views (their keys are not known). */
+  #lowerBound(list: NodeView[], key: string, id: NodeId): number {
+    let lo = 0;
+    let hi = list.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      let m = mid;
+      while (m < hi && this.#unsettled.has(list[m])) m++;
+      if (m === hi) {
+        m = mid - 1;
+        while (m >= lo && this.#unsettled.has(list[m])) m--;
+        if (m < lo) return lo; // only unsettled views left: before them
+      }
+      const v = list[m];
+      if (v.key < key || (v.key === key && v.id < id)) lo = m + 1;
+      else hi = m;
+    }
+    return lo;
   }
 
   // ---------------------------------------------------------------- model
 
   #scheduleRebuild(): void {
+    this.#rowsDirty = true;
     if (this.#rebuildScheduled) return;
     this.#rebuildScheduled = true;
     onNextFrame(() => {
       this.#rebuildScheduled = false;
-      this.#rebuild();
+      if (this.#rowsDirty) this.#rebuild();
     });
   }
 
@@ -636,18 +957,27 @@ export class Outline {
   #rebuild(): void {
     // A focused row that is on screen stays on screen when rows above it
     // come or go.
-    const fid = this.#focusedId;
-    const oldAt = fid === null ? undefined : this.#index.get(fid);
-    let follow = false;
-    if (oldAt !== undefined) {
-      const y = oldAt * ROW_HEIGHT;
-      follow = y + ROW_HEIGHT > this.scroller.scrollTop && y < this.scroller.scrollTop + this.scroller.clientHeight;
-    }
+    const anchor = this.#focusAnchor();
     const rows: Row[] = [];
-    const index = new Map<NodeId, number>();
+    const byId = new Map<NodeId, Row>();
     const wanted = new Set<NodeId>([ROOT]);
-    const stack: { list: NodeView[]; i: number; depth: number; parent: NodeId }[] = [];
-    stack.push({ list: this.#lists.get(ROOT) ?? [], i: 0, depth: 0, parent: ROOT });
+    this.#flatten(rows, byId, this.#lists.get(ROOT) ?? [], 0, ROOT, wanted);
+    for (const id of [...this.#lists.keys()]) {
+      if (!wanted.has(id) && !this.#loading.has(id)) this.#dropList(id);
+    }
+    this.#rows = rows;
+    this.#rowById = byId;
+    this.#rowsDirty = false;
+    this.#follow(anchor);
+    this.render();
+    this.#fulfilFocus();
+  }
+
+  /** Appends to `out` the rows of the nodes in `list` (at `depth`, under
+   * `parent`) and of their open subtrees, skipping nodes `byId` has; starts
+   * loads for expanded nodes that need them. */
+  #flatten(out: Row[], byId: Map<NodeId, Row>, list: NodeView[], depth: number, parent: NodeId, wanted: Set<NodeId> | null): void {
+    const stack: { list: NodeView[]; i: number; depth: number; parent: NodeId }[] = [{ list, i: 0, depth, parent }];
     while (stack.length > 0) {
       const top = stack[stack.length - 1];
       if (top.i >= top.list.length) {
@@ -655,36 +985,120 @@ export class Outline {
         continue;
       }
       const v = top.list[top.i++];
-      if (index.has(v.id) || v.id === ROOT || v.id === TRASH) continue;
-      index.set(v.id, rows.length);
-      rows.push({ id: v.id, depth: top.depth, parent: top.parent, view: v });
+      if (byId.has(v.id) || v.id === ROOT || v.id === TRASH) continue;
+      const row: Row = { id: v.id, depth: top.depth, parent: top.parent, view: v, at: out.length };
+      byId.set(v.id, row);
+      out.push(row);
       if (!this.#expanded.has(v.id)) continue;
-      const list = this.#lists.get(v.id);
-      if (list) {
-        v.hasChildren = list.length > 0;
-        wanted.add(v.id);
-        stack.push({ list, i: 0, depth: top.depth + 1, parent: v.id });
+      const kids = this.#lists.get(v.id);
+      if (kids) {
+        v.hasChildren = kids.length > 0;
+        wanted?.add(v.id);
+        stack.push({ list: kids, i: 0, depth: top.depth + 1, parent: v.id });
       } else if (v.hasChildren) {
-        wanted.add(v.id);
+        wanted?.add(v.id);
         void this.reload(v.id);
       }
     }
+  }
+
+  /** Splices out the rows of `id` and its open subtree; false if the rows
+   * do not match the lists (flatten them all again then). */
+  #rowsRemove(id: NodeId): boolean {
+    const row = this.#rowById.get(id);
+    if (!row) return true; // not on screen
+    const rows = this.#rows;
+    const i = this.#posOf(row);
+    if (i < 0) return false;
+    let j = i + 1;
+    while (j < rows.length && rows[j].depth > row.depth) j++;
+    for (const r of rows.splice(i, j - i)) {
+      if (this.#rowById.get(r.id) === r) this.#rowById.delete(r.id);
+    }
+    return true;
+  }
+
+  /** Splices in the rows of `view` (just put at `at` in `parent`'s list)
+   * and of its open subtree, if `parent`'s children are on screen; false
+   * if the rows do not match the lists (flatten them all again then). */
+  #rowsInsert(view: NodeView, parent: NodeId, at: number): boolean {
+    let depth = 0;
+    let parentRow: Row | undefined;
+    if (parent !== ROOT) {
+      parentRow = this.#rowById.get(parent);
+      if (!parentRow || !this.#expanded.has(parent)) return true; // not on screen
+      depth = parentRow.depth + 1;
+    }
+    const list = this.#lists.get(parent);
+    if (!list || list[at] !== view) return false;
+    const rows = this.#rows;
+    let pos: number;
+    if (at > 0) {
+      // Right after the previous sibling's subtree.
+      const prev = this.#rowById.get(list[at - 1].id);
+      if (!prev || prev.view !== list[at - 1]) return false;
+      pos = this.#posOf(prev);
+      if (pos < 0) return false;
+      pos++;
+      while (pos < rows.length && rows[pos].depth > prev.depth) pos++;
+    } else if (parentRow) {
+      pos = this.#posOf(parentRow);
+      if (pos < 0) return false;
+      pos++;
+    } else {
+      pos = 0;
+    }
+    const added: Row[] = [];
+    this.#flatten(added, this.#rowById, [view], depth, parent, null);
+    if (added.length > SPLICE_ROWS_MAX) return false;
+    rows.splice(pos, 0, ...added);
+    for (let k = 0; k < added.length; k++) added[k].at = pos + k;
+    return true;
+  }
+
+  /** Drops the loaded lists no longer on screen (after splicing rows). */
+  #pruneLists(): void {
     for (const id of [...this.#lists.keys()]) {
-      if (!wanted.has(id) && !this.#loading.has(id)) this.#lists.delete(id);
+      if (id === ROOT || this.#loading.has(id)) continue;
+      if (!this.#rowById.has(id) || !this.#expanded.has(id)) this.#dropList(id);
     }
-    this.#rows = rows;
-    this.#index = index;
-    if (follow && fid !== null) {
-      const at = index.get(fid);
-      if (at !== undefined && at !== oldAt) this.#scrollIntoView(at);
-    }
-    this.render();
-    this.#fulfilFocus();
+  }
+
+  /** A row's index in `rows` (-1 if it is not there). */
+  #posOf(row: Row): number {
+    if (this.#rows[row.at] === row) return row.at;
+    const i = this.#rows.indexOf(row);
+    row.at = i;
+    return i;
+  }
+
+  /** A node's row index, if it is on screen (in `rows`). */
+  #pos(id: NodeId): number | undefined {
+    const row = this.#rowById.get(id);
+    if (!row) return undefined;
+    const i = this.#posOf(row);
+    return i < 0 ? undefined : i;
+  }
+
+  /** The focused row, if it is in the viewport (so it can stay there). */
+  #focusAnchor(): { id: NodeId; at: number } | null {
+    const fid = this.#focusedId;
+    const at = fid === null ? undefined : this.#pos(fid);
+    if (fid === null || at === undefined) return null;
+    const y = at * ROW_HEIGHT;
+    const visible = y + ROW_HEIGHT > this.scroller.scrollTop && y < this.scroller.scrollTop + this.scroller.clientHeight;
+    return visible ? { id: fid, at } : null;
+  }
+
+  /** Keeps the anchor's row in view if rows above it came or went. */
+  #follow(anchor: { id: NodeId; at: number } | null): void {
+    if (!anchor) return;
+    const at = this.#pos(anchor.id);
+    if (at !== undefined && at !== anchor.at) this.#scrollIntoView(at);
   }
 
   #row(id: NodeId): Row | undefined {
-    const i = this.#index.get(id);
-    return i === undefined ? undefined : this.#rows[i];
+    return this.#rowById.get(id);
   }
 
   #title(r: Row): string {
@@ -773,8 +1187,8 @@ export class Outline {
     };
     const done = this.arbor.set(id, "title", value).then(
       () => {
-        const r = this.#row(id);
-        if (r) r.view.fields = { ...r.view.fields, title: value };
+        const loc = this.#where.get(id);
+        if (loc) loc.view.fields = { ...loc.view.fields, title: value };
         settle();
       },
       (e: unknown) => {
@@ -808,7 +1222,7 @@ export class Outline {
     const shown: number[] = [];
     for (let i = first; i < last; i++) shown.push(i);
     for (const id of [this.#focusedId, this.#dragId]) {
-      const i = id ? this.#index.get(id) : undefined;
+      const i = id ? this.#pos(id) : undefined;
       if (i !== undefined && (i < first || i >= last) && !shown.includes(i)) shown.push(i);
     }
     shown.sort((a, b) => a - b);
@@ -964,7 +1378,7 @@ export class Outline {
       this.#pendingFocus = null;
       return;
     }
-    const i = this.#index.get(want.id);
+    const i = this.#pos(want.id);
     if (i === undefined) return; // not there yet: try again after the next rebuild
     this.#pendingFocus = null;
     this.#scrollIntoView(i);
@@ -1079,7 +1493,7 @@ export class Outline {
           this.setExpanded(id, down);
           break;
         }
-        const i = this.#index.get(id);
+        const i = this.#pos(id);
         if (i === undefined) break;
         const j = i + (down ? 1 : -1);
         if (j < 0 || j >= this.#rows.length) break;

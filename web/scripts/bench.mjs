@@ -4,8 +4,8 @@
 // latency through the whole path (page -> worker -> wasm SQLite -> page).
 //
 //   bash scripts/build-web.sh && cargo build -p arbor-sync-server --bin arbor-server
-//   node web/test/bench.mjs            # ARBOR_BENCH_RUNS=3, ARBOR_BENCH_NODES=100000
-import { launch, seedSpace, startServer } from "./harness.mjs";
+//   node web/scripts/bench.mjs            # ARBOR_BENCH_RUNS=3, ARBOR_BENCH_NODES=100000
+import { launch, seedSpace, startServer } from "../test/harness.mjs";
 
 const RUNS = Number(process.env.ARBOR_BENCH_RUNS ?? 3);
 const NODES = Number(process.env.ARBOR_BENCH_NODES ?? 100_000);

@@ -34,6 +34,8 @@ export type WorkerMsg =
 export interface NodeInfo {
   id: NodeId;
   parent: NodeId | null;
+  /** The order key among its siblings (lowercase hex), null for ROOT/TRASH. */
+  key: string | null;
   fields: Record<string, string>;
   /** True if the node is (under) TRASH. */
   deleted: boolean;

@@ -6,7 +6,7 @@ export type NodeId = string;
 /** The root every thoughtspace has. */
 export const ROOT: NodeId = "00000000-0000-0000-0000-000000000000";
 /** Deleted nodes live under TRASH until restored. */
-export const TRASH: NodeId = "00000000-0000-0000-0000-000000000001";
+export const TRASH: NodeId = "ffffffff-ffff-ffff-ffff-ffffffffffff";
 
 /** Where a node goes among its new siblings. */
 export type Position = "first" | "last" | { before: NodeId } | { after: NodeId };
@@ -14,6 +14,9 @@ export type Position = "first" | "last" | { before: NodeId } | { after: NodeId }
 /** A child as `children` returns it. */
 export interface NodeView {
   id: NodeId;
+  /** The order key in lowercase hex: siblings are ordered by (key, id) as
+   * strings, so a moved node can be placed without reloading its list. */
+  key: string;
   /** Set fields only (cleared ones are absent). */
   fields: Record<string, string>;
   /** True if the node has at least one child. */

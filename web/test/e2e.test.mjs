@@ -2,7 +2,7 @@
 // `arbor-server dev` (its own Postgres): two browsers editing one
 // thoughtspace, offline edits, reload from OPFS, and a 50k-node cold start.
 //
-//   node --test web/test/          (after scripts/build-web.sh and
+//   node --test web/test/*.test.mjs   (after scripts/build-web.sh and
 //                                   cargo build -p arbor-sync-server)
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -83,6 +83,29 @@ test("one browser goes offline, both edit, it reconnects, both show the same tre
   });
   await until("alice drained", () => a.evaluate(() => window.arbor.status().outbox === 0));
   await until("the same tree", async () => JSON.stringify(await titles(a)) === JSON.stringify(await titles(b)));
+  await a.close();
+  await b.close();
+});
+
+test("delete through the row's button, restore from the trash panel; the other browser follows", async () => {
+  const a = await openDemo(alice.context, server, "demo", "alice");
+  const b = await openDemo(bob.context, server, "demo", "bob");
+  await until("alice live", () => a.evaluate(() => window.arbor.status().state === "live"));
+  const id = await a.evaluate((root) => window.arbor.create(root, "last", { title: "to the trash and back" }), ROOT);
+  await until("bob sees it", async () => (await titles(b)).includes("to the trash and back"));
+  await a.evaluate((id) => window.outline.scrollTo(id), id);
+  const row = a.locator(`[data-testid="row"][data-id="${id}"]`);
+  await row.hover();
+  await row.getByTestId("delete").click();
+  await until("gone from alice's outline", async () => !(await titles(a)).includes("to the trash and back"));
+  await until("gone from bob's outline", async () => !(await titles(b)).includes("to the trash and back"));
+  await a.getByTestId("trash-toggle").click();
+  const item = a.getByTestId("trash-item").filter({ hasText: "to the trash and back" });
+  await until("the trash panel lists it", async () => (await item.count()) === 1);
+  await item.getByTestId("restore").click();
+  await until("back in alice's outline", async () => (await titles(a)).includes("to the trash and back"));
+  await until("back in bob's outline", async () => (await titles(b)).includes("to the trash and back"));
+  await until("the trash panel no longer lists it", async () => (await item.count()) === 0);
   await a.close();
   await b.close();
 });
