@@ -153,10 +153,10 @@ function renderStatus(s: Status): void {
       progressEl.max = p.total;
       progressEl.value = Math.min(p.rows, p.total);
       const pct = Math.floor((100 * Math.min(p.rows, p.total)) / p.total);
-      progressText.textContent = `Loading the thoughtspace: ${p.rows.toLocaleString()} of ${p.total.toLocaleString()} nodes (${pct}%, ${formatBytes(p.bytes)})`;
+      progressText.textContent = `Loading the thoughtspace: ${p.rows.toLocaleString()} of ${p.total.toLocaleString()} rows (${pct}%, ${formatBytes(p.bytes)})`;
     } else {
       progressEl.removeAttribute("value"); // indeterminate
-      progressText.textContent = p ? `Loading the thoughtspace: ${p.rows.toLocaleString()} nodes (${formatBytes(p.bytes)})` : "Loading the thoughtspace…";
+      progressText.textContent = p ? `Loading the thoughtspace: ${p.rows.toLocaleString()} rows (${formatBytes(p.bytes)})` : "Loading the thoughtspace…";
     }
   }
 

@@ -36,6 +36,8 @@ const alice = await launch();
 const bob = await launch();
 try {
   const a = await openDemo(alice.context, server, "demo", "alice");
+  // Writes wait for the cold start (docs/BROWSER.md).
+  await until("alice live", async () => (await a.evaluate(() => window.arbor.status().state)) === "live");
   await fill(a);
   const b = await openDemo(bob.context, server, "demo", "bob");
   await until("both live", async () =>
@@ -58,10 +60,6 @@ try {
   const TRASH = "ffffffff-ffff-ffff-ffff-ffffffffffff";
   await until("bob has the delete", async () => (await b.evaluate((t) => window.arbor.children(t), TRASH)).length > 0);
   await b.getByTestId("trash-toggle").click();
-  await new Promise((r) => setTimeout(r, 2000));
-  console.log("DEBUG", await b.evaluate(() => { const p = document.querySelector('[data-testid="trash"]'); return [p.hidden, p.dataset.count, document.querySelector('[data-testid="trash-list"]').innerHTML.slice(0, 300), document.querySelector('[data-testid="trash-toggle"]').getAttribute("aria-pressed")]; }));
-  console.log("DEBUG2", await b.evaluate(async (t) => { const k = await window.arbor.children(t, { after: undefined, limit: 5000 }); return JSON.stringify(k).slice(0, 300); }, TRASH));
-  await b.screenshot({ path: "/tmp/dbg.png" });
   await until("the trash lists the deleted node", async () => (await b.getByTestId("trash-item").count()) > 0);
   await b.screenshot({ path: join(out, "demo-trash.png") });
   await b.getByTestId("trash-close").click();
@@ -74,16 +72,22 @@ try {
 
   // A cold start: the progress bar while 200k rows stream in.
   seedSpace(server, "big", 200_000);
-  const c = await bob.context.newPage();
+  const carol = await launch(); // a browser of its own: its own OPFS
+  const c = await carol.context.newPage();
   await c.goto(`${server.url}/demo/?space=big&user=carol`);
   await c.waitForFunction(() => {
     const el = document.querySelector('[data-testid="progress-wrap"]');
     const p = document.querySelector('[data-testid="progress"]');
-    return el && !el.hidden && p && p.value > 0.05;
+    return el && !el.hidden && p && p.max > 0 && p.value / p.max > 0.2;
   }, null, { timeout: 120_000, polling: 10 });
   await c.screenshot({ path: join(out, "demo-cold-start.png") });
   await c.waitForFunction(() => window.outline?.rows().length === 200_000, null, { timeout: 300_000 });
+  // Far down the virtualized list: only the rows on screen exist.
+  await c.evaluate(() => window.outline.scrollTo(window.outline.rows()[123_456].id));
+  await until("row 123,457 on screen", async () => (await c.getByTestId("row").filter({ has: c.locator("input") }).count()) > 0 &&
+    (await c.evaluate(() => [...document.querySelectorAll('[data-testid="title"]')].some((i) => i.value === "node 123457"))));
   await c.screenshot({ path: join(out, "demo-200k.png") });
+  await carol.close();
   console.log(`screenshots written to ${out}`);
 } finally {
   await alice.close();

@@ -110,6 +110,44 @@ test("delete through the row's button, restore from the trash panel; the other b
   await b.close();
 });
 
+test("keyboard and mouse editing: rename, indent, outdent, drag to reorder and into another node", async () => {
+  const a = await openDemo(alice.context, server, "demo", "alice");
+  await until("alice live", () => a.evaluate(() => window.arbor.status().state === "live"));
+  const [one, two, three] = await a.evaluate(async (root) => {
+    const ids = [];
+    for (const t of ["kbd one", "kbd two", "kbd three"]) ids.push(await window.arbor.create(root, "last", { title: t }));
+    return ids;
+  }, ROOT);
+  const row = (id) => a.locator(`[data-testid="row"][data-id="${id}"]`);
+  const node = (id) => a.evaluate((x) => window.arbor.node(x), id);
+  const rootOrder = () =>
+    a.evaluate(async (root) => (await window.arbor.children(root, { limit: 10000 })).map((k) => k.id), ROOT);
+  await a.evaluate((id) => window.outline.scrollTo(id), two);
+  await until("the rows", async () => (await row(three).count()) === 1);
+  // Rename by typing; the title is saved.
+  const title = row(two).getByTestId("title");
+  await title.click();
+  await title.fill("kbd two renamed");
+  await title.press("Tab"); // and indent: under "kbd one"
+  await until("renamed", async () => (await node(two))?.fields.title === "kbd two renamed");
+  await until("indented under one", async () => (await node(two))?.parent === one);
+  await row(two).getByTestId("title").press("Shift+Tab");
+  await until("outdented to ROOT, right after one", async () => {
+    const order = await rootOrder();
+    return (await node(two))?.parent === ROOT && order.indexOf(two) === order.indexOf(one) + 1;
+  });
+  // Drag three onto the top edge of one: before it.
+  await row(three).dragTo(row(one), { targetPosition: { x: 200, y: 2 } });
+  await until("three before one", async () => {
+    const order = await rootOrder();
+    return order.indexOf(three) === order.indexOf(one) - 1;
+  });
+  // Drag one onto the middle of three: inside it.
+  await row(one).dragTo(row(three), { targetPosition: { x: 200, y: 14 } });
+  await until("one inside three", async () => (await node(one))?.parent === three);
+  await a.close();
+});
+
 test("reload keeps the local replica (OPFS)", async () => {
   const a = await openDemo(alice.context, server, "demo", "alice");
   assert.equal(await a.evaluate(() => window.arbor.status().storage), "opfs");
