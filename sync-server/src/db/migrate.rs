@@ -58,6 +58,18 @@ pub const MIGRATIONS: &[Migration] = &[
 /// never collides with the per-space `pg_advisory_xact_lock(bigint)`).
 const LOCK: (i32, i32) = (0x4152_424f, 1); // "ARBO", 1
 
+/// Migration 0002's `arbor_restore_pass` as a `CREATE OR REPLACE`
+/// statement: installed over 0006's in a scratch database, it is the
+/// baseline the differential test and the restore benchmark compare with.
+pub fn restore_pass_0002() -> String {
+    let sql = MIGRATIONS[1].sql;
+    let start = sql.find("CREATE FUNCTION arbor_restore_pass").unwrap_or(0);
+    let end = sql[start..]
+        .find("END $$;")
+        .map_or(sql.len(), |e| start + e + "END $$;".len());
+    sql[start..end].replacen("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+}
+
 /// FNV-1a 64 of the SQL text: detects an applied file that was edited.
 fn checksum(sql: &str) -> i64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

@@ -11,7 +11,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-pub use migrate::{MIGRATIONS, Migration, migrate};
+pub use migrate::{MIGRATIONS, Migration, migrate, restore_pass_0002};
 
 /// Why Postgres refused a batch (the `ARnnn` SQLSTATEs of `apply_ops`, plus
 /// the checks done before the call). Nothing was written.

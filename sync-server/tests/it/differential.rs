@@ -21,7 +21,7 @@ use arbor_shared::sim::{Action, Sim, shuffle, splitmix};
 use arbor_shared::tree::Effect;
 use arbor_shared::{NodeId, Op, Stamp, TreeStore};
 use arbor_sync_server::db::{
-    Committed, Db, DbError, MIGRATIONS, Origin, RejectCode, replica_from_sql,
+    Committed, Db, DbError, Origin, RejectCode, replica_from_sql, restore_pass_0002,
 };
 use uuid::Uuid;
 
@@ -144,19 +144,10 @@ struct Stats {
 
 /// A database whose `arbor_restore_pass` is 0002's again.
 async fn legacy_restore_db() -> Db {
-    let sql = MIGRATIONS[1].sql;
-    let start = sql
-        .find("CREATE FUNCTION arbor_restore_pass")
-        .expect("0002 defines the pass");
-    let end = start + sql[start..].find("END $$;").expect("its end") + "END $$;".len();
-    let legacy = sql[start..end].replacen("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1);
     let db = test_db().await;
-    db.client()
-        .await
-        .unwrap()
-        .batch_execute(&legacy)
-        .await
-        .unwrap();
+    let client = db.client().await.unwrap();
+    client.batch_execute(&restore_pass_0002()).await.unwrap();
+    drop(client);
     db
 }
 
