@@ -3,7 +3,8 @@
 # wasm32 build of `shared`, the realtime Worker's toolchain and build, all
 # tests (against Postgres clusters the tests start themselves, the Worker
 # in workerd), the browser client built for wasm32 and tested in headless
-# Chromium, and the release-mode scaling test.
+# Chromium, the cargo-fuzz targets (a short run), and the release-mode
+# scaling test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/arbor/target}"
@@ -44,6 +45,10 @@ cargo fmt --manifest-path client-web/Cargo.toml --check
 bash scripts/build-web.sh --clippy
 cargo build --locked -p arbor-sync-server --bin arbor-server
 (cd web && node --test --test-concurrency=1 test/*.test.mjs)
+
+step "cargo-fuzz targets: libFuzzer on the stable toolchain, 10 s each"
+cargo fmt --manifest-path fuzz/Cargo.toml --check
+ARBOR_FUZZ_SECS="${ARBOR_FUZZ_SECS:-10}" bash scripts/fuzz.sh
 
 step "scaling test (release, ignored by default)"
 cargo test --locked --release -p arbor-shared --test it -- --ignored --nocapture

@@ -22,12 +22,16 @@
 //! - [`auth`]: HS256 token verification and minting (RFC 7519), shared by
 //!   the sync server and the Durable Object.
 //! - [`sim`]: the [`sim::Action`] enum and a network of replicas that drives
-//!   property tests, regression tests and (later) fuzz targets.
+//!   property tests, regression tests and the differential tests.
+//! - `fuzz` (feature `fuzz`): fuzz targets over bytes, run by the stable
+//!   tests with a fixed budget and by the cargo-fuzz targets in `fuzz/`.
 
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod clock;
+#[cfg(feature = "fuzz")]
+pub mod fuzz;
 pub mod id;
 pub mod key;
 pub mod op;
