@@ -1,7 +1,7 @@
 //! Migrations, apply, idempotency, catch-up and children pages.
 
 use arbor_shared::{NodeId, ReplicaId};
-use arbor_sync_server::db::{Origin, RejectCode};
+use arbor_sync_server::db::{Db, Origin, RejectCode};
 
 use crate::harness::*;
 
@@ -185,4 +185,34 @@ async fn a_group_commit_answers_each_push_as_if_applied_alone() {
         .unwrap();
     assert_state_eq(&db.state("s").await.unwrap(), &reference.state().unwrap());
     assert_eq!(db.space("s").await.unwrap().unwrap().head_seq, 2);
+}
+
+#[tokio::test]
+async fn pooled_sessions_check_their_client_every_second() {
+    // So that a server which dies mid-commit does not leave its apply
+    // running, holding the space's lock, until the apply ends.
+    let db = test_db().await;
+    let c = db.client().await.unwrap();
+    let row = c
+        .query_one("SHOW client_connection_check_interval", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "1s");
+    // Options given in the config are kept.
+    let mut config = test_db_config().await;
+    config.options("-c application_name=arbor_test");
+    let db = Db::new(config, 1).unwrap();
+    let c = db.client().await.unwrap();
+    let name: String = c
+        .query_one("SHOW application_name", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "arbor_test");
+    let check: String = c
+        .query_one("SHOW client_connection_check_interval", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(check, "1s");
 }
