@@ -165,6 +165,21 @@ test("reload keeps the local replica (OPFS)", async () => {
   await a.close();
 });
 
+test("a replica in memory says so: the storage warning shows, and it still syncs", async () => {
+  const page = await bob.context.newPage();
+  await page.goto(`${server.url}/demo/?space=demo&user=bob&memory=1`);
+  await page.waitForFunction(() => window.outline !== undefined && window.arbor !== undefined, null, { timeout: 60_000 });
+  await page.evaluate(() => window.outline.ready);
+  assert.equal(await page.evaluate(() => window.arbor.status().storage), "memory");
+  await until("the warning shows", () => page.getByTestId("storage-warning").isVisible());
+  await until("live", () => page.evaluate(() => window.arbor.status().state === "live"));
+  const a = await openDemo(alice.context, server, "demo", "alice");
+  await a.evaluate((root) => window.arbor.create(root, "last", { title: "seen by a memory replica" }), ROOT);
+  await until("the memory replica gets it", async () => (await titles(page)).includes("seen by a memory replica"));
+  await a.close();
+  await page.close();
+});
+
 test("a cold start of a 50k-node thoughtspace shows progress, then the tree", async () => {
   seedSpace(server, "big", 50_000);
   const page = await bob.context.newPage();
