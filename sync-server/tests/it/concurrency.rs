@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use arbor_shared::sim::splitmix;
 use arbor_shared::{Clock, Hlc, KeyGen, MoveOp, NodeId, Op, ReplicaId, SetOp};
-use arbor_sync_server::db::{Committed, Origin};
+use arbor_sync_server::db::{Committed, Origin, RejectCode};
 
 use crate::harness::*;
 
@@ -50,6 +50,7 @@ async fn concurrent_pushers_get_gapless_seqs_and_converge() {
             let mut cursor = SHARED as u64;
             let mut got_all = Vec::new();
             let mut used = std::collections::HashSet::new();
+            let mut refused = 0u32;
             for _ in 0..40 {
                 let len = 1 + splitmix(&mut s) % 25;
                 let mut batch = Vec::new();
@@ -119,16 +120,41 @@ async fn concurrent_pushers_get_gapless_seqs_and_converge() {
                     }
                 }
                 used.extend(batch.iter().map(|op| op.stamp().hlc));
-                let got = db
-                    .apply("s", Some(ReplicaId(replica)), &batch)
-                    .await
-                    .unwrap();
+                let got = match db.apply("s", Some(ReplicaId(replica)), &batch).await {
+                    Ok(got) => got,
+                    // A node this task created can be out of the tree: an
+                    // old stamp may put a move of its parent under it
+                    // before its create, which the create would then make
+                    // a cycle of, so the create is skipped (Kleppmann).
+                    // The server refuses ops naming it, writing nothing; a
+                    // client would no longer see it. Forget such nodes.
+                    Err(e) if e.reject_code() == Some(RejectCode::UnknownNode) => {
+                        refused += 1;
+                        let c = db.client().await.unwrap();
+                        let mut present = Vec::new();
+                        for id in known {
+                            let u = uuid::Uuid::from_u128(id.0);
+                            let rows = c
+                                .query("SELECT 1 FROM nodes WHERE id = $1", &[&u])
+                                .await
+                                .unwrap();
+                            if id.is_reserved() || !rows.is_empty() {
+                                present.push(id);
+                            }
+                        }
+                        known = present;
+                        continue;
+                    }
+                    Err(e) => panic!("batch refused: {e}"),
+                };
                 for c in &got {
                     clock.observe(c.op.stamp().hlc);
                     cursor = cursor.max(c.seq);
                 }
                 got_all.extend(got);
             }
+            // Such refusals are rare: the run still pushes what it claims.
+            assert!(refused <= 4, "task {t}: {refused} of 40 batches refused");
             got_all
         }));
     }
