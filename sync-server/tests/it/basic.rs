@@ -187,32 +187,25 @@ async fn a_group_commit_answers_each_push_as_if_applied_alone() {
     assert_eq!(db.space("s").await.unwrap().unwrap().head_seq, 2);
 }
 
+/// A setting of the pooled session `db` hands out.
+async fn show(db: &Db, setting: &str) -> String {
+    let c = db.client().await.unwrap();
+    c.query_one(&format!("SHOW {setting}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 #[tokio::test]
 async fn pooled_sessions_check_their_client_every_second() {
     // So that a server which dies mid-commit does not leave its apply
     // running, holding the space's lock, until the apply ends.
     let db = test_db().await;
-    let c = db.client().await.unwrap();
-    let row = c
-        .query_one("SHOW client_connection_check_interval", &[])
-        .await
-        .unwrap();
-    assert_eq!(row.get::<_, String>(0), "1s");
+    assert_eq!(show(&db, "client_connection_check_interval").await, "1s");
     // Options given in the config are kept.
     let mut config = test_db_config().await;
     config.options("-c application_name=arbor_test");
     let db = Db::new(config, 1).unwrap();
-    let c = db.client().await.unwrap();
-    let name: String = c
-        .query_one("SHOW application_name", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(name, "arbor_test");
-    let check: String = c
-        .query_one("SHOW client_connection_check_interval", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(check, "1s");
+    assert_eq!(show(&db, "application_name").await, "arbor_test");
+    assert_eq!(show(&db, "client_connection_check_interval").await, "1s");
 }
