@@ -2,7 +2,7 @@
 # Build the `arbor-shared` library for wasm32-unknown-unknown with Debian's
 # rustc-web toolchain (1.96) and -Zbuild-std, because rustup here only has
 # the x86_64 std and cannot download targets.
-# See /work/shared/notes/wasm-toolchain.md.
+# See docs/TOOLCHAIN.md.
 #
 # Env:
 #   CARGO_TARGET_DIR  base target dir (default ~/.cache/arbor/target); this

@@ -2,7 +2,7 @@
 # Builds Arbor for the browser into web/dist/: the client-web crate for
 # wasm32 (SQLite compiled by clang, std built with -Zbuild-std), bound with
 # wasm-bindgen, shrunk with wasm-opt, and the TypeScript (API, worker, demo)
-# bundled by esbuild. Toolchain facts: /work/shared/notes/wasm-toolchain.md.
+# bundled by esbuild. Toolchain facts: docs/TOOLCHAIN.md.
 #
 #   bash scripts/build-web.sh            # install what is missing, build
 #   bash scripts/build-web.sh --clippy   # also clippy -D warnings (wasm32)

@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
 # Installs the Worker toolchain (cached by version) and builds
 # worker-realtime/ with worker-build into worker-realtime/build/.
-# Facts behind every step: /work/shared/notes/wasm-toolchain.md.
+# Facts behind every step: docs/TOOLCHAIN.md.
 #
 #   bash scripts/build-worker.sh            # install if needed, build
 #   bash scripts/build-worker.sh --tools    # install only; prints the tools dir
+#
+# Standard output is data: with --tools it carries the tools folder and
+# nothing else, so callers can write TOOLS=$(bash scripts/build-worker.sh
+# --tools). Everything else (apt, npm, cargo, logs) goes to standard error.
 #
 # Env:
 #   ARBOR_TOOLS       tool cache (default ~/.cache/arbor/tools); the versioned
 #                     folder inside is reused when present.
 #   CARGO_TARGET_DIR  base target dir; the Worker builds in "<base>-worker".
 set -euo pipefail
+# Keep the caller's stdout on fd 3 for the one line of data; send every
+# other write of this script and of the tools it runs to stderr.
+exec 3>&1 1>&2
 
 WRANGLER_VERSION=4.86.0
 BINARYEN_VERSION=132.0.0
@@ -74,7 +81,7 @@ SHIM
 chmod +x "$shim/rustc"
 
 if [[ "${1:-}" == "--tools" ]]; then
-  echo "$tools"
+  echo "$tools" >&3
   exit 0
 fi
 

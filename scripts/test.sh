@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up and runs every check CI runs: format, clippy (-D warnings), the
-# wasm32 build of `shared`, the realtime Worker's toolchain and build, all
+# README's run command (demos only), the wasm32 build of `shared`, the
+# realtime Worker's toolchain and build (and its tool cache from empty), all
 # tests (against Postgres clusters the tests start themselves, the Worker
 # in workerd), the browser client built for wasm32 and tested in headless
 # Chromium, the cargo-fuzz targets (a short run), and the release-mode
@@ -26,6 +27,11 @@ cargo fmt --manifest-path worker-realtime/Cargo.toml --check
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 
+step "the README's run command: the demos, two CLI replicas through arbor-server dev, the browser build"
+# Before anything else installs the wasm tools, so that a fresh machine runs
+# it exactly as a new user would (it failed there once: issue 15).
+ARBOR_RUN_NO_SERVER=1 bash scripts/run.sh
+
 step "wasm32-unknown-unknown build of arbor-shared"
 bash scripts/build-wasm-shared.sh
 
@@ -36,6 +42,20 @@ CARGO_TARGET_DIR="$CARGO_TARGET_DIR-worker-native" \
   cargo clippy --locked --manifest-path worker-realtime/Cargo.toml -- -D warnings
 bash scripts/build-worker.sh
 export ARBOR_WORKER_TOOLS="$(bash scripts/build-worker.sh --tools)"
+
+step "the tool cache from empty: build-worker.sh --tools prints its folder and nothing else"
+# npm and the shim run from an empty ARBOR_TOOLS; the two cargo-installed
+# binaries (minutes to build) are seeded from the warm cache.
+fresh_tools="$(mktemp -d)"
+versioned="$fresh_tools/$(basename "$ARBOR_WORKER_TOOLS")"
+mkdir -p "$versioned/bin"
+cp "$ARBOR_WORKER_TOOLS/bin/worker-build" "$ARBOR_WORKER_TOOLS/bin/wasm-bindgen" "$versioned/bin/"
+printed="$(ARBOR_TOOLS="$fresh_tools" bash scripts/build-worker.sh --tools 2>/dev/null)"
+if [[ "$printed" != "$versioned" || ! -x "$printed/node_modules/.bin/wrangler" ]]; then
+  printf 'build-worker.sh --tools from an empty cache printed:\n%s\nexpected only: %s\n' "$printed" "$versioned" >&2
+  exit 1
+fi
+rm -rf "$fresh_tools"
 
 step "cargo test --workspace"
 cargo test --locked --workspace
