@@ -7,9 +7,9 @@ use wasm_bindgen_futures::JsFuture;
 pub type JsResult<T> = Result<T, JsValue>;
 
 /// A `{code, message}` error object (the worker turns it into `ArborError`).
-pub fn err(code: &str, message: &str) -> JsValue {
+pub fn err(code: arbor_shared::ErrorCode, message: &str) -> JsValue {
     let o = js_sys::Object::new();
-    let _ = js_sys::Reflect::set(&o, &"code".into(), &code.into());
+    let _ = js_sys::Reflect::set(&o, &"code".into(), &code.as_str().into());
     let _ = js_sys::Reflect::set(&o, &"message".into(), &message.into());
     o.into()
 }
@@ -48,7 +48,18 @@ pub fn has_opfs() -> bool {
     js_sys::Reflect::has(&global, &"FileSystemSyncAccessHandle".into()).unwrap_or(false)
 }
 
-/// A random number in [0, 1) for backoff jitter.
+/// A random number in [0, 1) (the session's jitter seed).
 pub fn random() -> f64 {
     js_sys::Math::random()
+}
+
+/// `console.warn(message)` on the global scope.
+pub fn warn(message: &str) {
+    let global = js_sys::global();
+    if let Ok(console) = js_sys::Reflect::get(&global, &"console".into())
+        && let Ok(f) = js_sys::Reflect::get(&console, &"warn".into())
+        && let Ok(f) = f.dyn_into::<js_sys::Function>()
+    {
+        let _ = f.call1(&console, &JsValue::from_str(message));
+    }
 }

@@ -9,9 +9,9 @@
 //! - [`WebReplica`]: the exported class; the local API (create, move,
 //!   delete, restore, set, children, node, count), change and status
 //!   callbacks, `connect` / `disconnect`.
-//! - [`sync`]: the sync loop (hello, catch-up, pushes with acks, refusals,
-//!   reconnect with jittered backoff), the browser twin of
-//!   `arbor_client::sync`, and the streamed cold start over `fetch`.
+//! - [`sync`]: the browser driver of `arbor_client::session` (the same
+//!   session the native client drives): the `web-sys` WebSocket, one
+//!   timer, and the streamed cold start over `fetch`.
 //! - [`js`]: small bridges to browser APIs (timers, errors as `{code,
 //!   message}` objects, the WebSocket as a stream of events).
 //!
@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 
 use arbor_client::{Changes, Position, Replica, ReplicaError};
-use arbor_shared::NodeId;
+use arbor_shared::{ErrorCode, NodeId};
 use rusqlite::params;
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
@@ -135,13 +135,13 @@ impl Inner {
     fn replica_mut(&self) -> JsResult<std::cell::RefMut<'_, Replica>> {
         self.replica
             .try_borrow_mut()
-            .map_err(|_| err("busy", "the replica is loading a snapshot"))
+            .map_err(|_| err(ErrorCode::Busy, "the replica is loading a snapshot"))
     }
 
     fn replica(&self) -> JsResult<std::cell::Ref<'_, Replica>> {
         self.replica
             .try_borrow()
-            .map_err(|_| err("busy", "the replica is loading a snapshot"))
+            .map_err(|_| err(ErrorCode::Busy, "the replica is loading a snapshot"))
     }
 
     /// After a local write: notify, wake the sync loop, report the outbox.
@@ -157,14 +157,14 @@ impl Inner {
 /// A replica error as a `{code, message}` JS object.
 pub(crate) fn replica_err(e: ReplicaError) -> JsValue {
     let code = match &e {
-        ReplicaError::UnknownNode(_) => "unknown_node",
-        ReplicaError::Reserved(_) => "reserved_node",
-        ReplicaError::NotASibling { .. } => "not_a_sibling",
-        ReplicaError::Cycle { .. } => "cycle",
-        ReplicaError::Op(_) => "bad_op",
-        ReplicaError::WrongSpace { .. } => "wrong_space",
-        ReplicaError::Snapshot(_) => "snapshot",
-        _ => "replica",
+        ReplicaError::UnknownNode(_) => ErrorCode::UnknownNode,
+        ReplicaError::Reserved(_) => ErrorCode::ReservedNode,
+        ReplicaError::NotASibling { .. } => ErrorCode::NotASibling,
+        ReplicaError::Cycle { .. } => ErrorCode::Cycle,
+        ReplicaError::Op(_) => ErrorCode::BadOp,
+        ReplicaError::WrongSpace { .. } => ErrorCode::WrongSpace,
+        ReplicaError::Snapshot(_) => ErrorCode::Snapshot,
+        _ => ErrorCode::Replica,
     };
     err(code, &e.to_string())
 }
@@ -178,7 +178,7 @@ fn hex(bytes: &[u8]) -> String {
 
 fn node_id(s: &str) -> JsResult<NodeId> {
     s.parse()
-        .map_err(|_| err("bad_id", &format!("not a node id: {s:?}")))
+        .map_err(|_| err(ErrorCode::BadId, &format!("not a node id: {s:?}")))
 }
 
 /// `"first" | "last" | {"before": id} | {"after": id}`.
@@ -193,7 +193,7 @@ enum PositionJs {
 
 fn position(json: &str) -> JsResult<Position> {
     let p: PositionJs =
-        serde_json::from_str(json).map_err(|e| err("bad_position", &e.to_string()))?;
+        serde_json::from_str(json).map_err(|e| err(ErrorCode::BadPosition, &e.to_string()))?;
     Ok(match p {
         PositionJs::First => Position::First,
         PositionJs::Last => Position::Last,
@@ -239,7 +239,9 @@ impl WebReplica {
         let durable = if memory {
             false
         } else {
-            install_opfs().await.map_err(|e| err("storage", &e))?
+            install_opfs()
+                .await
+                .map_err(|e| err(ErrorCode::Storage, &e))?
         };
         let mut replica = if durable {
             // File names in the pool are flat: one file per thoughtspace.
@@ -299,7 +301,7 @@ impl WebReplica {
         let parent = node_id(parent)?;
         let pos = position(pos)?;
         let fields: BTreeMap<String, String> =
-            serde_json::from_str(fields).map_err(|e| err("bad_fields", &e.to_string()))?;
+            serde_json::from_str(fields).map_err(|e| err(ErrorCode::BadFields, &e.to_string()))?;
         let fields: Vec<(&str, &str)> = fields
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))

@@ -15,20 +15,29 @@
 //! - [`snapshot`]: cold start from a snapshot stream (one transaction,
 //!   indexes built after, outbox rebased) and the replica encoded as a
 //!   snapshot file (fork).
-//! - [`sync`]: the realtime sync client (tokio): `hello`, catch-up, pushes,
-//!   acks, reconnect with backoff, observable [`sync::SyncStatus`].
+//! - [`session`]: the sync session, the client side of the protocol with no
+//!   I/O (cold-start decision, hello, push window, acks, what each error
+//!   code means, backoff), shared by the native and the browser driver.
+//! - [`sync`]: the tokio driver of the session (WebSocket, HTTP snapshot,
+//!   timers) and its entry points [`sync_forever`] and [`sync_once`].
+//! - [`fork`]: the replica uploaded as a new thoughtspace.
 //! - `src/bin/arbor.rs`: the `arbor` CLI over this library.
 
+#[cfg(feature = "native")]
+pub mod fork;
 pub mod replica;
 pub mod schema;
+pub mod session;
 pub mod snapshot;
 pub mod store;
 #[cfg(feature = "native")]
 pub mod sync;
 
 pub use replica::{NodeView, OpenOptions, Position, Replica, ReplicaError};
+pub use session::{SyncReport, SyncState, SyncStatus};
 pub use store::Changes;
 #[cfg(feature = "native")]
-pub use sync::{
-    SharedReplica, SyncConfig, SyncError, SyncState, SyncStatus, fork, sync_forever, sync_once,
+pub use {
+    fork::fork,
+    sync::{SharedReplica, SyncConfig, SyncError, sync_forever, sync_once},
 };

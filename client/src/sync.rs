@@ -1,27 +1,29 @@
-//! The sync client: connects to the realtime endpoint, says `hello` with
-//! the replica's cursor, applies committed ops in seq order, pushes the
-//! outbox, and reconnects with jittered exponential backoff. An op leaves
-//! the outbox only when the server has committed it (it comes back in
-//! `ops`, or its push is acked). No cursor (or `snapshot_required`, or a
-//! stale refusal) means a cold start from the HTTP snapshot first.
+//! The tokio driver of the sync session: moves frames between a WebSocket and [`crate::session::Session`], streams snapshots over HTTP, arms its timers.
+//!
+//! Every protocol decision (cold start, hello, pushes and acks, what each
+//! error code means, backoff) is the session's; this file only does what
+//! its [`Action`]s say and reports what happened. An op leaves the outbox
+//! only when the server has committed it (it comes back in `ops`, or its
+//! push is acked).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use arbor_shared::protocol::{ClientMsg, Peer, ServerMsg};
-use arbor_shared::{Op, Stamp};
+use arbor_shared::ErrorCode;
+use arbor_shared::error::ErrorBody;
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 use crate::replica::{Replica, ReplicaError};
-use crate::snapshot::{Loaded, Progress, load_snapshot};
-
-/// Largest push frame the client builds (the protocol's limit is 1 MiB).
-const PUSH_BYTES: usize = 768 * 1024;
+use crate::session::{
+    Action, ConnectFailure, Session, SessionConfig, SnapshotFailure, Stop, SyncReport, SyncState,
+    SyncStatus,
+};
+use crate::snapshot::load_snapshot;
 
 /// A replica shared between the app and its sync client.
 pub type SharedReplica = Arc<Mutex<Replica>>;
@@ -51,111 +53,63 @@ pub struct SyncConfig {
 impl SyncConfig {
     /// Defaults for `server`, `space`, `token`.
     pub fn new(server: &str, space: &str, token: &str) -> SyncConfig {
+        let session = SessionConfig::new(space);
         SyncConfig {
             server: server.trim_end_matches('/').to_string(),
             realtime: None,
             space: space.to_string(),
             token: token.to_string(),
-            max_inflight: 8,
-            batch_ops: 500,
-            min_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(10),
+            max_inflight: session.max_inflight,
+            batch_ops: session.batch_ops,
+            min_backoff: Duration::from_millis(session.min_backoff_ms),
+            max_backoff: Duration::from_millis(session.max_backoff_ms),
         }
+    }
+
+    fn session(&self) -> SessionConfig {
+        SessionConfig {
+            max_inflight: self.max_inflight,
+            batch_ops: self.batch_ops,
+            min_backoff_ms: self.min_backoff.as_millis() as u64,
+            max_backoff_ms: self.max_backoff.as_millis() as u64,
+            ..SessionConfig::new(&self.space)
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/v1/spaces/{}{path}", self.server, self.space)
+    }
+
+    fn ws_url(&self) -> String {
+        let base = self.realtime.as_deref().unwrap_or(&self.server);
+        format!("{}/v1/spaces/{}/ws", base.trim_end_matches('/'), self.space)
+            .replacen("http", "ws", 1)
     }
 }
 
-/// What the sync client is doing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SyncState {
-    /// Not connected; retrying after a delay (with the last error).
-    Offline {
-        /// Why the last attempt ended.
-        error: Option<String>,
-    },
-    /// Opening the connection.
-    Connecting,
-    /// Loading a snapshot.
-    ColdStart(Progress),
-    /// Connected, applying committed ops up to the head seen at `hello`.
-    CatchingUp,
-    /// Connected, caught up, local ops waiting for the server.
-    Pushing,
-    /// Connected, caught up, outbox empty.
-    Live,
-    /// Stopped (shutdown).
-    Stopped,
-}
-
-/// The observable sync status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SyncStatus {
-    /// The state.
-    pub state: SyncState,
-    /// The replica's cursor.
-    pub cursor: Option<u64>,
-    /// Local ops not yet committed.
-    pub outbox: u64,
-    /// Who else is connected.
-    pub peers: Vec<Peer>,
-    /// Local ops the server refused for good (dropped from the outbox).
-    pub rejected: u64,
-}
-
-impl Default for SyncStatus {
-    fn default() -> Self {
-        SyncStatus {
-            state: SyncState::Offline { error: None },
-            cursor: None,
-            outbox: 0,
-            peers: Vec::new(),
-            rejected: 0,
-        }
-    }
-}
-
-/// Errors that end syncing (as opposed to retried ones).
+/// Errors that end syncing.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
-    /// The server refused the token or the space (401/403/404): retrying
-    /// cannot help.
+    /// The server refused and retrying cannot help (a bad token, an
+    /// unknown space, a read-only token pushing): the outbox is kept.
     #[error("refused by the server: {0}")]
     Refused(String),
     /// The local replica failed.
     #[error(transparent)]
     Replica(#[from] ReplicaError),
-    /// A retryable failure (network, server restart, cut stream).
+    /// Transient failures, more than allowed in a row (`sync_once`).
     #[error("{0}")]
     Transient(String),
 }
 
-/// How a session ended.
-enum Outcome {
-    /// `sync_once`: caught up and the outbox is empty.
-    Done,
-    /// Reconnect now (after a cold start is arranged).
-    Again,
-    /// Shut down.
-    Stopped,
-}
-
-/// Counters of one `sync_once`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SyncReport {
-    /// Remote ops applied.
-    pub applied: u64,
-    /// Local ops committed by the server.
-    pub pushed: u64,
-    /// Cold starts done.
-    pub cold_starts: u64,
-}
-
-struct Ctx<'a> {
-    replica: &'a SharedReplica,
-    config: &'a SyncConfig,
-    status: &'a watch::Sender<SyncStatus>,
-    http: reqwest::Client,
-    report: SyncReport,
-    rejected: u64,
+impl From<Stop> for SyncError {
+    fn from(stop: Stop) -> SyncError {
+        match stop {
+            Stop::Refused { .. } | Stop::RefusedHttp { .. } => SyncError::Refused(stop.to_string()),
+            Stop::GaveUp(m) => SyncError::Transient(m),
+            Stop::Replica(e) => SyncError::Replica(e),
+        }
+    }
 }
 
 fn lock(r: &SharedReplica) -> MutexGuard<'_, Replica> {
@@ -164,171 +118,254 @@ fn lock(r: &SharedReplica) -> MutexGuard<'_, Replica> {
     r.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn transient(e: impl std::fmt::Display) -> SyncError {
-    SyncError::Transient(e.to_string())
-}
-
 /// Syncs until `shutdown` resolves, reconnecting with jittered exponential
-/// backoff after every failure. Returns early only on a refusal the server
-/// will repeat (bad token, unknown space) or a local replica error.
+/// backoff after every transient failure. Returns early only when the
+/// server refuses for good (bad token, unknown space) or the local replica
+/// fails.
 pub async fn sync_forever(
     replica: SharedReplica,
     config: SyncConfig,
     status: watch::Sender<SyncStatus>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SyncError> {
-    let mut shutdown = std::pin::pin!(shutdown);
-    let mut ctx = Ctx::new(&replica, &config, &status);
-    let mut backoff = config.min_backoff;
-    loop {
-        let started = Instant::now();
-        let result = tokio::select! {
-            r = ctx.session(false) => r,
-            () = &mut shutdown => Ok(Outcome::Stopped),
-        };
-        match result {
-            Ok(Outcome::Stopped) => {
-                ctx.set_state(SyncState::Stopped);
-                return Ok(());
-            }
-            Ok(Outcome::Done) => {
-                backoff = config.min_backoff;
-            }
-            Ok(Outcome::Again) => {
-                // A resync (snapshot, re-stamp) is due; should the server
-                // keep asking for one, this still backs off.
-                if started.elapsed() > Duration::from_secs(10) {
-                    backoff = config.min_backoff;
-                } else {
-                    tokio::time::sleep(jitter(backoff)).await;
-                    backoff = (backoff * 2).min(config.max_backoff);
-                }
-            }
-            Err(e @ (SyncError::Refused(_) | SyncError::Replica(_))) => {
-                ctx.set_state(SyncState::Offline {
-                    error: Some(e.to_string()),
-                });
-                return Err(e);
-            }
-            Err(SyncError::Transient(e)) => {
-                tracing::warn!(error = %e, "sync session ended; reconnecting");
-                ctx.set_state(SyncState::Offline { error: Some(e) });
-                // A session that stayed up a while starts the backoff over.
-                if started.elapsed() > Duration::from_secs(10) {
-                    backoff = config.min_backoff;
-                }
-                let delay = jitter(backoff);
-                backoff = (backoff * 2).min(config.max_backoff);
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = &mut shutdown => {
-                        ctx.set_state(SyncState::Stopped);
-                        return Ok(());
-                    }
-                }
-            }
-        }
-    }
+    let session = Session::new(config.session(), seed());
+    Driver::new(replica, config, status)
+        .run(session, shutdown)
+        .await
+        .map(|_| ())
 }
 
 /// Syncs until caught up with the server's head and the outbox is empty,
-/// retrying transient failures up to `attempts` times.
+/// giving up after `attempts` transient failures in a row.
 pub async fn sync_once(
     replica: SharedReplica,
     config: SyncConfig,
     status: watch::Sender<SyncStatus>,
     attempts: u32,
 ) -> Result<SyncReport, SyncError> {
-    let mut ctx = Ctx::new(&replica, &config, &status);
-    let mut backoff = config.min_backoff;
-    let mut failures = 0;
-    loop {
-        match ctx.session(true).await {
-            Ok(Outcome::Done | Outcome::Stopped) => return Ok(ctx.report),
-            Ok(Outcome::Again) => {}
-            Err(SyncError::Transient(e)) if failures + 1 < attempts => {
-                failures += 1;
-                ctx.set_state(SyncState::Offline { error: Some(e) });
-                tokio::time::sleep(jitter(backoff)).await;
-                backoff = (backoff * 2).min(config.max_backoff);
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    let session = Session::new(
+        SessionConfig {
+            until_idle: true,
+            max_failures: Some(attempts.max(1)),
+            ..config.session()
+        },
+        seed(),
+    );
+    Driver::new(replica, config, status)
+        .run(session, std::future::pending())
+        .await
 }
 
-/// A delay between half and all of `d` (so clients that lost the server
-/// together do not come back together).
-fn jitter(d: Duration) -> Duration {
-    let mut b = [0u8; 2];
-    let r = if getrandom::fill(&mut b).is_ok() {
-        u16::from_le_bytes(b)
-    } else {
-        u16::MAX
-    };
-    d / 2 + d.mul_f64(f64::from(r) / f64::from(u16::MAX) / 2.0)
+fn seed() -> u64 {
+    let mut b = [0u8; 8];
+    // Jitter only: a fixed seed when the OS has no randomness is harmless.
+    let _ = getrandom::fill(&mut b);
+    u64::from_le_bytes(b)
 }
 
-impl<'a> Ctx<'a> {
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// What woke the driver.
+enum Wake {
+    Socket(Incoming),
+    Outbox,
+    Timer,
+    Shutdown,
+}
+
+/// What the socket delivered.
+enum Incoming {
+    Frame(String),
+    Closed(Option<u16>, String),
+}
+
+struct Driver {
+    replica: SharedReplica,
+    config: SyncConfig,
+    status: watch::Sender<SyncStatus>,
+    http: reqwest::Client,
+    socket: Option<Ws>,
+    /// The session's clock: ms since the driver started.
+    epoch: Instant,
+}
+
+impl Driver {
     fn new(
-        replica: &'a SharedReplica,
-        config: &'a SyncConfig,
-        status: &'a watch::Sender<SyncStatus>,
-    ) -> Ctx<'a> {
-        Ctx {
+        replica: SharedReplica,
+        config: SyncConfig,
+        status: watch::Sender<SyncStatus>,
+    ) -> Driver {
+        Driver {
             replica,
             config,
             status,
             http: reqwest::Client::new(),
-            report: SyncReport::default(),
-            rejected: 0,
+            socket: None,
+            epoch: Instant::now(),
         }
     }
 
-    fn set_state(&self, state: SyncState) {
-        let (cursor, outbox) = {
-            let r = lock(self.replica);
-            (r.cursor().ok().flatten(), r.outbox_len().unwrap_or(0))
-        };
-        let rejected = self.rejected;
-        self.status.send_modify(|s| {
-            s.state = state;
-            s.cursor = cursor;
-            s.outbox = outbox;
-            s.rejected = rejected;
-        });
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
-    fn url(&self, path: &str) -> String {
-        format!(
-            "{}/v1/spaces/{}{path}",
-            self.config.server, self.config.space
-        )
+    /// Runs `session` until it is over or `shutdown` resolves.
+    async fn run(
+        mut self,
+        mut session: Session,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<SyncReport, SyncError> {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let notify = lock(&self.replica).outbox_notify();
+        let mut todo: VecDeque<Action> = session.start(&mut lock(&self.replica), self.now()).into();
+        loop {
+            while let Some(action) = todo.pop_front() {
+                let more = match action {
+                    Action::LoadSnapshot { path } => {
+                        let failure = self.load_snapshot(&path).await.err();
+                        let now = self.now();
+                        let mut r = lock(&self.replica);
+                        match failure {
+                            None => session.on_snapshot_loaded(&mut r, now),
+                            Some(f) => session.on_snapshot_failed(&mut r, now, f),
+                        }
+                    }
+                    Action::Connect => {
+                        let opened = self.connect().await;
+                        let now = self.now();
+                        let mut r = lock(&self.replica);
+                        match opened {
+                            Ok(()) => session.on_open(&mut r, now),
+                            Err(f) => session.on_connect_failed(&mut r, now, f),
+                        }
+                    }
+                    Action::Send(msg) => match self.send(msg.encode()).await {
+                        Ok(()) => Vec::new(),
+                        Err(e) => {
+                            self.socket = None;
+                            let now = self.now();
+                            session.on_closed(&mut lock(&self.replica), now, None, &e)
+                        }
+                    },
+                    Action::Disconnect => {
+                        if let Some(mut ws) = self.socket.take() {
+                            let _ = ws.close(None).await;
+                        }
+                        Vec::new()
+                    }
+                    Action::Status(s) => {
+                        self.status.send_replace(s);
+                        Vec::new()
+                    }
+                    Action::Rejected(r) => {
+                        tracing::warn!(code = %r.code, message = r.message, ops = r.stamps.len(), "ops refused for good");
+                        Vec::new()
+                    }
+                    Action::Idle => return Ok(session.report().clone()),
+                    Action::Stopped(stop) => return Err(stop.into()),
+                };
+                todo.extend(more);
+            }
+            let deadline = session
+                .deadline()
+                .map(|ms| tokio::time::Instant::from_std(self.epoch + Duration::from_millis(ms)));
+            let socket = &mut self.socket;
+            let event = tokio::select! {
+                incoming = next_incoming(socket) => Wake::Socket(incoming),
+                () = notify.notified() => Wake::Outbox,
+                () = sleep_until(deadline) => Wake::Timer,
+                () = &mut shutdown => Wake::Shutdown,
+            };
+            let now = self.now();
+            let more = match event {
+                Wake::Socket(Incoming::Frame(text)) => {
+                    session.on_frame(&mut lock(&self.replica), now, &text)
+                }
+                Wake::Socket(Incoming::Closed(code, reason)) => {
+                    self.socket = None;
+                    session.on_closed(&mut lock(&self.replica), now, code, &reason)
+                }
+                Wake::Outbox => session.on_outbox(&mut lock(&self.replica), now),
+                Wake::Timer => session.on_timer(&mut lock(&self.replica), now),
+                Wake::Shutdown => {
+                    let status = session.stop(&mut lock(&self.replica));
+                    if let Some(mut ws) = self.socket.take() {
+                        let _ = ws.close(None).await;
+                    }
+                    for action in status {
+                        if let Action::Status(s) = action {
+                            self.status.send_replace(s);
+                        }
+                    }
+                    return Ok(session.report().clone());
+                }
+            };
+            todo.extend(more);
+        }
     }
 
-    /// Loads the snapshot (of the subtree, for a subtree replica) over
-    /// HTTP: decoded and inserted as it streams, on a blocking thread.
-    async fn cold_start(&mut self) -> Result<Loaded, SyncError> {
-        let root = lock(self.replica).subtree_root()?;
-        let path = match root {
-            Some(root) => format!("/subtree/{root}/snapshot"),
-            None => "/snapshot".to_string(),
-        };
-        self.set_state(SyncState::ColdStart(Progress::default()));
+    async fn send(&mut self, text: String) -> Result<(), String> {
+        match self.socket.as_mut() {
+            Some(ws) => ws
+                .send(Message::Text(text.into()))
+                .await
+                .map_err(|e| e.to_string()),
+            None => Err("not connected".into()),
+        }
+    }
+
+    /// Opens the realtime socket (Nagle off: small, latency-bound frames).
+    async fn connect(&mut self) -> Result<(), ConnectFailure> {
+        let mut request = self
+            .config
+            .ws_url()
+            .into_client_request()
+            .map_err(|e| ConnectFailure::Transport(e.to_string()))?;
+        let auth = format!("Bearer {}", self.config.token)
+            .parse()
+            .map_err(|_| ConnectFailure::Http {
+                status: 401,
+                code: Some(ErrorCode::BadToken),
+            })?;
+        request.headers_mut().insert("authorization", auth);
+        match tokio_tungstenite::connect_async_with_config(request, None, true).await {
+            Ok((ws, _)) => {
+                self.socket = Some(ws);
+                Ok(())
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(ConnectFailure::Http {
+                status: r.status().as_u16(),
+                code: r
+                    .body()
+                    .as_deref()
+                    .and_then(|b| serde_json::from_slice::<ErrorBody>(b).ok())
+                    .map(|b| b.error.code),
+            }),
+            Err(e) => Err(ConnectFailure::Transport(e.to_string())),
+        }
+    }
+
+    /// Downloads the snapshot at `path` and loads it as it streams: decoded
+    /// and inserted on a blocking thread, in one transaction (a cut rolls
+    /// back).
+    async fn load_snapshot(&mut self, path: &str) -> Result<(), SnapshotFailure> {
         let response = self
             .http
-            .get(self.url(&path))
+            .get(self.config.url(path))
             .bearer_auth(&self.config.token)
             .send()
             .await
-            .map_err(transient)?;
+            .map_err(|e| SnapshotFailure::Transport(e.to_string()))?;
         let status = response.status();
-        if status.is_client_error() {
-            let body = response.text().await.unwrap_or_default();
-            return Err(SyncError::Refused(format!("snapshot: {status} {body}")));
-        }
         if !status.is_success() {
-            return Err(transient(format!("snapshot: {status}")));
+            let body = response.text().await.unwrap_or_default();
+            let typed = serde_json::from_str::<ErrorBody>(&body).ok();
+            return Err(SnapshotFailure::Http {
+                status: status.as_u16(),
+                code: typed.as_ref().map(|b| b.error.code),
+                message: typed.map_or(body, |b| b.error.message),
+            });
         }
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, String>>(8);
         let replica = self.replica.clone();
@@ -337,6 +374,8 @@ impl<'a> Ctx<'a> {
             let mut r = lock(&replica);
             let chunks = std::iter::from_fn(|| rx.blocking_recv());
             load_snapshot(&mut r, chunks, |p| {
+                // The session does not see progress from here: the replica
+                // is locked by the load.
                 progress_to.send_modify(|s| s.state = SyncState::ColdStart(p));
             })
         });
@@ -349,301 +388,48 @@ impl<'a> Ctx<'a> {
             }
         }
         drop(tx);
-        let loaded = loader.await.map_err(transient)?.map_err(|e| match e {
-            // A cut or corrupted stream: retry.
-            ReplicaError::Snapshot(m) => transient(format!("snapshot: {m}")),
-            e => SyncError::Replica(e),
-        })?;
-        self.report.cold_starts += 1;
+        let loaded = loader
+            .await
+            .map_err(|e| SnapshotFailure::Transport(e.to_string()))?
+            .map_err(|e| match e {
+                // A cut or corrupted stream: retry.
+                ReplicaError::Snapshot(m) => SnapshotFailure::Transport(m),
+                e => SnapshotFailure::Replica(e),
+            })?;
         tracing::info!(
             nodes = loaded.header.nodes,
             head_seq = loaded.header.head_seq,
             restamped = loaded.restamped,
             "cold start done"
         );
-        Ok(loaded)
-    }
-
-    async fn session(&mut self, once: bool) -> Result<Outcome, SyncError> {
-        self.set_state(SyncState::Connecting);
-        // A replica holds one thoughtspace: never mix another's ops in.
-        lock(self.replica).bind_space(&self.config.space)?;
-        if lock(self.replica).cursor()?.is_none() {
-            self.cold_start().await?;
-        }
-        let base = self
-            .config
-            .realtime
-            .as_deref()
-            .unwrap_or(&self.config.server);
-        let ws_url = format!(
-            "{}/v1/spaces/{}/ws",
-            base.trim_end_matches('/'),
-            self.config.space
-        )
-        .replacen("http", "ws", 1);
-        let mut request = ws_url.into_client_request().map_err(transient)?;
-        let auth = format!("Bearer {}", self.config.token)
-            .parse()
-            .map_err(|_| SyncError::Refused("the token is not a valid header value".into()))?;
-        request.headers_mut().insert("authorization", auth);
-        // Nagle off: small frames, latency-bound.
-        let (mut ws, _) = match tokio_tungstenite::connect_async_with_config(request, None, true)
-            .await
-        {
-            Ok(ok) => ok,
-            Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status().is_client_error() => {
-                return Err(SyncError::Refused(format!("websocket: {}", r.status())));
-            }
-            Err(e) => return Err(transient(e)),
-        };
-        let (replica_id, cursor, notify) = {
-            let r = lock(self.replica);
-            (r.replica_id(), r.cursor()?, r.outbox_notify())
-        };
-        let hello = ClientMsg::Hello {
-            v: arbor_shared::protocol::VERSION,
-            replica: replica_id,
-            cursor,
-        };
-        ws.send(Message::Text(hello.encode().into()))
-            .await
-            .map_err(transient)?;
-        let head = loop {
-            match next_msg(&mut ws).await? {
-                ServerMsg::Welcome {
-                    head_seq, peers, ..
-                } => {
-                    self.status.send_modify(|s| s.peers = peers);
-                    break head_seq;
-                }
-                ServerMsg::SnapshotRequired { head_seq } => {
-                    let mut r = lock(self.replica);
-                    if cursor.is_some_and(|c| c > head_seq) {
-                        // The server has less than we saw: it was restored
-                        // from a backup. Push again what we still hold.
-                        let n = r.requeue_own_ops()?;
-                        tracing::warn!(
-                            head_seq,
-                            ?cursor,
-                            requeued = n,
-                            "the server went back in time"
-                        );
-                    }
-                    r.reset_cursor()?;
-                    return Ok(Outcome::Again);
-                }
-                ServerMsg::Error { code, message, .. } => {
-                    return Err(SyncError::Refused(format!("{code}: {message}")));
-                }
-                _ => {}
-            }
-        };
-        self.set_state(SyncState::CatchingUp);
-        let mut inflight: BTreeMap<u64, Vec<Stamp>> = BTreeMap::new();
-        let mut sent: HashSet<Stamp> = HashSet::new();
-        let mut next_batch = 1u64;
-        let mut ping = tokio::time::interval(Duration::from_secs(20));
-        ping.tick().await;
-        let mut last_frame = Instant::now();
-        loop {
-            // Push what waits, up to the in-flight limit.
-            while inflight.len() < self.config.max_inflight {
-                let ops: Vec<Op> = {
-                    let r = lock(self.replica);
-                    // At most `batch_ops` ops and well under the 1 MiB
-                    // frame limit (values reach 64 KiB each).
-                    let mut bytes = 0usize;
-                    r.outbox(sent.len() + self.config.batch_ops)?
-                        .into_iter()
-                        .filter(|o| !sent.contains(&o.stamp()))
-                        .take(self.config.batch_ops)
-                        .take_while(|o| {
-                            let n = serde_json::to_string(o).map_or(0, |t| t.len());
-                            let fits = bytes == 0 || bytes + n <= PUSH_BYTES;
-                            bytes += n;
-                            fits
-                        })
-                        .collect()
-                };
-                if ops.is_empty() {
-                    break;
-                }
-                let stamps: Vec<Stamp> = ops.iter().map(Op::stamp).collect();
-                sent.extend(stamps.iter().copied());
-                inflight.insert(next_batch, stamps);
-                let push = ClientMsg::Push {
-                    batch: next_batch,
-                    ops,
-                };
-                next_batch += 1;
-                ws.send(Message::Text(push.encode().into()))
-                    .await
-                    .map_err(transient)?;
-            }
-            let (cursor, outbox) = {
-                let r = lock(self.replica);
-                (r.cursor()?.unwrap_or(0), r.outbox_len()?)
-            };
-            let caught_up = cursor >= head;
-            let state = match (caught_up, outbox) {
-                (false, _) => SyncState::CatchingUp,
-                (true, 0) => SyncState::Live,
-                (true, _) => SyncState::Pushing,
-            };
-            if self.status.borrow().state != state || self.status.borrow().cursor != Some(cursor) {
-                self.set_state(state);
-            }
-            if once && caught_up && outbox == 0 && inflight.is_empty() {
-                let _ = ws.close(None).await;
-                return Ok(Outcome::Done);
-            }
-            tokio::select! {
-                msg = next_msg(&mut ws) => {
-                    last_frame = Instant::now();
-                    match msg? {
-                        ServerMsg::Ops { ops } => {
-                            let n = ops.len() as u64;
-                            let mine = ops.iter().filter(|o| o.op.stamp().replica == replica_id).count();
-                            match lock(self.replica).apply_remote(&ops) {
-                                Ok(_) => {}
-                                // Frames lost in between: the reconnect's
-                                // catch-up starts from the cursor.
-                                Err(ReplicaError::Gap { .. }) => return Err(transient("seq gap")),
-                                Err(e) => return Err(e.into()),
-                            }
-                            self.report.applied += n;
-                            self.report.pushed += mine as u64;
-                        }
-                        ServerMsg::Ack { batch } => {
-                            if let Some(stamps) = inflight.remove(&batch) {
-                                lock(self.replica).acknowledge(&stamps)?;
-                                for s in &stamps {
-                                    sent.remove(s);
-                                }
-                            }
-                        }
-                        ServerMsg::Error { code, message, batch: Some(batch) } => {
-                            let stamps = inflight.remove(&batch).unwrap_or_default();
-                            for s in &stamps {
-                                sent.remove(s);
-                            }
-                            match code.as_str() {
-                                // The horizon passed our ops: load the
-                                // snapshot, then re-stamp them.
-                                "stale" => {
-                                    let mut r = lock(self.replica);
-                                    r.request_restamp()?;
-                                    r.reset_cursor()?;
-                                    return Ok(Outcome::Again);
-                                }
-                                // The ops themselves are refused, for good:
-                                // drop them, and resync so their local
-                                // effects go.
-                                "bad_op" | "reserved_node" | "bad_key" | "bad_field"
-                                | "value_too_long" | "stamp_conflict" | "unknown_node"
-                                | "bad_batch" | "wrong_replica" => {
-                                    tracing::warn!(code, message, ops = stamps.len(), "push refused; dropping its ops");
-                                    self.rejected += stamps.len() as u64;
-                                    let mut r = lock(self.replica);
-                                    r.drop_from_outbox(&stamps)?;
-                                    r.reset_cursor()?;
-                                    return Ok(Outcome::Again);
-                                }
-                                // A read token, an unknown space: retrying
-                                // cannot help, and the ops stay queued.
-                                "forbidden" | "unknown_space" | "wrong_space" => {
-                                    return Err(SyncError::Refused(format!("push refused: {code}: {message}")));
-                                }
-                                _ => {
-                                    return Err(transient(format!("push refused: {code}: {message}")));
-                                }
-                            }
-                        }
-                        ServerMsg::Error { code, message, batch: None } => {
-                            return Err(transient(format!("{code}: {message}")));
-                        }
-                        ServerMsg::Peers { peers } => self.status.send_modify(|s| s.peers = peers),
-                        ServerMsg::SnapshotRequired { .. } => {
-                            lock(self.replica).reset_cursor()?;
-                            return Ok(Outcome::Again);
-                        }
-                        ServerMsg::Welcome { .. } | ServerMsg::Pong => {}
-                    }
-                }
-                () = notify.notified() => {}
-                _ = ping.tick() => {
-                    if last_frame.elapsed() > Duration::from_secs(60) {
-                        return Err(transient("no frame for 60 s"));
-                    }
-                    ws.send(Message::Text(ClientMsg::Ping.encode().into())).await.map_err(transient)?;
-                }
-            }
-        }
+        Ok(())
     }
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
 
-/// The next server message; a close or a broken socket is transient.
-async fn next_msg(ws: &mut Ws) -> Result<ServerMsg, SyncError> {
+/// The next frame or close from the socket.
+async fn next_incoming(socket: &mut Option<Ws>) -> Incoming {
+    let Some(ws) = socket.as_mut() else {
+        return std::future::pending().await;
+    };
     loop {
         match ws.next().await {
-            Some(Ok(Message::Text(t))) => {
-                return ServerMsg::decode(&t).map_err(|e| transient(format!("bad frame: {e}")));
-            }
+            Some(Ok(Message::Text(t))) => return Incoming::Frame(t.to_string()),
             Some(Ok(Message::Close(frame))) => {
-                let why = frame.map_or_else(String::new, |f| format!("{} {}", f.code, f.reason));
-                return Err(transient(format!("closed by the server: {why}")));
+                return match frame {
+                    Some(f) => Incoming::Closed(Some(f.code.into()), f.reason.to_string()),
+                    None => Incoming::Closed(None, String::new()),
+                };
             }
             Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(transient(e)),
-            None => return Err(transient("connection closed")),
+            Some(Err(e)) => return Incoming::Closed(None, e.to_string()),
+            None => return Incoming::Closed(None, String::new()),
         }
     }
-}
-
-/// Creates the thoughtspace `new_space` on the server from the replica's
-/// state (`POST /v1/spaces/{new_space}/import`, an admin token for the new
-/// name). The replica is encoded on a blocking thread while the upload
-/// streams it through a bounded channel, so memory stays flat.
-pub async fn fork(
-    replica: SharedReplica,
-    server: &str,
-    new_space: &str,
-    token: &str,
-) -> Result<(), SyncError> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(16);
-    let name = new_space.to_string();
-    let writer = tokio::task::spawn_blocking(move || {
-        let r = lock(&replica);
-        crate::snapshot::write_snapshot(&r, &name, |chunk| {
-            tx.blocking_send(Ok(chunk))
-                .map_err(|_| std::io::Error::other("the upload ended"))
-        })
-    });
-    let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
-    let response = reqwest::Client::new()
-        .post(format!(
-            "{}/v1/spaces/{new_space}/import",
-            server.trim_end_matches('/')
-        ))
-        .bearer_auth(token)
-        .body(reqwest::Body::wrap_stream(body))
-        .send()
-        .await;
-    let written = writer.await.map_err(transient)?;
-    let response = response.map_err(transient)?;
-    let status = response.status();
-    if !status.is_success() {
-        let text = response.text().await.unwrap_or_default();
-        return Err(if status.is_client_error() {
-            SyncError::Refused(format!("fork: {status} {text}"))
-        } else {
-            transient(format!("fork: {status} {text}"))
-        });
-    }
-    written?;
-    Ok(())
 }

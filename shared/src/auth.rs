@@ -261,3 +261,120 @@ pub fn mint(claims: &Claims, key: &Hs256Key) -> String {
     let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
     format!("{header}.{payload}.{signature}")
 }
+
+impl AuthError {
+    /// The wire code of this refusal.
+    pub fn code(&self) -> crate::error::ErrorCode {
+        use crate::error::ErrorCode;
+        match self {
+            AuthError::Expired { .. } => ErrorCode::TokenExpired,
+            AuthError::NotYetValid { .. } | AuthError::IssuedInFuture { .. } => {
+                ErrorCode::TokenNotYetValid
+            }
+            _ => ErrorCode::BadToken,
+        }
+    }
+}
+
+/// The subprotocol a server selects when the client offered its token as a
+/// `bearer.<token>` subprotocol (browsers cannot set headers on a WebSocket).
+pub const WS_PROTOCOL: &str = "arbor.v1";
+
+/// Where a request carried its token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `Authorization: Bearer <token>`.
+    Header,
+    /// A `bearer.<token>` entry of `Sec-WebSocket-Protocol`: the answer must
+    /// select [`WS_PROTOCOL`].
+    Subprotocol,
+    /// The `access_token` query parameter.
+    Query,
+}
+
+/// The token of a request, looked for in this order: the `Authorization`
+/// header's bearer token, a `bearer.<token>` entry of the
+/// `Sec-WebSocket-Protocol` header, the `access_token` query parameter.
+/// The arguments are those three raw values, if present.
+pub fn request_token<'a>(
+    authorization: Option<&'a str>,
+    ws_protocol: Option<&'a str>,
+    access_token: Option<&'a str>,
+) -> Option<(&'a str, TokenSource)> {
+    if let Some(t) = authorization.and_then(|h| h.strip_prefix("Bearer ")) {
+        return Some((t.trim(), TokenSource::Header));
+    }
+    if let Some(t) = ws_protocol.and_then(|p| {
+        p.split(',')
+            .map(str::trim)
+            .find_map(|e| e.strip_prefix("bearer."))
+    }) {
+        return Some((t, TokenSource::Subprotocol));
+    }
+    access_token.map(|t| (t, TokenSource::Query))
+}
+
+/// What a route needs from the caller's token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Any role.
+    Read,
+    /// A role that may push (`write`, `admin`, `service`).
+    Write,
+    /// `admin` or `service`.
+    Admin,
+    /// `service` only.
+    Service,
+}
+
+/// A refused authorization: its code and a message for the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Refusal {
+    /// The wire code.
+    pub code: crate::error::ErrorCode,
+    /// Detail for the caller.
+    pub message: String,
+}
+
+/// Verifies `token` (if any) at `now_s` and checks that it is scoped to
+/// `space` (a `service` token may name `*`) with a role that meets `need`.
+/// The one authorization rule of the sync server and the Worker.
+pub fn authorize(
+    token: Option<&str>,
+    key: &Hs256Key,
+    now_s: u64,
+    leeway_s: u64,
+    space: &str,
+    need: Need,
+) -> Result<Claims, Refusal> {
+    use crate::error::ErrorCode;
+    let token = token.ok_or_else(|| Refusal {
+        code: ErrorCode::MissingToken,
+        message: "send Authorization: Bearer <token>".into(),
+    })?;
+    let claims = verify(token.trim(), key, now_s, leeway_s).map_err(|e| Refusal {
+        code: e.code(),
+        message: e.to_string(),
+    })?;
+    let scoped = claims.space == space || (claims.role == Role::Service && claims.space == "*");
+    if !scoped {
+        return Err(Refusal {
+            code: ErrorCode::WrongSpace,
+            message: format!("the token is for space {}, not {space}", claims.space),
+        });
+    }
+    let allowed = match need {
+        Need::Read => true,
+        Need::Write => claims.role.can_write(),
+        Need::Admin => claims.role.can_admin(),
+        Need::Service => claims.role == Role::Service,
+    };
+    if !allowed {
+        return Err(Refusal {
+            code: ErrorCode::Forbidden,
+            message: format!("role {:?} may not do this", claims.role),
+        });
+    }
+    Ok(claims)
+}

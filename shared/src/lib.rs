@@ -10,6 +10,10 @@
 //! - [`clock`]: [`Hlc`], [`Clock`] (tick / observe / drift check) and
 //!   [`Stamp`], the op id and total order.
 //! - [`op`]: [`Op`] (`Move`, `Set`) with its stable JSON shape and limits.
+//! - [`error`]: [`ErrorCode`], the one table of error codes (HTTP status,
+//!   close code, what a client does about each).
+//! - [`http`]: the JSON bodies of the HTTP API that several components
+//!   share (ingest, catch-up, group ingest, notices).
 //! - [`protocol`]: the realtime wire protocol (JSON frames, limits).
 //! - [`room`]: the realtime room of one thoughtspace as a pure state machine
 //!   (used by the native endpoint and the Durable Object).
@@ -30,8 +34,10 @@
 
 pub mod auth;
 pub mod clock;
+pub mod error;
 #[cfg(feature = "fuzz")]
 pub mod fuzz;
+pub mod http;
 pub mod id;
 pub mod key;
 pub mod op;
@@ -42,6 +48,7 @@ pub mod snapshot;
 pub mod tree;
 
 pub use clock::{Clock, ClockError, Hlc, Stamp};
+pub use error::{Disposition, ErrorCode};
 pub use id::{NodeId, ReplicaId};
 pub use key::{KeyGen, OrderKey};
 pub use op::{MoveOp, Op, OpError, SetOp};

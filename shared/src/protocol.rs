@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Stamp;
+use crate::error::ErrorCode;
 use crate::id::ReplicaId;
 use crate::op::Op;
 
@@ -93,8 +94,8 @@ pub enum ServerMsg {
     },
     /// A refusal; with `batch`, of that push (nothing of it was committed).
     Error {
-        /// Stable snake_case code.
-        code: String,
+        /// The code ([`ErrorCode`]; its disposition says what to do).
+        code: ErrorCode,
         /// Human-readable detail.
         message: String,
         /// The push it refers to.
@@ -134,13 +135,13 @@ pub enum ProtocolError {
 }
 
 impl ProtocolError {
-    /// The stable code sent in `error` frames.
-    pub fn code(&self) -> &'static str {
+    /// The code sent in `error` frames.
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ProtocolError::TooLarge(_) => "frame_too_large",
-            ProtocolError::Malformed(_) => "malformed",
-            ProtocolError::Version(_) => "unsupported_version",
-            ProtocolError::TooManyOps(_) => "batch_too_large",
+            ProtocolError::TooLarge(_) => ErrorCode::FrameTooLarge,
+            ProtocolError::Malformed(_) => ErrorCode::Malformed,
+            ProtocolError::Version(_) => ErrorCode::UnsupportedVersion,
+            ProtocolError::TooManyOps(_) => ErrorCode::BatchTooLarge,
         }
     }
 }

@@ -31,12 +31,12 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
 }
 
 /// Records one ingest's outcome.
-pub fn ingest(result: Result<u64, &str>, seconds: f64) {
+pub fn ingest(result: Result<u64, arbor_shared::ErrorCode>, seconds: f64) {
     match result {
         Ok(applied) => {
             metrics::counter!(OPS_APPLIED).increment(applied);
             metrics::histogram!(INGEST_SECONDS).record(seconds);
         }
-        Err(code) => metrics::counter!(OPS_REJECTED, "code" => code.to_string()).increment(1),
+        Err(code) => metrics::counter!(OPS_REJECTED, "code" => code.as_str()).increment(1),
     }
 }

@@ -3,12 +3,13 @@
 //! database work talk to it through bounded channels.
 //!
 //! Ordering: the actor is the only owner of a room, so the room sees every
-//! event in one order. Pushes are committed by spawned tasks (Postgres
-//! serializes them per space); their answers can come back out of seq
-//! order, which the room turns into in-order delivery (it holds commits
-//! above a gap and asks for the gap). Memory: each socket has a bounded
-//! outbound queue; a socket whose queue is full is closed (4002) instead of
-//! growing it.
+//! event in one order. The room decides what to commit (one group of
+//! waiting pushes at a time) and which page of ops to fetch; this driver
+//! runs each as a spawned task and feeds its answer back as an event.
+//! Commits from other paths can come back out of seq order, which the room
+//! turns into in-order delivery (it holds commits above a gap and asks for
+//! the gap). Memory: each socket has a bounded outbound queue; a socket
+//! whose queue is full is closed (4002) instead of growing it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use arbor_shared::auth::Claims;
 use arbor_shared::protocol::{SeqOp, ServerMsg};
-use arbor_shared::room::{Action, ConnId, IngestResult, Room, RoomLimits, close};
+use arbor_shared::room::{Action, ConnId, IngestResult, Push, Room, RoomLimits, close};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt as _;
 use tokio::sync::{Mutex, mpsc};
@@ -26,12 +27,6 @@ use crate::db::{Committed, Db, Origin};
 
 /// Events queued for one room.
 const ROOM_EVENTS: usize = 1024;
-/// Catch-up page size.
-const CATCH_UP_PAGE: u32 = 1_000;
-/// Pushes committed together at most (group commit).
-const GROUP_PUSHES: usize = 64;
-/// Ops committed together at most (group commit).
-const GROUP_OPS: usize = 10_000;
 /// A group commit slower than this is logged.
 const SLOW_COMMIT_S: f64 = 1.0;
 
@@ -39,14 +34,6 @@ enum Outbound {
     /// A frame, encoded once and shared by every socket it goes to.
     Text(Utf8Bytes),
     Close(u16, String),
-}
-
-/// A push waiting for its commit.
-struct Push {
-    conn: ConnId,
-    batch: u64,
-    author: Option<arbor_shared::ReplicaId>,
-    ops: Vec<arbor_shared::Op>,
 }
 
 enum Event {
@@ -65,14 +52,17 @@ enum Event {
     Committed(Vec<SeqOp>),
     /// The database's head is at least this seq (a commit notice).
     Head(u64),
+    GapPage(Vec<SeqOp>),
     GapFailed,
     CatchUpPage {
         conn: ConnId,
         ops: Vec<SeqOp>,
-        done: bool,
+    },
+    CatchUpFailed {
+        conn: ConnId,
     },
     /// A group commit ended: each push's result, in push order.
-    Ingested(Vec<(ConnId, u64, IngestResult)>),
+    GroupCommitted(Vec<IngestResult>),
     CloseAll,
 }
 
@@ -302,10 +292,6 @@ async fn run_room(
     mut rx: mpsc::Receiver<Event>,
 ) {
     let mut outs: HashMap<ConnId, mpsc::Sender<Outbound>> = HashMap::new();
-    // Pushes are committed one at a time in arrival order (a client's
-    // later push may depend on its earlier one; Postgres serializes a
-    // space's ingest anyway).
-    let mut ingests = Ingests::default();
     // Token expiry is checked once a second.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -323,111 +309,81 @@ async fn run_room(
                         room.on_close(conn)
                     }
                     Event::Committed(ops) => room.on_committed(ops),
-                    Event::Head(seq) if ingests.busy => {
-                        // Most notices are for our own commit in flight:
-                        // its answer brings the ops without a fetch.
-                        ingests.noticed = ingests.noticed.max(seq);
-                        Vec::new()
-                    }
                     Event::Head(seq) => room.on_head(seq),
+                    Event::GapPage(ops) => room.on_gap(ops),
                     Event::GapFailed => room.on_gap_failed(),
-                    Event::CatchUpPage { conn, ops, done } => room.on_catch_up(conn, ops, done),
-                    Event::Ingested(results) => {
-                        ingests.busy = false;
-                        let mut actions = room.on_ingested_group(results);
-                        actions.extend(room.on_head(std::mem::take(&mut ingests.noticed)));
-                        actions
-                    }
+                    Event::CatchUpPage { conn, ops } => room.on_catch_up(conn, ops),
+                    Event::CatchUpFailed { conn } => room.on_catch_up_failed(conn),
+                    Event::GroupCommitted(results) => room.on_commit(results),
                     Event::CloseAll => room.close_all(),
                 }
             }
             _ = tick.tick() => room.on_tick(now_s(), leeway_s),
         };
-        execute(
-            &space,
-            &mut room,
-            &db,
-            &tx,
-            &mut outs,
-            &mut ingests,
-            actions,
-        );
-        ingests.start_next(&space, &db, &tx);
+        execute(&space, &mut room, &db, &tx, &mut outs, actions);
     }
 }
 
-/// The push queue of a room: at most one group commit in flight.
-#[derive(Default)]
-struct Ingests {
-    queue: std::collections::VecDeque<Push>,
-    /// A commit is running; its answer comes back as an event.
-    busy: bool,
-    /// The highest head notice that came while a commit ran.
-    noticed: u64,
+/// Commits a group of pushes (one transaction, a savepoint each) and sends
+/// the results back to the room's actor.
+fn commit_group(space: &str, db: &Db, tx: &mpsc::Sender<Event>, pushes: Vec<Push>) {
+    let (db, tx, space) = (db.clone(), tx.clone(), space.to_string());
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let pushes: Vec<_> = pushes.into_iter().map(|p| (p.author, p.ops)).collect();
+        let answers = db.apply_group(&space, &pushes).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        if elapsed > SLOW_COMMIT_S {
+            // Commits this slow hold up every push of the room: worth a
+            // line in the log (the histogram has the distribution).
+            let ops: usize = pushes.iter().map(|(_, ops)| ops.len()).sum();
+            tracing::warn!(space = %space, pushes = pushes.len(), ops, elapsed_s = elapsed, "slow group commit");
+        }
+        let results = answers
+            .into_iter()
+            .map(|answer| match answer {
+                Ok(committed) => {
+                    let ops = seq_ops(committed);
+                    crate::metrics::ingest(Ok(ops.len() as u64), elapsed);
+                    IngestResult::Committed(ops)
+                }
+                Err(e) => {
+                    let (code, message) = crate::api::db_refusal(&e);
+                    crate::metrics::ingest(Err(code), 0.0);
+                    IngestResult::Failed { code, message }
+                }
+            })
+            .collect();
+        let _ = tx.send(Event::GroupCommitted(results)).await;
+    });
 }
 
-impl Ingests {
-    /// Starts a commit of the waiting pushes (as many as fit a group) if
-    /// none is running.
-    fn start_next(&mut self, space: &str, db: &Db, tx: &mpsc::Sender<Event>) {
-        if self.busy || self.queue.is_empty() {
-            return;
-        }
-        let mut group = Vec::new();
-        let mut ops = 0;
-        while let Some(next) = self.queue.front() {
-            if !group.is_empty()
-                && (group.len() == GROUP_PUSHES || ops + next.ops.len() > GROUP_OPS)
-            {
-                break;
+/// Fetches one page of committed ops, `after < seq <= upto`, and sends it
+/// back as the event `page` makes of it (`None`: the fetch failed).
+fn fetch_page(
+    space: &str,
+    db: &Db,
+    tx: &mpsc::Sender<Event>,
+    (after, upto, limit): (u64, u64, u32),
+    page: impl FnOnce(Option<Vec<SeqOp>>) -> Event + Send + 'static,
+) {
+    let (db, tx, space) = (db.clone(), tx.clone(), space.to_string());
+    tokio::spawn(async move {
+        let ops = match db.ops_after(&space, after, limit).await {
+            Ok(p) => Some(
+                p.ops
+                    .into_iter()
+                    .filter(|c| c.seq <= upto)
+                    .map(seq_op)
+                    .collect(),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, space = %space, "fetching committed ops failed");
+                None
             }
-            ops += next.ops.len();
-            group.extend(self.queue.pop_front());
-        }
-        self.busy = true;
-        let (db, tx, space) = (db.clone(), tx.clone(), space.to_string());
-        tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            let pushes: Vec<_> = group
-                .iter_mut()
-                .map(|p| (p.author, std::mem::take(&mut p.ops)))
-                .collect();
-            let answers = db.apply_group(&space, &pushes).await;
-            let elapsed = started.elapsed().as_secs_f64();
-            if elapsed > SLOW_COMMIT_S {
-                // Commits this slow hold up every push of the room: worth
-                // a line in the log (the histogram has the distribution).
-                let ops: usize = pushes.iter().map(|(_, ops)| ops.len()).sum();
-                tracing::warn!(space = %space, pushes = pushes.len(), ops, elapsed_s = elapsed, "slow group commit");
-            }
-            let results = group
-                .iter()
-                .zip(answers)
-                .map(|(p, answer)| {
-                    let result = match answer {
-                        Ok(committed) => {
-                            let ops = seq_ops(committed);
-                            crate::metrics::ingest(Ok(ops.len() as u64), elapsed);
-                            IngestResult::Committed(ops)
-                        }
-                        Err(e) => {
-                            let code = e.reject_code().map_or("unavailable", |c| c.as_str());
-                            if e.reject_code().is_none() {
-                                tracing::warn!(error = %e, "a push could not be committed");
-                            }
-                            crate::metrics::ingest(Err(code), 0.0);
-                            IngestResult::Failed {
-                                code: code.to_string(),
-                                message: e.to_string(),
-                            }
-                        }
-                    };
-                    (p.conn, p.batch, result)
-                })
-                .collect();
-            let _ = tx.send(Event::Ingested(results)).await;
-        });
-    }
+        };
+        let _ = tx.send(page(ops)).await;
+    });
 }
 
 fn execute(
@@ -436,7 +392,6 @@ fn execute(
     db: &Db,
     tx: &mpsc::Sender<Event>,
     outs: &mut HashMap<ConnId, mpsc::Sender<Outbound>>,
-    ingests: &mut Ingests,
     actions: Vec<Action>,
 ) {
     let mut queue: std::collections::VecDeque<Action> = actions.into();
@@ -478,77 +433,21 @@ fn execute(
                 }
                 queue.extend(room.on_close(conn));
             }
-            Action::Ingest {
+            Action::Commit { pushes } => commit_group(space, db, tx, pushes),
+            Action::CatchUp {
                 conn,
-                batch,
-                author,
-                ops,
-            } => ingests.queue.push_back(Push {
-                conn,
-                batch,
-                author,
-                ops,
+                after,
+                upto,
+                limit,
+            } => fetch_page(space, db, tx, (after, upto, limit), move |ops| match ops {
+                Some(ops) => Event::CatchUpPage { conn, ops },
+                None => Event::CatchUpFailed { conn },
             }),
-            Action::CatchUp { conn, after, upto } => {
-                let (db, tx, space) = (db.clone(), tx.clone(), space.to_string());
-                tokio::spawn(async move {
-                    let mut cursor = after;
-                    loop {
-                        let page = match db.ops_after(&space, cursor, CATCH_UP_PAGE).await {
-                            Ok(p) => p,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "catch-up failed");
-                                let _ = tx.send(Event::Closed { conn }).await;
-                                return;
-                            }
-                        };
-                        let ops: Vec<SeqOp> = page
-                            .ops
-                            .into_iter()
-                            .filter(|c| c.seq <= upto)
-                            .map(seq_op)
-                            .collect();
-                        cursor = ops.last().map_or(upto, |o| o.seq);
-                        let done = cursor >= upto || ops.is_empty();
-                        if tx
-                            .send(Event::CatchUpPage { conn, ops, done })
-                            .await
-                            .is_err()
-                            || done
-                        {
-                            return;
-                        }
-                    }
-                });
-            }
-            Action::FetchGap { after, upto } => {
-                let (db, tx, space) = (db.clone(), tx.clone(), space.to_string());
-                tokio::spawn(async move {
-                    let mut cursor = after;
-                    while cursor < upto {
-                        let limit = u32::try_from(upto - cursor)
-                            .unwrap_or(u32::MAX)
-                            .min(CATCH_UP_PAGE);
-                        let ops: Vec<SeqOp> = match db.ops_after(&space, cursor, limit).await {
-                            Ok(page) => page.ops.into_iter().map(seq_op).collect(),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "gap fetch failed");
-                                let _ = tx.send(Event::GapFailed).await;
-                                return;
-                            }
-                        };
-                        let Some(last) = ops.last() else {
-                            // Not committed after all (a notice cannot run
-                            // ahead of the log): ask again later.
-                            let _ = tx.send(Event::GapFailed).await;
-                            return;
-                        };
-                        cursor = last.seq;
-                        if tx.send(Event::Committed(ops)).await.is_err() {
-                            return;
-                        }
-                    }
-                });
+            Action::FetchGap { after, upto, limit } => {
+                fetch_page(space, db, tx, (after, upto, limit), |ops| match ops {
+                    Some(ops) => Event::GapPage(ops),
+                    None => Event::GapFailed,
+                })
             }
         }
     }

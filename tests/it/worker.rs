@@ -317,7 +317,7 @@ async fn native_clients_sync_through_the_durable_object() {
             _ => {}
         }
     }
-    assert_eq!(code.as_deref(), Some("malformed"));
+    assert_eq!(code.map(|c| c.as_str()), Some("malformed"));
     assert_eq!(close, Some(4003));
     assert_eq!(db.state("s").await.unwrap().nodes.len(), 26);
 

@@ -4,9 +4,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use arbor_shared::ErrorCode;
 use arbor_shared::auth::{Claims, Role};
 use arbor_shared::protocol::{ClientMsg, MAX_FRAME_BYTES, SeqOp, ServerMsg};
-use arbor_shared::room::{Action, ConnId, Room, RoomLimits, close};
+use arbor_shared::room::{Action, ConnId, IngestResult, Push, Room, RoomLimits, close};
 use arbor_shared::sim::splitmix;
 use arbor_shared::{Op, ReplicaId};
 
@@ -34,14 +35,15 @@ fn hello(replica: u64, cursor: Option<u64>) -> String {
 }
 
 /// A host: a committed log, the frames each connection received, pending
-/// catch-up requests (served when the test says so).
+/// catch-up page requests and commit groups (served when the test says so).
+/// Gap pages are served at once.
 struct Host {
     room: Room,
     log: Vec<SeqOp>,
     received: BTreeMap<ConnId, Vec<ServerMsg>>,
     closed: BTreeMap<ConnId, u16>,
-    catch_ups: VecDeque<(ConnId, u64, u64)>,
-    ingests: VecDeque<(ConnId, u64, Vec<Op>)>,
+    catch_ups: VecDeque<(ConnId, u64, u64, u32)>,
+    commits: VecDeque<Vec<Push>>,
 }
 
 impl Host {
@@ -66,7 +68,7 @@ impl Host {
             received: BTreeMap::new(),
             closed: BTreeMap::new(),
             catch_ups: VecDeque::new(),
-            ingests: VecDeque::new(),
+            commits: VecDeque::new(),
         }
     }
 
@@ -79,23 +81,21 @@ impl Host {
                     let more = self.room.on_close(conn);
                     self.run(more);
                 }
-                Action::CatchUp { conn, after, upto } => {
-                    self.catch_ups.push_back((conn, after, upto))
-                }
-                Action::Ingest {
-                    conn, batch, ops, ..
-                } => self.ingests.push_back((conn, batch, ops)),
-                Action::FetchGap { after, upto } => {
-                    let ops = self.range(after, upto);
-                    let short = ops.last().is_none_or(|o| o.seq < upto);
-                    let more = self.room.on_committed(ops);
+                Action::CatchUp {
+                    conn,
+                    after,
+                    upto,
+                    limit,
+                } => self.catch_ups.push_back((conn, after, upto, limit)),
+                Action::Commit { pushes } => self.commits.push_back(pushes),
+                Action::FetchGap { after, upto, limit } => {
+                    let ops: Vec<SeqOp> = self
+                        .range(after, upto)
+                        .into_iter()
+                        .take(limit as usize)
+                        .collect();
+                    let more = self.room.on_gap(ops);
                     self.run(more);
-                    if short {
-                        // The database has less than asked, like the hosts'
-                        // fetch loop reporting a failed gap.
-                        let more = self.room.on_gap_failed();
-                        self.run(more);
-                    }
                 }
             }
         }
@@ -127,36 +127,43 @@ impl Host {
         self.run(a);
     }
 
-    /// Serves one pending catch-up in pages of up to `page`.
+    /// Serves one pending catch-up page, of at most `page` ops (a short
+    /// page: the room asks for the rest).
     fn serve_catch_up(&mut self, page: usize) {
-        let Some((conn, after, upto)) = self.catch_ups.pop_front() else {
+        let Some((conn, after, upto, limit)) = self.catch_ups.pop_front() else {
             return;
         };
-        let ops = self.range(after, upto);
-        let chunk: Vec<SeqOp> = ops.iter().take(page).cloned().collect();
-        let done = chunk.len() == ops.len();
-        let next = chunk.last().map_or(after, |o| o.seq);
-        let a = self.room.on_catch_up(conn, chunk, done);
+        let chunk: Vec<SeqOp> = self
+            .range(after, upto)
+            .into_iter()
+            .take(page.min(limit as usize))
+            .collect();
+        let a = self.room.on_catch_up(conn, chunk);
         self.run(a);
-        if !done {
-            self.catch_ups.push_front((conn, next, upto));
-        }
     }
 
+    /// Commits the oldest group the room asked for, every push of it.
     fn serve_ingest(&mut self) {
-        let Some((conn, batch, ops)) = self.ingests.pop_front() else {
+        let Some(group) = self.commits.pop_front() else {
             return;
         };
-        let committed: Vec<SeqOp> = ops
+        let results = group
             .into_iter()
-            .map(|op| {
-                let seq = self.log.len() as u64 + 1;
-                let s = SeqOp { seq, op };
-                self.log.push(s.clone());
-                s
+            .map(|push| {
+                IngestResult::Committed(
+                    push.ops
+                        .into_iter()
+                        .map(|op| {
+                            let seq = self.log.len() as u64 + 1;
+                            let s = SeqOp { seq, op };
+                            self.log.push(s.clone());
+                            s
+                        })
+                        .collect(),
+                )
             })
             .collect();
-        let a = self.room.on_ingested(conn, batch, committed);
+        let a = self.room.on_commit(results);
         self.run(a);
     }
 
@@ -211,7 +218,14 @@ fn pushes_are_relayed_only_after_commit_to_everyone_then_acked() {
     .encode();
     let a = h.room.on_message(1, &push);
     h.run(a);
-    assert!(matches!(&h.ingests[0], (1, 7, _)));
+    assert!(matches!(
+        &h.commits[0][..],
+        [Push {
+            conn: 1,
+            batch: 7,
+            ..
+        }]
+    ));
     // Nothing relayed before the commit.
     assert!(h.seqs(2).is_empty() && h.seqs(1).is_empty());
     h.serve_ingest();
@@ -229,8 +243,12 @@ fn pushes_are_relayed_only_after_commit_to_everyone_then_acked() {
         .encode(),
     );
     h.run(a);
-    h.ingests.clear();
-    let a = h.room.on_ingest_failed(1, 8, "stale", "re-stamp");
+    assert_eq!(h.commits.len(), 1);
+    h.commits.clear();
+    let a = h.room.on_commit(vec![IngestResult::Failed {
+        code: ErrorCode::Stale,
+        message: "re-stamp".into(),
+    }]);
     h.run(a);
     assert!(matches!(
         h.received[&1].last(),
@@ -256,9 +274,9 @@ fn refusals_close_with_codes() {
     );
     h.run(a);
     assert!(
-        matches!(h.received[&1].last(), Some(ServerMsg::Error { code, .. }) if code == "forbidden")
+        matches!(h.received[&1].last(), Some(ServerMsg::Error { code, .. }) if *code == ErrorCode::Forbidden)
     );
-    assert!(h.ingests.is_empty() && !h.closed.contains_key(&1));
+    assert!(h.commits.is_empty() && !h.closed.contains_key(&1));
     // A hello with another replica than the token's.
     h.connect(2, claims(Role::Write, Some(2), u64::MAX));
     let a = h.room.on_message(2, &hello(3, None));
@@ -414,7 +432,7 @@ fn random_interleavings_deliver_every_op_once_in_order() {
                 }
             }
         }
-        while !h.catch_ups.is_empty() || !h.ingests.is_empty() {
+        while !h.catch_ups.is_empty() || !h.commits.is_empty() {
             h.serve_catch_up(7);
             h.serve_ingest();
         }

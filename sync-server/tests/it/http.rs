@@ -280,7 +280,11 @@ async fn ingest_catch_up_and_children_over_http() {
         body.ops.iter().map(|c| c.seq).collect::<Vec<_>>(),
         [1, 2, 3]
     );
-    assert!(body.ops.iter().all(|c| c.origin == "new"));
+    assert!(
+        body.ops
+            .iter()
+            .all(|c| c.origin == arbor_shared::http::Origin::New)
+    );
     assert_eq!(
         body.ops.iter().map(|c| c.op.clone()).collect::<Vec<_>>(),
         ops
@@ -296,7 +300,12 @@ async fn ingest_catch_up_and_children_over_http() {
         .json()
         .await
         .unwrap();
-    assert!(again.ops.iter().all(|c| c.origin == "duplicate"));
+    assert!(
+        again
+            .ops
+            .iter()
+            .all(|c| c.origin == arbor_shared::http::Origin::Duplicate)
+    );
     // Catch-up in pages.
     let page: OpsBody = s
         .get_json("/v1/spaces/demo/ops?after=1&limit=1", &write)

@@ -3,39 +3,40 @@
 //! The host (the sync server's native endpoint, or the Durable Object) owns
 //! the sockets and the I/O; the room decides. Each `on_*` call returns
 //! [`Action`]s for the host to carry out in order: send a frame, close a
-//! socket, persist a push, fetch a catch-up range. The room guarantees that
-//! every connection receives committed ops in seq order with no gap and no
-//! duplicate across catch-up and live delivery, that nothing is sent before
-//! it is committed (pushes go out as [`Action::Ingest`] and come back
-//! through [`Room::on_ingested`]), and that memory per connection is
-//! bounded (a connection that would buffer too much is closed).
+//! socket, commit a group of pushes, fetch one page of committed ops. The
+//! room guarantees that every connection receives committed ops in seq
+//! order with no gap and no duplicate across catch-up and live delivery,
+//! that nothing is sent before it is committed (pushes go out as
+//! [`Action::Commit`] and come back through [`Room::on_commit`]), that
+//! pushes commit in arrival order, grouped, one group at a time, and that
+//! memory per connection is bounded (a connection that would buffer too
+//! much is closed).
+//!
+//! # Layout
+//!
+//! - `mod.rs`: [`Room`]: connections, hello, catch-up and gap paging,
+//!   delivery, presence, token expiry.
+//! - `commit.rs`: the commit pipeline ([`Push`], group formation).
+//! - `frames.rs`: committed ops cut into frames under the size limit.
+
+mod commit;
+mod frames;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::auth::{Claims, Role};
 use crate::clock::Stamp;
+use crate::error::ErrorCode;
 use crate::id::ReplicaId;
-use crate::op::Op;
-use crate::protocol::{ClientMsg, MAX_FRAME_BYTES, Peer, ProtocolError, SeqOp, ServerMsg};
+use crate::protocol::{ClientMsg, Peer, SeqOp, ServerMsg};
+
+pub use crate::error::close;
+use commit::CommitQueue;
+pub use commit::{GroupLimits, Push};
+use frames::ops_frames;
 
 /// A connection's id, unique in the room while it is open.
 pub type ConnId = u64;
-
-/// WebSocket close codes the room uses.
-pub mod close {
-    /// The server is going away (shutdown).
-    pub const GOING_AWAY: u16 = 1001;
-    /// A frame larger than the limit.
-    pub const TOO_BIG: u16 = 1009;
-    /// The token expired.
-    pub const TOKEN_EXPIRED: u16 = 4001;
-    /// The connection fell too far behind.
-    pub const TOO_SLOW: u16 = 4002;
-    /// A malformed frame or a protocol violation.
-    pub const PROTOCOL: u16 = 4003;
-    /// The token does not allow what the connection asked.
-    pub const FORBIDDEN: u16 = 4004;
-}
 
 /// What the host must do, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,20 +57,17 @@ pub enum Action {
         /// Reason text.
         reason: String,
     },
-    /// Commit a push, then call [`Room::on_ingested`] (or
-    /// [`Room::on_ingest_failed`]).
-    Ingest {
-        /// From whom.
-        conn: ConnId,
-        /// The client's batch id.
-        batch: u64,
-        /// The replica every op must be by (`None`: service connections).
-        author: Option<ReplicaId>,
-        /// The ops.
-        ops: Vec<Op>,
+    /// Commit these pushes together (one transaction, each push on its own:
+    /// a refused push changes nothing), then call [`Room::on_commit`] with
+    /// one result per push, in this order. The room asks for the next
+    /// group only after that.
+    Commit {
+        /// The pushes, in arrival order.
+        pushes: Vec<Push>,
     },
-    /// Fetch committed ops with `after < seq <= upto` and hand them to
-    /// [`Room::on_catch_up`] (in pages; `done` on the last).
+    /// Fetch one page of committed ops, `after < seq <= upto`, at most
+    /// `limit`, in seq order, and pass it to [`Room::on_catch_up`] (or
+    /// [`Room::on_catch_up_failed`]). The room asks for the next page.
     CatchUp {
         /// For whom.
         conn: ConnId,
@@ -77,70 +75,34 @@ pub enum Action {
         after: u64,
         /// Inclusive upper bound.
         upto: u64,
+        /// Page size.
+        limit: u32,
     },
-    /// Committed ops were reported with a gap before them: fetch
-    /// `after < seq <= upto` and pass them to [`Room::on_committed`].
+    /// Committed ops were reported with a gap before them (or a notice says
+    /// the database is ahead): fetch one page `after < seq <= upto`, at most
+    /// `limit`, and pass it to [`Room::on_gap`] (or [`Room::on_gap_failed`]).
     FetchGap {
         /// Exclusive lower bound.
         after: u64,
         /// Inclusive upper bound.
         upto: u64,
+        /// Page size.
+        limit: u32,
     },
 }
 
-/// Budget for one `ops` frame's ops, well under [`MAX_FRAME_BYTES`] (the
-/// platform limit of the Durable Object tier is also 1 MiB).
-const FRAME_BUDGET: usize = MAX_FRAME_BYTES * 3 / 4;
-
-/// An upper bound of an op's JSON size: fixed fields plus the text ones,
-/// counted 6 times (the worst JSON escape, `\u0000`).
-fn op_size_bound(op: &SeqOp) -> usize {
-    let text = match &op.op {
-        Op::Move(m) => m.key.as_bytes().len() * 2,
-        Op::Set(s) => 6 * (s.field.len() + s.value.as_ref().map_or(0, String::len)),
-    };
-    256 + text
-}
-
-/// `ops` as `ops` frames for `conn`, each within [`FRAME_BUDGET`] (an op
-/// larger than the budget alone still fits the frame limit).
-fn ops_frames(conn: ConnId, ops: Vec<SeqOp>) -> Vec<Action> {
-    let mut frames = Vec::new();
-    let mut frame = Vec::new();
-    let mut size = 0;
-    for op in ops {
-        let n = op_size_bound(&op);
-        if !frame.is_empty() && size + n > FRAME_BUDGET {
-            frames.push(Action::Send {
-                conn,
-                msg: ServerMsg::Ops {
-                    ops: std::mem::take(&mut frame),
-                },
-            });
-            size = 0;
-        }
-        size += n;
-        frame.push(op);
-    }
-    if !frame.is_empty() {
-        frames.push(Action::Send {
-            conn,
-            msg: ServerMsg::Ops { ops: frame },
-        });
-    }
-    frames
-}
-
-/// How one push of a group commit ended (see [`Room::on_ingested_group`]).
+/// How one push of a group commit ended (see [`Room::on_commit`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IngestResult {
-    /// Committed: the database's answer (new ops and restores with seqs).
+    /// Committed: the database's answer to relay (new ops and restores
+    /// with seqs; duplicates left out, they were relayed when they
+    /// committed).
     Committed(Vec<SeqOp>),
     /// Refused or failed; nothing of it committed.
     Failed {
-        /// Stable error code.
-        code: String,
-        /// Human-readable detail.
+        /// The code.
+        code: ErrorCode,
+        /// Detail for the client (never database or internal text).
         message: String,
     },
 }
@@ -154,6 +116,10 @@ pub struct RoomLimits {
     pub max_inflight_pushes: usize,
     /// Out-of-order commits the room holds while a gap is fetched.
     pub max_pending_ops: usize,
+    /// Ops per catch-up or gap page.
+    pub page: u32,
+    /// Group commit sizes.
+    pub group: GroupLimits,
 }
 
 impl Default for RoomLimits {
@@ -162,6 +128,8 @@ impl Default for RoomLimits {
             max_buffered_ops: 10_000,
             max_inflight_pushes: 16,
             max_pending_ops: 100_000,
+            page: 1_000,
+            group: GroupLimits::default(),
         }
     }
 }
@@ -170,8 +138,9 @@ impl Default for RoomLimits {
 enum Phase {
     /// Connected, no hello yet.
     AwaitingHello,
-    /// Catch-up of `(cursor, upto]` is running; live ops above `upto` wait
-    /// in `buffered` (invariant: sorted, all above `upto`).
+    /// Catch-up of `(cursor, upto]` is running, one page asked at a time;
+    /// live ops above `upto` wait in `buffered` (invariant: sorted, all
+    /// above `upto`).
     CatchingUp { upto: u64, buffered: Vec<SeqOp> },
     /// Receives every committed op above its cursor as it commits.
     Live,
@@ -200,14 +169,17 @@ pub struct Room {
     /// Commits reported above a gap, waiting for it (invariant: all keys
     /// above `head_seq + 1`).
     pending: BTreeMap<u64, SeqOp>,
-    /// The upper end of the gap fetch already asked for.
-    gap_asked: u64,
     /// Highest seq known committed (from commits or head notices); the
     /// room fetches up to it when it is above `head_seq`.
     known_head: u64,
+    /// The upper end of the gap page asked for and not answered yet
+    /// (invariant: at most one gap fetch in flight).
+    gap_in_flight: Option<u64>,
     /// Hellos with a cursor above `head_seq`, waiting for the gap fetch
     /// (invariant: their connections are still awaiting hello).
     parked: BTreeMap<ConnId, (ReplicaId, u64)>,
+    /// Pushes waiting for their commit and the group in flight.
+    commits: CommitQueue,
 }
 
 impl Room {
@@ -220,9 +192,10 @@ impl Room {
             limits,
             conns: BTreeMap::new(),
             pending: BTreeMap::new(),
-            gap_asked: head_seq,
             known_head: head_seq,
+            gap_in_flight: None,
             parked: BTreeMap::new(),
+            commits: CommitQueue::default(),
         }
     }
 
@@ -239,6 +212,11 @@ impl Room {
     /// True if no connection is open.
     pub fn is_empty(&self) -> bool {
         self.conns.is_empty()
+    }
+
+    /// Pushes waiting for their commit or committing.
+    pub fn pushes_waiting(&self) -> usize {
+        self.commits.len()
     }
 
     /// Who is connected (said hello).
@@ -289,37 +267,20 @@ impl Room {
             // It was sent these ops, so they are committed.
             self.head_seq = cursor;
             self.known_head = self.known_head.max(cursor);
-            self.gap_asked = self.gap_asked.max(cursor);
             self.pending.retain(|&seq, _| seq > cursor + 1);
         }
         let head = self.head_seq;
-        let phase = if cursor < head {
-            Phase::CatchingUp {
-                upto: head,
-                buffered: Vec::new(),
-            }
-        } else {
-            Phase::Live
-        };
         self.conns.insert(
             conn,
             Conn {
                 claims,
-                phase,
+                phase: Phase::Live,
                 cursor,
                 replica: Some(replica),
                 inflight: BTreeSet::new(),
             },
         );
-        if cursor < head {
-            vec![Action::CatchUp {
-                conn,
-                after: cursor,
-                upto: head,
-            }]
-        } else {
-            Vec::new()
-        }
+        self.start_catch_up(conn, head)
     }
 
     /// The highest seq sent to `conn` and its replica, if it said hello
@@ -329,11 +290,16 @@ impl Room {
         Some((c.replica?, c.cursor))
     }
 
-    fn error(conn: ConnId, code: &str, message: impl Into<String>, batch: Option<u64>) -> Action {
+    fn error(
+        conn: ConnId,
+        code: ErrorCode,
+        message: impl Into<String>,
+        batch: Option<u64>,
+    ) -> Action {
         Action::Send {
             conn,
             msg: ServerMsg::Error {
-                code: code.to_string(),
+                code,
                 message: message.into(),
                 batch,
             },
@@ -346,6 +312,15 @@ impl Room {
             code,
             reason: reason.to_string(),
         }
+    }
+
+    /// An `error` frame for `code`, then the close its table entry names.
+    fn refuse_and_close(conn: ConnId, code: ErrorCode, message: impl Into<String>) -> Vec<Action> {
+        let mut out = vec![Self::error(conn, code, message, None)];
+        if let Some(close) = code.close_code() {
+            out.push(Self::close(conn, close, code.as_str()));
+        }
+        out
     }
 
     fn presence(&self, except: Option<ConnId>) -> Vec<Action> {
@@ -362,6 +337,28 @@ impl Room {
             .collect()
     }
 
+    /// Puts `conn` (now live at its cursor) into catch-up of `(cursor,
+    /// upto]` when it is behind, asking for the first page.
+    fn start_catch_up(&mut self, conn: ConnId, upto: u64) -> Vec<Action> {
+        let page = self.limits.page;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Vec::new();
+        };
+        if c.cursor >= upto {
+            return Vec::new();
+        }
+        c.phase = Phase::CatchingUp {
+            upto,
+            buffered: Vec::new(),
+        };
+        vec![Action::CatchUp {
+            conn,
+            after: c.cursor,
+            upto,
+            limit: page_limit(c.cursor, upto, page),
+        }]
+    }
+
     /// Welcomes `conn` (its hello named `cursor`, at most the head) and
     /// starts its catch-up.
     fn finish_hello(&mut self, conn: ConnId, replica: ReplicaId, cursor: u64) -> Vec<Action> {
@@ -369,14 +366,7 @@ impl Room {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.replica = Some(replica);
             c.cursor = cursor;
-            c.phase = if cursor < head {
-                Phase::CatchingUp {
-                    upto: head,
-                    buffered: Vec::new(),
-                }
-            } else {
-                Phase::Live
-            };
+            c.phase = Phase::Live;
         }
         let mut out = vec![Action::Send {
             conn,
@@ -387,13 +377,7 @@ impl Room {
                 peers: self.peers(),
             },
         }];
-        if cursor < head {
-            out.push(Action::CatchUp {
-                conn,
-                after: cursor,
-                upto: head,
-            });
-        }
+        out.extend(self.start_catch_up(conn, head));
         out.extend(self.presence(Some(conn)));
         out
     }
@@ -421,16 +405,7 @@ impl Room {
         };
         let msg = match ClientMsg::decode(text) {
             Ok(m) => m,
-            Err(e) => {
-                let code = match e {
-                    ProtocolError::TooLarge(_) => close::TOO_BIG,
-                    _ => close::PROTOCOL,
-                };
-                return vec![
-                    Self::error(conn, e.code(), e.to_string(), None),
-                    Self::close(conn, code, e.code()),
-                ];
-            }
+            Err(e) => return Self::refuse_and_close(conn, e.code(), e.to_string()),
         };
         match msg {
             ClientMsg::Ping => vec![Action::Send {
@@ -440,22 +415,19 @@ impl Room {
             ClientMsg::Hello {
                 replica, cursor, ..
             } => {
-                if c.phase != Phase::AwaitingHello {
-                    return vec![
-                        Self::error(conn, "protocol", "hello was already said", None),
-                        Self::close(conn, close::PROTOCOL, "hello twice"),
-                    ];
+                if c.phase != Phase::AwaitingHello || self.parked.contains_key(&conn) {
+                    return Self::refuse_and_close(
+                        conn,
+                        ErrorCode::Protocol,
+                        "hello was already said",
+                    );
                 }
                 if c.claims.rid.is_some_and(|rid| rid != replica) {
-                    return vec![
-                        Self::error(
-                            conn,
-                            "wrong_replica",
-                            "the token is bound to another replica",
-                            None,
-                        ),
-                        Self::close(conn, close::FORBIDDEN, "wrong replica"),
-                    ];
+                    return Self::refuse_and_close(
+                        conn,
+                        ErrorCode::WrongReplica,
+                        "the token is bound to another replica",
+                    );
                 }
                 let cursor = cursor.unwrap_or(0);
                 if cursor > self.head_seq {
@@ -464,11 +436,7 @@ impl Room {
                     // when the room gets there, or the client is told to
                     // load a snapshot when the database has less.
                     self.parked.insert(conn, (replica, cursor));
-                    self.gap_asked = self.gap_asked.max(cursor);
-                    return vec![Action::FetchGap {
-                        after: self.head_seq,
-                        upto: cursor,
-                    }];
+                    return self.ask_gap().into_iter().collect();
                 }
                 self.finish_hello(conn, replica, cursor)
             }
@@ -476,7 +444,7 @@ impl Room {
                 if c.phase == Phase::AwaitingHello {
                     return vec![Self::error(
                         conn,
-                        "protocol",
+                        ErrorCode::Protocol,
                         "say hello first",
                         Some(batch),
                     )];
@@ -484,7 +452,7 @@ impl Room {
                 if !c.claims.role.can_write() {
                     return vec![Self::error(
                         conn,
-                        "forbidden",
+                        ErrorCode::Forbidden,
                         "this token may not push",
                         Some(batch),
                     )];
@@ -492,7 +460,7 @@ impl Room {
                 if c.inflight.len() >= self.limits.max_inflight_pushes {
                     return vec![Self::error(
                         conn,
-                        "too_many_pushes",
+                        ErrorCode::TooManyPushes,
                         "wait for acks before pushing more",
                         Some(batch),
                     )];
@@ -500,7 +468,7 @@ impl Room {
                 if c.inflight.contains(&batch) {
                     return vec![Self::error(
                         conn,
-                        "duplicate_batch",
+                        ErrorCode::DuplicateBatch,
                         "batch id in flight",
                         Some(batch),
                     )];
@@ -512,18 +480,29 @@ impl Room {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.inflight.insert(batch);
                 }
-                vec![Action::Ingest {
+                self.commits.push(Push {
                     conn,
                     batch,
                     author,
                     ops,
-                }]
+                });
+                self.next_commit().into_iter().collect()
             }
         }
     }
 
-    /// A page of catch-up for `conn` (ops in seq order); `done` on the last.
-    pub fn on_catch_up(&mut self, conn: ConnId, ops: Vec<SeqOp>, done: bool) -> Vec<Action> {
+    /// The next group to commit, if none is in flight.
+    fn next_commit(&mut self) -> Option<Action> {
+        self.commits
+            .next_group(self.limits.group)
+            .map(|pushes| Action::Commit { pushes })
+    }
+
+    /// A page of catch-up for `conn` (ops in seq order, `after < seq <=
+    /// upto` of the [`Action::CatchUp`]). The room asks for the next page,
+    /// or turns the connection live when it reached `upto`.
+    pub fn on_catch_up(&mut self, conn: ConnId, ops: Vec<SeqOp>) -> Vec<Action> {
+        let page = self.limits.page;
         let Some(c) = self.conns.get_mut(&conn) else {
             return Vec::new();
         };
@@ -535,32 +514,45 @@ impl Room {
             .filter(|o| o.seq > c.cursor && o.seq <= upto)
             .collect();
         let mut out = Vec::new();
+        let progressed = !fresh.is_empty();
         if let Some(last) = fresh.last() {
             c.cursor = last.seq;
             out.extend(ops_frames(conn, fresh));
         }
-        if done || c.cursor >= upto {
-            let buffered = match std::mem::replace(&mut c.phase, Phase::Live) {
-                Phase::CatchingUp { buffered, .. } => buffered,
-                other => {
-                    c.phase = other;
-                    Vec::new()
-                }
-            };
-            if c.cursor < upto {
-                // The source had less than asked: resume from where it is.
-                let after = c.cursor;
-                c.phase = Phase::CatchingUp { upto, buffered };
-                out.push(Action::CatchUp { conn, after, upto });
+        if c.cursor < upto {
+            if !progressed {
+                // The database has less than it committed: it cannot serve
+                // this connection now. The client reconnects.
+                out.extend(self.on_catch_up_failed(conn));
                 return out;
             }
-            let rest: Vec<SeqOp> = buffered.into_iter().filter(|o| o.seq > c.cursor).collect();
-            if let Some(last) = rest.last() {
-                c.cursor = last.seq;
-                out.extend(ops_frames(conn, rest));
-            }
+            out.push(Action::CatchUp {
+                conn,
+                after: c.cursor,
+                upto,
+                limit: page_limit(c.cursor, upto, page),
+            });
+            return out;
+        }
+        let buffered = match std::mem::replace(&mut c.phase, Phase::Live) {
+            Phase::CatchingUp { buffered, .. } => buffered,
+            Phase::AwaitingHello | Phase::Live => Vec::new(),
+        };
+        let rest: Vec<SeqOp> = buffered.into_iter().filter(|o| o.seq > c.cursor).collect();
+        if let Some(last) = rest.last() {
+            c.cursor = last.seq;
+            out.extend(ops_frames(conn, rest));
         }
         out
+    }
+
+    /// The host could not fetch `conn`'s catch-up page: the connection is
+    /// told `unavailable` and closed (its client reconnects from its cursor).
+    pub fn on_catch_up_failed(&mut self, conn: ConnId) -> Vec<Action> {
+        if !self.conns.contains_key(&conn) {
+            return Vec::new();
+        }
+        Self::refuse_and_close(conn, ErrorCode::Unavailable, "catch-up failed; reconnect")
     }
 
     /// Ops committed by any path (this room's pushes, HTTP ingest, another
@@ -606,7 +598,11 @@ impl Room {
                 Phase::CatchingUp { upto, buffered } => {
                     buffered.extend(ready.iter().filter(|o| o.seq > *upto).cloned());
                     if buffered.len() > limit {
-                        out.push(Self::close(*id, close::TOO_SLOW, "too far behind"));
+                        out.push(Self::close(
+                            *id,
+                            close::TOO_SLOW,
+                            ErrorCode::TooSlow.as_str(),
+                        ));
                     }
                 }
             }
@@ -618,71 +614,89 @@ impl Room {
     /// The database's head is at least `seq` (a commit notice from another
     /// server process, or from any path): fetch what the room has not seen.
     pub fn on_head(&mut self, seq: u64) -> Vec<Action> {
+        if self.commits.committing() {
+            // Most notices are for the group in flight: its answer brings
+            // the ops without a fetch. Looked at when it is answered.
+            self.commits.noticed = self.commits.noticed.max(seq);
+            return Vec::new();
+        }
         self.known_head = self.known_head.max(seq);
         self.ask_gap().into_iter().collect()
     }
 
-    /// The host's gap fetch failed: the next [`Room::on_tick`] asks again.
-    ///
-    /// Parked hellos whose cursor is still ahead are told to load a
-    /// snapshot (the returned actions): the database has less than they do.
+    /// A page of the gap fetch ([`Action::FetchGap`]): committed ops in seq
+    /// order. An empty page means the database has less than was asked:
+    /// hellos parked above it are told to load a snapshot.
+    pub fn on_gap(&mut self, ops: Vec<SeqOp>) -> Vec<Action> {
+        self.gap_in_flight = None;
+        if ops.is_empty() {
+            let head = self.head_seq;
+            // What the room believed beyond the database was wrong too.
+            self.known_head = head.max(self.pending.keys().next_back().copied().unwrap_or(0));
+            let ahead: Vec<ConnId> = self
+                .parked
+                .iter()
+                .filter(|(_, (_, cursor))| *cursor > head)
+                .map(|(&c, _)| c)
+                .collect();
+            return ahead
+                .into_iter()
+                .map(|conn| {
+                    self.parked.remove(&conn);
+                    Action::Send {
+                        conn,
+                        msg: ServerMsg::SnapshotRequired { head_seq: head },
+                    }
+                })
+                .collect();
+        }
+        self.on_committed(ops)
+    }
+
+    /// The host's gap fetch failed (the database did not answer): the next
+    /// event or [`Room::on_tick`] asks again.
     pub fn on_gap_failed(&mut self) -> Vec<Action> {
-        self.gap_asked = self.head_seq;
-        let head = self.head_seq;
-        let ahead: Vec<ConnId> = self
-            .parked
-            .iter()
-            .filter(|(_, (_, cursor))| *cursor > head)
-            .map(|(&c, _)| c)
-            .collect();
-        ahead
-            .into_iter()
-            .map(|conn| {
-                self.parked.remove(&conn);
-                Action::Send {
-                    conn,
-                    msg: ServerMsg::SnapshotRequired { head_seq: head },
-                }
-            })
-            .collect()
+        self.gap_in_flight = None;
+        Vec::new()
     }
 
-    /// A fetch of `(head_seq, known_head]` unless one covering it was asked.
+    /// The highest seq the room wants to have: what it knows committed, and
+    /// the cursors of parked hellos.
+    fn gap_target(&self) -> u64 {
+        let parked = self.parked.values().map(|&(_, c)| c).max().unwrap_or(0);
+        self.known_head.max(parked)
+    }
+
+    /// A page of `(head_seq, target]` unless a gap page is in flight.
     fn ask_gap(&mut self) -> Option<Action> {
-        if self.known_head > self.gap_asked.max(self.head_seq) {
-            self.gap_asked = self.known_head;
-            Some(Action::FetchGap {
-                after: self.head_seq,
-                upto: self.known_head,
-            })
-        } else {
-            None
+        let target = self.gap_target();
+        if self.gap_in_flight.is_some() || target <= self.head_seq {
+            return None;
         }
+        self.gap_in_flight = Some(target);
+        Some(Action::FetchGap {
+            after: self.head_seq,
+            upto: target,
+            limit: page_limit(self.head_seq, target, self.limits.page),
+        })
     }
 
-    /// The host committed `conn`'s push: `committed` is the database's
-    /// answer (new ops, duplicates with their old seqs, restores). New ops
-    /// and restores go to everyone, author included, then `ack`.
-    pub fn on_ingested(&mut self, conn: ConnId, batch: u64, committed: Vec<SeqOp>) -> Vec<Action> {
-        let mut out = self.on_committed(committed);
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.inflight.remove(&batch);
-            out.push(Action::Send {
-                conn,
-                msg: ServerMsg::Ack { batch },
-            });
-        }
-        out
-    }
-
-    /// The host committed several pushes together (a group commit):
-    /// `results` in push order, each the database's answer or the refusal
-    /// (code, message). Every socket gets the group's new ops in one frame,
-    /// then each author its acks and errors.
-    pub fn on_ingested_group(&mut self, results: Vec<(ConnId, u64, IngestResult)>) -> Vec<Action> {
+    /// The host committed the group of the last [`Action::Commit`]:
+    /// `results` has one entry per push, in push order. Every socket gets
+    /// the group's new ops in one frame, then each author its acks and
+    /// errors; then the next group is asked for.
+    pub fn on_commit(&mut self, results: Vec<IngestResult>) -> Vec<Action> {
+        let pushes = self.commits.finish();
         let mut committed = Vec::new();
-        let mut answers = Vec::with_capacity(results.len());
-        for (conn, batch, result) in results {
+        let mut answers = Vec::with_capacity(pushes.len());
+        let mut results = results.into_iter();
+        for (conn, batch) in pushes {
+            // A host that answered fewer pushes than it was given: the rest
+            // is reported as failed, never as committed.
+            let result = results.next().unwrap_or(IngestResult::Failed {
+                code: ErrorCode::Internal,
+                message: "the push was not answered".into(),
+            });
             match result {
                 IngestResult::Committed(ops) => {
                     committed.extend(ops);
@@ -694,6 +708,7 @@ impl Room {
             }
         }
         committed.sort_by_key(|o| o.seq);
+        committed.dedup_by_key(|o| o.seq);
         let mut out = self.on_committed(committed);
         for (conn, batch, failure) in answers {
             let Some(c) = self.conns.get_mut(&conn) else {
@@ -705,27 +720,13 @@ impl Room {
                     conn,
                     msg: ServerMsg::Ack { batch },
                 },
-                Some((code, message)) => Self::error(conn, &code, message, Some(batch)),
+                Some((code, message)) => Self::error(conn, code, message, Some(batch)),
             });
         }
+        let noticed = std::mem::take(&mut self.commits.noticed);
+        out.extend(self.on_head(noticed));
+        out.extend(self.next_commit());
         out
-    }
-
-    /// The host could not commit `conn`'s push (nothing of it committed).
-    pub fn on_ingest_failed(
-        &mut self,
-        conn: ConnId,
-        batch: u64,
-        code: &str,
-        message: &str,
-    ) -> Vec<Action> {
-        match self.conns.get_mut(&conn) {
-            Some(c) => {
-                c.inflight.remove(&batch);
-                vec![Self::error(conn, code, message, Some(batch))]
-            }
-            None => Vec::new(),
-        }
     }
 
     /// The socket closed (or the host closed it).
@@ -744,7 +745,9 @@ impl Room {
             .conns
             .iter()
             .filter(|(_, c)| now_s > c.claims.exp.saturating_add(leeway_s))
-            .map(|(id, _)| Self::close(*id, close::TOKEN_EXPIRED, "token expired"))
+            .flat_map(|(id, _)| {
+                Self::refuse_and_close(*id, ErrorCode::TokenExpired, "the token expired")
+            })
             .collect();
         out.extend(self.ask_gap());
         out
@@ -806,4 +809,11 @@ impl Room {
         }
         Ok(())
     }
+}
+
+/// The page size for `(after, upto]`: at most `page`.
+fn page_limit(after: u64, upto: u64, page: u32) -> u32 {
+    u32::try_from(upto.saturating_sub(after))
+        .unwrap_or(u32::MAX)
+        .clamp(1, page.max(1))
 }

@@ -1,0 +1,94 @@
+//! JSON bodies of the sync server's HTTP API that other components read or write (the Worker, clients, tests).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorDetail;
+use crate::id::ReplicaId;
+use crate::op::Op;
+
+/// Why an op is in an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Committed by this request.
+    New,
+    /// Stored before (its old seq): nothing changed.
+    Duplicate,
+    /// Appended by the server's restore rule.
+    Restore,
+}
+
+/// A committed op with its seq and origin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedJson {
+    /// Its seq in the space.
+    pub seq: u64,
+    /// The op.
+    pub op: Op,
+    /// Why it is in the answer.
+    pub origin: Origin,
+}
+
+/// Body of `POST /v1/spaces/{space}/ops`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestBody {
+    /// The batch.
+    pub ops: Vec<Op>,
+}
+
+/// Answer of ingest and catch-up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpsBody {
+    /// Committed ops in seq order.
+    pub ops: Vec<CommittedJson>,
+    /// The space's head seq (catch-up only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_seq: Option<u64>,
+}
+
+/// One push of a group ingest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupPush {
+    /// The replica every op must be by (`null`: any; service tokens only).
+    #[serde(default)]
+    pub author: Option<ReplicaId>,
+    /// The ops.
+    pub ops: Vec<Op>,
+}
+
+/// Body of `POST /v1/spaces/{space}/ops/group` (service tokens: the Durable
+/// Object commits its waiting pushes in one call).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupIngestBody {
+    /// The pushes, in the order they are to be applied.
+    pub pushes: Vec<GroupPush>,
+}
+
+/// How one push of a group ingest ended: `ops` when committed, `error` when
+/// refused (nothing of it committed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushResult {
+    /// The committed ops, as ingest answers them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<Vec<CommittedJson>>,
+    /// The refusal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}
+
+/// Answer of a group ingest: one result per push, in push order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupIngestAnswer {
+    /// The results.
+    pub results: Vec<PushResult>,
+}
+
+/// Body of `POST /v1/spaces/{space}/notify` (the Worker's commit notices).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NotifyBody {
+    /// The space's head is at least this seq.
+    pub head_seq: u64,
+}

@@ -1,0 +1,45 @@
+//! The bearer token of a request, verified and checked for a space and a role (the rule itself is `arbor_shared::auth::authorize`).
+
+use arbor_shared::auth::{self, Claims, Need};
+use axum::http::{HeaderMap, header};
+
+use super::{ApiError, AppState};
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Verifies the `Authorization: Bearer` token and its scope for `space`
+/// and `need`.
+pub(super) fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    space: &str,
+    need: Need,
+) -> Result<Claims, ApiError> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let token = auth::request_token(authorization, None, None).map(|(t, _)| t);
+    authorize_token(state, token, space, need)
+}
+
+/// [`authorize`] for a token found anywhere (header, subprotocol, query).
+pub(super) fn authorize_token(
+    state: &AppState,
+    token: Option<&str>,
+    space: &str,
+    need: Need,
+) -> Result<Claims, ApiError> {
+    Ok(auth::authorize(
+        token,
+        &state.key,
+        now_s(),
+        state.leeway_s,
+        space,
+        need,
+    )?)
+}

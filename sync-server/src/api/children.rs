@@ -1,0 +1,107 @@
+//! The children endpoint: one ordered page of a node's children with their registers (`GET .../nodes/{id}/children`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arbor_shared::auth::Need;
+use arbor_shared::{ErrorCode, NodeId, OrderKey, Stamp};
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use serde::{Deserialize, Serialize};
+
+use super::auth::authorize;
+use super::{ApiError, AppState};
+
+/// Query of a children page.
+#[derive(Debug, Deserialize)]
+pub struct ChildrenQuery {
+    /// Cursor: the last child of the previous page, its key (hex)...
+    pub after_key: Option<String>,
+    /// ... and its id.
+    pub after_id: Option<NodeId>,
+    /// Page size (default 200, at most 1,000).
+    pub limit: Option<u32>,
+}
+
+/// One register on the wire.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RegisterJson {
+    /// The value (`null`: cleared).
+    pub value: Option<String>,
+    /// The winning write's stamp.
+    pub stamp: Stamp,
+}
+
+/// One child on the wire.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChildJson {
+    /// The child.
+    pub id: NodeId,
+    /// Its order key (hex).
+    pub key: OrderKey,
+    /// Its registers by field.
+    pub payloads: BTreeMap<String, RegisterJson>,
+}
+
+/// A page of children.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChildrenBody {
+    /// In sibling order.
+    pub children: Vec<ChildJson>,
+}
+
+pub(super) async fn children(
+    State(state): State<Arc<AppState>>,
+    Path((space, node)): Path<(String, String)>,
+    headers: HeaderMap,
+    query: Result<Query<ChildrenQuery>, QueryRejection>,
+) -> Result<Json<ChildrenBody>, ApiError> {
+    authorize(&state, &headers, &space, Need::Read)?;
+    let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    let parent: NodeId = node
+        .parse()
+        .map_err(|_| ApiError::new(ErrorCode::BadRequest, "node is not a UUID"))?;
+    let cursor = match (q.after_key, q.after_id) {
+        (Some(k), Some(id)) => Some((
+            OrderKey::from_hex(&k)
+                .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?,
+            id,
+        )),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "after_key and after_id go together",
+            ));
+        }
+    };
+    let limit = q.limit.unwrap_or(200).clamp(1, 1_000);
+    let rows = state
+        .db
+        .children(&space, parent, cursor.as_ref().map(|(k, i)| (k, *i)), limit)
+        .await?;
+    Ok(Json(ChildrenBody {
+        children: rows
+            .into_iter()
+            .map(|c| ChildJson {
+                id: c.id,
+                key: c.key,
+                payloads: c
+                    .payloads
+                    .into_iter()
+                    .map(|(f, p)| {
+                        (
+                            f,
+                            RegisterJson {
+                                value: p.value,
+                                stamp: p.stamp,
+                            },
+                        )
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }))
+}

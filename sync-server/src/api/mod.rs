@@ -1,0 +1,143 @@
+//! The HTTP API (`/v1/...`, `/livez`, `/readyz`): the route table and the state every handler shares.
+//!
+//! Error body: `{"error": {"code", "message"}}` with a code of
+//! [`arbor_shared::ErrorCode`] and the HTTP status the code's table entry
+//! names (`docs/PROTOCOL.md`).
+//!
+//! # Layout
+//!
+//! - `mod.rs`: [`AppState`], [`router`], [`admin_router`], CORS.
+//! - `error.rs`: [`ApiError`] and what a database error becomes on the wire.
+//! - `auth.rs`: the bearer token of a request, checked for a space and role.
+//! - `health.rs`: `/livez`, `/readyz`.
+//! - `spaces.rs`: create, fork.
+//! - `ops.rs`: ingest, group ingest (the Durable Object's), catch-up.
+//! - `children.rs`: the children endpoint.
+//! - `websocket.rs`: the realtime upgrade.
+//! - `snapshots.rs`: snapshot, subtree snapshot, export, import.
+
+mod auth;
+mod children;
+mod error;
+mod health;
+mod ops;
+mod snapshots;
+mod spaces;
+mod websocket;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use arbor_shared::auth::Hs256Key;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::header;
+use axum::routing::{get, post, put};
+
+use crate::db::Db;
+
+pub use arbor_shared::http::{CommittedJson, GroupIngestBody, IngestBody, OpsBody};
+pub use children::{ChildJson, ChildrenBody, ChildrenQuery, RegisterJson};
+pub use error::{ApiError, db_refusal};
+pub use ops::{CatchUpQuery, IngestQuery};
+
+/// Shared by every request.
+#[derive(Debug)]
+pub struct AppState {
+    /// The database.
+    pub db: Db,
+    /// Token secret.
+    pub key: Hs256Key,
+    /// Token clock leeway, seconds.
+    pub leeway_s: u64,
+    /// Set once shutdown starts: `/readyz` answers 503 from then on.
+    pub draining: AtomicBool,
+    /// The realtime rooms.
+    pub rooms: Arc<crate::realtime::Rooms>,
+    /// Largest import file, bytes.
+    pub max_import_bytes: u64,
+}
+
+/// The admin routes: `/metrics` (Prometheus text), `/livez`, `/readyz`.
+pub fn admin_router(
+    state: Arc<AppState>,
+    metrics: Option<&'static metrics_exporter_prometheus::PrometheusHandle>,
+) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    metrics.map(|h| h.render()).unwrap_or_default(),
+                )
+            }),
+        )
+        .route("/livez", get(health::livez))
+        .route("/readyz", get(health::readyz))
+        .with_state(state)
+}
+
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| o.parse().ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([
+                axum::http::Method::GET,
+                axum::http::Method::POST,
+                axum::http::Method::PUT,
+            ])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
+    )
+}
+
+/// The routes, with `state`, a body limit and CORS for `cors_origins`.
+pub fn router(state: Arc<AppState>, max_body_bytes: usize, cors_origins: &[String]) -> Router {
+    let router = api_routes(state, max_body_bytes);
+    match cors(cors_origins) {
+        Some(layer) => router.layer(layer),
+        None => router,
+    }
+}
+
+fn api_routes(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/livez", get(health::livez))
+        .route("/readyz", get(health::readyz))
+        .route("/v1/spaces/{space}", put(spaces::create_space))
+        .route(
+            "/v1/spaces/{space}/ops",
+            post(ops::ingest).get(ops::catch_up),
+        )
+        .route("/v1/spaces/{space}/ops/group", post(ops::group_ingest))
+        .route(
+            "/v1/spaces/{space}/nodes/{node}/children",
+            get(children::children),
+        )
+        .route("/v1/spaces/{space}/ws", get(websocket::websocket))
+        .route("/v1/spaces/{space}/snapshot", get(snapshots::snapshot))
+        .route(
+            "/v1/spaces/{space}/subtree/{node}/snapshot",
+            get(snapshots::subtree_snapshot),
+        )
+        .route("/v1/spaces/{space}/fork", post(spaces::fork))
+        .route("/v1/spaces/{space}/export", get(snapshots::export))
+        // Imports stream into Postgres under their own limit.
+        .route(
+            "/v1/spaces/{space}/import",
+            post(snapshots::import).layer(DefaultBodyLimit::disable()),
+        )
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}

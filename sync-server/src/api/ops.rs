@@ -1,0 +1,220 @@
+//! The ops endpoint: ingest (`POST .../ops`), group ingest (`POST .../ops/group`, the Durable Object's) and catch-up (`GET .../ops`).
+
+use std::sync::Arc;
+
+use arbor_shared::auth::{Need, Role};
+use arbor_shared::http::{
+    CommittedJson, GroupIngestAnswer, GroupIngestBody, IngestBody, OpsBody, PushResult,
+};
+use arbor_shared::{ErrorCode, Op, ReplicaId};
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use serde::Deserialize;
+
+use super::auth::authorize;
+use super::spaces::json_refusal;
+use super::{ApiError, AppState, db_refusal};
+use crate::db::{Committed, MAX_BATCH, Origin};
+
+/// Pushes in one group ingest at most (the room groups at most 64).
+const MAX_GROUP_PUSHES: usize = 64;
+
+/// Query of `POST /v1/spaces/{space}/ops`.
+#[derive(Debug, Deserialize)]
+pub struct IngestQuery {
+    /// For service tokens: the replica every op must be by (the Durable
+    /// Object pushes for a client whose hello it checked).
+    pub author: Option<String>,
+}
+
+/// A committed op on the wire.
+pub(crate) fn committed_json(c: Committed) -> CommittedJson {
+    CommittedJson {
+        seq: c.seq,
+        op: c.op,
+        origin: match c.origin {
+            Origin::New => arbor_shared::http::Origin::New,
+            Origin::Duplicate => arbor_shared::http::Origin::Duplicate,
+            Origin::Restore => arbor_shared::http::Origin::Restore,
+        },
+    }
+}
+
+/// Refuses a batch larger than the limit or with an op that breaks one,
+/// before it reaches the database.
+fn check_batch(ops: &[Op]) -> Result<(), ApiError> {
+    if ops.len() > MAX_BATCH {
+        return Err(ApiError::new(
+            ErrorCode::BatchTooLarge,
+            format!("{} ops, at most {MAX_BATCH}", ops.len()),
+        ));
+    }
+    for (i, op) in ops.iter().enumerate() {
+        op.validate()
+            .map_err(|e| ApiError::new(ErrorCode::BadOp, format!("op {i}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// New ops and restores of an answer (what a metric counts as applied).
+fn applied(committed: &[Committed]) -> u64 {
+    committed
+        .iter()
+        .filter(|c| c.origin != Origin::Duplicate)
+        .count() as u64
+}
+
+pub(super) async fn ingest(
+    State(state): State<Arc<AppState>>,
+    Path(space): Path<String>,
+    query: Result<Query<IngestQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Json<IngestBody>, JsonRejection>,
+) -> Result<Json<OpsBody>, ApiError> {
+    let claims = authorize(&state, &headers, &space, Need::Write)?;
+    let Query(query) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    let Json(body) = body.map_err(json_refusal)?;
+    check_batch(&body.ops)?;
+    // A token bound to a replica may only push that replica's ops; service
+    // tokens push on behalf of clients they have checked.
+    let author = if claims.role == Role::Service {
+        match query.author.as_deref() {
+            Some(a) => Some(a.parse::<ReplicaId>().map_err(|_| {
+                ApiError::new(
+                    ErrorCode::BadRequest,
+                    "author is a replica id (1 to 16 hex digits)",
+                )
+            })?),
+            None => None,
+        }
+    } else {
+        claims.rid
+    };
+    let started = std::time::Instant::now();
+    let committed = match state.db.apply(&space, author, &body.ops).await {
+        Ok(c) => c,
+        Err(e) => {
+            let error = ApiError::from(e);
+            crate::metrics::ingest(Err(error.code()), 0.0);
+            return Err(error);
+        }
+    };
+    crate::metrics::ingest(Ok(applied(&committed)), started.elapsed().as_secs_f64());
+    state.rooms.committed(&space, &committed).await;
+    tracing::debug!(
+        space,
+        ops = body.ops.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "ingest"
+    );
+    Ok(Json(OpsBody {
+        ops: committed.into_iter().map(committed_json).collect(),
+        head_seq: None,
+    }))
+}
+
+/// Several pushes in one transaction, each under its own savepoint, so
+/// each is answered exactly as if applied alone (service tokens only).
+pub(super) async fn group_ingest(
+    State(state): State<Arc<AppState>>,
+    Path(space): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<GroupIngestBody>, JsonRejection>,
+) -> Result<Json<GroupIngestAnswer>, ApiError> {
+    authorize(&state, &headers, &space, Need::Service)?;
+    let Json(body) = body.map_err(json_refusal)?;
+    let total: usize = body.pushes.iter().map(|p| p.ops.len()).sum();
+    if body.pushes.len() > MAX_GROUP_PUSHES || total > MAX_BATCH {
+        return Err(ApiError::new(
+            ErrorCode::BatchTooLarge,
+            format!(
+                "{} pushes of {total} ops, at most {MAX_GROUP_PUSHES} and {MAX_BATCH}",
+                body.pushes.len()
+            ),
+        ));
+    }
+    // A push that breaks a limit is refused alone; the others commit.
+    let mut results: Vec<Option<PushResult>> = body
+        .pushes
+        .iter()
+        .map(|p| {
+            check_batch(&p.ops).err().map(|e| PushResult {
+                ops: None,
+                error: Some(e.into_detail()),
+            })
+        })
+        .collect();
+    let pushes: Vec<(Option<ReplicaId>, Vec<Op>)> = body
+        .pushes
+        .into_iter()
+        .zip(&results)
+        .filter(|(_, refused)| refused.is_none())
+        .map(|(p, _)| (p.author, p.ops))
+        .collect();
+    let started = std::time::Instant::now();
+    let answers = state.db.apply_group(&space, &pushes).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut relay = Vec::new();
+    let mut answers = answers.into_iter();
+    for slot in results.iter_mut().filter(|r| r.is_none()) {
+        let result = match answers.next() {
+            Some(Ok(committed)) => {
+                crate::metrics::ingest(Ok(applied(&committed)), elapsed);
+                relay.extend(committed.iter().cloned());
+                PushResult {
+                    ops: Some(committed.into_iter().map(committed_json).collect()),
+                    error: None,
+                }
+            }
+            Some(Err(e)) => {
+                let (code, message) = db_refusal(&e);
+                crate::metrics::ingest(Err(code), 0.0);
+                PushResult {
+                    ops: None,
+                    error: Some(arbor_shared::error::ErrorDetail { code, message }),
+                }
+            }
+            None => PushResult {
+                ops: None,
+                error: Some(arbor_shared::error::ErrorDetail {
+                    code: ErrorCode::Internal,
+                    message: "the push was not answered".into(),
+                }),
+            },
+        };
+        *slot = Some(result);
+    }
+    relay.sort_by_key(|c| c.seq);
+    state.rooms.committed(&space, &relay).await;
+    Ok(Json(GroupIngestAnswer {
+        results: results.into_iter().flatten().collect(),
+    }))
+}
+
+/// Query of catch-up.
+#[derive(Debug, Deserialize)]
+pub struct CatchUpQuery {
+    /// Cursor: ops with seq above it.
+    #[serde(default)]
+    pub after: u64,
+    /// Page size (default 1,000, at most 10,000).
+    pub limit: Option<u32>,
+}
+
+pub(super) async fn catch_up(
+    State(state): State<Arc<AppState>>,
+    Path(space): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<CatchUpQuery>, QueryRejection>,
+) -> Result<Json<OpsBody>, ApiError> {
+    authorize(&state, &headers, &space, Need::Read)?;
+    let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    let limit = q.limit.unwrap_or(1_000).clamp(1, 10_000);
+    let page = state.db.ops_after(&space, q.after, limit).await?;
+    Ok(Json(OpsBody {
+        ops: page.ops.into_iter().map(committed_json).collect(),
+        head_seq: Some(page.head_seq),
+    }))
+}

@@ -1,0 +1,98 @@
+//! Carries out the room's actions in the Durable Object: frames to sockets, one group commit at a time, one page of ops at a time.
+//!
+//! Awaiting the sync server opens the object's input gate, so other events
+//! run while a commit or a page is in flight. They only reach the room,
+//! which queues pushes behind the group in flight and asks for the next
+//! group when this one is answered ([`arbor_shared::room::Room::on_commit`]).
+
+use std::collections::VecDeque;
+
+use arbor_shared::protocol::ServerMsg;
+use arbor_shared::room::Action;
+
+use crate::object::RoomObject;
+
+impl RoomObject {
+    /// Carries out `actions` in order; I/O actions feed their results back
+    /// to the room, whose further actions are carried out too.
+    pub(crate) async fn run(&self, actions: Vec<Action>) {
+        let mut todo: VecDeque<Action> = actions.into();
+        while let Some(action) = todo.pop_front() {
+            let more = match action {
+                Action::Send { conn, msg } => {
+                    let is_ops = matches!(msg, ServerMsg::Ops { .. });
+                    let sent = self.with_room(|l| {
+                        l.sockets
+                            .get(&conn)
+                            .map(|ws| ws.send_with_str(msg.encode()).is_ok())
+                    });
+                    match sent.flatten() {
+                        Some(true) => {
+                            if is_ops {
+                                self.save_cursor(conn);
+                            }
+                            None
+                        }
+                        _ => self.with_room(|l| {
+                            l.sockets.remove(&conn);
+                            l.room.on_close(conn)
+                        }),
+                    }
+                }
+                Action::Close { conn, code, reason } => self.with_room(|l| {
+                    if let Some(ws) = l.sockets.remove(&conn) {
+                        let _ = ws.close(Some(code), Some(reason));
+                    }
+                    l.room.on_close(conn)
+                }),
+                Action::Commit { pushes } => {
+                    let Some(upstream) = self.upstream() else {
+                        continue;
+                    };
+                    let results = upstream.commit_group(pushes).await;
+                    self.with_room(|l| l.room.on_commit(results))
+                }
+                Action::CatchUp {
+                    conn,
+                    after,
+                    upto,
+                    limit,
+                } => {
+                    let Some(upstream) = self.upstream() else {
+                        continue;
+                    };
+                    let page = upstream.ops_page(after, upto, limit).await;
+                    let more = self.with_room(|l| match page {
+                        Ok((ops, _)) => l.room.on_catch_up(conn, ops),
+                        Err(e) => {
+                            worker::console_error!("catch-up failed: {e}");
+                            l.room.on_catch_up_failed(conn)
+                        }
+                    });
+                    self.save_cursor(conn);
+                    more
+                }
+                Action::FetchGap { after, upto, limit } => {
+                    let Some(upstream) = self.upstream() else {
+                        continue;
+                    };
+                    let page = upstream.ops_page(after, upto, limit).await;
+                    self.with_room(|l| match page {
+                        Ok((ops, _)) => l.room.on_gap(ops),
+                        Err(e) => {
+                            worker::console_error!("gap fetch failed: {e}");
+                            l.room.on_gap_failed()
+                        }
+                    })
+                }
+            };
+            todo.extend(more.unwrap_or_default());
+        }
+    }
+
+    /// The sync server of the room (a cheap handle: no borrow is held
+    /// across the await that uses it).
+    fn upstream(&self) -> Option<crate::upstream::Upstream> {
+        self.with_room(|l| l.upstream.clone())
+    }
+}

@@ -1,0 +1,278 @@
+//! The Durable Object: the hibernation API's events turned into calls of the shared room, which is rebuilt from the sockets' attachments after memory loss.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use arbor_shared::ErrorCode;
+use arbor_shared::ReplicaId;
+use arbor_shared::auth::Claims;
+use arbor_shared::http::NotifyBody;
+use arbor_shared::room::{Action, ConnId, Room, RoomLimits};
+use serde::{Deserialize, Serialize};
+use worker::{
+    DurableObject, Env, Headers, Request, Response, Result, State, WebSocket,
+    WebSocketIncomingMessage, WebSocketPair, durable_object,
+};
+
+use crate::upstream::Upstream;
+use crate::{CLAIMS_HEADER, LEEWAY_S, PROTOCOL_HEADER, SPACE_HEADER, json_error, now_ms};
+
+/// How often the object checks token expiry while sockets are open.
+const TICK_MS: i64 = 15_000;
+
+/// What a socket keeps across hibernation (its attachment).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Attachment {
+    pub(crate) conn: ConnId,
+    pub(crate) space: String,
+    pub(crate) claims: Claims,
+    /// After hello: its replica and the highest seq sent to it.
+    pub(crate) hello: Option<(ReplicaId, u64)>,
+}
+
+/// The room and its sockets, while the object has memory.
+pub(crate) struct Live {
+    pub(crate) room: Room,
+    pub(crate) upstream: Upstream,
+    pub(crate) sockets: BTreeMap<ConnId, WebSocket>,
+    next_conn: ConnId,
+}
+
+/// One thoughtspace's realtime room.
+#[durable_object]
+pub struct RoomObject {
+    state: State,
+    env: Env,
+    /// The room; `None` until built (and again after hibernation wipes
+    /// memory: it is rebuilt from the sockets' attachments). Never borrowed
+    /// across an await: other events run while this one waits for I/O.
+    pub(crate) live: RefCell<Option<Live>>,
+}
+
+impl RoomObject {
+    /// Builds the room if memory was wiped: the head from the sync server,
+    /// then every open socket restored from its attachment.
+    async fn ensure_live(&self, space_hint: Option<&str>) -> Result<()> {
+        if self.live.borrow().is_some() {
+            return Ok(());
+        }
+        let sockets = self.state.get_websockets();
+        let mut restored = Vec::new();
+        for ws in &sockets {
+            if let Ok(Some(a)) = ws.deserialize_attachment::<Attachment>() {
+                restored.push((a, ws.clone()));
+            }
+        }
+        let space = match (space_hint, restored.first()) {
+            (Some(s), _) => s.to_string(),
+            (None, Some((a, _))) => a.space.clone(),
+            (None, None) => return Err(worker::Error::RustError("no thoughtspace yet".into())),
+        };
+        let upstream = Upstream::new(&self.env, &space)?;
+        let head = upstream.head_seq().await?;
+        if self.live.borrow().is_some() {
+            // Another event built it while we fetched.
+            return Ok(());
+        }
+        let mut room = Room::new(&space, head, None, RoomLimits::default());
+        let mut actions = Vec::new();
+        let mut next_conn = 1;
+        let mut map = BTreeMap::new();
+        // The highest cursor first: the room's head follows it.
+        restored.sort_by_key(|(a, _)| std::cmp::Reverse(a.hello.map_or(0, |(_, c)| c)));
+        for (a, ws) in restored {
+            next_conn = next_conn.max(a.conn + 1);
+            actions.extend(room.restore(a.conn, a.claims, a.hello));
+            map.insert(a.conn, ws);
+        }
+        *self.live.borrow_mut() = Some(Live {
+            room,
+            upstream,
+            sockets: map,
+            next_conn,
+        });
+        self.run(actions).await;
+        Ok(())
+    }
+
+    /// Calls `f` on the room, if built.
+    pub(crate) fn with_room<T>(&self, f: impl FnOnce(&mut Live) -> T) -> Option<T> {
+        self.live.borrow_mut().as_mut().map(f)
+    }
+
+    /// Calls `f` on the room and carries out the actions it returns.
+    async fn drive(&self, f: impl FnOnce(&mut Live) -> Vec<Action>) {
+        let actions = self.with_room(f).unwrap_or_default();
+        self.run(actions).await;
+    }
+
+    /// Keeps a socket's cursor in its attachment (so a rebuilt room
+    /// resumes it without gap or duplicate).
+    pub(crate) fn save_cursor(&self, conn: ConnId) {
+        let _ = self.with_room(|l| {
+            let hello = l.room.conn_cursor(conn);
+            if let Some(ws) = l.sockets.get(&conn)
+                && let Ok(Some(mut a)) = ws.deserialize_attachment::<Attachment>()
+                && a.hello != hello
+            {
+                a.hello = hello;
+                let _ = ws.serialize_attachment(&a);
+            }
+        });
+    }
+
+    async fn ensure_alarm(&self) {
+        let storage = self.state.storage();
+        if let Ok(None) = storage.get_alarm().await {
+            let _ = storage.set_alarm(TICK_MS).await;
+        }
+    }
+
+    async fn accept(&self, req: Request) -> Result<Response> {
+        let headers = req.headers();
+        let space = headers
+            .get(SPACE_HEADER)?
+            .ok_or_else(|| worker::Error::RustError("no space header".into()))?;
+        let claims: Claims = serde_json::from_str(
+            &headers
+                .get(CLAIMS_HEADER)?
+                .ok_or_else(|| worker::Error::RustError("no claims header".into()))?,
+        )
+        .map_err(|e| worker::Error::RustError(e.to_string()))?;
+        let protocol = headers.get(PROTOCOL_HEADER)?;
+        if let Err(e) = self.ensure_live(Some(&space)).await {
+            worker::console_error!("room unavailable: {e}");
+            return json_error(ErrorCode::Unavailable, "the sync server is unavailable");
+        }
+        let pair = WebSocketPair::new()?;
+        let server = pair.server;
+        self.state.accept_web_socket(&server);
+        let conn = self
+            .with_room(|l| {
+                let c = l.next_conn;
+                l.next_conn += 1;
+                l.sockets.insert(c, server.clone());
+                c
+            })
+            .unwrap_or(0);
+        server.serialize_attachment(&Attachment {
+            conn,
+            space,
+            claims: claims.clone(),
+            hello: None,
+        })?;
+        self.drive(|l| l.room.on_connect(conn, claims)).await;
+        self.ensure_alarm().await;
+        let response = Response::from_websocket(pair.client)?;
+        match protocol {
+            Some(p) => {
+                let h = Headers::new();
+                h.set("sec-websocket-protocol", &p)?;
+                Ok(response.with_headers(h))
+            }
+            None => Ok(response),
+        }
+    }
+
+    async fn notice(&self, mut req: Request) -> Result<Response> {
+        let space = req.headers().get(SPACE_HEADER)?.unwrap_or_default();
+        let notice: NotifyBody = match req.json().await {
+            Ok(n) => n,
+            Err(e) => return json_error(ErrorCode::BadRequest, &e.to_string()),
+        };
+        // Only a room with sockets cares; an idle object stays idle.
+        if self.state.get_websockets().is_empty() {
+            return Response::ok("idle");
+        }
+        if let Err(e) = self.ensure_live(Some(&space)).await {
+            worker::console_error!("room unavailable: {e}");
+            return json_error(ErrorCode::Unavailable, "the sync server is unavailable");
+        }
+        self.drive(|l| l.room.on_head(notice.head_seq)).await;
+        Response::ok("ok")
+    }
+
+    async fn socket_gone(&self, ws: &WebSocket) -> Result<()> {
+        if let Some(att) = Self::conn_of(ws) {
+            self.ensure_live(Some(&att.space)).await?;
+            self.drive(|l| {
+                l.sockets.remove(&att.conn);
+                l.room.on_close(att.conn)
+            })
+            .await;
+        }
+        Ok(())
+    }
+
+    fn conn_of(ws: &WebSocket) -> Option<Attachment> {
+        ws.deserialize_attachment::<Attachment>().ok().flatten()
+    }
+}
+
+impl DurableObject for RoomObject {
+    fn new(state: State, env: Env) -> Self {
+        RoomObject {
+            state,
+            env,
+            live: RefCell::new(None),
+        }
+    }
+
+    async fn fetch(&self, req: Request) -> Result<Response> {
+        if req.url()?.path().ends_with("/notify") {
+            return self.notice(req).await;
+        }
+        self.accept(req).await
+    }
+
+    async fn websocket_message(
+        &self,
+        ws: WebSocket,
+        message: WebSocketIncomingMessage,
+    ) -> Result<()> {
+        let Some(att) = Self::conn_of(&ws) else {
+            let _ = ws.close(Some(1011), Some("no attachment"));
+            return Ok(());
+        };
+        self.ensure_live(Some(&att.space)).await?;
+        let text = match message {
+            WebSocketIncomingMessage::String(t) => t,
+            // Not a JSON text frame: the room refuses it.
+            WebSocketIncomingMessage::Binary(_) => "binary frame".to_string(),
+        };
+        self.drive(|l| {
+            l.sockets.entry(att.conn).or_insert_with(|| ws.clone());
+            l.room.on_message(att.conn, &text)
+        })
+        .await;
+        self.save_cursor(att.conn);
+        Ok(())
+    }
+
+    async fn websocket_close(
+        &self,
+        ws: WebSocket,
+        _code: usize,
+        _reason: String,
+        _clean: bool,
+    ) -> Result<()> {
+        self.socket_gone(&ws).await
+    }
+
+    async fn websocket_error(&self, ws: WebSocket, _error: worker::Error) -> Result<()> {
+        self.socket_gone(&ws).await
+    }
+
+    async fn alarm(&self) -> Result<Response> {
+        let sockets = self.state.get_websockets();
+        if sockets.is_empty() {
+            return Response::ok("idle");
+        }
+        let space = sockets.iter().find_map(Self::conn_of).map(|a| a.space);
+        self.ensure_live(space.as_deref()).await?;
+        self.drive(|l| l.room.on_tick(now_ms() / 1000, LEEWAY_S))
+            .await;
+        let _ = self.state.storage().set_alarm(TICK_MS).await;
+        Response::ok("tick")
+    }
+}
