@@ -418,8 +418,9 @@ impl WebReplica {
     }
 
     /// Starts syncing with `server` (HTTP base), `realtime` (WebSocket
-    /// base, empty: the server's) and `token`, until `disconnect`.
-    pub fn connect(&self, server: String, realtime: String, token: String) {
+    /// base, empty: the server's) and `token`, until `disconnect`;
+    /// `keepalive_ms` is the ping period (0: the default).
+    pub fn connect(&self, server: String, realtime: String, token: String, keepalive_ms: f64) {
         let generation = self.inner.generation.get() + 1;
         self.inner.generation.set(generation);
         if let Some(w) = self.inner.wake.borrow_mut().take() {
@@ -436,6 +437,7 @@ impl WebReplica {
             realtime: (!realtime.is_empty()).then_some(realtime),
             space,
             token,
+            keepalive_ms: (keepalive_ms > 0.0).then_some(keepalive_ms as u64),
         };
         wasm_bindgen_futures::spawn_local(sync::run(self.inner.clone(), config, generation));
     }

@@ -38,6 +38,8 @@ pub struct Config {
     pub space: String,
     /// Bearer token.
     pub token: String,
+    /// Keep-alive period, ms (`None`: the session's default).
+    pub keepalive_ms: Option<u64>,
 }
 
 /// What wakes the driver.
@@ -73,11 +75,15 @@ fn now() -> u64 {
 
 /// Runs the session until the generation changes or the session is over.
 pub(crate) async fn run(inner: Rc<Inner>, config: Config, generation: u64) {
+    let defaults = SessionConfig::new(&config.space);
+    let ping_ms = config.keepalive_ms.unwrap_or(defaults.ping_ms);
     let session = Session::new(
         SessionConfig {
             min_backoff_ms: MIN_BACKOFF_MS,
             max_backoff_ms: MAX_BACKOFF_MS,
-            ..SessionConfig::new(&config.space)
+            ping_ms,
+            silence_ms: 3 * ping_ms,
+            ..defaults
         },
         (js::random() * 2f64.powi(53)) as u64,
     );

@@ -48,6 +48,9 @@ pub struct SyncConfig {
     pub min_backoff: Duration,
     /// Longest reconnect delay.
     pub max_backoff: Duration,
+    /// Keep-alive period; a connection silent for three periods is
+    /// presumed dead.
+    pub keepalive: Duration,
 }
 
 impl SyncConfig {
@@ -63,6 +66,7 @@ impl SyncConfig {
             batch_ops: session.batch_ops,
             min_backoff: Duration::from_millis(session.min_backoff_ms),
             max_backoff: Duration::from_millis(session.max_backoff_ms),
+            keepalive: Duration::from_millis(session.ping_ms),
         }
     }
 
@@ -72,6 +76,8 @@ impl SyncConfig {
             batch_ops: self.batch_ops,
             min_backoff_ms: self.min_backoff.as_millis() as u64,
             max_backoff_ms: self.max_backoff.as_millis() as u64,
+            ping_ms: self.keepalive.as_millis() as u64,
+            silence_ms: 3 * self.keepalive.as_millis() as u64,
             ..SessionConfig::new(&self.space)
         }
     }

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 /// What a client does when it receives a code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Disposition {
     /// Transient: try again after a jittered, growing delay.

@@ -82,6 +82,9 @@ export interface ConnectOptions {
   realtime?: string;
   /** A bearer token for this thoughtspace. */
   token: string;
+  /** Keep-alive period in ms (default 20,000); a connection silent for
+   * three periods is presumed dead and reopened. */
+  keepaliveMs?: number;
 }
 
 /** How to open a replica. */

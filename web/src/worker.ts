@@ -71,7 +71,7 @@ function execute(r: WebReplica, method: string, args: unknown[]): unknown {
       return r.count();
     case "connect": {
       wanted = args[0] as ConnectOptions;
-      r.connect(wanted.server, wanted.realtime ?? "", wanted.token);
+      r.connect(wanted.server, wanted.realtime ?? "", wanted.token, wanted.keepaliveMs ?? 0);
       return null;
     }
     case "disconnect":
@@ -101,7 +101,7 @@ async function becomeOwner(): Promise<void> {
     channel?.postMessage({ kind: "status", status } satisfies PeerMsg);
   });
   lastStatus = JSON.parse(r.status()) as Status;
-  if (wanted) r.connect(wanted.server, wanted.realtime ?? "", wanted.token);
+  if (wanted) r.connect(wanted.server, wanted.realtime ?? "", wanted.token, wanted.keepaliveMs ?? 0);
   channel?.postMessage({ kind: "owner" } satisfies PeerMsg);
   post({ event: "status", status: toPage(lastStatus, "owner") });
   // Calls this tab had forwarded to the old owner run here now.

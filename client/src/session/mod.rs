@@ -470,6 +470,8 @@ impl Session {
                 _ => Next::Retry(format!("websocket: HTTP {status}")),
             },
         };
+        // No socket was opened: nothing to close.
+        self.phase = Phase::Waiting { until: now };
         self.finish(r, now, next, &mut out);
         out
     }

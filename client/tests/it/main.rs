@@ -13,3 +13,4 @@ mod cli;
 mod harness;
 mod local;
 mod sync;
+mod transcripts;

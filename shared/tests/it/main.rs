@@ -8,6 +8,7 @@
 )]
 
 mod auth;
+mod codes;
 mod differential;
 mod engine;
 mod fuzz;
