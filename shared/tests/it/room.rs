@@ -570,3 +570,113 @@ fn a_hello_ahead_of_the_room_waits_for_the_database_or_gets_a_snapshot() {
         [ServerMsg::SnapshotRequired { head_seq: 6 }]
     ));
 }
+
+#[test]
+fn pushes_wait_behind_the_group_in_flight_and_commit_together_in_arrival_order() {
+    let mut h = Host::new(0);
+    for c in [1, 2, 3] {
+        h.connect(c, claims(Role::Write, Some(c), u64::MAX));
+        let a = h.room.on_message(c, &hello(c, None));
+        h.run(a);
+    }
+    let push = |c: u64, batch: u64, node: u128| {
+        ClientMsg::Push {
+            batch,
+            ops: vec![mv(batch, c, node, 0)],
+        }
+        .encode()
+    };
+    let a = h.room.on_message(1, &push(1, 10, 1));
+    h.run(a);
+    assert_eq!(h.commits.len(), 1, "the first push commits at once");
+    // Three more arrive while it commits: no second group yet.
+    for (c, b, n) in [(2, 20, 2), (3, 30, 3), (1, 11, 4)] {
+        let a = h.room.on_message(c, &push(c, b, n));
+        h.run(a);
+    }
+    assert_eq!(h.commits.len(), 1);
+    assert_eq!(h.room.pushes_waiting(), 4);
+    // A commit notice while the group is in flight is held, not fetched.
+    let a = h.room.on_head(1);
+    assert!(a.is_empty(), "{a:?}");
+    h.serve_ingest();
+    // The next group holds the three waiting pushes, in arrival order.
+    let batches: Vec<u64> = h.commits[0].iter().map(|p| p.batch).collect();
+    assert_eq!(batches, [20, 30, 11]);
+    h.serve_ingest();
+    assert_eq!(h.room.pushes_waiting(), 0);
+    assert_eq!(h.seqs(2), [1, 2, 3, 4]);
+    let acks: Vec<u64> = h.received[&1]
+        .iter()
+        .filter_map(|m| match m {
+            ServerMsg::Ack { batch } => Some(*batch),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, [10, 11]);
+}
+
+#[test]
+fn a_group_is_bounded_by_pushes_and_ops() {
+    let mut h = Host::new(0);
+    h.room = Room::new(
+        "s",
+        0,
+        None,
+        RoomLimits {
+            group: arbor_shared::room::GroupLimits { pushes: 2, ops: 3 },
+            ..RoomLimits::default()
+        },
+    );
+    // Pushes of 1 op from connections 1 to 4, then one of 3 ops.
+    for c in 1..=5u64 {
+        h.connect(c, claims(Role::Write, Some(c), u64::MAX));
+        let a = h.room.on_message(c, &hello(c, None));
+        h.run(a);
+        let n = if c == 5 { 3 } else { 1 };
+        let ops = (0..n)
+            .map(|i| mv(10 * c + i, c, u128::from(10 * c + i), 0))
+            .collect();
+        let a = h.room.on_message(c, &ClientMsg::Push { batch: c, ops }.encode());
+        h.run(a);
+    }
+    // The first push went alone; then at most 2 pushes a group, and at
+    // most 3 ops unless one push alone has more.
+    let mut groups = Vec::new();
+    while let Some(group) = h.commits.front() {
+        groups.push(group.iter().map(|p| p.batch).collect::<Vec<_>>());
+        h.serve_ingest();
+    }
+    assert_eq!(groups, [vec![1], vec![2, 3], vec![4], vec![5]]);
+    assert_eq!(h.log.len(), 7);
+}
+
+#[test]
+fn catch_up_goes_page_by_page_and_an_empty_page_closes_unavailable() {
+    let mut h = Host::new(2_500);
+    h.connect(1, claims(Role::Read, Some(1), u64::MAX));
+    let a = h.room.on_message(1, &hello(1, Some(0)));
+    h.run(a);
+    // The room asks for one page of at most its page size at a time.
+    let (_, after, upto, limit) = h.catch_ups[0];
+    assert_eq!((after, upto, limit), (0, 2_500, 1_000));
+    h.serve_catch_up(usize::MAX);
+    let (_, after, _, limit) = h.catch_ups[0];
+    assert_eq!((after, limit), (1_000, 1_000));
+    h.serve_catch_up(usize::MAX);
+    h.serve_catch_up(usize::MAX);
+    assert!(h.catch_ups.is_empty());
+    assert_eq!(h.seqs(1), (1..=2_500).collect::<Vec<_>>());
+    // A database that has less than it committed: the connection is told
+    // and closed, never left waiting.
+    h.connect(2, claims(Role::Read, Some(2), u64::MAX));
+    let a = h.room.on_message(2, &hello(2, Some(10)));
+    h.run(a);
+    h.log.truncate(5);
+    h.serve_catch_up(usize::MAX);
+    assert!(matches!(
+        h.received[&2].last(),
+        Some(ServerMsg::Error { code: ErrorCode::Unavailable, batch: None, .. })
+    ));
+    assert_eq!(h.closed.get(&2), Some(&close::INTERNAL));
+}
