@@ -280,9 +280,10 @@ impl SessionRun {
                 Some(a) => return a,
                 None => {
                     jumps += 1;
-                    let deadline = self.session.deadline().unwrap_or_else(|| {
-                        panic!("{}: the session waits for nothing", self.name)
-                    });
+                    let deadline = self
+                        .session
+                        .deadline()
+                        .unwrap_or_else(|| panic!("{}: the session waits for nothing", self.name));
                     assert!(jumps <= 4, "{}: nothing happened by {deadline}", self.name);
                     self.now = self.now.max(deadline);
                     let a = self.session.on_timer(&mut self.replica, self.now);
@@ -385,9 +386,9 @@ impl SessionRun {
                 }
             }
             Step::Close { code } => {
-                let a = self
-                    .session
-                    .on_closed(&mut self.replica, self.now, Some(*code), "scripted");
+                let a =
+                    self.session
+                        .on_closed(&mut self.replica, self.now, Some(*code), "scripted");
                 self.take(a);
             }
             Step::Local { ops } => {

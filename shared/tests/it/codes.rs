@@ -42,7 +42,11 @@ fn the_protocol_documents_every_code_exactly() {
         };
         assert_eq!(*status, code.http_status(), "{code}: HTTP status");
         assert_eq!(*close, code.close_code(), "{code}: close code");
-        assert_eq!(disposition, code.disposition().as_str(), "{code}: disposition");
+        assert_eq!(
+            disposition,
+            code.disposition().as_str(),
+            "{code}: disposition"
+        );
         let want = match code.scope() {
             Scope::Wire => "wire",
             Scope::Local => "local",

@@ -637,7 +637,9 @@ fn a_group_is_bounded_by_pushes_and_ops() {
         let ops = (0..n)
             .map(|i| mv(10 * c + i, c, u128::from(10 * c + i), 0))
             .collect();
-        let a = h.room.on_message(c, &ClientMsg::Push { batch: c, ops }.encode());
+        let a = h
+            .room
+            .on_message(c, &ClientMsg::Push { batch: c, ops }.encode());
         h.run(a);
     }
     // The first push went alone; then at most 2 pushes a group, and at
@@ -676,7 +678,11 @@ fn catch_up_goes_page_by_page_and_an_empty_page_closes_unavailable() {
     h.serve_catch_up(usize::MAX);
     assert!(matches!(
         h.received[&2].last(),
-        Some(ServerMsg::Error { code: ErrorCode::Unavailable, batch: None, .. })
+        Some(ServerMsg::Error {
+            code: ErrorCode::Unavailable,
+            batch: None,
+            ..
+        })
     ));
     assert_eq!(h.closed.get(&2), Some(&close::INTERNAL));
 }

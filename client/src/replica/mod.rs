@@ -1,0 +1,214 @@
+//! [`Replica`]: the local replica over SQLite. Every local op is applied and
+//! queued in the outbox in one transaction; remote ops are applied in seq
+//! order; change notifications say which nodes changed.
+//!
+//! # Layout
+//!
+//! - `mod.rs`: [`Replica`], opening a file, its identity, space, cursor and
+//!   horizon, change subscriptions.
+//! - `error.rs`: [`ReplicaError`].
+//! - `meta.rs`: the `meta` table, the wall clock and randomness.
+//! - `read.rs`: reads (places, fields, children pages, walks).
+//! - `edit.rs`: the local API ([`Position`]: create, move, delete,
+//!   restore, set).
+//! - `outbox.rs`: the outbox (pending ops, acks, refusals, requeue,
+//!   re-stamp).
+//! - `remote.rs`: committed ops applied in seq order.
+//! - `export.rs`: the replica copied as a new replica file.
+
+mod edit;
+mod error;
+mod export;
+pub(crate) mod meta;
+mod outbox;
+mod read;
+mod remote;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use arbor_shared::snapshot::field::replica_from_stored;
+use arbor_shared::{Clock, Hlc, KeyGen, NodeId, ReplicaId, Stamp};
+use rusqlite::Connection;
+
+use crate::schema;
+use crate::store::{Changes, id_blob, id_from_blob};
+
+pub use edit::Position;
+pub use error::ReplicaError;
+pub(crate) use error::Result;
+use meta::random_u64;
+pub(crate) use meta::{key, meta_delete, meta_get, meta_i64, meta_set, meta_text, now_ms};
+pub use read::NodeView;
+
+/// Open options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenOptions {
+    /// `synchronous=FULL`: every commit survives power loss (an fsync per
+    /// local op). Default NORMAL: survives process crashes.
+    pub synchronous_full: bool,
+}
+
+/// A full local replica of one thoughtspace (or one subtree of it).
+pub struct Replica {
+    pub(crate) conn: Connection,
+    /// Invariant: the id stored in `meta` (never changes for a file).
+    pub(crate) replica: ReplicaId,
+    /// Invariant: `clock.last()` is persisted in `meta` by every
+    /// transaction that ticks or observes it.
+    pub(crate) clock: Clock,
+    keys: KeyGen,
+    subscribers: Vec<mpsc::Sender<Arc<Changes>>>,
+    /// Woken whenever the outbox grows (the sync client waits on it).
+    outbox_grew: Arc<tokio::sync::Notify>,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("replica", &self.replica)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Replica {
+    /// Opens (or creates) the replica file at `path`.
+    pub fn open(path: &Path) -> Result<Replica> {
+        Replica::open_with(path, OpenOptions::default())
+    }
+
+    /// Opens (or creates) the replica file at `path` with `options`.
+    pub fn open_with(path: &Path, options: OpenOptions) -> Result<Replica> {
+        Replica::from_connection(Connection::open(path)?, options)
+    }
+
+    /// A replica in memory (tests; browsers without durable storage).
+    pub fn open_in_memory() -> Result<Replica> {
+        Replica::from_connection(Connection::open_in_memory()?, OpenOptions::default())
+    }
+
+    fn from_connection(mut conn: Connection, options: OpenOptions) -> Result<Replica> {
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        schema::migrate(&mut conn, options.synchronous_full)?;
+        let replica = match meta_i64(&conn, key::REPLICA)? {
+            Some(r) => ReplicaId(r as u64),
+            None => {
+                // Never 0 (the server's) and never with the top bit clear
+                // ambiguity: any nonzero value works.
+                let mut r = random_u64();
+                if r == 0 {
+                    r = 1;
+                }
+                meta_set(&conn, key::REPLICA, r as i64)?;
+                ReplicaId(r)
+            }
+        };
+        let last = meta_i64(&conn, key::CLOCK)?.unwrap_or(0).max(0) as u64;
+        Ok(Replica {
+            conn,
+            replica,
+            clock: Clock::new(replica, Hlc(last)),
+            keys: KeyGen::new(replica.0 ^ random_u64()),
+            subscribers: Vec::new(),
+            outbox_grew: Arc::new(tokio::sync::Notify::new()),
+        })
+    }
+
+    /// This replica's id (random, fixed for the file).
+    pub fn replica_id(&self) -> ReplicaId {
+        self.replica
+    }
+
+    /// The connection (read-only use: queries of the app's own).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The thoughtspace this replica belongs to, once bound.
+    pub fn space(&self) -> Result<Option<String>> {
+        Ok(meta_text(&self.conn, key::SPACE)?)
+    }
+
+    /// Binds the replica to `space` (a replica holds one thoughtspace).
+    pub fn bind_space(&mut self, space: &str) -> Result<()> {
+        match self.space()? {
+            Some(have) if have != space => Err(ReplicaError::WrongSpace {
+                have,
+                want: space.to_string(),
+            }),
+            Some(_) => Ok(()),
+            None => Ok(meta_set(&self.conn, key::SPACE, space)?),
+        }
+    }
+
+    /// For a subtree replica: the subtree's root (set by its cold start).
+    pub fn subtree_root(&self) -> Result<Option<NodeId>> {
+        Ok(match meta_get(&self.conn, key::ROOT)? {
+            Some(rusqlite::types::Value::Blob(b)) => Some(id_from_blob(&b)?),
+            _ => None,
+        })
+    }
+
+    /// Makes this a subtree replica of `root` (before its first sync).
+    pub fn bind_subtree(&mut self, root: NodeId) -> Result<()> {
+        Ok(meta_set(&self.conn, key::ROOT, id_blob(root).to_vec())?)
+    }
+
+    /// A free-form setting kept in the file (the CLI's server URL, token).
+    pub fn setting(&self, name: &str) -> Result<Option<String>> {
+        Ok(meta_text(&self.conn, &format!("setting.{name}"))?)
+    }
+
+    /// Stores a free-form setting.
+    pub fn set_setting(&mut self, name: &str, value: &str) -> Result<()> {
+        Ok(meta_set(&self.conn, &format!("setting.{name}"), value)?)
+    }
+
+    /// The highest server seq applied (`None`: never synced, or reset for a
+    /// cold start).
+    pub fn cursor(&self) -> Result<Option<u64>> {
+        Ok(meta_i64(&self.conn, key::CURSOR)?.map(|c| c.max(0) as u64))
+    }
+
+    /// Forgets the cursor, so the next sync cold-starts from a snapshot.
+    pub fn reset_cursor(&mut self) -> Result<()> {
+        Ok(meta_delete(&self.conn, key::CURSOR)?)
+    }
+
+    /// The log horizon (from the last snapshot).
+    pub fn horizon(&self) -> Result<Option<Stamp>> {
+        let h = meta_i64(&self.conn, key::HORIZON_HLC)?;
+        let r = meta_i64(&self.conn, key::HORIZON_REPLICA)?;
+        Ok(h.zip(r)
+            .map(|(h, r)| Stamp::new(h as u64, replica_from_stored(r))))
+    }
+
+    /// Receives the changes of every later commit (local or remote).
+    pub fn subscribe(&mut self) -> mpsc::Receiver<Arc<Changes>> {
+        let (tx, rx) = mpsc::channel();
+        self.subscribers.push(tx);
+        rx
+    }
+
+    /// Notified whenever local ops are queued.
+    pub fn outbox_notify(&self) -> Arc<tokio::sync::Notify> {
+        self.outbox_grew.clone()
+    }
+
+    fn notify(&mut self, changes: Changes) {
+        if changes.is_empty() {
+            return;
+        }
+        let changes = Arc::new(changes);
+        self.subscribers.retain(|s| s.send(changes.clone()).is_ok());
+    }
+
+    pub(crate) fn notify_changes(&mut self, changes: Changes) {
+        self.notify(changes);
+    }
+
+    pub(crate) fn wake_outbox(&self) {
+        self.outbox_grew.notify_one();
+    }
+}
