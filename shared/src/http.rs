@@ -92,3 +92,35 @@ pub struct NotifyBody {
     /// The space's head is at least this seq.
     pub head_seq: u64,
 }
+
+/// A frame of the upstream socket (`GET /v1/spaces/{space}/upstream`,
+/// service tokens): the Durable Object's persistent link to the sync
+/// server for group commits (an HTTP request per group costs the object a
+/// few milliseconds more than a frame on a socket it keeps open).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum UpstreamMsg {
+    /// Object to server: commit these pushes as one group, in order.
+    Commit {
+        /// Echoed by the answer.
+        id: u64,
+        /// The pushes, as a group ingest takes them.
+        pushes: Vec<GroupPush>,
+    },
+    /// Server to object: the group's results, one per push in push order
+    /// (as a group ingest answers).
+    Committed {
+        /// The commit's id.
+        id: u64,
+        /// The results.
+        results: Vec<PushResult>,
+    },
+    /// Server to object: the whole group was refused (too large, or a
+    /// frame that is not a commit); nothing of it committed.
+    Refused {
+        /// The commit's id (0 when the frame could not be read).
+        id: u64,
+        /// Why.
+        error: ErrorDetail,
+    },
+}

@@ -92,6 +92,10 @@ pub async fn serve_with(
         config.token_leeway_s,
         config.socket_queue_frames,
     ));
+    let forward = config
+        .notify_url
+        .clone()
+        .map(|url| notify::Forwarder::start(url, config.key.clone()));
     let state = Arc::new(api::AppState {
         db,
         key: config.key.clone(),
@@ -99,13 +103,10 @@ pub async fn serve_with(
         draining: false.into(),
         rooms: rooms.clone(),
         max_import_bytes: config.max_import_bytes,
+        forwarder: forward.clone(),
     });
     let app = api::router(state.clone(), config.max_body_bytes, &config.cors_origins).merge(extra);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let forward = config
-        .notify_url
-        .clone()
-        .map(|url| notify::Forwarder::start(url, config.key.clone()));
     tokio::spawn(notify::listen(
         config.database.clone(),
         rooms.clone(),

@@ -24,10 +24,15 @@ fn parse(payload: &str) -> Option<(&str, u64)> {
 /// {url}/v1/spaces/{space}/notify`, body `{"head_seq": N}`, a service token
 /// for the space), so a Durable Object's sockets see ops committed by any
 /// path. Only the newest head per space waits: a slow Worker coalesces
-/// notices instead of queueing them.
+/// notices instead of queueing them. A notice the space's Durable Object
+/// already knows (it committed those seqs itself, over its upstream
+/// socket) is not forwarded.
 #[derive(Debug, Clone)]
 pub struct Forwarder {
     waiting: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+    /// Per space, the highest seq its object committed over its upstream
+    /// socket (the object saw those commits' answers).
+    edge_knows: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
     wake: Arc<tokio::sync::Notify>,
 }
 
@@ -36,6 +41,7 @@ impl Forwarder {
     pub fn start(url: String, key: arbor_shared::auth::Hs256Key) -> Forwarder {
         let f = Forwarder {
             waiting: Arc::default(),
+            edge_knows: Arc::default(),
             wake: Arc::default(),
         };
         let me = f.clone();
@@ -49,15 +55,37 @@ impl Forwarder {
                     w.drain().collect()
                 };
                 for (space, head) in batch {
-                    forward_one(&http, &url, &key, &space, head).await;
+                    // Looked at when sending: the object's own commit is
+                    // usually answered by then.
+                    if !me.edge_has(&space, head) {
+                        forward_one(&http, &url, &key, &space, head).await;
+                    }
                 }
             }
         });
         f
     }
 
-    /// Queues `space`'s head for forwarding.
+    /// The space's object committed up to `head` itself (it has the ops).
+    pub fn edge_committed(&self, space: &str, head: u64) {
+        let mut k = self.edge_knows.lock().unwrap_or_else(|p| p.into_inner());
+        let e = k.entry(space.to_string()).or_insert(head);
+        *e = (*e).max(head);
+    }
+
+    fn edge_has(&self, space: &str, head: u64) -> bool {
+        self.edge_knows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(space)
+            .is_some_and(|&k| k >= head)
+    }
+
+    /// Queues `space`'s head for forwarding, unless its object has it.
     pub fn push(&self, space: &str, head: u64) {
+        if self.edge_has(space, head) {
+            return;
+        }
         {
             let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
             let e = w.entry(space.to_string()).or_insert(head);

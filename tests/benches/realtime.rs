@@ -9,8 +9,15 @@
 //! writer behaves like a sync client: an op is queued every 5 ms (200
 //! ops/s), and queued ops go out as one push whenever fewer than 8 pushes
 //! wait for their ack. Latency runs from queueing to receipt at each reader
-//! (p50, p99). Postgres (durable settings), the sync server, workerd and
-//! all clients share the machine's 2 cores.
+//! (p50, p99). Each tier runs as it is deployed: the native endpoint on a
+//! sync server of its own, the Durable Object with a sync server that
+//! forwards commit notices to it (`--notify-url`). Postgres (durable
+//! settings), both servers, workerd and all clients share the machine's 2
+//! cores.
+//!
+//! Then where the time goes: a ping round trip through each endpoint (the
+//! transport alone), and the object's commit call made from here, over the
+//! upstream socket it keeps open and over HTTP (its fallback).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -183,6 +190,137 @@ async fn run(base: &str, space: &str) -> Vec<Duration> {
     all
 }
 
+/// A ping to pong round trip on one socket of `base`, every 5 ms.
+async fn ping_round_trips(base: &str, space: &str) -> Vec<Duration> {
+    let mut ws = connect(base, space, Role::Read).await;
+    hello(&mut ws, 900).await;
+    let mut out = Vec::with_capacity(200);
+    let mut tick = tokio::time::interval(EVERY);
+    while out.len() < 200 {
+        tick.tick().await;
+        let sent = Instant::now();
+        ws.send(Message::Text(ClientMsg::Ping.encode().into()))
+            .await
+            .unwrap();
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Text(t) = m
+                && let Ok(ServerMsg::Pong) = ServerMsg::decode(&t)
+            {
+                out.push(sent.elapsed());
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// The object's commit of one push of one op, every 5 ms: `commit(group)`
+/// sends it and waits for the answer.
+async fn commit_round_trips<F, Fut>(mut commit: F) -> Vec<Duration>
+where
+    F: FnMut(Vec<arbor_shared::http::GroupPush>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let node = NodeId(43);
+    let mut hlc = (now_ms() << 16) + 1;
+    let mut out = Vec::with_capacity(200);
+    let mut tick = tokio::time::interval(EVERY);
+    for i in 0..=200u64 {
+        tick.tick().await;
+        hlc = hlc.max(now_ms() << 16) + 1;
+        let op = if i == 0 {
+            Op::Move(MoveOp {
+                stamp: Stamp::new(hlc, 9),
+                known_seq: 0,
+                node,
+                parent: NodeId::ROOT,
+                key: KeyGen::new(9).append_after(None),
+            })
+        } else {
+            Op::Set(SetOp {
+                stamp: Stamp::new(hlc, 9),
+                known_seq: 0,
+                node,
+                field: "t".into(),
+                value: Some(i.to_string()),
+            })
+        };
+        let group = vec![arbor_shared::http::GroupPush {
+            author: Some(ReplicaId(9)),
+            ops: vec![op],
+        }];
+        let sent = Instant::now();
+        commit(group).await;
+        if i > 0 {
+            out.push(sent.elapsed());
+        }
+    }
+    out
+}
+
+/// The commit call over HTTP: `POST .../ops/group`.
+async fn http_commits(server: &str, space: &str) -> Vec<Duration> {
+    let http = reqwest::Client::new();
+    let url = format!("{server}/v1/spaces/{space}/ops/group");
+    let token = token(space, Role::Service);
+    commit_round_trips(|pushes| {
+        let r = http
+            .post(&url)
+            .bearer_auth(&token)
+            .json(&arbor_shared::http::GroupIngestBody { pushes })
+            .send();
+        async move {
+            let r = r.await.unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+            r.bytes().await.unwrap();
+        }
+    })
+    .await
+}
+
+/// The commit call over the upstream socket the object keeps open.
+async fn socket_commits(server: &str, space: &str) -> Vec<Duration> {
+    use arbor_shared::http::UpstreamMsg;
+    let url = format!(
+        "{}/v1/spaces/{space}/upstream",
+        server.replace("http://", "ws://")
+    );
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token(space, Role::Service))
+            .parse()
+            .unwrap(),
+    );
+    let ws = tokio_tungstenite::connect_async_with_config(req, None, true)
+        .await
+        .unwrap()
+        .0;
+    let ws = std::sync::Arc::new(tokio::sync::Mutex::new(ws));
+    let mut id = 0u64;
+    commit_round_trips(|pushes| {
+        id += 1;
+        let (ws, id) = (ws.clone(), id);
+        async move {
+            let mut ws = ws.lock().await;
+            let frame = serde_json::to_string(&UpstreamMsg::Commit { id, pushes }).unwrap();
+            ws.send(Message::Text(frame.into())).await.unwrap();
+            while let Some(Ok(m)) = ws.next().await {
+                if let Message::Text(t) = m {
+                    match serde_json::from_str::<UpstreamMsg>(&t).unwrap() {
+                        UpstreamMsg::Committed { id: got, .. } if got == id => return,
+                        other => {
+                            assert!(!matches!(other, UpstreamMsg::Refused { .. }), "{other:?}")
+                        }
+                    }
+                }
+            }
+            panic!("the upstream socket closed");
+        }
+    })
+    .await
+}
+
 fn pct(v: &mut [Duration], p: f64) -> f64 {
     v.sort();
     v[((v.len() as f64 * p) as usize).min(v.len() - 1)].as_secs_f64() * 1e3
@@ -202,7 +340,12 @@ async fn main() {
     let db = Db::new(cluster.config("bench"), 2).unwrap();
     db.create_space("native").await.unwrap();
     db.create_space("edge").await.unwrap();
+    db.create_space("probe").await.unwrap();
     let worker_port = workerd::free_port();
+    // The native tier: a sync server of its own, as self-hosting runs it.
+    let native_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let native_server = format!("http://{}", native_listener.local_addr().unwrap());
+    // The edge tier's sync server forwards commit notices to the Worker.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = format!("http://{}", listener.local_addr().unwrap());
     let config = Config {
@@ -218,14 +361,27 @@ async fn main() {
         notify_url: Some(format!("http://127.0.0.1:{worker_port}")),
     };
     tokio::spawn(arbor_sync_server::serve(
+        native_listener,
+        None,
+        Config {
+            notify_url: None,
+            ..config.clone()
+        },
+        std::future::pending(),
+    ));
+    tokio::spawn(arbor_sync_server::serve(
         listener,
         None,
         config,
         std::future::pending(),
     ));
     let workerd = workerd::Workerd::start(&server, SECRET, worker_port).await;
-    let mut native = run(&server, "native").await;
+    let mut native = run(&native_server, "native").await;
     let mut edge = run(&workerd.url(), "edge").await;
+    let mut ping_native = ping_round_trips(&native_server, "native").await;
+    let mut ping_edge = ping_round_trips(&workerd.url(), "edge").await;
+    let mut over_socket = socket_commits(&native_server, "probe").await;
+    let mut over_http = http_commits(&native_server, "probe").await;
     println!();
     println!(
         "| push to receipt, {READERS} sockets, 1 writer at 200 ops/s, {OPS} ops | p50 ms | p99 ms | samples |"
@@ -238,11 +394,37 @@ async fn main() {
         native.len()
     );
     println!(
-        "| Durable Object in workerd (wrangler dev), ingest over HTTP | {:.2} | {:.2} | {} |",
+        "| Durable Object in workerd (wrangler dev), commits over its upstream socket | {:.2} | {:.2} | {} |",
         pct(&mut edge, 0.5),
         pct(&mut edge, 0.99),
         edge.len()
     );
+    println!(
+        "| ratio of p99, Durable Object / native | | {:.2}x | |",
+        pct(&mut edge, 0.99) / pct(&mut native, 0.99)
+    );
+    println!();
+    println!("| where the time goes | p50 ms | p99 ms | samples |");
+    println!("|---|---|---|---|");
+    for (what, v) in [
+        ("ping round trip, native endpoint", &mut ping_native),
+        ("ping round trip, Durable Object in workerd", &mut ping_edge),
+        (
+            "the object's commit call (1 push, 1 op) over the upstream socket",
+            &mut over_socket,
+        ),
+        (
+            "the same over HTTP (`POST .../ops/group`, the fallback)",
+            &mut over_http,
+        ),
+    ] {
+        println!(
+            "| {what} | {:.2} | {:.2} | {} |",
+            pct(v, 0.5),
+            pct(v, 0.99),
+            v.len()
+        );
+    }
     drop(workerd);
     cluster.stop();
 }

@@ -272,6 +272,7 @@ impl DurableObject for RoomObject {
         self.ensure_live(space.as_deref()).await?;
         self.drive(|l| l.room.on_tick(now_ms() / 1000, LEEWAY_S))
             .await;
+        let _ = self.with_room(|l| l.upstream.close_if_idle());
         let _ = self.state.storage().set_alarm(TICK_MS).await;
         Response::ok("tick")
     }

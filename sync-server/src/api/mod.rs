@@ -14,6 +14,7 @@
 //! - `ops.rs`: ingest, group ingest (the Durable Object's), catch-up.
 //! - `children.rs`: the children endpoint.
 //! - `websocket.rs`: the realtime upgrade.
+//! - `upstream.rs`: the Durable Object's upstream socket (group commits).
 //! - `snapshots.rs`: snapshot, subtree snapshot, export, import.
 
 mod auth;
@@ -23,6 +24,7 @@ mod health;
 mod ops;
 mod snapshots;
 mod spaces;
+mod upstream;
 mod websocket;
 
 use std::sync::Arc;
@@ -56,6 +58,8 @@ pub struct AppState {
     pub rooms: Arc<crate::realtime::Rooms>,
     /// Largest import file, bytes.
     pub max_import_bytes: u64,
+    /// Forwards commit notices to the Worker (`--notify-url`), if set.
+    pub forwarder: Option<crate::notify::Forwarder>,
 }
 
 /// The admin routes: `/metrics` (Prometheus text), `/livez`, `/readyz`.
@@ -124,6 +128,7 @@ fn api_routes(state: Arc<AppState>, max_body_bytes: usize) -> Router {
             get(children::children),
         )
         .route("/v1/spaces/{space}/ws", get(websocket::websocket))
+        .route("/v1/spaces/{space}/upstream", get(upstream::upstream))
         .route("/v1/spaces/{space}/snapshot", get(snapshots::snapshot))
         .route(
             "/v1/spaces/{space}/subtree/{node}/snapshot",

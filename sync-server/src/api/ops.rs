@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use arbor_shared::auth::{Need, Role};
+use arbor_shared::error::ErrorDetail;
 use arbor_shared::http::{
-    CommittedJson, GroupIngestAnswer, GroupIngestBody, IngestBody, OpsBody, PushResult,
+    CommittedJson, GroupIngestAnswer, GroupIngestBody, GroupPush, IngestBody, OpsBody, PushResult,
 };
 use arbor_shared::{ErrorCode, Op, ReplicaId};
 use axum::Json;
@@ -125,19 +126,31 @@ pub(super) async fn group_ingest(
 ) -> Result<Json<GroupIngestAnswer>, ApiError> {
     authorize(&state, &headers, &space, Need::Service)?;
     let Json(body) = body.map_err(json_refusal)?;
-    let total: usize = body.pushes.iter().map(|p| p.ops.len()).sum();
-    if body.pushes.len() > MAX_GROUP_PUSHES || total > MAX_BATCH {
+    Ok(Json(GroupIngestAnswer {
+        results: commit_group(&state, &space, body.pushes).await?,
+    }))
+}
+
+/// Commits `pushes` as one group (the group ingest route and the upstream
+/// socket): one result per push, in push order. The committed ops reach the
+/// space's sockets on this server.
+pub(super) async fn commit_group(
+    state: &AppState,
+    space: &str,
+    pushes: Vec<GroupPush>,
+) -> Result<Vec<PushResult>, ApiError> {
+    let total: usize = pushes.iter().map(|p| p.ops.len()).sum();
+    if pushes.len() > MAX_GROUP_PUSHES || total > MAX_BATCH {
         return Err(ApiError::new(
             ErrorCode::BatchTooLarge,
             format!(
                 "{} pushes of {total} ops, at most {MAX_GROUP_PUSHES} and {MAX_BATCH}",
-                body.pushes.len()
+                pushes.len()
             ),
         ));
     }
     // A push that breaks a limit is refused alone; the others commit.
-    let mut results: Vec<Option<PushResult>> = body
-        .pushes
+    let mut results: Vec<Option<PushResult>> = pushes
         .iter()
         .map(|p| {
             check_batch(&p.ops).err().map(|e| PushResult {
@@ -146,15 +159,14 @@ pub(super) async fn group_ingest(
             })
         })
         .collect();
-    let pushes: Vec<(Option<ReplicaId>, Vec<Op>)> = body
-        .pushes
+    let valid: Vec<(Option<ReplicaId>, Vec<Op>)> = pushes
         .into_iter()
         .zip(&results)
         .filter(|(_, refused)| refused.is_none())
         .map(|(p, _)| (p.author, p.ops))
         .collect();
     let started = std::time::Instant::now();
-    let answers = state.db.apply_group(&space, &pushes).await;
+    let answers = state.db.apply_group(space, &valid).await;
     let elapsed = started.elapsed().as_secs_f64();
     let mut relay = Vec::new();
     let mut answers = answers.into_iter();
@@ -173,12 +185,12 @@ pub(super) async fn group_ingest(
                 crate::metrics::ingest(Err(code), 0.0);
                 PushResult {
                     ops: None,
-                    error: Some(arbor_shared::error::ErrorDetail { code, message }),
+                    error: Some(ErrorDetail { code, message }),
                 }
             }
             None => PushResult {
                 ops: None,
-                error: Some(arbor_shared::error::ErrorDetail {
+                error: Some(ErrorDetail {
                     code: ErrorCode::Internal,
                     message: "the push was not answered".into(),
                 }),
@@ -187,10 +199,8 @@ pub(super) async fn group_ingest(
         *slot = Some(result);
     }
     relay.sort_by_key(|c| c.seq);
-    state.rooms.committed(&space, &relay).await;
-    Ok(Json(GroupIngestAnswer {
-        results: results.into_iter().flatten().collect(),
-    }))
+    state.rooms.committed(space, &relay).await;
+    Ok(results.into_iter().flatten().collect())
 }
 
 /// Query of catch-up.

@@ -14,6 +14,7 @@ mod concurrency;
 mod dev;
 mod differential;
 mod fuzz;
+mod group;
 mod harness;
 mod http;
 mod import;
