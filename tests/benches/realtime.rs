@@ -11,7 +11,9 @@
 //! wait for their ack. Latency runs from queueing to receipt at each reader
 //! (p50, p99). Each tier runs as it is deployed: the native endpoint on a
 //! sync server of its own, the Durable Object with a sync server that
-//! forwards commit notices to it (`--notify-url`). Postgres (durable
+//! forwards commit notices to it (`--notify-url`), in one workerd process
+//! (Miniflare's API, as Cloudflare runs it) and then behind `wrangler dev`
+//! (which puts a second, proxying workerd in front). Postgres (durable
 //! settings), both servers, workerd and all clients share the machine's 2
 //! cores.
 //!
@@ -375,11 +377,19 @@ async fn main() {
         config,
         std::future::pending(),
     ));
-    let workerd = workerd::Workerd::start(&server, SECRET, worker_port).await;
+    let mut workerd =
+        workerd::Workerd::start_with(workerd::Runner::Miniflare, &server, SECRET, worker_port)
+            .await;
     let mut native = run(&native_server, "native").await;
     let mut edge = run(&workerd.url(), "edge").await;
-    let mut ping_native = ping_round_trips(&native_server, "native").await;
     let mut ping_edge = ping_round_trips(&workerd.url(), "edge").await;
+    drop(workerd);
+    workerd =
+        workerd::Workerd::start_with(workerd::Runner::Wrangler, &server, SECRET, worker_port).await;
+    db.create_space("edge2").await.unwrap();
+    let mut edge_wrangler = run(&workerd.url(), "edge2").await;
+    let mut ping_wrangler = ping_round_trips(&workerd.url(), "edge2").await;
+    let mut ping_native = ping_round_trips(&native_server, "native").await;
     let mut over_socket = socket_commits(&native_server, "probe").await;
     let mut over_http = http_commits(&native_server, "probe").await;
     println!();
@@ -394,7 +404,7 @@ async fn main() {
         native.len()
     );
     println!(
-        "| Durable Object in workerd (wrangler dev), commits over its upstream socket | {:.2} | {:.2} | {} |",
+        "| Durable Object in one workerd (Miniflare), commits over its upstream socket | {:.2} | {:.2} | {} |",
         pct(&mut edge, 0.5),
         pct(&mut edge, 0.99),
         edge.len()
@@ -403,12 +413,25 @@ async fn main() {
         "| ratio of p99, Durable Object / native | | {:.2}x | |",
         pct(&mut edge, 0.99) / pct(&mut native, 0.99)
     );
+    println!(
+        "| the same Durable Object behind `wrangler dev` (a second, proxying workerd in front) | {:.2} | {:.2} | {} |",
+        pct(&mut edge_wrangler, 0.5),
+        pct(&mut edge_wrangler, 0.99),
+        edge_wrangler.len()
+    );
     println!();
     println!("| where the time goes | p50 ms | p99 ms | samples |");
     println!("|---|---|---|---|");
     for (what, v) in [
         ("ping round trip, native endpoint", &mut ping_native),
-        ("ping round trip, Durable Object in workerd", &mut ping_edge),
+        (
+            "ping round trip, Durable Object in one workerd",
+            &mut ping_edge,
+        ),
+        (
+            "ping round trip, Durable Object behind `wrangler dev`",
+            &mut ping_wrangler,
+        ),
         (
             "the object's commit call (1 push, 1 op) over the upstream socket",
             &mut over_socket,

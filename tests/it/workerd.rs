@@ -48,17 +48,35 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// How the Worker is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runner {
+    /// `wrangler dev`: the developer's command; a second, proxying workerd
+    /// sits in front of the Worker's.
+    Wrangler,
+    /// Miniflare's API (`tests/workerd/miniflare.mjs`): one workerd process,
+    /// requests straight to the Worker, as in production.
+    Miniflare,
+}
+
 pub struct Workerd {
     child: Option<Child>,
     pub port: u16,
     dir: PathBuf,
-    wrangler: PathBuf,
+    tools: PathBuf,
+    runner: Runner,
+    server_url: String,
+    secret: String,
 }
 
 impl Workerd {
     /// Starts the Worker on `port` for the sync server at `server_url`,
     /// verifying tokens with `secret`; returns once it answers.
     pub async fn start(server_url: &str, secret: &str, port: u16) -> Workerd {
+        Workerd::start_with(Runner::Wrangler, server_url, secret, port).await
+    }
+
+    pub async fn start_with(runner: Runner, server_url: &str, secret: &str, port: u16) -> Workerd {
         let build = repo_root().join("worker-realtime/build/index.js");
         assert!(
             build.exists(),
@@ -91,12 +109,14 @@ impl Workerd {
             format!("ARBOR_JWT_SECRET={secret}\n"),
         )
         .unwrap();
-        let wrangler = tools_dir().join("node_modules/.bin/wrangler");
         let mut w = Workerd {
             child: None,
             port,
             dir,
-            wrangler,
+            tools: tools_dir(),
+            runner,
+            server_url: server_url.to_string(),
+            secret: secret.to_string(),
         };
         w.spawn().await;
         w
@@ -105,11 +125,27 @@ impl Workerd {
     async fn spawn(&mut self) {
         use std::os::unix::process::CommandExt as _;
         let log = std::fs::File::create(self.dir.join("wrangler.log")).unwrap();
-        let child = Command::new(&self.wrangler)
+        let mut command = match self.runner {
+            Runner::Wrangler => {
+                let mut c = Command::new(self.tools.join("node_modules/.bin/wrangler"));
+                c.args(["dev", "--config", "wrangler.toml", "--ip", "127.0.0.1"])
+                    .args(["--port", &self.port.to_string()])
+                    .args(["--persist-to", "state", "--log-level", "warn"]);
+                c
+            }
+            Runner::Miniflare => {
+                let mut c = Command::new("node");
+                c.arg(repo_root().join("tests/workerd/miniflare.mjs"))
+                    .arg(self.port.to_string())
+                    .arg(&self.server_url)
+                    .arg(&self.secret)
+                    .arg(repo_root().join("worker-realtime/build"))
+                    .env("ARBOR_WORKER_TOOLS", &self.tools);
+                c
+            }
+        };
+        let child = command
             .current_dir(&self.dir)
-            .args(["dev", "--config", "wrangler.toml", "--ip", "127.0.0.1"])
-            .args(["--port", &self.port.to_string()])
-            .args(["--persist-to", "state", "--log-level", "warn"])
             .env("WRANGLER_SEND_METRICS", "false")
             .env("WRANGLER_SEND_ERROR_REPORTS", "false")
             .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")

@@ -5,34 +5,55 @@
 //! which queues pushes behind the group in flight and asks for the next
 //! group when this one is answered ([`arbor_shared::room::Room::on_commit`]).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use arbor_shared::protocol::ServerMsg;
-use arbor_shared::room::Action;
+use arbor_shared::room::{Action, ConnId};
 
 use crate::object::RoomObject;
 
 impl RoomObject {
     /// Carries out `actions` in order; I/O actions feed their results back
     /// to the room, whose further actions are carried out too.
+    ///
+    /// The cursors of sockets sent `ops` are written to their attachments
+    /// once, when the actions are done: memory is only lost between events,
+    /// and one write per socket per event costs less than one per frame.
     pub(crate) async fn run(&self, actions: Vec<Action>) {
         let mut todo: VecDeque<Action> = actions.into();
+        let mut moved: BTreeSet<ConnId> = BTreeSet::new();
+        // The same ops go to every live socket: encode each frame once
+        // (seqs name ops, so equal (first, last, len) is the same frame).
+        let mut last_ops: Option<((u64, u64, usize), String)> = None;
         while let Some(action) = todo.pop_front() {
             let more = match action {
                 Action::Send { conn, msg } => {
-                    let is_ops = matches!(msg, ServerMsg::Ops { .. });
+                    let text = match &msg {
+                        ServerMsg::Ops { ops } => {
+                            let id = (
+                                ops.first().map_or(0, |o| o.seq),
+                                ops.last().map_or(0, |o| o.seq),
+                                ops.len(),
+                            );
+                            moved.insert(conn);
+                            match &last_ops {
+                                Some((seen, text)) if *seen == id => text.clone(),
+                                _ => {
+                                    let text = msg.encode();
+                                    last_ops = Some((id, text.clone()));
+                                    text
+                                }
+                            }
+                        }
+                        _ => msg.encode(),
+                    };
                     let sent = self.with_room(|l| {
                         l.sockets
                             .get(&conn)
-                            .map(|ws| ws.send_with_str(msg.encode()).is_ok())
+                            .map(|s| s.ws.send_with_str(&text).is_ok())
                     });
                     match sent.flatten() {
-                        Some(true) => {
-                            if is_ops {
-                                self.save_cursor(conn);
-                            }
-                            None
-                        }
+                        Some(true) => None,
                         _ => self.with_room(|l| {
                             l.sockets.remove(&conn);
                             l.room.on_close(conn)
@@ -40,8 +61,8 @@ impl RoomObject {
                     }
                 }
                 Action::Close { conn, code, reason } => self.with_room(|l| {
-                    if let Some(ws) = l.sockets.remove(&conn) {
-                        let _ = ws.close(Some(code), Some(reason));
+                    if let Some(s) = l.sockets.remove(&conn) {
+                        let _ = s.ws.close(Some(code), Some(reason));
                     }
                     l.room.on_close(conn)
                 }),
@@ -62,15 +83,14 @@ impl RoomObject {
                         continue;
                     };
                     let page = upstream.ops_page(after, upto, limit).await;
-                    let more = self.with_room(|l| match page {
+                    moved.insert(conn);
+                    self.with_room(|l| match page {
                         Ok((ops, _)) => l.room.on_catch_up(conn, ops),
                         Err(e) => {
                             worker::console_error!("catch-up failed: {e}");
                             l.room.on_catch_up_failed(conn)
                         }
-                    });
-                    self.save_cursor(conn);
-                    more
+                    })
                 }
                 Action::FetchGap { after, upto, limit } => {
                     let Some(upstream) = self.upstream() else {
@@ -87,6 +107,9 @@ impl RoomObject {
                 }
             };
             todo.extend(more.unwrap_or_default());
+        }
+        for conn in moved {
+            self.save_cursor(conn);
         }
     }
 

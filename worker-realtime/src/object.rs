@@ -30,11 +30,19 @@ pub(crate) struct Attachment {
     pub(crate) hello: Option<(ReplicaId, u64)>,
 }
 
+/// A socket and what its attachment holds (kept here too, so a cursor
+/// write needs no read of the attachment).
+pub(crate) struct Socket {
+    pub(crate) ws: WebSocket,
+    /// Invariant: equal to the socket's stored attachment.
+    pub(crate) attachment: Attachment,
+}
+
 /// The room and its sockets, while the object has memory.
 pub(crate) struct Live {
     pub(crate) room: Room,
     pub(crate) upstream: Upstream,
-    pub(crate) sockets: BTreeMap<ConnId, WebSocket>,
+    pub(crate) sockets: BTreeMap<ConnId, Socket>,
     next_conn: ConnId,
 }
 
@@ -82,8 +90,8 @@ impl RoomObject {
         restored.sort_by_key(|(a, _)| std::cmp::Reverse(a.hello.map_or(0, |(_, c)| c)));
         for (a, ws) in restored {
             next_conn = next_conn.max(a.conn + 1);
-            actions.extend(room.restore(a.conn, a.claims, a.hello));
-            map.insert(a.conn, ws);
+            actions.extend(room.restore(a.conn, a.claims.clone(), a.hello));
+            map.insert(a.conn, Socket { ws, attachment: a });
         }
         *self.live.borrow_mut() = Some(Live {
             room,
@@ -106,17 +114,16 @@ impl RoomObject {
         self.run(actions).await;
     }
 
-    /// Keeps a socket's cursor in its attachment (so a rebuilt room
-    /// resumes it without gap or duplicate).
+    /// Keeps a socket's hello and cursor in its attachment (so a rebuilt
+    /// room resumes it without gap or duplicate); writes only a change.
     pub(crate) fn save_cursor(&self, conn: ConnId) {
         let _ = self.with_room(|l| {
             let hello = l.room.conn_cursor(conn);
-            if let Some(ws) = l.sockets.get(&conn)
-                && let Ok(Some(mut a)) = ws.deserialize_attachment::<Attachment>()
-                && a.hello != hello
+            if let Some(s) = l.sockets.get_mut(&conn)
+                && s.attachment.hello != hello
             {
-                a.hello = hello;
-                let _ = ws.serialize_attachment(&a);
+                s.attachment.hello = hello;
+                let _ = s.ws.serialize_attachment(&s.attachment);
             }
         });
     }
@@ -151,16 +158,25 @@ impl RoomObject {
             .with_room(|l| {
                 let c = l.next_conn;
                 l.next_conn += 1;
-                l.sockets.insert(c, server.clone());
                 c
             })
             .unwrap_or(0);
-        server.serialize_attachment(&Attachment {
+        let attachment = Attachment {
             conn,
             space,
             claims: claims.clone(),
             hello: None,
-        })?;
+        };
+        server.serialize_attachment(&attachment)?;
+        let _ = self.with_room(|l| {
+            l.sockets.insert(
+                conn,
+                Socket {
+                    ws: server.clone(),
+                    attachment,
+                },
+            )
+        });
         self.drive(|l| l.room.on_connect(conn, claims)).await;
         self.ensure_alarm().await;
         let response = Response::from_websocket(pair.client)?;
@@ -241,7 +257,10 @@ impl DurableObject for RoomObject {
             WebSocketIncomingMessage::Binary(_) => "binary frame".to_string(),
         };
         self.drive(|l| {
-            l.sockets.entry(att.conn).or_insert_with(|| ws.clone());
+            l.sockets.entry(att.conn).or_insert_with(|| Socket {
+                ws: ws.clone(),
+                attachment: att.clone(),
+            });
             l.room.on_message(att.conn, &text)
         })
         .await;

@@ -114,7 +114,9 @@ async fn the_upstream_socket_answers_each_commit_by_id() {
     let s = Server::start().await;
     let admin = token("demo", Role::Admin, None, 60);
     s.create_space("demo", &admin).await;
-    let url = s.url("/v1/spaces/demo/upstream").replace("http://", "ws://");
+    let url = s
+        .url("/v1/spaces/demo/upstream")
+        .replace("http://", "ws://");
     // A write token is refused before the upgrade.
     let mut req = url.clone().into_client_request().unwrap();
     req.headers_mut().insert(
