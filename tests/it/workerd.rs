@@ -56,7 +56,10 @@ pub enum Runner {
     Wrangler,
     /// Miniflare's API (`tests/workerd/miniflare.mjs`): one workerd process,
     /// requests straight to the Worker, as in production.
-    #[allow(dead_code, reason = "the realtime bench runs it; the tests use wrangler dev")]
+    #[allow(
+        dead_code,
+        reason = "the realtime bench runs it; the tests use wrangler dev"
+    )]
     Miniflare,
 }
 
