@@ -21,13 +21,26 @@ pub enum Position {
     After(NodeId),
 }
 
+/// Where a node goes: its key, and the siblings that must move first to make
+/// room (new keys for a run of siblings whose keys equal the gap's lower
+/// bound).
+struct Placement {
+    key: OrderKey,
+    rekeys: Vec<(NodeId, OrderKey)>,
+}
+
 impl Replica {
+    /// The key for `pos` among `parent`'s children (skipping `moving`).
+    /// Between two siblings with equal keys there is no key: then the run
+    /// of equal-keyed siblings after the gap gets new keys above the new
+    /// node's, below the next greater key, in their order (extra moves the
+    /// caller commits with the op, so every replica sees the same order).
     fn key_for(
         &mut self,
         parent: NodeId,
         pos: Position,
         moving: Option<NodeId>,
-    ) -> Result<OrderKey> {
+    ) -> Result<Placement> {
         let tree = Tree::new(SqliteStore::new(&self.conn));
         // Neighbors of the gap, skipping the node being moved (moving a node
         // next to itself keeps the order).
@@ -88,19 +101,88 @@ impl Replica {
                 )
                 .optional()?)
         };
-        let (lo, hi) = match pos {
-            Position::First => (None, edge(false)?),
-            Position::Last => (edge(true)?, None),
+        // The gap, and the sibling just after it (the first of a run of
+        // equal keys that may need new ones).
+        let (lo, hi, after_gap) = match pos {
+            Position::First => (None, edge(false)?, None),
+            Position::Last => (edge(true)?, None, None),
             Position::Before(sib) => {
                 let (prev, key, _) = neighbors(sib)?;
-                (prev, Some(key))
+                (prev, Some(key), Some((sib, true)))
             }
             Position::After(sib) => {
                 let (_, key, next) = neighbors(sib)?;
-                (Some(key), next)
+                (Some(key), next, Some((sib, false)))
             }
         };
-        Ok(self.keys.between(lo.as_ref(), hi.as_ref())?)
+        if lo.is_none() || lo != hi {
+            return Ok(Placement {
+                key: self.keys.between(lo.as_ref(), hi.as_ref())?,
+                rekeys: Vec::new(),
+            });
+        }
+        // lo == hi: the siblings after the gap whose key equals lo move up.
+        let equal = lo.unwrap_or_else(|| unreachable!("checked above"));
+        let skip = id_blob(moving.unwrap_or(NodeId::ROOT));
+        let (from_id, inclusive) = match after_gap {
+            Some((id, inclusive)) => (id, inclusive),
+            None => (NodeId::ROOT, true),
+        };
+        let run: Vec<NodeId> = {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT id FROM nodes
+                 WHERE parent = ?1 AND key = ?2 AND id <> ?3
+                   AND (id > ?4 OR (?5 AND id = ?4))
+                 ORDER BY id",
+            )?;
+            let rows = stmt.query_map(
+                params![
+                    id_blob(parent),
+                    equal.as_bytes(),
+                    skip,
+                    id_blob(from_id),
+                    inclusive
+                ],
+                |r| id_from_blob(&r.get::<_, Vec<u8>>(0)?),
+            )?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let above: Option<OrderKey> = self
+            .conn
+            .prepare_cached(
+                "SELECT key FROM nodes WHERE parent = ?1 AND key > ?2 AND id <> ?3
+                 ORDER BY key, id LIMIT 1",
+            )?
+            .query_row(params![id_blob(parent), equal.as_bytes(), skip], |r| {
+                key_from_blob(&r.get::<_, Vec<u8>>(0)?)
+            })
+            .optional()?;
+        let key = self.keys.between(Some(&equal), above.as_ref())?;
+        let mut rekeys = Vec::with_capacity(run.len());
+        let mut last = key.clone();
+        for id in run {
+            let k = self.keys.between(Some(&last), above.as_ref())?;
+            rekeys.push((id, k.clone()));
+            last = k;
+        }
+        Ok(Placement { key, rekeys })
+    }
+
+    /// The moves that give `rekeys` their new keys under `parent`.
+    fn rekey_ops(&mut self, parent: NodeId, rekeys: Vec<(NodeId, OrderKey)>) -> Result<Vec<Op>> {
+        let known_seq = self.known_seq()?;
+        rekeys
+            .into_iter()
+            .map(|(node, key)| {
+                Ok(Op::Move(MoveOp {
+                    stamp: self.tick()?,
+                    known_seq,
+                    node,
+                    parent,
+                    key,
+                }))
+            })
+            .collect()
     }
 
     /// Applies `ops` (made by this replica) and queues them, in one
@@ -159,16 +241,21 @@ impl Replica {
         fields: &[(&str, &str)],
     ) -> Result<NodeId> {
         self.check_parent(parent)?;
+        if parent == NodeId::TRASH {
+            // A node is deleted by moving it there, never created there.
+            return Err(ReplicaError::Reserved(parent));
+        }
         let node = NodeId::from_random_bits(random_u128());
-        let key = self.key_for(parent, pos, None)?;
+        let Placement { key, rekeys } = self.key_for(parent, pos, None)?;
         let known_seq = self.known_seq()?;
-        let mut ops = vec![Op::Move(MoveOp {
+        let mut ops = self.rekey_ops(parent, rekeys)?;
+        ops.push(Op::Move(MoveOp {
             stamp: self.tick()?,
             known_seq,
             node,
             parent,
             key,
-        })];
+        }));
         for (field, value) in fields {
             ops.push(Op::Set(SetOp {
                 stamp: self.tick()?,
@@ -194,21 +281,23 @@ impl Replica {
         if node == parent || self.tree().is_ancestor(node, parent)? {
             return Err(ReplicaError::Cycle { node, parent });
         }
-        let key = self.key_for(parent, pos, Some(node))?;
-        let op = Op::Move(MoveOp {
+        let Placement { key, rekeys } = self.key_for(parent, pos, Some(node))?;
+        let mut ops = self.rekey_ops(parent, rekeys)?;
+        ops.push(Op::Move(MoveOp {
             stamp: self.tick()?,
             known_seq: self.known_seq()?,
             node,
             parent,
             key,
-        });
-        self.commit_local(vec![op])
+        }));
+        self.commit_local(ops)
     }
 
     /// Deletes `node` (and so its subtree): moves it under TRASH.
     pub fn delete(&mut self, node: NodeId) -> Result<()> {
         self.check_movable(node)?;
-        let key = self.key_for(NodeId::TRASH, Position::Last, Some(node))?;
+        // Last under TRASH: never between two equal keys, so no re-key.
+        let key = self.key_for(NodeId::TRASH, Position::Last, Some(node))?.key;
         let op = Op::Move(MoveOp {
             stamp: self.tick()?,
             known_seq: self.known_seq()?,
@@ -244,7 +333,7 @@ impl Replica {
                 if parent == NodeId::TRASH || !self.contains(parent)? {
                     (
                         NodeId::ROOT,
-                        self.key_for(NodeId::ROOT, Position::Last, Some(node))?,
+                        self.key_for(NodeId::ROOT, Position::Last, Some(node))?.key,
                     )
                 } else {
                     (parent, key_from_blob(&k)?)
@@ -252,7 +341,7 @@ impl Replica {
             }
             None => (
                 NodeId::ROOT,
-                self.key_for(NodeId::ROOT, Position::Last, Some(node))?,
+                self.key_for(NodeId::ROOT, Position::Last, Some(node))?.key,
             ),
         };
         let op = Op::Move(MoveOp {

@@ -250,3 +250,80 @@ fn a_replica_written_as_a_snapshot_loads_and_a_cut_rolls_back() {
     assert_eq!(b.state().unwrap(), want);
     assert_eq!(b.cursor().unwrap(), Some(0));
 }
+
+/// Two siblings with one key (two replicas inserting at one spot with the
+/// same key): inserting between them, or before the second, re-keys the
+/// siblings after the gap, and every replica ends with the same order.
+#[test]
+fn inserting_between_siblings_with_equal_keys_rekeys_them() {
+    use arbor_shared::{MoveOp, Op, OrderKey, Stamp};
+    let dir = TempDir::new("equal-keys");
+    let mut r = Replica::open(&dir.0.join("r.db")).unwrap();
+    let mut other = Replica::open(&dir.0.join("o.db")).unwrap();
+    let key = OrderKey::new(&[0x80, 0x10]).unwrap();
+    let (a, b, c) = (NodeId(0xa), NodeId(0xb), NodeId(0xc));
+    // Three siblings share one key (sorted by id), one more above them.
+    let remote: Vec<SeqOp> = [(a, 1), (b, 2), (c, 3)]
+        .into_iter()
+        .map(|(node, i)| SeqOp {
+            seq: i,
+            op: Op::Move(MoveOp {
+                stamp: Stamp::new(i << 16, 0x99),
+                known_seq: 0,
+                node,
+                parent: NodeId::ROOT,
+                key: key.clone(),
+            }),
+        })
+        .chain(std::iter::once(SeqOp {
+            seq: 4,
+            op: Op::Move(MoveOp {
+                stamp: Stamp::new(4 << 16, 0x99),
+                known_seq: 0,
+                node: NodeId(0xd),
+                parent: NodeId::ROOT,
+                key: OrderKey::new(&[0x80, 0x20]).unwrap(),
+            }),
+        }))
+        .collect();
+    r.apply_remote(&remote).unwrap();
+    other.apply_remote(&remote).unwrap();
+    assert_eq!(kids(&r, NodeId::ROOT), [a, b, c, NodeId(0xd)]);
+    let x = r.create(NodeId::ROOT, Position::After(a)).unwrap();
+    assert_eq!(kids(&r, NodeId::ROOT), [a, x, b, c, NodeId(0xd)]);
+    let y = r.create(NodeId::ROOT, Position::Before(a)).unwrap();
+    assert_eq!(kids(&r, NodeId::ROOT), [y, a, x, b, c, NodeId(0xd)]);
+    // Moving an existing node into such a gap works too.
+    r.move_node(NodeId(0xd), NodeId::ROOT, Position::Before(c))
+        .unwrap();
+    r.check_invariants().unwrap();
+    let order = kids(&r, NodeId::ROOT);
+    assert_eq!(order, [y, a, x, b, NodeId(0xd), c]);
+    // Another replica that receives the ops (re-keys included) agrees.
+    let ops: Vec<SeqOp> = r
+        .outbox(usize::MAX)
+        .unwrap()
+        .into_iter()
+        .enumerate()
+        .map(|(i, op)| SeqOp {
+            seq: 5 + i as u64,
+            op,
+        })
+        .collect();
+    other.apply_remote(&ops).unwrap();
+    other.check_invariants().unwrap();
+    assert_eq!(kids(&other, NodeId::ROOT), order);
+}
+
+#[test]
+fn creating_directly_under_trash_is_refused_and_emits_nothing() {
+    let dir = TempDir::new("trash-create");
+    let mut r = Replica::open(&dir.0.join("r.db")).unwrap();
+    let before = r.outbox_len().unwrap();
+    assert!(matches!(
+        r.create(NodeId::TRASH, Position::Last),
+        Err(ReplicaError::Reserved(p)) if p == NodeId::TRASH
+    ));
+    assert_eq!(r.outbox_len().unwrap(), before);
+    assert!(kids(&r, NodeId::TRASH).is_empty());
+}
