@@ -107,10 +107,16 @@ enum Command {
         #[arg(long)]
         trash: bool,
     },
-    /// Print a subtree (default ROOT), indented, in order.
+    /// Print a subtree (default ROOT), indented, in order. Past
+    /// `--max-indent` levels the depth is printed as a number instead of
+    /// spaces, so a deep chain prints in bounded width.
     Tree {
         /// The node.
         node: Option<String>,
+        /// Levels shown as indentation before the depth is shown as a
+        /// number (`[depth]`).
+        #[arg(long, default_value_t = 32)]
+        max_indent: usize,
     },
     /// Sync with the server: once (until caught up and pushed), or keep
     /// syncing with `--watch`.
@@ -207,7 +213,7 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Tree { node } => {
+        Command::Tree { node, max_indent } => {
             let root = match node {
                 Some(n) => resolve(&replica, &n)?,
                 None => NodeId::ROOT,
@@ -226,7 +232,7 @@ fn main() -> anyhow::Result<()> {
                 writeln!(
                     out,
                     "{}{}  {}",
-                    "  ".repeat(depth - 1),
+                    indent(depth, max_indent),
                     short(id),
                     describe(&fields)
                 )
@@ -277,6 +283,18 @@ fn main() -> anyhow::Result<()> {
 /// The first 8 hex digits of an id (enough to name it in a CLI session).
 fn short(id: NodeId) -> String {
     id.to_string()[..8].to_string()
+}
+
+/// The indentation of a line at `depth` (1 for the root's children): two
+/// spaces a level up to `max` levels; deeper, `max` levels and the depth as
+/// a number, so a line is never wider than about `2 * max` plus the node.
+fn indent(depth: usize, max: usize) -> String {
+    let levels = depth.saturating_sub(1);
+    if levels <= max {
+        "  ".repeat(levels)
+    } else {
+        format!("{}[{depth}] ", "  ".repeat(max))
+    }
 }
 
 fn describe(fields: &std::collections::BTreeMap<String, String>) -> String {

@@ -81,3 +81,28 @@ async fn two_cli_replicas_edit_offline_and_converge() {
     let pg = server.db.state("demo").await.unwrap();
     assert_eq!(pg.nodes.len(), 4);
 }
+
+/// A chain far deeper than a screen is printed in bounded width: past the
+/// indentation limit the depth is a number.
+#[test]
+fn tree_prints_a_deep_chain_in_bounded_width() {
+    let dir = TempDir::new("cli-deep");
+    let db = dir.0.join("deep.db");
+    {
+        let mut r = arbor_client::Replica::open(&db).unwrap();
+        let mut parent = arbor_shared::NodeId::ROOT;
+        for _ in 0..2_000 {
+            parent = r.create(parent, arbor_client::Position::Last).unwrap();
+        }
+    }
+    let out = arbor(&db, &["tree"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2_000);
+    let widest = lines.iter().map(|l| l.len()).max().unwrap();
+    assert!(widest < 120, "a line of {widest} bytes");
+    assert!(lines[1_999].contains("[2000]"), "{}", lines[1_999]);
+    // Shallow lines keep their plain indentation.
+    assert!(lines[1].starts_with("  ") && !lines[1].contains('['));
+    let narrow = arbor(&db, &["tree", "--max-indent", "2"]);
+    assert!(narrow.lines().nth(3).unwrap().starts_with("    [4] "));
+}
