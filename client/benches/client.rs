@@ -271,9 +271,7 @@ fn main() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let config = Config {
-            database: cluster.config("bench"),
             db_pool: 4,
-            key: Hs256Key::new(SECRET).unwrap(),
             token_leeway_s: 60,
             max_body_bytes: 4 << 20,
             max_import_bytes: 4 << 30,
@@ -281,6 +279,7 @@ fn main() {
             cors_origins: Vec::new(),
             socket_queue_frames: 1024,
             notify_url: None,
+            ..Config::new(cluster.config("bench"), Hs256Key::new(SECRET).unwrap())
         };
         tokio::spawn(serve(listener, None, config, std::future::pending()));
         (base, info.id)

@@ -174,6 +174,9 @@ codes! {
     BatchTooLarge = "batch_too_large", 413, Some(close::PROTOCOL), Refuse, Wire;
     /// A frame larger than 1 MiB (the socket is closed 1009).
     FrameTooLarge = "frame_too_large", 413, Some(close::TOO_BIG), Refuse, Wire;
+    /// The request's `Host` is not one the server answers to (the dev
+    /// server answers loopback names only, against DNS rebinding).
+    BadHost = "bad_host", 421, None, Refuse, Wire;
     /// A WebSocket route asked without an upgrade.
     UpgradeRequired = "upgrade_required", 426, None, Refuse, Wire;
     /// An op names a node (or parent) that is not in the tree.

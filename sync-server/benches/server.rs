@@ -125,9 +125,7 @@ async fn main() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let config = Config {
-        database: cluster.config("bench"),
         db_pool: 8,
-        key: Hs256Key::new(SECRET).unwrap(),
         token_leeway_s: 60,
         max_body_bytes: 4 << 20,
         max_import_bytes: 4 << 30,
@@ -135,6 +133,7 @@ async fn main() {
         cors_origins: Vec::new(),
         socket_queue_frames: 1024,
         notify_url: None,
+        ..Config::new(cluster.config("bench"), Hs256Key::new(SECRET).unwrap())
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, None, config, async move {

@@ -52,6 +52,11 @@ pub struct ServeArgs {
     /// with a service token, so its sockets see ops committed by any path.
     #[arg(long, env = "ARBOR_NOTIFY_URL")]
     pub notify_url: Option<String>,
+    /// Host names the server answers to (comma-separated, the `Host`
+    /// header without its port, e.g. `sync.example.com`); others get 421
+    /// `bad_host`. Empty: any.
+    #[arg(long, env = "ARBOR_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Why the configuration cannot be used.
@@ -99,6 +104,30 @@ pub struct Config {
     pub socket_queue_frames: usize,
     /// Where to forward commit notices (the realtime Worker), if anywhere.
     pub notify_url: Option<String>,
+    /// Host names (the `Host` header without its port) the server answers
+    /// to; any other gets 421 `bad_host`. Empty: any (a proxy in front
+    /// decides). `dev` answers loopback names only.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Config {
+    /// The defaults of `arbor-server serve` for `database` and `key`
+    /// (tests and embedders override what they need with `..`).
+    pub fn new(database: tokio_postgres::Config, key: Hs256Key) -> Config {
+        Config {
+            database,
+            db_pool: 16,
+            key,
+            token_leeway_s: 60,
+            max_body_bytes: 4 << 20,
+            max_import_bytes: 4 << 30,
+            drain: Duration::from_secs(10),
+            cors_origins: Vec::new(),
+            socket_queue_frames: 256,
+            notify_url: None,
+            allowed_hosts: Vec::new(),
+        }
+    }
 }
 
 impl ServeArgs {
@@ -135,6 +164,7 @@ impl ServeArgs {
             cors_origins: self.cors_origins,
             socket_queue_frames: self.socket_queue_frames,
             notify_url: self.notify_url,
+            allowed_hosts: self.allowed_hosts,
         })
     }
 }

@@ -105,7 +105,10 @@ pub async fn serve_with(
         max_import_bytes: config.max_import_bytes,
         forwarder: forward.clone(),
     });
-    let app = api::router(state.clone(), config.max_body_bytes, &config.cors_origins).merge(extra);
+    let app = api::only_hosts(
+        api::router(state.clone(), config.max_body_bytes, &config.cors_origins).merge(extra),
+        &config.allowed_hosts,
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(notify::listen(
         config.database.clone(),
@@ -114,7 +117,10 @@ pub async fn serve_with(
         stop_rx.clone(),
     ));
     if let Some(admin) = admin {
-        let admin_app = api::admin_router(state.clone(), metrics);
+        let admin_app = api::only_hosts(
+            api::admin_router(state.clone(), metrics),
+            &config.allowed_hosts,
+        );
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let served = axum::serve(admin, admin_app)

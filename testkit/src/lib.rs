@@ -187,6 +187,13 @@ impl PgCluster {
             std::os::unix::fs::chown(&root, Some(uid), Some(gid))
                 .map_err(|e| err(format!("chown {root:?}: {e}")))?;
         }
+        // The socket (trust authentication) lives here: private to the
+        // cluster's user, so no other local user can connect.
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| err(format!("chmod {root:?}: {e}")))?;
+        }
         let cluster = PgCluster {
             root,
             bin,
@@ -279,7 +286,7 @@ impl PgCluster {
     fn pg_ctl_start(&self) -> Result<()> {
         let mut opts = format!(
             "-c listen_addresses='' -c unix_socket_directories='{}' -c port={PORT} \
-             -c max_connections=200 -c shared_buffers={}",
+             -c unix_socket_permissions=0700 -c max_connections=200 -c shared_buffers={}",
             self.root.display(),
             self.options.shared_buffers
         );

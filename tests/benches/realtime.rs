@@ -353,9 +353,7 @@ async fn main() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = format!("http://{}", listener.local_addr().unwrap());
     let config = Config {
-        database: cluster.config("bench"),
         db_pool: 8,
-        key: Hs256Key::new(SECRET.as_bytes()).unwrap(),
         token_leeway_s: 60,
         max_body_bytes: 4 << 20,
         max_import_bytes: 1 << 30,
@@ -363,6 +361,10 @@ async fn main() {
         cors_origins: Vec::new(),
         socket_queue_frames: 4096,
         notify_url: Some(format!("http://127.0.0.1:{worker_port}")),
+        ..Config::new(
+            cluster.config("bench"),
+            Hs256Key::new(SECRET.as_bytes()).unwrap(),
+        )
     };
     tokio::spawn(arbor_sync_server::serve(
         native_listener,

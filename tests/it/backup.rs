@@ -39,9 +39,7 @@ fn token() -> String {
 
 fn config(cluster: &PgCluster) -> Config {
     Config {
-        database: cluster.config("arbor"),
         db_pool: 4,
-        key: Hs256Key::new(SECRET.as_bytes()).unwrap(),
         token_leeway_s: 60,
         max_body_bytes: 4 << 20,
         max_import_bytes: 1 << 30,
@@ -49,6 +47,10 @@ fn config(cluster: &PgCluster) -> Config {
         cors_origins: Vec::new(),
         socket_queue_frames: 1024,
         notify_url: None,
+        ..Config::new(
+            cluster.config("arbor"),
+            Hs256Key::new(SECRET.as_bytes()).unwrap(),
+        )
     }
 }
 

@@ -91,9 +91,7 @@ async fn a_thousand_sockets_over_a_hundred_spaces_stay_bounded() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let config = Config {
-        database: cluster.config("e2e_load"),
         db_pool: 8,
-        key: Hs256Key::new(SECRET.as_bytes()).unwrap(),
         token_leeway_s: 60,
         max_body_bytes: 4 << 20,
         max_import_bytes: 1 << 30,
@@ -101,6 +99,10 @@ async fn a_thousand_sockets_over_a_hundred_spaces_stay_bounded() {
         cors_origins: Vec::new(),
         socket_queue_frames: 16,
         notify_url: None,
+        ..Config::new(
+            cluster.config("e2e_load"),
+            Hs256Key::new(SECRET.as_bytes()).unwrap(),
+        )
     };
     tokio::spawn(arbor_sync_server::serve(
         listener,

@@ -195,9 +195,7 @@ async fn run_scenario(seed: u64, duration: Duration) -> Figures {
     let db = Db::new(cluster.config("scenario"), 2).unwrap();
     db.create_space("s").await.unwrap();
     let mut server = KillableServer::start(Config {
-        database: cluster.config("scenario"),
         db_pool: 4,
-        key: Hs256Key::new(SECRET.as_bytes()).unwrap(),
         token_leeway_s: 60,
         max_body_bytes: 4 << 20,
         max_import_bytes: 1 << 30,
@@ -205,6 +203,10 @@ async fn run_scenario(seed: u64, duration: Duration) -> Figures {
         cors_origins: Vec::new(),
         socket_queue_frames: 4096,
         notify_url: None,
+        ..Config::new(
+            cluster.config("scenario"),
+            Hs256Key::new(SECRET.as_bytes()).unwrap(),
+        )
     })
     .unwrap();
     let dir = std::env::temp_dir().join(format!("arbor-scenario-{}-{seed}", std::process::id()));

@@ -164,9 +164,7 @@ async fn native_clients_sync_through_the_durable_object() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = format!("http://{}", listener.local_addr().unwrap());
     let config = Config {
-        database: cluster.config("e2e_worker"),
         db_pool: 4,
-        key: Hs256Key::new(SECRET.as_bytes()).unwrap(),
         token_leeway_s: 60,
         max_body_bytes: 4 << 20,
         max_import_bytes: 1 << 30,
@@ -174,6 +172,10 @@ async fn native_clients_sync_through_the_durable_object() {
         cors_origins: Vec::new(),
         socket_queue_frames: 1024,
         notify_url: Some(format!("http://127.0.0.1:{worker_port}")),
+        ..Config::new(
+            cluster.config("e2e_worker"),
+            Hs256Key::new(SECRET.as_bytes()).unwrap(),
+        )
     };
     tokio::spawn(arbor_sync_server::serve(
         listener,

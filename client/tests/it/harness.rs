@@ -64,9 +64,7 @@ pub struct TestServer {
 
 fn config(db_name: &str) -> Config {
     Config {
-        database: PgCluster::shared().config(db_name),
         db_pool: 4,
-        key: Hs256Key::new(SECRET).unwrap(),
         token_leeway_s: 60,
         max_body_bytes: 4 << 20,
         max_import_bytes: 1 << 30,
@@ -74,6 +72,10 @@ fn config(db_name: &str) -> Config {
         cors_origins: Vec::new(),
         socket_queue_frames: 4096,
         notify_url: None,
+        ..Config::new(
+            PgCluster::shared().config(db_name),
+            Hs256Key::new(SECRET).unwrap(),
+        )
     }
 }
 

@@ -82,6 +82,53 @@ pub fn admin_router(
         .with_state(state)
 }
 
+/// `router` answering only requests whose `Host` (port stripped) is one of
+/// `hosts`; others get 421 `bad_host`. Empty `hosts`: every request.
+pub fn only_hosts(router: Router, hosts: &[String]) -> Router {
+    if hosts.is_empty() {
+        return router;
+    }
+    let hosts: Arc<Vec<String>> = Arc::new(hosts.iter().map(|h| h.to_ascii_lowercase()).collect());
+    router.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let allowed = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(host_name)
+                .is_some_and(|h| hosts.contains(&h));
+            async move {
+                if allowed {
+                    next.run(req).await
+                } else {
+                    axum::response::IntoResponse::into_response(ApiError::new(
+                        arbor_shared::ErrorCode::BadHost,
+                        "this server does not answer to that host name",
+                    ))
+                }
+            }
+        },
+    ))
+}
+
+/// A `Host` header's name, lowercase, without its port (`[::1]:8080` ->
+/// `[::1]`, `localhost:8080` -> `localhost`).
+fn host_name(host: &str) -> String {
+    let host = host.trim().to_ascii_lowercase();
+    if host.starts_with('[') {
+        return host
+            .split_once(']')
+            .map_or(host.clone(), |(h, _)| format!("{h}]"));
+    }
+    host.rsplit_once(':').map_or(host.clone(), |(h, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            h.to_string()
+        } else {
+            host.clone()
+        }
+    })
+}
+
 fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     use tower_http::cors::{AllowOrigin, CorsLayer};
     if origins.is_empty() {

@@ -217,6 +217,10 @@ fn dev_secret(dir: &std::path::Path) -> anyhow::Result<String> {
     }
     let path = dir.join("secret");
     if let Ok(s) = std::fs::read_to_string(&path) {
+        // A file an older version wrote world-readable becomes private.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("making {} private", path.display()))?;
         return Ok(s.trim().to_string());
     }
     use std::io::Read as _;
@@ -225,7 +229,16 @@ fn dev_secret(dir: &std::path::Path) -> anyhow::Result<String> {
         .and_then(|mut f| f.read_exact(&mut bytes))
         .context("reading /dev/urandom")?;
     let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
+    // Readable by its owner only: the secret signs every token.
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(secret.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(secret)
 }
 
@@ -317,16 +330,17 @@ async fn dev(
     use std::io::Write as _;
     std::io::stdout().flush()?;
     let config = arbor_sync_server::Config {
-        database,
         db_pool: 8,
-        key,
-        token_leeway_s: 60,
-        max_body_bytes: 4 << 20,
         max_import_bytes: 4 << 30,
         drain: std::time::Duration::from_secs(5),
         cors_origins: vec!["*".into()],
-        socket_queue_frames: 256,
         notify_url,
+        // `dev` mints tokens for anyone who asks (`/dev/token`): a web page
+        // must not reach it through DNS rebinding, so only loopback names.
+        allowed_hosts: ["localhost", "127.0.0.1", "[::1]"]
+            .map(String::from)
+            .to_vec(),
+        ..arbor_sync_server::Config::new(database, key)
     };
     let served = arbor_sync_server::serve_with(
         listener,

@@ -152,3 +152,50 @@ async fn dev_mode_uses_database_url_when_given() {
     stop(dev);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The dev stack is private to its user and answers loopback names only:
+/// a page that reaches it through DNS rebinding (a foreign `Host`) gets
+/// nothing, no token included.
+#[tokio::test]
+async fn dev_mode_answers_loopback_hosts_only_and_keeps_its_files_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("arbor-dev-hosts-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dev = start(&dir);
+    let http = reqwest::Client::new();
+    let port = dev.api.rsplit(':').next().unwrap().to_string();
+    for (host, want) in [
+        (format!("127.0.0.1:{port}"), 200),
+        (format!("localhost:{port}"), 200),
+        ("localhost".to_string(), 200),
+        (format!("evil.example:{port}"), 421),
+        ("attacker.example".to_string(), 421),
+        (format!("127.0.0.1.evil.example:{port}"), 421),
+    ] {
+        let r = http
+            .get(format!("{}/v1/spaces/demo/ops", dev.api))
+            .header("host", &host)
+            .bearer_auth(&dev.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), want, "Host: {host}");
+        if want == 421 {
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "bad_host");
+        }
+    }
+    let minted = http
+        .get(format!("{}/dev/token?space=demo&user=x", dev.api))
+        .header("host", "rebound.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(minted.status(), 421);
+    // The secret and the Postgres socket's folder: owner only.
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.join("secret")), 0o600);
+    assert_eq!(mode(&dir.join("postgres")), 0o700);
+    stop(dev);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -63,9 +63,7 @@ impl Server {
         let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = format!("http://{}", admin_listener.local_addr().unwrap());
         let config = Config {
-            database,
             db_pool: 4,
-            key: key(),
             token_leeway_s: leeway_s,
             max_body_bytes: 256 * 1024,
             max_import_bytes: 64 << 20,
@@ -73,6 +71,7 @@ impl Server {
             cors_origins: vec!["https://app.example".into()],
             socket_queue_frames: queue,
             notify_url: None,
+            ..Config::new(database, key())
         };
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, Some(admin_listener), config, async move {
