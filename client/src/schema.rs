@@ -48,6 +48,16 @@ const MIGRATIONS: &[&str] = &[
          op      TEXT NOT NULL
      );
      CREATE UNIQUE INDEX outbox_stamp ON outbox (hlc, replica);",
+    // 2: local ops the server refused for good, moved out of the outbox and
+    // kept for the application to show (until it clears them).
+    "CREATE TABLE rejected (
+         ord     INTEGER PRIMARY KEY AUTOINCREMENT,
+         hlc     INTEGER NOT NULL,
+         replica INTEGER NOT NULL,
+         op      TEXT NOT NULL,
+         code    TEXT NOT NULL,
+         message TEXT NOT NULL
+     );",
 ];
 
 /// The schema version this build writes.

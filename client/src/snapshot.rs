@@ -4,7 +4,7 @@
 //! [`write_snapshot`] (the replica encoded for `POST .../import`, the fork).
 
 use arbor_shared::snapshot::copy::{Reader, Writer};
-use arbor_shared::snapshot::field::replica_to_stored;
+use arbor_shared::snapshot::field::{replica_from_stored, replica_to_stored};
 use arbor_shared::snapshot::{Decoder, Encoder, Event, SnapshotHeader};
 use arbor_shared::{Hlc, Op, Stamp, Tree};
 use rusqlite::params;
@@ -312,13 +312,24 @@ impl<'r> SnapshotLoad<'r> {
         // pushed with their own stamps), and then from the first stale op on,
         // so later ops keep their order after it.
         let restamp = crate::replica::meta_i64(tx, key::RESTAMP)?.is_some();
-        meta_delete(tx, key::RESTAMP)?;
+        let restamp_from = crate::replica::meta_i64(tx, key::RESTAMP_FROM_HLC)?
+            .zip(crate::replica::meta_i64(tx, key::RESTAMP_FROM_REPLICA)?)
+            .map(|(h, r)| Stamp::new(h as u64, replica_from_stored(r)));
+        for k in [
+            key::RESTAMP,
+            key::RESTAMP_FROM_HLC,
+            key::RESTAMP_FROM_REPLICA,
+        ] {
+            meta_delete(tx, k)?;
+        }
         let mut restamping = false;
         let mut ops = Vec::with_capacity(pending.len());
         let mut restamped = 0u64;
         for (ord, json) in &pending {
             let mut op: Op = serde_json::from_str(json).map_err(|e| bad(format!("outbox: {e}")))?;
-            restamping |= restamp && header.horizon.is_some_and(|h| op.stamp() <= h);
+            restamping |= restamp
+                && (header.horizon.is_some_and(|h| op.stamp() <= h)
+                    || restamp_from.is_some_and(|f| op.stamp() >= f));
             if restamping {
                 let stamp = replica.clock.tick(crate::replica::now_ms())?;
                 set_stamp(&mut op, stamp, header.head_seq);

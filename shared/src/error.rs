@@ -163,8 +163,10 @@ codes! {
     MethodNotAllowed = "method_not_allowed", 405, None, Refuse, Wire;
     /// An op's stamp is at or below the log horizon.
     Stale = "stale", 409, None, Restamp, Wire;
-    /// An op's stamp is already stored with other contents.
-    StampConflict = "stamp_conflict", 409, None, Refuse, Wire;
+    /// An op's stamp is already stored with other contents: the client
+    /// gives its own op a new stamp (and the ops after it, keeping their
+    /// order) and pushes again.
+    StampConflict = "stamp_conflict", 409, None, Restamp, Wire;
     /// The space to create exists already.
     SpaceExists = "space_exists", 409, None, Refuse, Wire;
     /// A body is larger than the route's limit.

@@ -167,6 +167,16 @@ impl<'de> Deserialize<'de> for ReplicaId {
     }
 }
 
+/// The thoughtspace-name rule (`migrations/0001_schema.sql`): 1 to 64
+/// ASCII letters, digits, `_`, `.` or `-`. Checked before a name reaches
+/// the database or a Durable Object.
+pub fn valid_space_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

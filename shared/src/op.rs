@@ -94,6 +94,28 @@ pub enum OpError {
         /// The op.
         stamp: Stamp,
     },
+    /// The field name or value holds a NUL character (U+0000), which
+    /// Postgres text cannot store.
+    #[error("op {stamp}: field names and values may not contain NUL (U+0000)")]
+    Nul {
+        /// The op.
+        stamp: Stamp,
+    },
+}
+
+impl OpError {
+    /// The wire code of this refusal (the database's codes for the same
+    /// limits; a NUL is `bad_op`).
+    pub fn code(&self) -> crate::error::ErrorCode {
+        use crate::error::ErrorCode;
+        match self {
+            OpError::ReservedNode { .. } => ErrorCode::ReservedNode,
+            OpError::BadKey { .. } => ErrorCode::BadKey,
+            OpError::BadField { .. } => ErrorCode::BadField,
+            OpError::ValueTooLong { .. } => ErrorCode::ValueTooLong,
+            OpError::Nul { .. } => ErrorCode::BadOp,
+        }
+    }
 }
 
 impl Op {
@@ -149,6 +171,9 @@ impl Op {
                 }
                 if s.value.as_ref().is_some_and(|v| v.len() > MAX_VALUE_LEN) {
                     return Err(OpError::ValueTooLong { stamp: s.stamp });
+                }
+                if s.field.contains('\0') || s.value.as_ref().is_some_and(|v| v.contains('\0')) {
+                    return Err(OpError::Nul { stamp: s.stamp });
                 }
             }
         }

@@ -35,9 +35,19 @@ impl From<SnapshotError> for ImportError {
 }
 
 /// Postgres refusing `COPY` input is the file's fault, not the server's.
+/// Its own words go to the log, not to the caller.
 fn copy_error(e: tokio_postgres::Error) -> ImportError {
     match e.as_db_error() {
-        Some(db) => ImportError::Snapshot(format!("{} ({})", db.message(), db.code().code())),
+        Some(db) => {
+            tracing::info!(
+                message = db.message(),
+                code = db.code().code(),
+                "import rows refused"
+            );
+            ImportError::Snapshot(
+                "a row of the file does not fit its column (bad COPY data)".into(),
+            )
+        }
         None => ImportError::Db(DbError::Postgres(e)),
     }
 }

@@ -6,14 +6,6 @@ use worker::{Env, Headers, Method, Request, RequestInit, Response, Result, event
 
 use crate::{CLAIMS_HEADER, LEEWAY_S, PROTOCOL_HEADER, SPACE_HEADER, json_error, key, now_ms};
 
-/// The space-name rule of the sync server (`migrations/README.md`).
-fn valid_space(space: &str) -> bool {
-    (1..=64).contains(&space.len())
-        && space
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
-
 /// The Worker: routes and token checks; nothing is upgraded or forwarded
 /// before the token is verified.
 #[event(fetch)]
@@ -29,8 +21,8 @@ pub async fn fetch(req: Request, env: Env, _ctx: worker::Context) -> Result<Resp
     match segs.as_slice() {
         ["livez"] => Response::ok("ok"),
         ["v1", "spaces", space, route @ ("ws" | "notify")] => {
-            if !valid_space(space) {
-                return json_error(ErrorCode::UnknownSpace, "bad thoughtspace name");
+            if !arbor_shared::id::valid_space_name(space) {
+                return json_error(ErrorCode::BadRequest, "bad thoughtspace name");
             }
             let notify = *route == "notify";
             if notify && req.method() != Method::Post {

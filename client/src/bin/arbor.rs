@@ -127,6 +127,13 @@ enum Command {
     },
     /// Show the replica's sync state.
     Status,
+    /// List the local ops the server refused for good (they left the
+    /// outbox and will not be pushed again), with why.
+    Rejected {
+        /// Empty the list after printing it.
+        #[arg(long)]
+        clear: bool,
+    },
     /// Write a copy of the replica file.
     Export {
         /// Destination file.
@@ -263,8 +270,27 @@ fn main() -> anyhow::Result<()> {
             }
             println!("nodes     {}", replica.node_count()?);
             println!("outbox    {} ops not yet committed", replica.outbox_len()?);
+            let rejected = replica.rejected_len()?;
+            if rejected > 0 {
+                println!("rejected  {rejected} ops refused by the server (arbor rejected)");
+            }
             if let Some(h) = replica.horizon()? {
                 println!("horizon   {h}");
+            }
+        }
+        Command::Rejected { clear } => {
+            for r in replica.rejected()? {
+                let what = match &r.op {
+                    arbor_shared::Op::Move(m) => {
+                        format!("move {} under {}", short(m.node), short(m.parent))
+                    }
+                    arbor_shared::Op::Set(s) => format!("set {}.{}", short(s.node), s.field),
+                };
+                println!("{}  {what}  {}: {}", r.op.stamp(), r.code, r.message);
+            }
+            if clear {
+                let n = replica.clear_rejected()?;
+                println!("cleared {n} rejected ops");
             }
         }
         Command::Export { file } => {

@@ -12,6 +12,8 @@ pub(crate) mod key {
     pub(crate) const HORIZON_REPLICA: &str = "horizon_replica";
     pub(crate) const ROOT: &str = "root";
     pub(crate) const RESTAMP: &str = "restamp";
+    pub(crate) const RESTAMP_FROM_HLC: &str = "restamp_from_hlc";
+    pub(crate) const RESTAMP_FROM_REPLICA: &str = "restamp_from_replica";
 }
 
 /// Wall-clock milliseconds for the HLC.

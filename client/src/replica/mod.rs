@@ -11,8 +11,8 @@
 //! - `read.rs`: reads (places, fields, children pages, walks).
 //! - `edit.rs`: the local API ([`Position`]: create, move, delete,
 //!   restore, set).
-//! - `outbox.rs`: the outbox (pending ops, acks, refusals, requeue,
-//!   re-stamp).
+//! - `outbox.rs`: the outbox (pending ops, acks, requeue, re-stamp) and
+//!   the rejected list (ops refused for good, kept for the application).
 //! - `remote.rs`: committed ops applied in seq order.
 //! - `export.rs`: the replica copied as a new replica file.
 
@@ -40,6 +40,7 @@ pub use error::ReplicaError;
 pub(crate) use error::Result;
 use meta::random_u64;
 pub(crate) use meta::{key, meta_delete, meta_get, meta_i64, meta_set, meta_text, now_ms};
+pub use outbox::RejectedOp;
 pub use read::NodeView;
 
 /// Open options.

@@ -2,11 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use arbor_shared::snapshot::field::replica_to_stored;
-use arbor_shared::{MoveOp, Op, SetOp, Stamp};
+use arbor_shared::snapshot::field::{replica_from_stored, replica_to_stored};
+use arbor_shared::{ErrorCode, MoveOp, Op, SetOp, Stamp};
 use rusqlite::{Connection, TransactionBehavior, params};
 
-use super::meta::{key, meta_set};
+use super::meta::{key, meta_i64, meta_set};
 use super::{Replica, ReplicaError, Result};
 use crate::store::{hlc_to_sql, id_from_blob, key_from_blob};
 
@@ -45,6 +45,17 @@ pub(super) fn outbox_delete(
     Ok(())
 }
 
+/// A local op the server refused for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedOp {
+    /// The op.
+    pub op: Op,
+    /// The refusal's code (its disposition is `refuse`).
+    pub code: ErrorCode,
+    /// The server's message.
+    pub message: String,
+}
+
 impl Replica {
     /// The unacknowledged local ops, oldest first (at most `limit`).
     pub fn outbox(&self, limit: usize) -> Result<Vec<Op>> {
@@ -81,10 +92,69 @@ impl Replica {
         Ok(())
     }
 
-    /// Drops ops the server refused for good from the outbox (their local
+    /// Moves ops the server refused for good from the outbox to the
+    /// rejected list, with the refusal, in one transaction (their local
     /// effects go away at the next cold start, which the caller triggers).
-    pub fn drop_from_outbox(&mut self, stamps: &[Stamp]) -> Result<()> {
-        self.acknowledge(stamps)
+    /// They are never pushed again.
+    pub fn reject(&mut self, stamps: &[Stamp], code: ErrorCode, message: &str) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut keep = tx.prepare_cached(
+                "INSERT INTO rejected (hlc, replica, op, code, message)
+                 SELECT hlc, replica, op, ?3, ?4 FROM outbox WHERE hlc = ?1 AND replica = ?2",
+            )?;
+            for s in stamps {
+                keep.execute(params![
+                    hlc_to_sql(s.hlc.0)?,
+                    replica_to_stored(s.replica.0),
+                    code.as_str(),
+                    message
+                ])?;
+            }
+        }
+        outbox_delete(&tx, stamps.iter().copied())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The ops the server refused for good, oldest first, with why.
+    pub fn rejected(&self) -> Result<Vec<RejectedOp>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT op, code, message FROM rejected ORDER BY ord")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (op, code, message) = row?;
+            out.push(RejectedOp {
+                op: serde_json::from_str(&op)
+                    .map_err(|e| ReplicaError::Snapshot(format!("rejected row: {e}")))?,
+                code: ErrorCode::parse(&code),
+                message,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Number of ops in the rejected list.
+    pub fn rejected_len(&self) -> Result<u64> {
+        let n: i64 = self
+            .conn
+            .prepare_cached("SELECT count(*) FROM rejected")?
+            .query_row([], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Empties the rejected list (the application has shown it); returns
+    /// how many ops it held.
+    pub fn clear_rejected(&mut self) -> Result<u64> {
+        Ok(self.conn.execute("DELETE FROM rejected", [])? as u64)
     }
 
     /// The server went back in time (restored from a backup: it has less
@@ -165,9 +235,29 @@ impl Replica {
         Ok(queued)
     }
 
-    /// Marks the outbox for re-stamping at the next snapshot load (the
-    /// server refused an op as stale).
-    pub fn request_restamp(&mut self) -> Result<()> {
-        Ok(meta_set(&self.conn, key::RESTAMP, 1i64)?)
+    /// Marks the outbox for re-stamping at the next snapshot load: every
+    /// op from the first one at or below the snapshot's horizon (refused as
+    /// `stale`), or from `from` on (an op refused `stamp_conflict`: another
+    /// op holds its stamp), whichever comes first; later ops are re-stamped
+    /// too, so they keep their order.
+    pub fn request_restamp(&mut self, from: Option<Stamp>) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        meta_set(&tx, key::RESTAMP, 1i64)?;
+        if let Some(from) = from {
+            let earlier = meta_i64(&tx, key::RESTAMP_FROM_HLC)?
+                .zip(meta_i64(&tx, key::RESTAMP_FROM_REPLICA)?)
+                .map(|(h, r)| Stamp::new(h as u64, replica_from_stored(r)))
+                .is_some_and(|s| s <= from);
+            if !earlier {
+                meta_set(&tx, key::RESTAMP_FROM_HLC, hlc_to_sql(from.hlc.0)?)?;
+                meta_set(
+                    &tx,
+                    key::RESTAMP_FROM_REPLICA,
+                    replica_to_stored(from.replica.0),
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 }

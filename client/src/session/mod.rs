@@ -190,7 +190,7 @@ pub enum ConnectFailure {
 pub struct SyncReport {
     /// Remote ops applied.
     pub applied: u64,
-    /// Local ops committed by the server.
+    /// Local ops the server acknowledged (an `ack` of their push).
     pub pushed: u64,
     /// Cold starts done.
     pub cold_starts: u64,
@@ -246,6 +246,11 @@ pub struct Session {
     offline_error: Option<String>,
     /// Ops refused for good by the frame being handled, to report.
     pending_rejection: Option<Rejection>,
+    /// `status.rejected` as last published.
+    reported_rejected: u64,
+    /// An op was rejected: once the pushes in flight are answered, reload
+    /// a snapshot so its local effects go (nothing new is pushed meanwhile).
+    resync_pending: bool,
 }
 
 /// What a handler wants after it ran.
@@ -281,6 +286,8 @@ impl Session {
             report: SyncReport::default(),
             offline_error: None,
             pending_rejection: None,
+            reported_rejected: 0,
+            resync_pending: false,
         }
     }
 
@@ -570,12 +577,9 @@ impl Session {
         }
         match msg {
             ServerMsg::Ops { ops } => {
-                let me = r.replica_id();
                 match r.apply_remote(&ops) {
                     Ok(_) => {
                         self.report.applied += ops.len() as u64;
-                        self.report.pushed +=
-                            ops.iter().filter(|o| o.op.stamp().replica == me).count() as u64;
                         Next::Stay
                     }
                     // Frames lost in between: the reconnect's catch-up
@@ -586,6 +590,8 @@ impl Session {
             }
             ServerMsg::Ack { batch } => {
                 let stamps = self.window().map(|w| w.answered(batch)).unwrap_or_default();
+                // Only an ack says the server committed them.
+                self.report.pushed += stamps.len() as u64;
                 match r.acknowledge(&stamps) {
                     Ok(()) => Next::Stay,
                     Err(e) => e.into(),
@@ -640,22 +646,40 @@ impl Session {
             }
             // The horizon passed our ops: load the snapshot, which
             // re-stamps them.
-            (Disposition::Restamp, _) => {
-                arranged(r.request_restamp().and_then(|()| r.reset_cursor()))
+            (Disposition::Restamp, stamps) => {
+                let from = stamps.and_then(|s| s.into_iter().min());
+                arranged(r.request_restamp(from).and_then(|()| r.reset_cursor()))
             }
             (Disposition::Resnapshot, _) => arranged(r.reset_cursor()),
-            // The ops themselves are refused, for good: drop them, and
-            // resync so their local effects go.
+            // A push of several ops: push them one at a time, so only the
+            // op refused is dropped (the refusal of a push is all or
+            // nothing, and it names no op).
+            (Disposition::Refuse, Some(stamps)) if stamps.len() > 1 => {
+                tracing::info!(%code, ops = stamps.len(), "push refused; pushing its ops one at a time");
+                if let Some(w) = self.window() {
+                    w.split(&stamps);
+                }
+                Next::Stay
+            }
+            // The op itself is refused, for good: move it to the rejected
+            // list, and resync so its local effects go.
             (Disposition::Refuse, Some(stamps)) => {
                 tracing::warn!(%code, message, ops = stamps.len(), "push refused; dropping its ops");
-                self.status.rejected += stamps.len() as u64;
-                let result = r.drop_from_outbox(&stamps).and_then(|()| r.reset_cursor());
+                let result = r.reject(&stamps, code, &message);
                 self.pending_rejection = Some(Rejection {
                     code,
                     message,
                     stamps,
                 });
-                arranged(result)
+                match result {
+                    // The resync waits for the pushes still in flight: their
+                    // answers (acks of ops that did commit) come first.
+                    Ok(()) => {
+                        self.resync_pending = true;
+                        Next::Stay
+                    }
+                    Err(e) => e.into(),
+                }
             }
         }
     }
@@ -671,6 +695,12 @@ impl Session {
     /// else the socket.
     fn begin_attempt(&mut self, r: &mut Replica, now: u64, out: &mut Vec<Action>) -> Next {
         self.attempt_began = now;
+        if std::mem::take(&mut self.resync_pending) {
+            // The connection ended before the resync: reload now.
+            if let Err(e) = r.reset_cursor() {
+                return e.into();
+            }
+        }
         if let Err(e) = r.bind_space(&self.config.space) {
             return e.into();
         }
@@ -767,6 +797,16 @@ impl Session {
         let Phase::Open { head, window, link } = &mut self.phase else {
             return Next::Stay;
         };
+        if self.resync_pending {
+            if !window.is_empty() {
+                return Next::Stay;
+            }
+            self.resync_pending = false;
+            return match r.reset_cursor() {
+                Ok(()) => Next::Again,
+                Err(e) => e.into(),
+            };
+        }
         loop {
             match window.next_push(r, max, ops, bytes) {
                 Ok(Some((batch, ops))) => out.push(Action::Send(ClientMsg::Push { batch, ops })),
@@ -849,6 +889,7 @@ impl Session {
         let head = *head;
         let cursor = r.cursor().ok().flatten();
         let outbox = r.outbox_len().unwrap_or(self.status.outbox);
+        self.status.rejected = r.rejected_len().unwrap_or(self.status.rejected);
         let state = match (cursor.unwrap_or(0) >= head, outbox) {
             (false, _) => SyncState::CatchingUp,
             (true, 0) => SyncState::Live,
@@ -873,7 +914,9 @@ impl Session {
         if self.status.state != state
             || self.status.cursor != cursor
             || self.status.outbox != outbox
+            || self.status.rejected != self.reported_rejected
         {
+            self.reported_rejected = self.status.rejected;
             self.status.state = state;
             self.status.cursor = cursor;
             self.status.outbox = outbox;

@@ -45,7 +45,8 @@ pub struct SyncStatus {
     pub outbox: u64,
     /// Who else is connected.
     pub peers: Vec<Peer>,
-    /// Local ops the server refused for good (dropped from the outbox).
+    /// Local ops the server refused for good: moved from the outbox to the
+    /// replica's rejected list (`Replica::rejected`), until cleared.
     pub rejected: u64,
 }
 

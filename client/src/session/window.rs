@@ -14,6 +14,9 @@ pub(super) struct PushWindow {
     /// Every stamp in flight (invariant: the union of `inflight`).
     sent: HashSet<Stamp>,
     next_batch: u64,
+    /// Ops of a refused push of several ops: each goes alone from now on, so
+    /// a refusal names exactly the op refused (and the others commit).
+    singles: HashSet<Stamp>,
 }
 
 impl PushWindow {
@@ -42,18 +45,28 @@ impl PushWindow {
             return Ok(None);
         }
         let mut bytes = 0usize;
+        let mut count = 0usize;
         let ops: Vec<Op> = r
             .outbox(self.sent.len() + batch_ops)?
             .into_iter()
             .filter(|o| !self.sent.contains(&o.stamp()))
             .take(batch_ops)
             .take_while(|o| {
+                // A single goes alone: first in its push, and last.
+                let single = self.singles.contains(&o.stamp());
                 let n = serde_json::to_string(o).map_or(0, |t| t.len());
-                let fits = bytes == 0 || bytes + n <= max_bytes;
+                let fits = count == 0 || (!single && bytes + n <= max_bytes);
                 bytes += n;
-                fits
+                count += 1;
+                fits && (count == 1 || !single)
             })
             .collect();
+        let ops: Vec<Op> = match ops.first() {
+            Some(first) if self.singles.contains(&first.stamp()) => {
+                ops.into_iter().take(1).collect()
+            }
+            _ => ops,
+        };
         if ops.is_empty() {
             return Ok(None);
         }
@@ -70,7 +83,14 @@ impl PushWindow {
         let stamps = self.inflight.remove(&batch).unwrap_or_default();
         for s in &stamps {
             self.sent.remove(s);
+            self.singles.remove(s);
         }
         stamps
+    }
+
+    /// A push of these ops was refused for good: push each alone from now
+    /// on, to learn which of them is refused.
+    pub(super) fn split(&mut self, stamps: &[Stamp]) {
+        self.singles.extend(stamps.iter().copied());
     }
 }

@@ -323,3 +323,74 @@ async fn a_subtree_replica_loads_its_subtree_and_a_fork_becomes_a_space() {
         "{refused}"
     );
 }
+
+/// An op the server refuses for good (here a value holding NUL, written into
+/// the outbox by hand as a buggy or older client might have) leaves the
+/// outbox for the rejected list, is never pushed again, and the rest syncs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_op_refused_for_good_moves_to_the_rejected_list_and_is_not_retried() {
+    use arbor_shared::{Op, SetOp};
+    let server = TestServer::start("s").await;
+    let dir = TempDir::new("rejected");
+    let r = dir.replica("r");
+    sync(&server, &r, "s").await;
+    let (good, bad) = {
+        let mut g = r.lock().unwrap();
+        let good = g
+            .create_with(NodeId::ROOT, Position::Last, &[("text", "kept")])
+            .unwrap();
+        // The local API refuses a NUL itself; forge the op into the outbox.
+        assert!(g.set(good, "text", Some("a\0b")).is_err());
+        let stamp = Stamp::new((arbor_client_now() << 16) + 7, g.replica_id().0);
+        let bad = Op::Set(SetOp {
+            stamp,
+            known_seq: 0,
+            node: good,
+            field: "text".into(),
+            value: Some("a\0b".into()),
+        });
+        g.connection()
+            .execute(
+                "INSERT INTO outbox (hlc, replica, op) VALUES (?1, ?2, ?3)",
+                rusqlite::params![
+                    stamp.hlc.0 as i64,
+                    arbor_shared::snapshot::field::replica_to_stored(stamp.replica.0),
+                    serde_json::to_string(&bad).unwrap()
+                ],
+            )
+            .unwrap();
+        (good, bad)
+    };
+    let (tx, rx) = watch::channel(SyncStatus::default());
+    let report = sync_once(r.clone(), server.sync_config("s"), tx, 3)
+        .await
+        .unwrap();
+    // The good ops were acknowledged; the NUL was not counted as pushed.
+    assert_eq!(report.pushed, 2, "{report:?}");
+    assert_eq!(rx.borrow().rejected, 1);
+    let g = r.lock().unwrap();
+    assert_eq!(g.outbox_len().unwrap(), 0);
+    let rejected = g.rejected().unwrap();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].op, bad);
+    assert_eq!(rejected[0].code, arbor_shared::ErrorCode::BadOp);
+    assert_eq!(g.field(good, "text").unwrap().as_deref(), Some("kept"));
+    drop(g);
+    // Nothing is retried: the next sync pushes nothing.
+    let (tx, _rx) = watch::channel(SyncStatus::default());
+    let again = sync_once(r.clone(), server.sync_config("s"), tx, 3)
+        .await
+        .unwrap();
+    assert_eq!(again.pushed, 0);
+    assert_matches_server(&server, &r, "s").await;
+    let mut g = r.lock().unwrap();
+    assert_eq!(g.clear_rejected().unwrap(), 1);
+    assert!(g.rejected().unwrap().is_empty());
+}
+
+fn arbor_client_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}

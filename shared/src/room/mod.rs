@@ -473,6 +473,21 @@ impl Room {
                         Some(batch),
                     )];
                 }
+                // Limits are checked here, so a bad op never reaches the
+                // database (Postgres refuses some, a NUL for one, with an
+                // error that is not the client's to read).
+                if let Some((i, e)) = ops
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, o)| o.validate().err().map(|e| (i, e)))
+                {
+                    return vec![Self::error(
+                        conn,
+                        e.code(),
+                        format!("op {i}: {e}"),
+                        Some(batch),
+                    )];
+                }
                 let author = match c.claims.role {
                     Role::Service => None,
                     _ => c.claims.rid.or(c.replica),

@@ -12,6 +12,20 @@ fn now_s() -> u64 {
         .unwrap_or(0)
 }
 
+/// Refuses a thoughtspace name that breaks the naming rule (before it
+/// reaches the database: a NUL byte, say, is refused there with an error
+/// that is not the caller's to read).
+pub(super) fn check_space_name(space: &str) -> Result<(), ApiError> {
+    if arbor_shared::id::valid_space_name(space) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            arbor_shared::ErrorCode::BadRequest,
+            "a thoughtspace name is 1 to 64 ASCII letters, digits, '_', '.' or '-'",
+        ))
+    }
+}
+
 /// Verifies the `Authorization: Bearer` token and its scope for `space`
 /// and `need`.
 pub(super) fn authorize(
@@ -34,6 +48,7 @@ pub(super) fn authorize_token(
     space: &str,
     need: Need,
 ) -> Result<Claims, ApiError> {
+    check_space_name(space)?;
     Ok(auth::authorize(
         token,
         &state.key,

@@ -49,6 +49,7 @@ pub(super) async fn fork(
 ) -> Result<Json<SpaceBody>, ApiError> {
     authorize(&state, &headers, &space, Need::Admin)?;
     let Json(body) = body.map_err(json_refusal)?;
+    super::auth::check_space_name(&body.to)?;
     let info = state.db.fork(&space, &body.to).await?;
     Ok(Json(SpaceBody {
         name: info.name,
