@@ -257,6 +257,7 @@ impl WebReplica {
         let changes = replica.subscribe();
         let outbox = replica.outbox_len().unwrap_or(0);
         let cursor = replica.cursor().ok().flatten();
+        let rejected = replica.rejected_len().unwrap_or(0);
         let inner = Rc::new(Inner {
             replica: RefCell::new(replica),
             changes,
@@ -271,7 +272,7 @@ impl WebReplica {
                 progress: None,
                 storage: if durable { "opfs" } else { "memory" },
                 role: "owner",
-                rejected: 0,
+                rejected,
             }),
             generation: Cell::new(0),
             wake: RefCell::new(None),
@@ -415,6 +416,29 @@ impl WebReplica {
     /// Nodes in the tree (ROOT and TRASH excluded).
     pub fn count(&self) -> Result<f64, JsValue> {
         Ok(self.inner.replica()?.node_count().map_err(replica_err)? as f64)
+    }
+
+    /// The local ops the server refused for good, oldest first, as JSON
+    /// `[{op, code, message}]` (they left the outbox and are never pushed
+    /// again).
+    pub fn rejected(&self) -> Result<String, JsValue> {
+        let list = self.inner.replica()?.rejected().map_err(replica_err)?;
+        let json: Vec<serde_json::Value> = list
+            .into_iter()
+            .map(|r| serde_json::json!({ "op": r.op, "code": r.code, "message": r.message }))
+            .collect();
+        Ok(serde_json::Value::Array(json).to_string())
+    }
+
+    /// Empties the rejected list; returns how many ops it held.
+    pub fn clear_rejected(&self) -> Result<f64, JsValue> {
+        let n = self
+            .inner
+            .replica_mut()?
+            .clear_rejected()
+            .map_err(replica_err)?;
+        self.inner.set_status(|s| s.rejected = 0);
+        Ok(n as f64)
     }
 
     /// Starts syncing with `server` (HTTP base), `realtime` (WebSocket

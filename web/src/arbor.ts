@@ -11,6 +11,7 @@ import {
   type NodeView,
   type OpenOptions,
   type Position,
+  type RejectedOp,
   type Status,
 } from "./types.js";
 
@@ -142,6 +143,18 @@ export class Arbor {
   /** The number of nodes in the tree (ROOT and TRASH excluded). */
   async count(): Promise<number> {
     return (await this.#call("count")) as number;
+  }
+
+  /** Local ops the server refused for good, oldest first, with why: they
+   * left the outbox and are never pushed again (`status.rejected` counts
+   * them). Show them to the user, then `clearRejected`. */
+  async rejected(): Promise<RejectedOp[]> {
+    return (await this.#call("rejected")) as RejectedOp[];
+  }
+
+  /** Empties the rejected list; resolves to how many ops it held. */
+  async clearRejected(): Promise<number> {
+    return (await this.#call("clearRejected")) as number;
   }
 
   /** Calls `f` after every change (local or remote); returns the unsubscribe. */

@@ -70,7 +70,8 @@ export interface Status {
   storage: "opfs" | "memory";
   /** This tab's worker owns the database, or forwards to the tab that does. */
   role: "owner" | "follower";
-  /** Local ops the server refused for good. */
+  /** Local ops the server refused for good, kept in the rejected list
+   * (`Arbor.rejected`) until `clearRejected`. */
   rejected: number;
 }
 
@@ -95,6 +96,16 @@ export interface OpenOptions {
   workerUrl?: string | URL;
   /** Force a replica in memory (tests, private windows). */
   memory?: boolean;
+}
+
+/** A local op the server refused for good (`Arbor.rejected`). */
+export interface RejectedOp {
+  /** The op, in the JSON shape of docs/PROTOCOL.md ("Ops"). */
+  op: { kind: "move" | "set"; stamp: string; node: NodeId; [field: string]: unknown };
+  /** The refusal's code (docs/PROTOCOL.md, "Error codes"). */
+  code: string;
+  /** The server's message. */
+  message: string;
 }
 
 /** An error from the replica or the worker, with a stable code. */

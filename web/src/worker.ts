@@ -69,6 +69,10 @@ function execute(r: WebReplica, method: string, args: unknown[]): unknown {
       return JSON.parse(r.node(args[0] as string));
     case "count":
       return r.count();
+    case "rejected":
+      return JSON.parse(r.rejected());
+    case "clearRejected":
+      return r.clear_rejected();
     case "connect": {
       wanted = args[0] as ConnectOptions;
       r.connect(wanted.server, wanted.realtime ?? "", wanted.token, wanted.keepaliveMs ?? 0);

@@ -253,6 +253,18 @@ async function play(browser, t) {
           throw new Error(`${t.name}: unknown step ${kind}`);
       }
     }
+    // The rejected list the API returns is what the status counts, and
+    // clearing it empties it.
+    const { count, listed, cleared, after } = await page.evaluate(async () => {
+      const count = window.status_.rejected;
+      const listed = (await window.arbor.rejected()).map((r) => r.code);
+      const cleared = await window.arbor.clearRejected();
+      const after = (await window.arbor.rejected()).length;
+      return { count, listed, cleared, after };
+    });
+    assert.equal(listed.length, count, `${t.name}: rejected ${JSON.stringify(listed)}`);
+    assert.equal(cleared, count);
+    assert.equal(after, 0);
   } finally {
     await page.close();
     await server.stop();

@@ -585,3 +585,87 @@ async fn oversized_frames_close_1009_and_change_nothing() {
     assert!(feed.ops.is_empty());
     s.stop().await;
 }
+
+/// A NUL in a value (or a field) is bad input, refused with a typed code
+/// before it reaches Postgres, over the socket and over HTTP; so is a
+/// space name with one. Nothing is written, no response names Postgres,
+/// and the socket stays open.
+#[tokio::test]
+async fn a_nul_byte_is_refused_as_bad_input_not_as_an_outage() {
+    let s = Server::start().await;
+    let admin = token("demo", Role::Admin, None, 60);
+    s.create_space("demo", &admin).await;
+    let write = token("demo", Role::Write, Some(7), 60);
+    let mut ws = connect(&s, "demo", &write).await.unwrap();
+    send(
+        &mut ws,
+        ClientMsg::Hello {
+            v: 1,
+            replica: ReplicaId(7),
+            cursor: Some(0),
+        },
+    )
+    .await;
+    assert!(matches!(recv(&mut ws).await, ServerMsg::Welcome { .. }));
+    let nul = set((now_ms() << 16) + 2, 7, n(1), "text\0", Some("x"), 0);
+    let in_value = set((now_ms() << 16) + 3, 7, n(1), "text", Some("a\0b"), 0);
+    for (batch, op) in [(1u64, nul), (2, in_value.clone())] {
+        send(
+            &mut ws,
+            ClientMsg::Push {
+                batch,
+                ops: vec![create(1, 7, 1), op],
+            },
+        )
+        .await;
+        match recv(&mut ws).await {
+            ServerMsg::Error {
+                code,
+                message,
+                batch: b,
+            } => {
+                assert_eq!((code.as_str(), b), ("bad_op", Some(batch)));
+                assert!(message.contains("NUL"), "{message}");
+                assert!(!message.to_lowercase().contains("postgres"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // The socket still works.
+    send(&mut ws, ClientMsg::Ping).await;
+    assert_eq!(recv(&mut ws).await, ServerMsg::Pong);
+    // Over HTTP: 400 bad_op.
+    let r = s
+        .http
+        .post(s.url("/v1/spaces/demo/ops"))
+        .bearer_auth(&write)
+        .json(&json!({ "ops": [create(4, 7, 2), in_value] }))
+        .send()
+        .await
+        .unwrap();
+    let (status, code) = crate::http::error_code(r).await;
+    assert_eq!((status, code.as_str()), (400, "bad_op"));
+    // A space name with a NUL: 400 bad_request, from every route.
+    for path in ["/v1/spaces/de%00mo/ops", "/v1/spaces/de%00mo/snapshot"] {
+        let r = s
+            .http
+            .get(s.url(path))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        let (status, code) = crate::http::error_code(r).await;
+        assert_eq!((status, code.as_str()), (400, "bad_request"), "{path}");
+    }
+    let r = s
+        .http
+        .put(s.url("/v1/spaces/a%00b"))
+        .bearer_auth(&token("a\0b", Role::Admin, None, 60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let feed: arbor_shared::http::OpsBody = s.get_json("/v1/spaces/demo/ops", &admin).await;
+    assert_eq!(feed.head_seq, Some(0), "nothing was written");
+    s.stop().await;
+}
