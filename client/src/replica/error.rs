@@ -66,6 +66,11 @@ pub enum ReplicaError {
     /// A snapshot could not be loaded (nothing changed).
     #[error("snapshot: {0}")]
     Snapshot(String),
+    /// The file's parent links loop through this node: the replica file is
+    /// damaged (hand-edited, or written by something else). Nothing was
+    /// changed; a fresh replica (delete the file, sync again) repairs it.
+    #[error("the replica file is damaged: the parent links through {0} form a cycle")]
+    Corrupt(NodeId),
 }
 
 impl From<TreeError<rusqlite::Error>> for ReplicaError {
@@ -74,6 +79,7 @@ impl From<TreeError<rusqlite::Error>> for ReplicaError {
             TreeError::Store(e) => ReplicaError::Sqlite(e),
             TreeError::Op(e) => ReplicaError::Op(e),
             e @ TreeError::Stale { .. } => ReplicaError::Tree(e.to_string()),
+            TreeError::Corrupt { node } => ReplicaError::Corrupt(node),
         }
     }
 }

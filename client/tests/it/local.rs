@@ -327,3 +327,31 @@ fn creating_directly_under_trash_is_refused_and_emits_nothing() {
     assert_eq!(r.outbox_len().unwrap(), before);
     assert!(kids(&r, NodeId::TRASH).is_empty());
 }
+
+/// A replica file whose parent links were edited into a loop: every walk
+/// stops with `ReplicaError::Corrupt` instead of looping, and nothing
+/// changes.
+#[test]
+fn a_damaged_file_with_a_cycle_is_reported_not_looped_over() {
+    let dir = TempDir::new("cycle");
+    let mut r = Replica::open(&dir.0.join("r.db")).unwrap();
+    let a = r.create(NodeId::ROOT, Position::Last).unwrap();
+    let b = r.create(a, Position::Last).unwrap();
+    let other = r.create(NodeId::ROOT, Position::Last).unwrap();
+    let child = r.create(other, Position::Last).unwrap();
+    // a's parent becomes b: a -> b -> a.
+    r.connection()
+        .execute(
+            "UPDATE nodes SET parent = ?1 WHERE id = ?2",
+            rusqlite::params![b.to_bytes().to_vec(), a.to_bytes().to_vec()],
+        )
+        .unwrap();
+    let corrupt = |e: ReplicaError| matches!(e, ReplicaError::Corrupt(_));
+    assert!(corrupt(r.ancestors(b).unwrap_err()));
+    assert!(corrupt(r.is_deleted(a).unwrap_err()));
+    assert!(corrupt(r.walk(a, |_, _| true).unwrap_err()));
+    let outbox = r.outbox_len().unwrap();
+    assert!(corrupt(r.move_node(other, a, Position::Last).unwrap_err()));
+    assert_eq!(r.outbox_len().unwrap(), outbox, "an op was queued");
+    assert_eq!(r.parent(child).unwrap(), Some(other));
+}

@@ -368,14 +368,15 @@ async fn an_op_refused_for_good_moves_to_the_rejected_list_and_is_not_retried() 
     // The good ops were acknowledged; the NUL was not counted as pushed.
     assert_eq!(report.pushed, 2, "{report:?}");
     assert_eq!(rx.borrow().rejected, 1);
-    let g = r.lock().unwrap();
-    assert_eq!(g.outbox_len().unwrap(), 0);
-    let rejected = g.rejected().unwrap();
-    assert_eq!(rejected.len(), 1);
-    assert_eq!(rejected[0].op, bad);
-    assert_eq!(rejected[0].code, arbor_shared::ErrorCode::BadOp);
-    assert_eq!(g.field(good, "text").unwrap().as_deref(), Some("kept"));
-    drop(g);
+    {
+        let g = r.lock().unwrap();
+        assert_eq!(g.outbox_len().unwrap(), 0);
+        let rejected = g.rejected().unwrap();
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].op, bad);
+        assert_eq!(rejected[0].code, arbor_shared::ErrorCode::BadOp);
+        assert_eq!(g.field(good, "text").unwrap().as_deref(), Some("kept"));
+    }
     // Nothing is retried: the next sync pushes nothing.
     let (tx, _rx) = watch::channel(SyncStatus::default());
     let again = sync_once(r.clone(), server.sync_config("s"), tx, 3)

@@ -317,16 +317,21 @@ impl TreeStore for MemoryStore {
         Ok((p != NONE).then_some(p))
     }
 
-    fn is_ancestor(&self, a: u32, b: u32) -> Result<bool, Infallible> {
-        // One memory access per level.
+    fn is_ancestor(&self, a: u32, b: u32) -> Result<Option<bool>, Infallible> {
+        // One memory access per level; more levels than slots is a loop.
         let mut cur = b;
+        let mut steps = 0usize;
         while cur != NONE {
             if cur == a {
-                return Ok(true);
+                return Ok(Some(true));
             }
             cur = self.topo[cur as usize].parent;
+            steps += 1;
+            if steps > self.topo.len() {
+                return Ok(None);
+            }
         }
-        Ok(false)
+        Ok(Some(false))
     }
 
     fn contains(&self, node: u32) -> Result<bool, Infallible> {

@@ -107,17 +107,23 @@ pub trait TreeStore {
     fn parent(&self, node: Self::Node) -> Result<Option<Self::Node>, Self::Error> {
         Ok(self.place(node)?.map(|p| p.parent))
     }
-    /// True if `a` is `b` or an ancestor of `b`. The default walks
-    /// [`TreeStore::parent`] up from `b` with no depth limit.
-    fn is_ancestor(&self, a: Self::Node, b: Self::Node) -> Result<bool, Self::Error> {
+    /// `Some(true)` if `a` is `b` or an ancestor of `b`; `None` if the
+    /// parent links up from `b` loop (a damaged store: no valid tree has a
+    /// cycle). The default walks [`TreeStore::parent`] up from `b`, as deep
+    /// as the tree goes, bounded by [`WalkBudget`].
+    fn is_ancestor(&self, a: Self::Node, b: Self::Node) -> Result<Option<bool>, Self::Error> {
         let mut cur = b;
+        let mut budget = WalkBudget::default();
         loop {
             if cur == a {
-                return Ok(true);
+                return Ok(Some(true));
             }
             match self.parent(cur)? {
                 Some(p) => cur = p,
-                None => return Ok(false),
+                None => return Ok(Some(false)),
+            }
+            if !budget.step(self)? {
+                return Ok(None);
             }
         }
     }
@@ -206,6 +212,53 @@ pub enum TreeError<E: std::error::Error + 'static> {
     /// The store failed.
     #[error("store: {0}")]
     Store(#[source] E),
+    /// The store's parent links loop through this node: the store is
+    /// damaged (no sequence of ops makes a cycle). Nothing was applied.
+    #[error("the store is damaged: the parent links through {node} form a cycle")]
+    Corrupt {
+        /// A node on the cycle.
+        node: NodeId,
+    },
+}
+
+/// Bounds a walk along parent links. Parent links form no cycle in a valid
+/// store, but a damaged one (a hand-edited file) could make a walk loop
+/// forever; a walk longer than the store's node count has gone round one.
+/// The first 4,096 steps are free; past them the node count (an O(n) query
+/// in SQLite) is read at each doubling, so it is read only for deep walks
+/// and only a logarithmic number of times.
+#[derive(Debug, Clone)]
+pub struct WalkBudget {
+    steps: u64,
+    check_at: u64,
+}
+
+impl Default for WalkBudget {
+    fn default() -> Self {
+        WalkBudget {
+            steps: 0,
+            check_at: 4_096,
+        }
+    }
+}
+
+impl WalkBudget {
+    /// Counts one step; `false` once the walk has taken more steps than
+    /// there are nodes (plus ROOT and TRASH): it is going round a cycle.
+    pub fn step<S: TreeStore + ?Sized>(&mut self, store: &S) -> Result<bool, S::Error> {
+        self.steps += 1;
+        self.allows(self.steps, store)
+    }
+
+    /// `false` if a path of `len` steps is longer than the store has nodes
+    /// (plus ROOT and TRASH): it goes round a cycle.
+    pub fn allows<S: TreeStore + ?Sized>(&mut self, len: u64, store: &S) -> Result<bool, S::Error> {
+        if len < self.check_at {
+            return Ok(true);
+        }
+        self.check_at = len.saturating_mul(2);
+        Ok(len <= store.node_count()?.saturating_add(2))
+    }
 }
 
 /// A broken invariant found by [`Tree::check_invariants`].
@@ -413,7 +466,13 @@ impl<S: TreeStore> Tree<S> {
         let prev = st.place(node).map_err(TreeError::Store)?;
         let skip = node == parent
             || (st.has_children(node).map_err(TreeError::Store)?
-                && st.is_ancestor(node, parent).map_err(TreeError::Store)?);
+                && match st.is_ancestor(node, parent).map_err(TreeError::Store)? {
+                    Some(yes) => yes,
+                    None => {
+                        let node = st.id(parent).map_err(TreeError::Store)?;
+                        return Err(TreeError::Corrupt { node });
+                    }
+                });
         let effect = if skip {
             Effect::Skipped
         } else {
@@ -459,14 +518,19 @@ impl<S: TreeStore> Tree<S> {
         Ok(true)
     }
 
-    /// True if `a` is `b` or an ancestor of `b` (walks up from `b`, no
-    /// depth limit).
+    /// True if `a` is `b` or an ancestor of `b` (walks up from `b`, as
+    /// deep as the tree goes; a loop in a damaged store is
+    /// [`TreeError::Corrupt`]).
     pub fn is_ancestor(&self, a: NodeId, b: NodeId) -> Res<bool, S> {
         if a == b {
             return Ok(true);
         }
         match (self.lookup(a)?, self.lookup(b)?) {
-            (Some(a), Some(b)) => self.store.is_ancestor(a, b).map_err(TreeError::Store),
+            (Some(ha), Some(hb)) => self
+                .store
+                .is_ancestor(ha, hb)
+                .map_err(TreeError::Store)?
+                .ok_or(TreeError::Corrupt { node: b }),
             _ => Ok(false),
         }
     }
@@ -556,9 +620,13 @@ impl<S: TreeStore> Tree<S> {
         let Some(mut cur) = self.lookup(node)? else {
             return Ok(out);
         };
+        let mut budget = WalkBudget::default();
         while let Some(p) = self.store.parent(cur).map_err(TreeError::Store)? {
             out.push(self.store.id(p).map_err(TreeError::Store)?);
             cur = p;
+            if !budget.step(&self.store).map_err(TreeError::Store)? {
+                return Err(TreeError::Corrupt { node });
+            }
         }
         Ok(out)
     }
@@ -573,6 +641,7 @@ impl<S: TreeStore> Tree<S> {
     /// pages, so memory grows with depth, not with subtree size.
     pub fn subtree(&self, root: NodeId) -> Subtree<'_, S> {
         Subtree {
+            budget: WalkBudget::default(),
             tree: self,
             stack: vec![Frame {
                 parent: root,
@@ -717,6 +786,9 @@ struct Frame {
 pub struct Subtree<'a, S> {
     tree: &'a Tree<S>,
     stack: Vec<Frame>,
+    /// Bounds the depth: a subtree deeper than the store has nodes is a
+    /// loop of parent links in a damaged store.
+    budget: WalkBudget,
 }
 
 const SUBTREE_PAGE: usize = 256;
@@ -755,6 +827,17 @@ impl<S: TreeStore> Iterator for Subtree<'_, S> {
             }
             let id = frame.page.get(frame.pos).map(|c| c.id)?;
             frame.pos += 1;
+            match self.budget.allows(depth as u64, &self.tree.store) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.stack.clear();
+                    return Some(Err(TreeError::Corrupt { node: id }));
+                }
+                Err(e) => {
+                    self.stack.clear();
+                    return Some(Err(TreeError::Store(e)));
+                }
+            }
             self.stack.push(Frame {
                 parent: id,
                 page: Vec::new(),

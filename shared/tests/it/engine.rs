@@ -187,3 +187,50 @@ fn duplicates_above_the_first_new_stamp_are_found_while_merging() {
     // (5,1) moved 3 under ROOT after (4,1) moved it under 1.
     assert_eq!(parent(&t, 3), Some(NodeId::ROOT));
 }
+
+/// A store whose parent links loop (a damaged file) makes no walk loop
+/// forever: each stops within node-count steps with `TreeError::Corrupt`.
+#[test]
+fn walks_over_a_store_with_a_cycle_stop_with_a_typed_error() {
+    let mut t = tree();
+    // a under ROOT, b under a, c under b, then d, a long chain below c.
+    apply(&mut t, &[mv(1, 1, 1, 0), mv(2, 1, 2, 1), mv(3, 1, 3, 2)]);
+    let mut chain = Vec::new();
+    for i in 0..5_000u64 {
+        chain.push(mv(
+            10 + i,
+            1,
+            100 + u128::from(i),
+            if i == 0 { 3 } else { 99 + u128::from(i) },
+        ));
+    }
+    apply(&mut t, &chain);
+    t.check_invariants().unwrap();
+    // Damage the store: a's parent becomes c (a -> c -> b -> a).
+    let mut store = t.into_store();
+    let (a, c) = (
+        store.lookup(n(1)).unwrap().unwrap(),
+        store.lookup(n(3)).unwrap().unwrap(),
+    );
+    let key = store.place(a).unwrap().unwrap().key;
+    store
+        .set_place(a, arbor_shared::Place { parent: c, key })
+        .unwrap();
+    let mut t = arbor_shared::Tree::new(store);
+    assert!(t.check_invariants().is_err());
+    let corrupt = |r: Result<_, TreeError<std::convert::Infallible>>| {
+        matches!(r, Err(TreeError::Corrupt { .. }))
+    };
+    assert!(corrupt(t.ancestors(n(1)).map(|_| ())));
+    assert!(corrupt(t.ancestors(n(5_099)).map(|_| ())));
+    assert!(corrupt(t.is_ancestor(n(100), n(2)).map(|_| ())));
+    assert!(corrupt(t.is_in_trash(n(5_099)).map(|_| ())));
+    let mut walked: Vec<_> = t.subtree(n(1)).collect();
+    assert!(walked.len() < 20_000, "{} steps", walked.len());
+    assert!(corrupt(walked.pop().unwrap().map(|_| ())));
+    // A move that needs the cycle check is refused, and changes nothing.
+    let before = t.state().unwrap();
+    let r = t.apply(&[mv(20_000, 2, 100, 2)]);
+    assert!(corrupt(r.map(|_| ())), "the move was applied over a cycle");
+    assert_eq!(t.state().unwrap(), before);
+}

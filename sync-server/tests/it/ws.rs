@@ -660,7 +660,7 @@ async fn a_nul_byte_is_refused_as_bad_input_not_as_an_outage() {
     let r = s
         .http
         .put(s.url("/v1/spaces/a%00b"))
-        .bearer_auth(&token("a\0b", Role::Admin, None, 60))
+        .bearer_auth(token("a\0b", Role::Admin, None, 60))
         .send()
         .await
         .unwrap();
