@@ -57,6 +57,10 @@ pub mod close {
     pub const PROTOCOL: u16 = 4003;
     /// The token does not allow what the connection asked.
     pub const FORBIDDEN: u16 = 4004;
+    /// The connection said nothing for too long.
+    pub const TIMEOUT: u16 = 4008;
+    /// The token went over its rate: the reason says when to retry.
+    pub const RATE_LIMITED: u16 = 4029;
 }
 
 /// Where a code can appear.
@@ -195,6 +199,16 @@ codes! {
     TooManyPushes = "too_many_pushes", 429, None, Retry, Wire;
     /// A push reused the id of a batch still in flight.
     DuplicateBatch = "duplicate_batch", 409, None, Retry, Wire;
+    /// This token went over its rate (pushes or requests) or holds more than
+    /// its share (streams, sockets): wait `Retry-After` (HTTP) or
+    /// `retry_after_ms` (the `error` frame; the socket is closed 4029).
+    RateLimited = "rate_limited", 429, Some(close::RATE_LIMITED), Retry, Wire;
+    /// Every slot of the server's budget for long streams (snapshots,
+    /// exports, imports) is in use: retry after `Retry-After`.
+    Overloaded = "overloaded", 503, None, Retry, Wire;
+    /// The client said nothing for too long: no `hello` in time, or an idle
+    /// socket (closed 4008), or request headers that did not come.
+    Timeout = "timeout", 408, Some(close::TIMEOUT), Retry, Wire;
     /// The connection fell too far behind the live feed (closed 4002).
     TooSlow = "too_slow", 503, Some(close::TOO_SLOW), Retry, Wire;
     /// The database (or the sync server, seen from the Worker) cannot be

@@ -101,6 +101,9 @@ pub enum ServerMsg {
         /// The push it refers to.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         batch: Option<u64>,
+        /// For `rate_limited`: wait this long before trying again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
     /// The cursor is below the horizon (or ahead of the head): load a
     /// snapshot, then say hello again from its head seq.

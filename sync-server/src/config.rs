@@ -57,6 +57,42 @@ pub struct ServeArgs {
     /// `bad_host`. Empty: any.
     #[arg(long, env = "ARBOR_ALLOWED_HOSTS", value_delimiter = ',')]
     pub allowed_hosts: Vec<String>,
+    /// Long streams (snapshots, exports, imports) at once, server-wide;
+    /// each holds a pooled connection (default: half the pool).
+    #[arg(long, env = "ARBOR_MAX_STREAMS")]
+    pub max_streams: Option<usize>,
+    /// Long streams one token may run at once.
+    #[arg(long, env = "ARBOR_MAX_STREAMS_PER_TOKEN", default_value_t = 2)]
+    pub max_streams_per_token: usize,
+    /// Seconds a stream may go without its reader taking (or its writer
+    /// sending) anything before it is dropped.
+    #[arg(long, env = "ARBOR_STALL_TIMEOUT_S", default_value_t = 30)]
+    pub stall_timeout_s: u64,
+    /// Seconds to receive a request's headers (also the idle time of a
+    /// kept-alive connection between requests).
+    #[arg(long, env = "ARBOR_HEADER_READ_TIMEOUT_S", default_value_t = 10)]
+    pub header_read_timeout_s: u64,
+    /// Seconds a new realtime socket has to say `hello`.
+    #[arg(long, env = "ARBOR_HELLO_TIMEOUT_S", default_value_t = 10)]
+    pub hello_timeout_s: u64,
+    /// Seconds a realtime socket may send nothing (clients ping every 20 s).
+    #[arg(long, env = "ARBOR_IDLE_TIMEOUT_S", default_value_t = 75)]
+    pub idle_timeout_s: u64,
+    /// Realtime sockets one token may hold at once.
+    #[arg(long, env = "ARBOR_MAX_SOCKETS_PER_TOKEN", default_value_t = 16)]
+    pub max_sockets_per_token: usize,
+    /// TCP connections one client address may hold at once.
+    #[arg(long, env = "ARBOR_MAX_CONNECTIONS_PER_ADDR", default_value_t = 512)]
+    pub max_connections_per_addr: usize,
+    /// Frames (pushes) per second one token may send over its sockets.
+    #[arg(long, env = "ARBOR_PUSHES_PER_S", default_value_t = 100.0)]
+    pub pushes_per_s: f64,
+    /// HTTP requests per second one token may make.
+    #[arg(long, env = "ARBOR_REQUESTS_PER_S", default_value_t = 100.0)]
+    pub requests_per_s: f64,
+    /// Bursts above those rates, in seconds' worth of the rate.
+    #[arg(long, env = "ARBOR_BURST_S", default_value_t = 5.0)]
+    pub burst_s: f64,
 }
 
 /// Why the configuration cannot be used.
@@ -108,6 +144,8 @@ pub struct Config {
     /// to; any other gets 421 `bad_host`. Empty: any (a proxy in front
     /// decides). `dev` answers loopback names only.
     pub allowed_hosts: Vec<String>,
+    /// What one client may take: stream budget, caps, timeouts, rates.
+    pub limits: crate::limits::Limits,
 }
 
 impl Config {
@@ -126,6 +164,7 @@ impl Config {
             socket_queue_frames: 256,
             notify_url: None,
             allowed_hosts: Vec::new(),
+            limits: crate::limits::Limits::for_pool(16),
         }
     }
 }
@@ -165,6 +204,21 @@ impl ServeArgs {
             socket_queue_frames: self.socket_queue_frames,
             notify_url: self.notify_url,
             allowed_hosts: self.allowed_hosts,
+            limits: crate::limits::Limits {
+                max_streams: self
+                    .max_streams
+                    .unwrap_or_else(|| crate::limits::Limits::for_pool(self.db_pool).max_streams),
+                max_streams_per_token: self.max_streams_per_token,
+                stall_timeout: Duration::from_secs(self.stall_timeout_s),
+                header_read_timeout: Duration::from_secs(self.header_read_timeout_s),
+                hello_timeout: Duration::from_secs(self.hello_timeout_s),
+                idle_timeout: Duration::from_secs(self.idle_timeout_s),
+                max_sockets_per_token: self.max_sockets_per_token,
+                max_connections_per_addr: self.max_connections_per_addr,
+                pushes_per_s: self.pushes_per_s,
+                requests_per_s: self.requests_per_s,
+                burst_s: self.burst_s,
+            },
         })
     }
 }

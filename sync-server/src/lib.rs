@@ -19,6 +19,10 @@
 //! - [`notify`]: commit notices (`LISTEN arbor_head`) so several server
 //!   processes relay each other's ops.
 //! - [`import`]: a snapshot file streamed into a new thoughtspace.
+//! - [`limits`]: what one client may take: the stream budget, caps per
+//!   token and address, rate limits, the stall guard.
+//! - [`listener`]: the HTTP accept loop (header deadline, per-address cap,
+//!   graceful drain).
 //! - [`metrics`]: Prometheus metrics for the admin listener.
 //! - [`config`]: flags, environment variables and secrets.
 
@@ -28,6 +32,8 @@ pub mod api;
 pub mod config;
 pub mod db;
 pub mod import;
+pub mod limits;
+pub mod listener;
 pub mod metrics;
 pub mod notify;
 pub mod realtime;
@@ -36,7 +42,6 @@ pub mod snapshot;
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt as _;
 use std::sync::atomic::Ordering;
 
 pub use config::{Config, ConfigError, ServeArgs};
@@ -87,10 +92,12 @@ pub async fn serve_with(
 ) -> Result<(), ServerError> {
     let metrics = metrics::handle();
     let db = db::Db::open(config.database.clone(), config.db_pool).await?;
+    let limits = config.limits.clone();
     let rooms = Arc::new(realtime::Rooms::new(
         db.clone(),
         config.token_leeway_s,
         config.socket_queue_frames,
+        &limits,
     ));
     let forward = config
         .notify_url
@@ -104,6 +111,13 @@ pub async fn serve_with(
         rooms: rooms.clone(),
         max_import_bytes: config.max_import_bytes,
         forwarder: forward.clone(),
+        // At least one pooled connection is always left to short requests.
+        streams: limits::StreamBudget::new(
+            limits.max_streams.min(config.db_pool.saturating_sub(1).max(1)),
+            limits.max_streams_per_token,
+        ),
+        requests: limits::RateLimiter::new(limits.requests_per_s, limits.burst_s),
+        stall_timeout: limits.stall_timeout,
     });
     let app = api::only_hosts(
         api::router(state.clone(), config.max_body_bytes, &config.cors_origins).merge(extra),
@@ -134,7 +148,7 @@ pub async fn serve_with(
         });
     }
     let drain_state = state.clone();
-    let signal = async move {
+    tokio::spawn(async move {
         shutdown.await;
         drain_state.draining.store(true, Ordering::Relaxed);
         tracing::info!("shutting down: draining");
@@ -142,24 +156,16 @@ pub async fn serve_with(
         // the HTTP drain).
         rooms.close_all().await;
         let _ = stop_tx.send(true);
-    };
-    // Realtime frames are small and latency-bound: no Nagle delay (with
-    // delayed ACKs it holds frames for up to 40 ms).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY failed");
-        }
     });
-    let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
-    let mut stop_rx2 = stop_rx.clone();
-    let deadline = async move {
-        let _ = stop_rx2.wait_for(|stop| *stop).await;
-        tokio::time::sleep(config.drain).await;
-    };
-    tokio::select! {
-        result = serve => result?,
-        () = deadline => tracing::warn!("drain deadline passed: closing with requests in flight"),
-    }
+    listener::serve_http(
+        listener,
+        app,
+        limits.header_read_timeout,
+        limits.max_connections_per_addr,
+        stop_rx.clone(),
+        config.drain,
+    )
+    .await?;
     drop(stop_rx);
     tracing::info!("stopped");
     Ok(())

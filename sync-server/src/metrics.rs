@@ -13,6 +13,10 @@ pub const OPS_REJECTED: &str = "arbor_ops_rejected_total";
 pub const INGEST_SECONDS: &str = "arbor_ingest_seconds";
 /// Snapshot bytes streamed.
 pub const SNAPSHOT_BYTES: &str = "arbor_snapshot_bytes_total";
+/// Streams dropped because their reader (or writer) stalled.
+pub const STREAMS_STALLED: &str = "arbor_streams_stalled_total";
+/// Requests and frames refused by a limit, by `code`.
+pub const LIMITED: &str = "arbor_limited_total";
 /// Open realtime sockets.
 pub const SOCKETS_ACTIVE: &str = "arbor_sockets_active";
 

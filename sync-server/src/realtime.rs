@@ -18,12 +18,14 @@ use std::time::Duration;
 
 use arbor_shared::auth::Claims;
 use arbor_shared::protocol::{SeqOp, ServerMsg};
+use arbor_shared::ErrorCode;
 use arbor_shared::room::{Action, ConnId, IngestResult, Push, Room, RoomLimits, close};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt as _;
 use tokio::sync::{Mutex, mpsc};
 
 use crate::db::{Committed, Db, Origin};
+use crate::limits::{Counter, Held, Limits, RateLimiter};
 
 /// Events queued for one room.
 const ROOM_EVENTS: usize = 1024;
@@ -75,6 +77,12 @@ pub struct Rooms {
     socket_queue: usize,
     next_conn: AtomicU64,
     rooms: Mutex<HashMap<String, mpsc::Sender<Event>>>,
+    /// Sockets per token.
+    sockets: Counter,
+    /// Frames per token (pushes, pings).
+    frames: RateLimiter,
+    hello_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 fn seq_op(c: Committed) -> SeqOp {
@@ -96,14 +104,24 @@ fn seq_ops(committed: Vec<Committed>) -> Vec<SeqOp> {
 
 impl Rooms {
     /// No rooms yet; each socket may queue `socket_queue` frames.
-    pub fn new(db: Db, leeway_s: u64, socket_queue: usize) -> Rooms {
+    pub fn new(db: Db, leeway_s: u64, socket_queue: usize, limits: &Limits) -> Rooms {
         Rooms {
             db,
             leeway_s,
             socket_queue: socket_queue.max(1),
             next_conn: AtomicU64::new(1),
             rooms: Mutex::new(HashMap::new()),
+            sockets: Counter::new(limits.max_sockets_per_token),
+            frames: RateLimiter::new(limits.pushes_per_s, limits.burst_s),
+            hello_timeout: limits.hello_timeout,
+            idle_timeout: limits.idle_timeout,
         }
+    }
+
+    /// A socket's share of its token's cap (taken before the upgrade, so an
+    /// over-cap socket is refused with 429 instead of opened and closed).
+    pub fn hold_socket(&self, claims: &Claims) -> Option<Held> {
+        self.sockets.try_hold(&crate::api::token_key(claims))
     }
 
     /// The room of `space`, started if needed (the space must exist).
@@ -175,14 +193,24 @@ impl Rooms {
     }
 
     /// Serves an upgraded socket whose token was verified for `space`.
-    pub async fn serve(self: Arc<Self>, space: String, claims: Claims, mut socket: WebSocket) {
+    /// `holds` are the socket's shares of the caps (its token's, its
+    /// address's), released when it closes.
+    pub async fn serve(
+        self: Arc<Self>,
+        space: String,
+        claims: Claims,
+        mut socket: WebSocket,
+        holds: impl Send + 'static,
+    ) {
+        let _holds = holds;
         let room = match self.room(&space).await {
             Ok(r) => r,
             Err(e) => {
+                let (code, _) = crate::api::db_refusal(&e);
                 let _ = socket
                     .send(Message::Close(Some(CloseFrame {
-                        code: close::GOING_AWAY,
-                        reason: e.to_string().chars().take(100).collect::<String>().into(),
+                        code: code.close_code().unwrap_or(close::INTERNAL),
+                        reason: code.as_str().into(),
                     })))
                     .await;
                 return;
@@ -202,6 +230,9 @@ impl Rooms {
         mut socket: WebSocket,
     ) {
         let (out_tx, mut out_rx) = mpsc::channel(self.socket_queue);
+        // Service tokens carry many clients' traffic: no per-token rate.
+        let rate_key = (claims.role != arbor_shared::auth::Role::Service)
+            .then(|| crate::api::token_key(&claims));
         if room
             .send(Event::Connect {
                 conn,
@@ -213,10 +244,27 @@ impl Rooms {
         {
             return;
         }
+        // A socket that says nothing: no hello in time, or idle too long.
+        let mut deadline = tokio::time::Instant::now() + self.hello_timeout;
         loop {
             tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {
+                    let _ = socket.send(refusal_frame(ErrorCode::Timeout, "nothing was said for too long", None)).await;
+                    let _ = socket.send(close_frame(ErrorCode::Timeout, "timeout")).await;
+                    break;
+                }
                 incoming = socket.recv() => match incoming {
                     Some(Ok(Message::Text(text))) => {
+                        deadline = tokio::time::Instant::now() + self.idle_timeout;
+                        if let Some(key) = &rate_key
+                            && let Err(wait) = self.frames.take(key, std::time::Instant::now())
+                        {
+                            let ms = wait.as_millis() as u64 + 1;
+                            metrics::counter!(crate::metrics::LIMITED, "code" => "rate_limited").increment(1);
+                            let _ = socket.send(refusal_frame(ErrorCode::RateLimited, "too many frames for this token", Some(ms))).await;
+                            let _ = socket.send(close_frame(ErrorCode::RateLimited, &format!("retry after {ms} ms"))).await;
+                            break;
+                        }
                         let event = Event::Message { conn, text: text.as_str().to_string() };
                         if room.send(event).await.is_err() { break; }
                     }
@@ -225,7 +273,9 @@ impl Rooms {
                         let event = Event::Message { conn, text: String::from("binary frame") };
                         if room.send(event).await.is_err() { break; }
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                        deadline = tokio::time::Instant::now() + self.idle_timeout;
+                    }
                     Some(Err(e)) => {
                         // tungstenite's capacity error ("Space limit
                         // exceeded: Message too long"): the frame was over
@@ -274,6 +324,28 @@ impl Rooms {
         }
         let _ = room.send(Event::Closed { conn }).await;
     }
+}
+
+/// An `error` frame without a push.
+fn refusal_frame(code: ErrorCode, message: &str, retry_after_ms: Option<u64>) -> Message {
+    Message::Text(
+        ServerMsg::Error {
+            code,
+            message: message.into(),
+            batch: None,
+            retry_after_ms,
+        }
+        .encode()
+        .into(),
+    )
+}
+
+/// The close that goes with `code` (its close code from the table).
+fn close_frame(code: ErrorCode, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: code.close_code().unwrap_or(close::PROTOCOL),
+        reason: reason.into(),
+    }))
 }
 
 fn now_s() -> u64 {

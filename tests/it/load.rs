@@ -99,6 +99,11 @@ async fn a_thousand_sockets_over_a_hundred_spaces_stay_bounded() {
         cors_origins: Vec::new(),
         socket_queue_frames: 16,
         notify_url: None,
+        // 1,001 sockets from one load generator: one address.
+        limits: arbor_sync_server::limits::Limits {
+            max_connections_per_addr: 4_096,
+            ..arbor_sync_server::limits::Limits::for_pool(8)
+        },
         ..Config::new(
             cluster.config("e2e_load"),
             Hs256Key::new(SECRET.as_bytes()).unwrap(),

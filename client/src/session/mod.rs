@@ -251,6 +251,8 @@ pub struct Session {
     /// An op was rejected: once the pushes in flight are answered, reload
     /// a snapshot so its local effects go (nothing new is pushed meanwhile).
     resync_pending: bool,
+    /// The wait the last refusal asked for (`rate_limited`), at least.
+    retry_after_ms: Option<u64>,
 }
 
 /// What a handler wants after it ran.
@@ -288,6 +290,7 @@ impl Session {
             pending_rejection: None,
             reported_rejected: 0,
             resync_pending: false,
+            retry_after_ms: None,
         }
     }
 
@@ -571,7 +574,11 @@ impl Session {
                     code,
                     message,
                     batch,
-                } => self.refusal(r, code, message, batch),
+                    retry_after_ms,
+                } => {
+                    self.retry_after_ms = retry_after_ms;
+                    self.refusal(r, code, message, batch)
+                }
                 _ => Next::Stay,
             };
         }
@@ -601,7 +608,11 @@ impl Session {
                 code,
                 message,
                 batch,
-            } => self.refusal(r, code, message, batch),
+                retry_after_ms,
+            } => {
+                self.retry_after_ms = retry_after_ms;
+                self.refusal(r, code, message, batch)
+            }
             ServerMsg::Peers { peers } => {
                 self.status.peers = peers;
                 out.push(Action::Status(self.status.clone()));
@@ -862,7 +873,8 @@ impl Session {
             return;
         }
         tracing::warn!(error = %why, "sync session ended; reconnecting");
-        let until = now + self.backoff.next_delay();
+        let asked = self.retry_after_ms.take().unwrap_or(0);
+        let until = now + self.backoff.next_delay().max(asked);
         self.phase = Phase::Waiting { until };
         self.offline_error = Some(why);
     }

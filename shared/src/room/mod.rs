@@ -302,6 +302,7 @@ impl Room {
                 code,
                 message: message.into(),
                 batch,
+                retry_after_ms: None,
             },
         }
     }

@@ -49,12 +49,24 @@ pub(super) fn authorize_token(
     need: Need,
 ) -> Result<Claims, ApiError> {
     check_space_name(space)?;
-    Ok(auth::authorize(
-        token,
-        &state.key,
-        now_s(),
-        state.leeway_s,
-        space,
-        need,
-    )?)
+    let claims = auth::authorize(token, &state.key, now_s(), state.leeway_s, space, need)?;
+    // The service tokens of the Durable Object and of other servers carry
+    // many clients' traffic: they are not rate-limited per token.
+    if claims.role != arbor_shared::auth::Role::Service
+        && let Err(wait) = state
+            .requests
+            .take(&token_key(&claims), std::time::Instant::now())
+    {
+        return Err(ApiError::limited(crate::limits::Refused {
+            code: arbor_shared::ErrorCode::RateLimited,
+            message: "too many requests for this token".into(),
+            retry_after: wait,
+        }));
+    }
+    Ok(claims)
+}
+
+/// The key limits count a token by: its subject in its space.
+pub fn token_key(claims: &Claims) -> String {
+    format!("{}\u{0}{}", claims.space, claims.sub)
 }

@@ -14,6 +14,8 @@ use crate::db::{DbError, RejectCode};
 pub struct ApiError {
     code: ErrorCode,
     message: String,
+    /// Sent as `Retry-After` (whole seconds, rounded up).
+    retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -22,6 +24,17 @@ impl ApiError {
         ApiError {
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A refusal by a limit, with the wait it asks for.
+    pub fn limited(refused: crate::limits::Refused) -> ApiError {
+        metrics::counter!(crate::metrics::LIMITED, "code" => refused.code.as_str()).increment(1);
+        ApiError {
+            code: refused.code,
+            message: refused.message,
+            retry_after: Some(refused.retry_after),
         }
     }
 
@@ -43,7 +56,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(ErrorBody::new(self.code, self.message))).into_response()
+        let mut response = (status, Json(ErrorBody::new(self.code, self.message))).into_response();
+        if let Some(wait) = self.retry_after {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.max(1).into());
+        }
+        response
     }
 }
 

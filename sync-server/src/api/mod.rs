@@ -40,6 +40,7 @@ use crate::db::Db;
 
 pub use arbor_shared::http::{CommittedJson, GroupIngestBody, IngestBody, OpsBody};
 pub use children::{ChildJson, ChildrenBody, ChildrenQuery, RegisterJson};
+pub use auth::token_key;
 pub use error::{ApiError, db_refusal};
 pub use ops::{CatchUpQuery, IngestQuery};
 
@@ -60,6 +61,12 @@ pub struct AppState {
     pub max_import_bytes: u64,
     /// Forwards commit notices to the Worker (`--notify-url`), if set.
     pub forwarder: Option<crate::notify::Forwarder>,
+    /// The budget of long streams (snapshots, exports, imports).
+    pub streams: crate::limits::StreamBudget,
+    /// HTTP requests per token.
+    pub requests: crate::limits::RateLimiter,
+    /// How long a stream may stall before it is dropped.
+    pub stall_timeout: std::time::Duration,
 }
 
 /// The admin routes: `/metrics` (Prometheus text), `/livez`, `/readyz`.

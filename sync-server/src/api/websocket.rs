@@ -25,6 +25,7 @@ pub(super) async fn websocket(
     Path(space): Path<String>,
     headers: HeaderMap,
     query: Result<Query<WsQuery>, QueryRejection>,
+    conn: Option<axum::Extension<crate::limits::ConnHold>>,
     ws: axum::extract::ws::WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     // The token is checked before the upgrade: a bad one gets 401/403.
@@ -53,6 +54,14 @@ pub(super) async fn websocket(
     } else {
         ws
     };
+    let Some(token_hold) = state.rooms.hold_socket(&claims) else {
+        return Err(ApiError::limited(crate::limits::Refused {
+            code: ErrorCode::RateLimited,
+            message: "too many sockets open for this token".into(),
+            retry_after: std::time::Duration::from_secs(5),
+        }));
+    };
     let rooms = state.rooms.clone();
-    Ok(ws.on_upgrade(move |socket| rooms.serve(space, claims, socket)))
+    let holds = (token_hold, conn.map(|axum::Extension(c)| c));
+    Ok(ws.on_upgrade(move |socket| rooms.serve(space, claims, socket, holds)))
 }

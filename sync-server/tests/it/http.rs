@@ -58,6 +58,22 @@ impl Server {
 
     /// A server on an existing database (several servers can share one).
     pub async fn start_on(database: tokio_postgres::Config, queue: usize, leeway_s: u64) -> Server {
+        // Tests that are not about rates send far more than a client does.
+        let limits = arbor_sync_server::limits::Limits {
+            requests_per_s: 100_000.0,
+            pushes_per_s: 100_000.0,
+            ..arbor_sync_server::limits::Limits::for_pool(4)
+        };
+        Server::start_limited(database, queue, leeway_s, limits).await
+    }
+
+    /// A server with these limits.
+    pub async fn start_limited(
+        database: tokio_postgres::Config,
+        queue: usize,
+        leeway_s: u64,
+        limits: arbor_sync_server::limits::Limits,
+    ) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -71,6 +87,7 @@ impl Server {
             cors_origins: vec!["https://app.example".into()],
             socket_queue_frames: queue,
             notify_url: None,
+            limits,
             ..Config::new(database, key())
         };
         let (tx, rx) = oneshot::channel::<()>();

@@ -623,6 +623,7 @@ async fn a_nul_byte_is_refused_as_bad_input_not_as_an_outage() {
                 code,
                 message,
                 batch: b,
+                ..
             } => {
                 assert_eq!((code.as_str(), b), ("bad_op", Some(batch)));
                 assert!(message.contains("NUL"), "{message}");
