@@ -113,7 +113,9 @@ pub async fn serve_with(
         forwarder: forward.clone(),
         // At least one pooled connection is always left to short requests.
         streams: limits::StreamBudget::new(
-            limits.max_streams.min(config.db_pool.saturating_sub(1).max(1)),
+            limits
+                .max_streams
+                .min(config.db_pool.saturating_sub(1).max(1)),
             limits.max_streams_per_token,
         ),
         requests: limits::RateLimiter::new(limits.requests_per_s, limits.burst_s),

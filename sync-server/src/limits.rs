@@ -130,11 +130,15 @@ impl StreamBudget {
                 retry_after: Duration::from_secs(5),
             });
         }
-        let permit = self.global.clone().try_acquire_owned().map_err(|_| Refused {
-            code: ErrorCode::Overloaded,
-            message: "every stream slot is in use; retry".into(),
-            retry_after: Duration::from_secs(5),
-        })?;
+        let permit = self
+            .global
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refused {
+                code: ErrorCode::Overloaded,
+                message: "every stream slot is in use; retry".into(),
+                retry_after: Duration::from_secs(5),
+            })?;
         *running.entry(token_key.to_string()).or_insert(0) += 1;
         Ok(StreamPermit {
             _global: permit,
@@ -306,4 +310,3 @@ where
         }
     })
 }
-

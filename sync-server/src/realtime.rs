@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use arbor_shared::ErrorCode;
 use arbor_shared::auth::Claims;
 use arbor_shared::protocol::{SeqOp, ServerMsg};
-use arbor_shared::ErrorCode;
 use arbor_shared::room::{Action, ConnId, IngestResult, Push, Room, RoomLimits, close};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt as _;

@@ -39,8 +39,8 @@ use axum::routing::{get, post, put};
 use crate::db::Db;
 
 pub use arbor_shared::http::{CommittedJson, GroupIngestBody, IngestBody, OpsBody};
-pub use children::{ChildJson, ChildrenBody, ChildrenQuery, RegisterJson};
 pub use auth::token_key;
+pub use children::{ChildJson, ChildrenBody, ChildrenQuery, RegisterJson};
 pub use error::{ApiError, db_refusal};
 pub use ops::{CatchUpQuery, IngestQuery};
 

@@ -18,6 +18,7 @@ mod group;
 mod harness;
 mod http;
 mod import;
+mod limits;
 mod memory;
 mod restore;
 mod snapshot;
