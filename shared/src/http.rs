@@ -45,6 +45,11 @@ pub struct OpsBody {
     /// The space's head seq (catch-up only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_seq: Option<u64>,
+    /// Catch-up only: the lowest cursor catch-up can serve, when there is
+    /// one (an imported space, or a log truncated below its horizon); a
+    /// replica below it, or with no cursor, must load a snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_cursor: Option<u64>,
 }
 
 /// One push of a group ingest.

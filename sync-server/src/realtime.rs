@@ -141,7 +141,8 @@ impl Rooms {
                 message: format!("unknown_space: {space}"),
             })?;
         let (tx, rx) = mpsc::channel(ROOM_EVENTS);
-        let room = Room::new(space, info.head_seq, info.horizon, RoomLimits::default());
+        let mut room = Room::new(space, info.head_seq, info.horizon, RoomLimits::default());
+        room.set_min_cursor(info.min_cursor);
         tokio::spawn(run_room(
             space.to_string(),
             room,

@@ -77,12 +77,13 @@ impl RoomObject {
             (None, None) => return Err(worker::Error::RustError("no thoughtspace yet".into())),
         };
         let upstream = Upstream::new(&self.env, &space)?;
-        let head = upstream.head_seq().await?;
+        let (head, min_cursor) = upstream.head().await?;
         if self.live.borrow().is_some() {
             // Another event built it while we fetched.
             return Ok(());
         }
         let mut room = Room::new(&space, head, None, RoomLimits::default());
+        room.set_min_cursor(min_cursor);
         let mut actions = Vec::new();
         let mut next_conn = 1;
         let mut map = BTreeMap::new();

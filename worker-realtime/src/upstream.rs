@@ -232,10 +232,24 @@ impl Upstream {
         Ok((ops, answer.head_seq.unwrap_or(0)))
     }
 
-    /// The space's head seq.
-    pub(crate) async fn head_seq(&self) -> Result<u64> {
+    /// The space's head seq and the lowest cursor catch-up can serve.
+    pub(crate) async fn head(&self) -> Result<(u64, Option<u64>)> {
         // A page above any seq: no ops, just the head.
-        Ok(self.ops_page(u64::MAX / 2, u64::MAX / 2, 1).await?.1)
+        let mut r = self
+            .send(
+                Method::Get,
+                &format!("/ops?after={}&limit=1", u64::MAX / 2),
+                None,
+            )
+            .await?;
+        if r.status_code() != 200 {
+            return Err(worker::Error::RustError(format!(
+                "catch-up answered {}",
+                r.status_code()
+            )));
+        }
+        let answer: OpsBody = r.json().await?;
+        Ok((answer.head_seq.unwrap_or(0), answer.min_cursor))
     }
 
     /// Commits a group of pushes: one frame on the upstream socket, or one

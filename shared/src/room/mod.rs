@@ -180,6 +180,9 @@ pub struct Room {
     parked: BTreeMap<ConnId, (ReplicaId, u64)>,
     /// Pushes waiting for their commit and the group in flight.
     commits: CommitQueue,
+    /// The lowest cursor catch-up can serve (`None`: any, even none); a
+    /// hello below it, or with no cursor, gets `snapshot_required`.
+    min_cursor: Option<u64>,
 }
 
 impl Room {
@@ -196,7 +199,15 @@ impl Room {
             gap_in_flight: None,
             parked: BTreeMap::new(),
             commits: CommitQueue::default(),
+            min_cursor: None,
         }
+    }
+
+    /// The lowest cursor catch-up can serve: an imported space's state is
+    /// not in its log, and a truncated log lacks its first ops. A hello
+    /// below it, or with no cursor, is told to load a snapshot.
+    pub fn set_min_cursor(&mut self, min_cursor: Option<u64>) {
+        self.min_cursor = min_cursor;
     }
 
     /// The highest contiguous committed seq the room knows.
@@ -429,6 +440,16 @@ impl Room {
                         ErrorCode::WrongReplica,
                         "the token is bound to another replica",
                     );
+                }
+                if let Some(min) = self.min_cursor
+                    && cursor.is_none_or(|c| c < min)
+                {
+                    return vec![Action::Send {
+                        conn,
+                        msg: ServerMsg::SnapshotRequired {
+                            head_seq: self.head_seq,
+                        },
+                    }];
                 }
                 let cursor = cursor.unwrap_or(0);
                 if cursor > self.head_seq {

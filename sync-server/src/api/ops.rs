@@ -113,6 +113,7 @@ pub(super) async fn ingest(
     Ok(Json(OpsBody {
         ops: committed.into_iter().map(committed_json).collect(),
         head_seq: None,
+        min_cursor: None,
     }))
 }
 
@@ -226,5 +227,6 @@ pub(super) async fn catch_up(
     Ok(Json(OpsBody {
         ops: page.ops.into_iter().map(committed_json).collect(),
         head_seq: Some(page.head_seq),
+        min_cursor: page.min_cursor,
     }))
 }

@@ -248,6 +248,12 @@ pub struct SpaceInfo {
     pub head_seq: u64,
     /// Ops at or below this stamp are refused as stale.
     pub horizon: Option<Stamp>,
+    /// The lowest cursor catch-up can serve (`None`: any, even no cursor:
+    /// the log holds every op from seq 1 of a space created empty). An
+    /// imported space's state is not in its log, and a truncated log lacks
+    /// its first ops: a `hello` with a lower cursor, or none, must load a
+    /// snapshot.
+    pub min_cursor: Option<u64>,
 }
 
 /// A page of the catch-up feed.
@@ -257,6 +263,8 @@ pub struct OpsPage {
     pub ops: Vec<Committed>,
     /// The space's head seq when the page was read.
     pub head_seq: u64,
+    /// The lowest cursor catch-up can serve ([`SpaceInfo::min_cursor`]).
+    pub min_cursor: Option<u64>,
 }
 
 /// A child in sibling order with its registers.
@@ -511,7 +519,9 @@ impl Db {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(
-                "SELECT id, name, head_seq, horizon_hlc, horizon_replica FROM spaces WHERE name = $1",
+                "SELECT s.id, s.name, s.head_seq, s.horizon_hlc, s.horizon_replica,
+                        (SELECT min(o.seq) FROM ops o WHERE o.space = s.id)
+                 FROM spaces s WHERE s.name = $1",
             )
             .await?;
         let Some(row) = client.query_opt(&stmt, &[&name]).await? else {
@@ -524,11 +534,21 @@ impl Db {
             (Some(h), Some(r)) => Some(stamp_from(h, r)?),
             _ => None,
         };
+        let head_seq = u64_of(row.try_get(2)?, "head_seq")?;
+        // A horizon means the log does not start from an empty space: the
+        // space was imported (its state came from a file), or its log was
+        // truncated below the horizon.
+        let min_cursor = match (horizon, row.try_get::<_, Option<i64>>(5)?) {
+            (None, _) => None,
+            (Some(_), Some(first)) => Some(u64_of(first, "seq")?.saturating_sub(1)),
+            (Some(_), None) => Some(head_seq),
+        };
         Ok(Some(SpaceInfo {
             id: row.try_get(0)?,
             name: row.try_get(1)?,
-            head_seq: u64_of(row.try_get(2)?, "head_seq")?,
+            head_seq,
             horizon,
+            min_cursor,
         }))
     }
 
@@ -641,6 +661,7 @@ impl Db {
         Ok(OpsPage {
             ops,
             head_seq: info.head_seq,
+            min_cursor: info.min_cursor,
         })
     }
 

@@ -670,3 +670,49 @@ async fn a_nul_byte_is_refused_as_bad_input_not_as_an_outage() {
     assert_eq!(feed.head_seq, Some(0), "nothing was written");
     s.stop().await;
 }
+
+/// A space whose state is not in its log (imported: horizon set, log
+/// empty) tells a `hello` with no cursor to load a snapshot instead of
+/// welcoming it to an empty feed; a cursor from its snapshot is welcome.
+#[tokio::test]
+async fn a_hello_without_a_cursor_on_an_imported_space_gets_snapshot_required() {
+    let db_name = test_db_name().await;
+    let s = Server::start_on(arbor_testkit::PgCluster::shared().config(&db_name), 256, 5).await;
+    let admin = token("imp", Role::Admin, None, 60);
+    s.create_space("imp", &admin).await;
+    // What an import leaves: head 0, no log, a horizon.
+    let db = arbor_sync_server::db::Db::new(arbor_testkit::PgCluster::shared().config(&db_name), 1)
+        .unwrap();
+    db.raise_horizon("imp", arbor_shared::Stamp::new(now_ms() << 16, 9))
+        .await
+        .unwrap();
+    let read = token("imp", Role::Read, Some(3), 60);
+    let mut ws = connect(&s, "imp", &read).await.unwrap();
+    send(
+        &mut ws,
+        ClientMsg::Hello {
+            v: 1,
+            replica: ReplicaId(3),
+            cursor: None,
+        },
+    )
+    .await;
+    assert_eq!(
+        recv(&mut ws).await,
+        ServerMsg::SnapshotRequired { head_seq: 0 }
+    );
+    let mut ws = connect(&s, "imp", &read).await.unwrap();
+    send(
+        &mut ws,
+        ClientMsg::Hello {
+            v: 1,
+            replica: ReplicaId(3),
+            cursor: Some(0),
+        },
+    )
+    .await;
+    assert!(matches!(recv(&mut ws).await, ServerMsg::Welcome { .. }));
+    let feed: arbor_shared::http::OpsBody = s.get_json("/v1/spaces/imp/ops", &read).await;
+    assert_eq!(feed.min_cursor, Some(0));
+    s.stop().await;
+}
