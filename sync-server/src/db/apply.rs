@@ -1,0 +1,130 @@
+//! Batches through the `apply_ops` PL/pgSQL function: one batch, or a group of pushes in one transaction with a savepoint each.
+
+use arbor_shared::{Op, ReplicaId};
+
+use super::*;
+
+/// One `apply_ops` call on `client` (a connection, transaction or
+/// savepoint).
+pub(super) async fn apply_on<C: deadpool_postgres::GenericClient>(
+    client: &C,
+    space: &str,
+    author: Option<ReplicaId>,
+    ops: &[Op],
+) -> Result<Vec<Committed>, DbError> {
+    let a = OpArrays::encode(ops)?;
+    let author = author.map(|r| replica_to_sql(r.0));
+    let stmt = client
+        .prepare_cached(
+            "SELECT seq, hlc, replica, kind, node, parent, key, field, value, known_seq, origin
+             FROM apply_ops($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .await?;
+    let rows = client
+        .query(
+            &stmt,
+            &[
+                &space,
+                &author,
+                &a.hlc,
+                &a.replica,
+                &a.kind,
+                &a.node,
+                &a.parent,
+                &a.key,
+                &a.field,
+                &a.value,
+                &a.known_seq,
+            ],
+        )
+        .await
+        .map_err(map_pg)?;
+    rows.iter().map(committed_from_row).collect()
+}
+
+/// Largest batch `apply_ops` takes (its own limit; checked here first).
+pub const MAX_BATCH: usize = 10_000;
+
+impl Db {
+    /// Applies a batch through `apply_ops` in one transaction: validation,
+    /// idempotency, the CRDT apply and the restore rule. `author`, when
+    /// given, must be every op's replica. Returns every committed op of the
+    /// answer in seq order: the batch's new ops, its already-stored ops with
+    /// their old seqs, and restores the batch caused.
+    pub async fn apply(
+        &self,
+        space: &str,
+        author: Option<ReplicaId>,
+        ops: &[Op],
+    ) -> Result<Vec<Committed>, DbError> {
+        if ops.len() > MAX_BATCH {
+            return Err(DbError::rejected(
+                RejectCode::BadBatch,
+                format!("batch_too_large: {} ops, at most {MAX_BATCH}", ops.len()),
+            ));
+        }
+        let client = self.client().await?;
+        apply_on(&client, space, author, ops).await
+    }
+
+    /// Commits several pushes to `space` in one transaction (group commit:
+    /// one WAL flush for all of them), each as if applied alone in the given
+    /// order: each runs under its own savepoint, so a refused push changes
+    /// nothing and the others still commit. The answers are in push order;
+    /// if the commit itself fails, every push gets that error.
+    pub async fn apply_group(
+        &self,
+        space: &str,
+        pushes: &[(Option<ReplicaId>, Vec<Op>)],
+    ) -> Vec<Result<Vec<Committed>, DbError>> {
+        if let [(author, ops)] = pushes {
+            return vec![self.apply(space, *author, ops).await];
+        }
+        let mut client = match self.client().await {
+            Ok(c) => c,
+            Err(e) => {
+                return pushes
+                    .iter()
+                    .map(|_| Err(DbError::GroupFailed(e.to_string())))
+                    .collect();
+            }
+        };
+        let mut tx = match client.transaction().await {
+            Ok(t) => t,
+            Err(e) => {
+                let e = DbError::from(e);
+                return pushes
+                    .iter()
+                    .map(|_| Err(DbError::GroupFailed(e.to_string())))
+                    .collect();
+            }
+        };
+        let mut answers = Vec::with_capacity(pushes.len());
+        for (author, ops) in pushes {
+            if ops.len() > MAX_BATCH {
+                answers.push(Err(DbError::rejected(
+                    RejectCode::BadBatch,
+                    format!("batch_too_large: {} ops, at most {MAX_BATCH}", ops.len()),
+                )));
+                continue;
+            }
+            let answer = match tx.savepoint("push").await {
+                Ok(sp) => match apply_on(&sp, space, *author, ops).await {
+                    Ok(committed) => sp.commit().await.map(|()| committed).map_err(DbError::from),
+                    // Dropping the savepoint rolls it back.
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(DbError::from(e)),
+            };
+            answers.push(answer);
+        }
+        if let Err(e) = tx.commit().await {
+            let e = DbError::from(e);
+            return pushes
+                .iter()
+                .map(|_| Err(DbError::GroupFailed(e.to_string())))
+                .collect();
+        }
+        answers
+    }
+}

@@ -1,0 +1,147 @@
+//! Reads: the catch-up feed, children pages, a space's whole state.
+
+use std::collections::BTreeMap;
+
+use arbor_shared::tree::TreeState;
+use arbor_shared::{NodeId, OrderKey, Payload, Place};
+
+use super::*;
+
+impl Db {
+    /// Catch-up: up to `limit` ops with seq above `after`, in seq order.
+    pub async fn ops_after(&self, space: &str, after: u64, limit: u32) -> Result<OpsPage, DbError> {
+        let info = self.space_id(space).await?;
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT seq, hlc, replica, kind, node, parent, key, field, value, known_seq
+                 FROM ops WHERE space = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            )
+            .await?;
+        let rows = client
+            .query(&stmt, &[&info.id, &after, &i64::from(limit)])
+            .await?;
+        let ops = rows
+            .iter()
+            .map(committed_from_row)
+            .collect::<Result<_, _>>()?;
+        Ok(OpsPage {
+            ops,
+            head_seq: info.head_seq,
+            min_cursor: info.min_cursor,
+        })
+    }
+
+    /// A page of `parent`'s children in `(key, id)` order after the cursor,
+    /// each with its registers.
+    pub async fn children(
+        &self,
+        space: &str,
+        parent: NodeId,
+        after: Option<(&OrderKey, NodeId)>,
+        limit: u32,
+    ) -> Result<Vec<ChildRow>, DbError> {
+        let info = self.space_id(space).await?;
+        let client = self.client().await?;
+        // Two statements rather than `$3 IS NULL OR ...`, which would keep
+        // the planner from seeking the (space, parent, key, id) index.
+        const PAGE: &str = "SELECT page.id, page.key, p.field, p.value, p.hlc, p.replica
+             FROM page LEFT JOIN payloads p ON p.space = $1 AND p.node = page.id
+             ORDER BY page.key, page.id, p.field";
+        let limit = i64::from(limit);
+        let rows = match after {
+            None => {
+                let stmt = client
+                    .prepare_cached(&format!(
+                        "WITH page AS (SELECT id, key FROM nodes WHERE space = $1 AND parent = $2
+                                       ORDER BY key, id LIMIT $3) {PAGE}"
+                    ))
+                    .await?;
+                client
+                    .query(&stmt, &[&info.id, &uuid(parent), &limit])
+                    .await?
+            }
+            Some((key, id)) => {
+                let stmt = client
+                    .prepare_cached(&format!(
+                        "WITH page AS (SELECT id, key FROM nodes WHERE space = $1 AND parent = $2
+                                         AND (key, id) > ($4, $5)
+                                       ORDER BY key, id LIMIT $3) {PAGE}"
+                    ))
+                    .await?;
+                client
+                    .query(
+                        &stmt,
+                        &[&info.id, &uuid(parent), &limit, &key.as_bytes(), &uuid(id)],
+                    )
+                    .await?
+            }
+        };
+        let mut out: Vec<ChildRow> = Vec::new();
+        for row in rows {
+            let id = node(row.try_get(0)?);
+            if out.last().is_none_or(|c| c.id != id) {
+                let key: Vec<u8> = row.try_get(1)?;
+                let key = OrderKey::new(&key)
+                    .map_err(|e| DbError::BadRow(format!("node {id}: key: {e}")))?;
+                out.push(ChildRow {
+                    id,
+                    key,
+                    payloads: Vec::new(),
+                });
+            }
+            if let Some(field) = row.try_get::<_, Option<String>>(2)? {
+                let stamp = stamp_from(row.try_get(4)?, row.try_get(5)?)?;
+                let value = row.try_get(3)?;
+                if let Some(c) = out.last_mut() {
+                    c.payloads.push((field, Payload { stamp, value }));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every node place and register of the space (tests, export).
+    pub async fn state(&self, space: &str) -> Result<TreeState, DbError> {
+        let info = self.space_id(space).await?;
+        let client = self.client().await?;
+        let mut nodes = BTreeMap::new();
+        for row in client
+            .query(
+                "SELECT id, parent, key FROM nodes WHERE space = $1",
+                &[&info.id],
+            )
+            .await?
+        {
+            let id = node(row.try_get(0)?);
+            let key: Vec<u8> = row.try_get(2)?;
+            let key =
+                OrderKey::new(&key).map_err(|e| DbError::BadRow(format!("node {id}: key: {e}")))?;
+            nodes.insert(
+                id,
+                Place {
+                    parent: node(row.try_get(1)?),
+                    key,
+                },
+            );
+        }
+        let mut payloads = BTreeMap::new();
+        for row in client
+            .query(
+                "SELECT node, field, value, hlc, replica FROM payloads WHERE space = $1",
+                &[&info.id],
+            )
+            .await?
+        {
+            payloads.insert(
+                (node(row.try_get(0)?), row.try_get(1)?),
+                Payload {
+                    stamp: stamp_from(row.try_get(3)?, row.try_get(4)?)?,
+                    value: row.try_get(2)?,
+                },
+            );
+        }
+        Ok(TreeState { nodes, payloads })
+    }
+}

@@ -1,0 +1,116 @@
+//! Spaces: create, look up, fork, raise the horizon.
+
+use arbor_shared::Stamp;
+
+use super::*;
+
+impl Db {
+    /// Creates the thoughtspace if it does not exist; returns its row.
+    pub async fn create_space(&self, name: &str) -> Result<SpaceInfo, DbError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("INSERT INTO spaces (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
+            .await?;
+        client.execute(&stmt, &[&name]).await.map_err(|e| {
+            if e.code() == Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION) {
+                DbError::rejected(
+                    RejectCode::UnknownSpace,
+                    "a space name is 1..64 of [A-Za-z0-9_.-]",
+                )
+            } else {
+                map_pg(e)
+            }
+        })?;
+        // Back to the pool first: `space` takes a connection of its own (a
+        // pool of one would wait for itself).
+        drop(client);
+        self.space(name).await?.ok_or_else(|| {
+            DbError::rejected(RejectCode::UnknownSpace, format!("space {name} vanished"))
+        })
+    }
+
+    /// The thoughtspace's row, if it exists.
+    pub async fn space(&self, name: &str) -> Result<Option<SpaceInfo>, DbError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT s.id, s.name, s.head_seq, s.horizon_hlc, s.horizon_replica,
+                        (SELECT min(o.seq) FROM ops o WHERE o.space = s.id)
+                 FROM spaces s WHERE s.name = $1",
+            )
+            .await?;
+        let Some(row) = client.query_opt(&stmt, &[&name]).await? else {
+            return Ok(None);
+        };
+        let horizon = match (
+            row.try_get::<_, Option<i64>>(3)?,
+            row.try_get::<_, Option<i64>>(4)?,
+        ) {
+            (Some(h), Some(r)) => Some(stamp_from(h, r)?),
+            _ => None,
+        };
+        let head_seq = u64_of(row.try_get(2)?, "head_seq")?;
+        // A horizon means the log does not start from an empty space: the
+        // space was imported (its state came from a file), or its log was
+        // truncated below the horizon.
+        let min_cursor = match (horizon, row.try_get::<_, Option<i64>>(5)?) {
+            (None, _) => None,
+            (Some(_), Some(first)) => Some(u64_of(first, "seq")?.saturating_sub(1)),
+            (Some(_), None) => Some(head_seq),
+        };
+        Ok(Some(SpaceInfo {
+            id: row.try_get(0)?,
+            name: row.try_get(1)?,
+            head_seq,
+            horizon,
+            min_cursor,
+        }))
+    }
+
+    pub(super) async fn space_id(&self, name: &str) -> Result<SpaceInfo, DbError> {
+        self.space(name).await?.ok_or_else(|| {
+            DbError::rejected(RejectCode::UnknownSpace, format!("unknown_space: {name}"))
+        })
+    }
+
+    /// Copies `src` into a new space `dst` (tree, registers, the op log with
+    /// its seqs, restores, head and horizon) in one transaction.
+    pub async fn fork(&self, src: &str, dst: &str) -> Result<SpaceInfo, DbError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached("SELECT fork_space($1, $2)").await?;
+        client.query_one(&stmt, &[&src, &dst]).await.map_err(|e| {
+            if e.code() == Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION) {
+                DbError::rejected(
+                    RejectCode::BadBatch,
+                    "a space name is 1..64 of [A-Za-z0-9_.-]",
+                )
+            } else {
+                map_pg(e)
+            }
+        })?;
+        self.space_id(dst).await
+    }
+
+    /// Raises the space's horizon (never lowers it): ops at or below it are
+    /// refused as stale from now on.
+    pub async fn raise_horizon(&self, space: &str, horizon: Stamp) -> Result<(), DbError> {
+        let info = self.space_id(space).await?;
+        let hlc = i64::try_from(horizon.hlc.0)
+            .map_err(|_| DbError::rejected(RejectCode::BadBatch, "horizon hlc above 2^63"))?;
+        let rep = replica_to_sql(horizon.replica.0);
+        let mut client = self.client().await?;
+        // Under the space's ingest lock: an apply that read the old horizon
+        // commits before the new one is visible, never after.
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&info.id])
+            .await?;
+        tx.execute(
+            "UPDATE spaces SET horizon_hlc = $2, horizon_replica = $3
+             WHERE id = $1 AND (horizon_hlc IS NULL OR (horizon_hlc, horizon_replica) < ($2, $3))",
+            &[&info.id, &hlc, &rep],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
