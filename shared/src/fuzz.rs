@@ -111,7 +111,7 @@ pub fn frames(u: &mut Unstructured<'_>) -> Result<()> {
         _ => {
             let mut ops = Vec::new();
             for seq in 1..=u.int_in_range(0u64..=3)? {
-                ops.push(SeqOp { seq, op: op(u)? });
+                ops.push(SeqOp::new(seq, op(u)?));
             }
             let b = mutate(u, ServerMsg::Ops { ops }.encode().into_bytes())?;
             String::from_utf8_lossy(&b).into_owned()

@@ -5,18 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ErrorDetail;
 use crate::id::ReplicaId;
 use crate::op::Op;
-
-/// Why an op is in an answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Origin {
-    /// Committed by this request.
-    New,
-    /// Stored before (its old seq): nothing changed.
-    Duplicate,
-    /// Appended by the server's restore rule.
-    Restore,
-}
+pub use crate::protocol::Origin;
 
 /// A committed op with its seq and origin.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

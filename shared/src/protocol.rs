@@ -44,7 +44,23 @@ pub enum ClientMsg {
     Ping,
 }
 
-/// A committed op with its seq.
+/// Why an op is in an answer or a feed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Committed from a client's push (or, in an ingest answer: by this
+    /// request).
+    #[default]
+    New,
+    /// In an ingest answer only: stored before (its old seq), nothing
+    /// changed. Never in a feed.
+    Duplicate,
+    /// Appended by the server's restore rule (replica 0).
+    Restore,
+}
+
+/// A committed op with its seq and origin, as catch-up and the live feed
+/// carry it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SeqOp {
@@ -52,6 +68,22 @@ pub struct SeqOp {
     pub seq: u64,
     /// The op.
     pub op: Op,
+    /// `new` or `restore` (absent: `new`).
+    #[serde(default)]
+    pub origin: Origin,
+}
+
+impl SeqOp {
+    /// The op at `seq`, its origin told by its author (replica 0, the
+    /// server, authors only restores).
+    pub fn new(seq: u64, op: Op) -> SeqOp {
+        let origin = if op.stamp().replica == ReplicaId::SERVER {
+            Origin::Restore
+        } else {
+            Origin::New
+        };
+        SeqOp { seq, op, origin }
+    }
 }
 
 /// Someone connected to the thoughtspace.
@@ -135,6 +167,15 @@ pub enum ProtocolError {
     /// A push with too many ops.
     #[error("push of {0} ops exceeds {MAX_PUSH_OPS}")]
     TooManyOps(usize),
+    /// A well-formed push whose ops do not decode (a bad id, key or stamp,
+    /// an unknown field): refused with its batch, the socket stays open.
+    #[error("push {batch}: {message}")]
+    BadOps {
+        /// The push's batch id.
+        batch: u64,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 impl ProtocolError {
@@ -145,6 +186,7 @@ impl ProtocolError {
             ProtocolError::Malformed(_) => ErrorCode::Malformed,
             ProtocolError::Version(_) => ErrorCode::UnsupportedVersion,
             ProtocolError::TooManyOps(_) => ErrorCode::BatchTooLarge,
+            ProtocolError::BadOps { .. } => ErrorCode::BadOp,
         }
     }
 }
@@ -156,8 +198,26 @@ impl ClientMsg {
         if text.len() > MAX_FRAME_BYTES {
             return Err(ProtocolError::TooLarge(text.len()));
         }
-        let msg: ClientMsg =
-            serde_json::from_str(text).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+        let msg: ClientMsg = serde_json::from_str(text).map_err(|e| {
+            // A push envelope whose ops are the problem is refused as that
+            // push's bad input, not as a broken connection.
+            #[derive(Deserialize)]
+            struct Envelope {
+                #[serde(rename = "type")]
+                kind: String,
+                batch: u64,
+                ops: Vec<serde_json::Value>,
+            }
+            match serde_json::from_str::<Envelope>(text) {
+                Ok(env) if env.kind == "push" && env.ops.len() <= MAX_PUSH_OPS => {
+                    ProtocolError::BadOps {
+                        batch: env.batch,
+                        message: e.to_string(),
+                    }
+                }
+                _ => ProtocolError::Malformed(e.to_string()),
+            }
+        })?;
         match &msg {
             ClientMsg::Hello { v, .. } if *v != VERSION => Err(ProtocolError::Version(*v)),
             ClientMsg::Push { ops, .. } if ops.len() > MAX_PUSH_OPS => {

@@ -86,10 +86,7 @@ pub struct Rooms {
 }
 
 fn seq_op(c: Committed) -> SeqOp {
-    SeqOp {
-        seq: c.seq,
-        op: c.op,
-    }
+    SeqOp::new(c.seq, c.op)
 }
 
 /// The ops of an answer to relay: new ones and restores (duplicates were

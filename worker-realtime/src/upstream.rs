@@ -224,10 +224,7 @@ impl Upstream {
             .ops
             .into_iter()
             .filter(|o| o.seq <= upto)
-            .map(|o| SeqOp {
-                seq: o.seq,
-                op: o.op,
-            })
+            .map(|o| SeqOp::new(o.seq, o.op))
             .collect();
         Ok((ops, answer.head_seq.unwrap_or(0)))
     }
@@ -353,10 +350,7 @@ fn ingest_result(r: PushResult) -> IngestResult {
         (Some(ops), None) => IngestResult::Committed(
             ops.into_iter()
                 .filter(|o| o.origin != Origin::Duplicate)
-                .map(|o| SeqOp {
-                    seq: o.seq,
-                    op: o.op,
-                })
+                .map(|o| SeqOp::new(o.seq, o.op))
                 .collect(),
         ),
         (None, None) => IngestResult::Failed {

@@ -169,10 +169,7 @@ fn remote_ops_must_continue_the_cursor() {
     source.create(NodeId::ROOT, Position::Last).unwrap();
     let ops = source.outbox(10).unwrap();
     let mut r = Replica::open(&dir.0.join("r.db")).unwrap();
-    let gap = [SeqOp {
-        seq: 2,
-        op: ops[1].clone(),
-    }];
+    let gap = [SeqOp::new(2, ops[1].clone())];
     assert!(matches!(
         r.apply_remote(&gap),
         Err(ReplicaError::Gap {
@@ -184,10 +181,7 @@ fn remote_ops_must_continue_the_cursor() {
     let good: Vec<SeqOp> = ops
         .iter()
         .enumerate()
-        .map(|(i, op)| SeqOp {
-            seq: i as u64 + 1,
-            op: op.clone(),
-        })
+        .map(|(i, op)| SeqOp::new(i as u64 + 1, op.clone()))
         .collect();
     r.apply_remote(&good).unwrap();
     assert_eq!(r.cursor().unwrap(), Some(2));
@@ -265,26 +259,28 @@ fn inserting_between_siblings_with_equal_keys_rekeys_them() {
     // Three siblings share one key (sorted by id), one more above them.
     let remote: Vec<SeqOp> = [(a, 1), (b, 2), (c, 3)]
         .into_iter()
-        .map(|(node, i)| SeqOp {
-            seq: i,
-            op: Op::Move(MoveOp {
-                stamp: Stamp::new(i << 16, 0x99),
-                known_seq: 0,
-                node,
-                parent: NodeId::ROOT,
-                key: key.clone(),
-            }),
+        .map(|(node, i)| {
+            SeqOp::new(
+                i,
+                Op::Move(MoveOp {
+                    stamp: Stamp::new(i << 16, 0x99),
+                    known_seq: 0,
+                    node,
+                    parent: NodeId::ROOT,
+                    key: key.clone(),
+                }),
+            )
         })
-        .chain(std::iter::once(SeqOp {
-            seq: 4,
-            op: Op::Move(MoveOp {
+        .chain(std::iter::once(SeqOp::new(
+            4,
+            Op::Move(MoveOp {
                 stamp: Stamp::new(4 << 16, 0x99),
                 known_seq: 0,
                 node: NodeId(0xd),
                 parent: NodeId::ROOT,
                 key: OrderKey::new(&[0x80, 0x20]).unwrap(),
             }),
-        }))
+        )))
         .collect();
     r.apply_remote(&remote).unwrap();
     other.apply_remote(&remote).unwrap();
@@ -305,10 +301,7 @@ fn inserting_between_siblings_with_equal_keys_rekeys_them() {
         .unwrap()
         .into_iter()
         .enumerate()
-        .map(|(i, op)| SeqOp {
-            seq: 5 + i as u64,
-            op,
-        })
+        .map(|(i, op)| SeqOp::new(5 + i as u64, op))
         .collect();
     other.apply_remote(&ops).unwrap();
     other.check_invariants().unwrap();

@@ -191,7 +191,7 @@ impl Script {
             .into_iter()
             .map(|op| {
                 self.head += 1;
-                SeqOp { seq: self.head, op }
+                SeqOp::new(self.head, op)
             })
             .collect();
         vec![

@@ -28,7 +28,7 @@ use crate::auth::{Claims, Role};
 use crate::clock::Stamp;
 use crate::error::ErrorCode;
 use crate::id::ReplicaId;
-use crate::protocol::{ClientMsg, Peer, SeqOp, ServerMsg};
+use crate::protocol::{ClientMsg, Peer, ProtocolError, SeqOp, ServerMsg};
 
 pub use crate::error::close;
 use commit::CommitQueue;
@@ -417,6 +417,9 @@ impl Room {
         };
         let msg = match ClientMsg::decode(text) {
             Ok(m) => m,
+            Err(e @ ProtocolError::BadOps { batch, .. }) => {
+                return vec![Self::error(conn, e.code(), e.to_string(), Some(batch))];
+            }
             Err(e) => return Self::refuse_and_close(conn, e.code(), e.to_string()),
         };
         match msg {

@@ -49,10 +49,7 @@ struct Host {
 impl Host {
     fn new(head: u64) -> Host {
         let log = (1..=head)
-            .map(|s| SeqOp {
-                seq: s,
-                op: mv(s, 9, 1000 + u128::from(s), 0),
-            })
+            .map(|s| SeqOp::new(s, mv(s, 9, 1000 + u128::from(s), 0)))
             .collect();
         Host {
             room: Room::new(
@@ -118,10 +115,7 @@ impl Host {
     /// Commits an op from elsewhere (HTTP ingest, another path).
     fn commit_external(&mut self) {
         let seq = self.log.len() as u64 + 1;
-        let op = SeqOp {
-            seq,
-            op: mv(seq, 9, 1000 + u128::from(seq), 0),
-        };
+        let op = SeqOp::new(seq, mv(seq, 9, 1000 + u128::from(seq), 0));
         self.log.push(op.clone());
         let a = self.room.on_committed(vec![op]);
         self.run(a);
@@ -155,7 +149,7 @@ impl Host {
                         .into_iter()
                         .map(|op| {
                             let seq = self.log.len() as u64 + 1;
-                            let s = SeqOp { seq, op };
+                            let s = SeqOp::new(seq, op);
                             self.log.push(s.clone());
                             s
                         })
@@ -358,10 +352,7 @@ fn commits_reported_out_of_order_are_delivered_in_order() {
     let a = h.room.on_message(1, &hello(1, None));
     h.run(a);
     for s in 1..=3u64 {
-        h.log.push(SeqOp {
-            seq: s,
-            op: mv(s, 9, 2000 + u128::from(s), 0),
-        });
+        h.log.push(SeqOp::new(s, mv(s, 9, 2000 + u128::from(s), 0)));
     }
     // Seq 3 is reported first: the room asks for the gap and the host
     // fills it from its log.
@@ -471,14 +462,8 @@ fn a_host_that_lost_its_memory_restores_sockets_without_gap_or_duplicate() {
     assert_eq!(kept[0].1.1, 6);
     // Memory lost; meanwhile seqs 7 and 8 commit elsewhere. The new room
     // starts from the lowest cursor it knows (one socket is behind).
-    h.log.push(SeqOp {
-        seq: 7,
-        op: mv(7, 9, 1007, 0),
-    });
-    h.log.push(SeqOp {
-        seq: 8,
-        op: mv(8, 9, 1008, 0),
-    });
+    h.log.push(SeqOp::new(7, mv(7, 9, 1007, 0)));
+    h.log.push(SeqOp::new(8, mv(8, 9, 1008, 0)));
     let before: BTreeMap<ConnId, usize> = [1, 2].iter().map(|&c| (c, h.seqs(c).len())).collect();
     h.room = Room::new("s", 6, None, RoomLimits::default());
     // Socket 2 was told seq 6 too; restore it as behind to exercise the
@@ -518,15 +503,17 @@ fn large_commits_go_out_in_frames_under_the_limit() {
     h.run(a);
     let value = "x".repeat(10 * 1024);
     let ops: Vec<SeqOp> = (1..=300u64)
-        .map(|seq| SeqOp {
-            seq,
-            op: Op::Set(arbor_shared::SetOp {
-                stamp: arbor_shared::Stamp::new(seq, 9),
-                known_seq: 0,
-                node: arbor_shared::NodeId(7),
-                field: "text".into(),
-                value: Some(value.clone()),
-            }),
+        .map(|seq| {
+            SeqOp::new(
+                seq,
+                Op::Set(arbor_shared::SetOp {
+                    stamp: arbor_shared::Stamp::new(seq, 9),
+                    known_seq: 0,
+                    node: arbor_shared::NodeId(7),
+                    field: "text".into(),
+                    value: Some(value.clone()),
+                }),
+            )
         })
         .collect();
     h.log.extend(ops.clone());

@@ -391,12 +391,25 @@ async fn reconnecting_with_a_cursor_gets_exactly_the_missed_ops() {
     // Then one live op: the catch-up and live ops meet with no gap.
     push_http(9, 10).await.unwrap();
     assert_eq!(recv_ops(&mut a, 4).await.0, [6, 7, 8, 9]);
-    // A malformed frame gets an error and changes nothing.
+    // A push whose op does not decode is refused with its batch, typed,
+    // and changes nothing; the socket stays open.
     a.send(Message::Text(
         "{\"type\":\"push\",\"batch\":1,\"ops\":[{\"kind\":\"move\"}]}".into(),
     ))
     .await
     .unwrap();
+    match recv(&mut a).await {
+        ServerMsg::Error { code, batch, .. } => {
+            assert_eq!((code.as_str(), batch), ("bad_op", Some(1)));
+        }
+        other => panic!("{other:?}"),
+    }
+    send(&mut a, ClientMsg::Ping).await;
+    assert_eq!(recv(&mut a).await, ServerMsg::Pong);
+    // A frame that is not a message at all closes the socket (4003).
+    a.send(Message::Text("{\"type\":\"nope\"}".into()))
+        .await
+        .unwrap();
     let mut got_error = false;
     while let Some(Ok(m)) = a.next().await {
         match m {
