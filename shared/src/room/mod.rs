@@ -494,7 +494,7 @@ impl Room {
                     return vec![Self::error(
                         conn,
                         ErrorCode::DuplicateBatch,
-                        "batch id in flight",
+                        format!("batch {batch} is in flight: wait for its answer"),
                         Some(batch),
                     )];
                 }
