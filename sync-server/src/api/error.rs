@@ -107,7 +107,7 @@ pub fn db_refusal(e: &DbError) -> (ErrorCode, String) {
                 "the database is unavailable; retry".into(),
             )
         }
-        DbError::Migration(_) | DbError::BadRow(_) => {
+        DbError::Migration(_) | DbError::BadRow(_) | DbError::Corrupt(_) => {
             tracing::error!(error = %e, "internal error");
             (ErrorCode::Internal, "internal error".into())
         }

@@ -124,6 +124,10 @@ pub enum DbError {
     /// A stored row does not decode (a bug or a hand-edited database).
     #[error("bad row: {0}")]
     BadRow(String),
+    /// The stored tree is damaged (`AR014`: parent links that form a
+    /// cycle, from a hand-edited or corrupted database).
+    #[error("corrupt: {0}")]
+    Corrupt(String),
     /// The group commit this push was part of failed before or at commit
     /// (the connection or Postgres failed): nothing of it committed.
     #[error("group commit failed: {0}")]
@@ -159,6 +163,9 @@ pub(crate) fn map_pg(e: tokio_postgres::Error) -> DbError {
     if let Some(db) = e.as_db_error() {
         if let Some(code) = RejectCode::from_sqlstate(db.code().code()) {
             return DbError::rejected(code, db.message());
+        }
+        if db.code().code() == "AR014" {
+            return DbError::Corrupt(db.message().to_owned());
         }
     }
     DbError::Postgres(e)

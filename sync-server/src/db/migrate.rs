@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0006_restore_pass.sql",
         sql: include_str!("../../../migrations/0006_restore_pass.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_restore_place.sql",
+        sql: include_str!("../../../migrations/0007_restore_place.sql"),
+    },
 ];
 
 /// Key of the session advisory lock held while migrating (two-int form, so it
@@ -68,6 +73,22 @@ pub fn restore_pass_0002() -> String {
         .find("END $$;")
         .map_or(sql.len(), |e| start + e + "END $$;".len());
     sql[start..end].replacen("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+}
+
+/// 0002's pass with the write test of migration 0007 (each delete pairs
+/// with its first write that restores, `arbor_restore_place`): the simple
+/// reference the differential test holds the current pass to.
+pub fn restore_pass_reference() -> String {
+    const PAIRED: &str = "AND o.seq > lower AND o.known_seq < d.seq AND o.replica <> d.replica";
+    let sql = restore_pass_0002();
+    assert_eq!(sql.matches(PAIRED).count(), 2, "0002's pass changed shape");
+    sql.replace(
+        PAIRED,
+        &format!(
+            "{PAIRED} AND (arbor_restore_place(p_space, d.node, o.seq, o.known_seq, \
+             o.replica)).cause_seq IS NOT NULL"
+        ),
+    )
 }
 
 /// FNV-1a 64 of the SQL text: detects an applied file that was edited.

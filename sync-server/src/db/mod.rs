@@ -23,7 +23,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 pub use apply::MAX_BATCH;
 pub use error::{DbError, RejectCode};
 pub(crate) use error::{map_pg, pg_message};
-pub use migrate::{MIGRATIONS, Migration, migrate, restore_pass_0002};
+pub use migrate::{MIGRATIONS, Migration, migrate, restore_pass_0002, restore_pass_reference};
 pub use rows::*;
 use rows::{committed_from_row, node, stamp_from, u64_of, uuid};
 

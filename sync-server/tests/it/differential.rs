@@ -11,9 +11,10 @@
 //! change and are pushed again later, as a client would.
 //!
 //! Every batch also goes to a twin space in a database whose restore pass
-//! is still 0002's (every delete of the window a candidate); 0006's pass
-//! (candidates from the batch's writes) must commit the same ops, restores
-//! included (their fresh stamps aside), and refuse the same batches.
+//! is the simple reference (0002's, every delete of the window a candidate,
+//! with 0007's test of which writes restore); the current pass (candidates
+//! from the batch's writes) must commit the same ops, restores included
+//! (their fresh stamps aside), and refuse the same batches.
 
 use std::collections::HashSet;
 
@@ -21,7 +22,7 @@ use arbor_shared::sim::{Action, Sim, shuffle, splitmix};
 use arbor_shared::tree::Effect;
 use arbor_shared::{NodeId, Op, Stamp, TreeStore};
 use arbor_sync_server::db::{
-    Committed, Db, DbError, Origin, RejectCode, replica_from_sql, restore_pass_0002,
+    Committed, Db, DbError, Origin, RejectCode, replica_from_sql, restore_pass_reference,
 };
 use uuid::Uuid;
 
@@ -142,11 +143,14 @@ struct Stats {
     skipped_moves: u64,
 }
 
-/// A database whose `arbor_restore_pass` is 0002's again.
+/// A database whose `arbor_restore_pass` is the simple reference.
 async fn legacy_restore_db() -> Db {
     let db = test_db().await;
     let client = db.client().await.unwrap();
-    client.batch_execute(&restore_pass_0002()).await.unwrap();
+    client
+        .batch_execute(&restore_pass_reference())
+        .await
+        .unwrap();
     drop(client);
     db
 }
@@ -216,7 +220,7 @@ async fn run_case(db: &Db, legacy: &Db, case_seed: u64, stats: &mut Stats) {
                 assert_eq!(
                     comparable(&result),
                     comparable(&twin),
-                    "0006's restore pass differs from 0002's (case {case_seed:x})"
+                    "the restore pass differs from the reference (case {case_seed:x})"
                 );
             }
             if !known {

@@ -433,3 +433,122 @@ async fn a_backlog_push_walks_once_per_write_not_once_per_delete() {
         "{walked} trash-root walks for 100 writes and 200 concurrent deletes"
     );
 }
+
+/// Every order of `ops`' indexes (Heap's algorithm).
+fn orders(n: usize) -> Vec<Vec<usize>> {
+    fn heap(k: usize, a: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
+        if k <= 1 {
+            out.push(a.clone());
+            return;
+        }
+        for i in 0..k {
+            heap(k - 1, a, out);
+            let j = if k % 2 == 0 { i } else { 0 };
+            a.swap(j, k - 1);
+        }
+    }
+    let mut out = Vec::new();
+    heap(n, &mut (0..n).collect(), &mut out);
+    out
+}
+
+/// ROOT -> f -> (q, p); B and C delete p concurrently, A (unaware of both)
+/// adds c under p. Every arrival order, with the add stamped before, between
+/// and after the deletes: p comes back under f at its old key, once.
+#[tokio::test]
+async fn two_concurrent_deletes_restore_to_the_place_before_the_first_in_every_order() {
+    let (f, q, p, c) = (n(1), n(2), n(3), n(4));
+    for add_at in [5, 15, 25] {
+        let mut finals = Vec::new();
+        for order in orders(3) {
+            let mut s = Scene::new().await;
+            s.push(&[
+                mv(s.at(0), A, f, ROOT, &[0x80], 0),
+                mv(s.at(1), A, q, f, &[0x80], 0),
+                mv(s.at(2), A, p, f, &[0x90], 0),
+            ])
+            .await;
+            let ops = [
+                mv(s.at(10), B, p, TRASH, &[0x80], 3),
+                mv(s.at(20), C, p, TRASH, &[0x81], 3),
+                mv(s.at(add_at), A, c, p, &[0x80], 3),
+            ];
+            let mut restored = Vec::new();
+            for &i in &order {
+                let got = s.push(std::slice::from_ref(&ops[i])).await;
+                restored.extend(restores(&got));
+            }
+            let ctx = format!("add at {add_at}, order {order:?}");
+            assert_eq!(restored.len(), 1, "{ctx}: {restored:?}");
+            assert_eq!(
+                (
+                    restored[0].node,
+                    restored[0].parent,
+                    restored[0].key.as_bytes()
+                ),
+                (p, f, &[0x90u8][..]),
+                "{ctx}"
+            );
+            assert_eq!(s.parent(p), Some(f), "{ctx}");
+            assert_eq!(s.parent(c), Some(p), "{ctx}");
+            s.repush(&ops).await;
+            finals.push((ctx, s.db.state("s").await.unwrap()));
+        }
+        for (ctx, state) in &finals[1..] {
+            assert_eq!(state, &finals[0].1, "{ctx} differs from {}", finals[0].0);
+        }
+    }
+}
+
+/// The writer had seen the first delete: it added under a node it knew was
+/// deleted, and the second delete removed nothing more. No restore.
+#[tokio::test]
+async fn a_write_that_saw_the_first_of_two_deletes_does_not_restore() {
+    let mut s = Scene::new().await;
+    let (f, p, c) = (n(1), n(2), n(3));
+    s.push(&[
+        mv(s.at(0), A, f, ROOT, &[0x80], 0),
+        mv(s.at(1), A, p, f, &[0x80], 0),
+    ])
+    .await;
+    s.push(&[mv(s.at(10), B, p, TRASH, &[0x80], 2)]).await;
+    let got = s.push(&[mv(s.at(15), A, c, p, &[0x80], 3)]).await;
+    assert!(restores(&got).is_empty(), "{got:?}");
+    let got = s.push(&[mv(s.at(20), C, p, TRASH, &[0x81], 2)]).await;
+    assert!(restores(&got).is_empty(), "{got:?}");
+    assert_eq!(s.parent(p), Some(TRASH));
+}
+
+/// A set that lost to a newer value the deleter had seen changed nothing
+/// the deleter did not know: arriving late, it restores nothing. A late set
+/// that wins (newer than every value the deleter saw) still restores.
+#[tokio::test]
+async fn a_late_set_that_lost_to_a_value_the_deleter_saw_does_not_restore() {
+    let x = n(1);
+    for (late_at, restores_x) in [(5, false), (25, true)] {
+        let mut s = Scene::new().await;
+        s.push(&[mv(s.at(0), A, x, ROOT, &[0x80], 0)]).await;
+        // B's value (seq 2) is seen by C's delete (seq 3).
+        s.push(&[set(s.at(20), B, x, "text", Some("b"), 1)]).await;
+        s.push(&[mv(s.at(30), C, x, TRASH, &[0x80], 2)]).await;
+        // A's set, made knowing only seq 1, arrives last.
+        let got = s
+            .push(&[set(s.at(late_at), A, x, "text", Some("a"), 1)])
+            .await;
+        let ctx = format!("late set at {late_at}");
+        assert_eq!(
+            restores(&got).len(),
+            usize::from(restores_x),
+            "{ctx}: {got:?}"
+        );
+        let want = if restores_x { ROOT } else { TRASH };
+        assert_eq!(s.parent(x), Some(want), "{ctx}");
+    }
+    // The same late set restores when the deleter had not seen B's value:
+    // B's set is itself a write the deleter did not know.
+    let mut s = Scene::new().await;
+    s.push(&[mv(s.at(0), A, x, ROOT, &[0x80], 0)]).await;
+    s.push(&[mv(s.at(30), C, x, TRASH, &[0x80], 1)]).await;
+    let got = s.push(&[set(s.at(20), B, x, "text", Some("b"), 1)]).await;
+    assert_eq!(restores(&got).len(), 1, "{got:?}");
+}
