@@ -74,12 +74,13 @@ const EXPORT_SECTIONS: [(u8, &str); 3] = [
 ];
 
 /// `sub`: the ids of the subtree of `arbor.root` (itself included), for the
-/// subtree snapshot's queries.
+/// subtree snapshot's queries. (`UNION`, not `UNION ALL`: in a damaged
+/// store whose parent links close a cycle the walk still ends.)
 macro_rules! subtree {
     () => {
         "WITH RECURSIVE sub (id) AS (
              SELECT current_setting('arbor.root')::uuid
-             UNION ALL
+             UNION
              SELECT n.id FROM sub JOIN nodes n
                ON n.space = current_setting('arbor.space')::bigint AND n.parent = sub.id)"
     };

@@ -100,6 +100,55 @@ async fn three_offline_replicas_converge_with_postgres() {
     );
 }
 
+/// B and C delete p (in folder f) while A, unaware of both, adds a child
+/// under p. Whatever order the three reconnect in, every replica ends with
+/// p back in f at its old place, its new child under it, equal to Postgres.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_deletes_and_an_add_converge_to_the_folder_in_every_order() {
+    let server = TestServer::start("s").await;
+    let orders = [
+        [0usize, 1, 2],
+        [0, 2, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+    ];
+    for (i, order) in orders.into_iter().enumerate() {
+        let space = format!("o{i}");
+        server.db.create_space(&space).await.unwrap();
+        let dir = TempDir::new("two-deletes");
+        let (a, b, c) = (dir.replica("a"), dir.replica("b"), dir.replica("c"));
+        let (f, p) = {
+            let mut r = a.lock().unwrap();
+            let f = r.create(NodeId::ROOT, Position::Last).unwrap();
+            r.create(f, Position::Last).unwrap();
+            let p = r.create(f, Position::Last).unwrap();
+            (f, p)
+        };
+        for r in [&a, &b, &c] {
+            sync(&server, r, &space).await;
+        }
+        let before = a.lock().unwrap().place(p).unwrap();
+        b.lock().unwrap().delete(p).unwrap();
+        c.lock().unwrap().delete(p).unwrap();
+        let child = a.lock().unwrap().create(p, Position::Last).unwrap();
+        let replicas = [&b, &c, &a];
+        for _ in 0..2 {
+            for &k in &order {
+                sync(&server, replicas[k], &space).await;
+            }
+        }
+        for r in [&a, &b, &c] {
+            assert_matches_server(&server, r, &space).await;
+            let r = r.lock().unwrap();
+            assert_eq!(r.place(p).unwrap(), before, "order {order:?}");
+            assert_eq!(r.parent(child).unwrap(), Some(p), "order {order:?}");
+            assert_eq!(r.parent(p).unwrap(), Some(f));
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_server_mid_push_loses_nothing_acknowledged() {
     let mut server = TestServer::start("s").await;

@@ -403,3 +403,53 @@ async fn re_push_after_the_horizon_returns_seqs_not_stale() {
     }
     assert_eq!(db.space("s").await.unwrap().unwrap().head_seq, 2);
 }
+
+/// Parent links that close a cycle (a hand-edited or damaged database):
+/// a move whose cycle check walks into it is refused with a typed error
+/// and changes nothing, and a subtree snapshot of a node on it ends.
+#[tokio::test]
+async fn a_cycle_in_the_stored_tree_is_a_typed_error_not_a_hang() {
+    use arbor_sync_server::db::DbError;
+    use arbor_sync_server::snapshot::{Scope, snapshot as stream_snapshot};
+    use futures_util::StreamExt;
+
+    let db = test_db().await;
+    db.create_space("s").await.unwrap();
+    let t = now_ms() << 16;
+    let (x, y, z, w) = (n(1), n(2), n(3), n(4));
+    db.apply(
+        "s",
+        None,
+        &[
+            mv(t, 1, x, NodeId::ROOT, &[0x80], 0),
+            mv(t + 1, 1, y, x, &[0x80], 0),
+            mv(t + 2, 1, z, NodeId::ROOT, &[0x81], 0),
+            mv(t + 3, 1, w, z, &[0x80], 0),
+        ],
+    )
+    .await
+    .unwrap();
+    // x -> y -> x.
+    let client = db.client().await.unwrap();
+    client
+        .execute(
+            "UPDATE nodes SET parent = $1 WHERE id = $2",
+            &[&Uuid::from_u128(y.0), &Uuid::from_u128(x.0)],
+        )
+        .await
+        .unwrap();
+    drop(client);
+    let before = snapshot(&db).await;
+    // z has a child, so moving it under y walks up from y: into the cycle.
+    let err = db
+        .apply("s", None, &[mv(t + 4, 2, z, y, &[0x80], 4)])
+        .await
+        .expect_err("a move through a cycle was applied");
+    assert!(matches!(err, DbError::Corrupt(_)), "{err}");
+    assert_eq!(snapshot(&db).await, before);
+
+    let (header, body) = stream_snapshot(&db, "s", Scope::Subtree(x)).await.unwrap();
+    assert_eq!(header.nodes, 2, "{header:?}");
+    let chunks: Vec<_> = body.collect().await;
+    assert!(chunks.iter().all(Result::is_ok));
+}
