@@ -48,6 +48,7 @@ fn token(space: &str) -> String {
             space: space.into(),
             role: Role::Write,
             rid: None,
+            tenant: None,
             exp: now_ms() / 1000 + 3600,
             nbf: None,
             iat: None,

@@ -55,13 +55,19 @@ impl Role {
 pub struct Claims {
     /// The user (or service) the token was issued to.
     pub sub: String,
-    /// The thoughtspace it is scoped to (`*` only for service tokens).
+    /// The thoughtspaces it is scoped to: one name, a prefix pattern
+    /// (`acme.*`: every space whose name starts with `acme.`), or `*` (every
+    /// space; service tokens only).
     pub space: String,
     /// What it may do there.
     pub role: Role,
     /// The replica bound to the token, if any: ops must be authored by it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<ReplicaId>,
+    /// The tenant the spaces this token creates belong to (quotas count
+    /// spaces per tenant); absent: the subject is its own tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// Expiry, seconds since the epoch (required).
     pub exp: u64,
     /// Not valid before, seconds since the epoch.
@@ -337,28 +343,36 @@ pub struct Refusal {
     pub message: String,
 }
 
-/// Verifies `token` (if any) at `now_s` and checks that it is scoped to
-/// `space` (a `service` token may name `*`) with a role that meets `need`.
-/// The one authorization rule of the sync server and the Worker.
-pub fn authorize(
-    token: Option<&str>,
-    key: &Hs256Key,
-    now_s: u64,
-    leeway_s: u64,
-    space: &str,
-    need: Need,
-) -> Result<Claims, Refusal> {
+impl Claims {
+    /// The tenant the token's spaces count against: its `tenant` claim, or
+    /// else its subject.
+    pub fn tenant(&self) -> &str {
+        self.tenant.as_deref().unwrap_or(&self.sub)
+    }
+
+    /// True if the token's `space` claim covers `space`: the same name, a
+    /// prefix pattern (`acme.*`) the name starts with, or `*` on a service
+    /// token.
+    pub fn covers(&self, space: &str) -> bool {
+        if self.space == space {
+            return true;
+        }
+        if self.space == "*" {
+            return self.role == Role::Service;
+        }
+        match self.space.strip_suffix('*') {
+            Some(prefix) => !prefix.is_empty() && space.starts_with(prefix),
+            None => false,
+        }
+    }
+}
+
+/// Checks that verified `claims` cover `space` with a role that meets
+/// `need` (the second half of [`authorize`], also used for a request that
+/// touches a second space, like a fork's destination).
+pub fn check_scope(claims: &Claims, space: &str, need: Need) -> Result<(), Refusal> {
     use crate::error::ErrorCode;
-    let token = token.ok_or_else(|| Refusal {
-        code: ErrorCode::MissingToken,
-        message: "send Authorization: Bearer <token>".into(),
-    })?;
-    let claims = verify(token.trim(), key, now_s, leeway_s).map_err(|e| Refusal {
-        code: e.code(),
-        message: e.to_string(),
-    })?;
-    let scoped = claims.space == space || (claims.role == Role::Service && claims.space == "*");
-    if !scoped {
+    if !claims.covers(space) {
         return Err(Refusal {
             code: ErrorCode::WrongSpace,
             message: format!("the token is for space {}, not {space}", claims.space),
@@ -376,5 +390,30 @@ pub fn authorize(
             message: format!("role {:?} may not do this", claims.role),
         });
     }
+    Ok(())
+}
+
+/// Verifies `token` (if any) at `now_s` and checks that it covers `space`
+/// (one name, a prefix pattern, or `*` on a service token) with a role that
+/// meets `need`. The one authorization rule of the sync server and the
+/// Worker.
+pub fn authorize(
+    token: Option<&str>,
+    key: &Hs256Key,
+    now_s: u64,
+    leeway_s: u64,
+    space: &str,
+    need: Need,
+) -> Result<Claims, Refusal> {
+    use crate::error::ErrorCode;
+    let token = token.ok_or_else(|| Refusal {
+        code: ErrorCode::MissingToken,
+        message: "send Authorization: Bearer <token>".into(),
+    })?;
+    let claims = verify(token.trim(), key, now_s, leeway_s).map_err(|e| Refusal {
+        code: e.code(),
+        message: e.to_string(),
+    })?;
+    check_scope(&claims, space, need)?;
     Ok(claims)
 }

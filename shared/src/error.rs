@@ -180,6 +180,10 @@ codes! {
     BatchTooLarge = "batch_too_large", 413, Some(close::PROTOCOL), Refuse, Wire;
     /// A frame larger than 1 MiB (the socket is closed 1009).
     FrameTooLarge = "frame_too_large", 413, Some(close::TOO_BIG), Refuse, Wire;
+    /// A space is over one of its quotas (nodes, log rows, bytes: a push
+    /// that would grow it), or a tenant over its quota of spaces (create,
+    /// fork, import). It stays refused until an operator raises the quota.
+    QuotaExceeded = "quota_exceeded", 403, None, Refuse, Wire;
     /// The request's `Host` is not one the server answers to (the dev
     /// server answers loopback names only, against DNS rebinding).
     BadHost = "bad_host", 421, None, Refuse, Wire;

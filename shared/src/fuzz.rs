@@ -202,6 +202,7 @@ pub fn token(u: &mut Unstructured<'_>) -> Result<()> {
             space: "s".into(),
             role: Role::Write,
             rid: Some(ReplicaId(7)),
+            tenant: None,
             exp: 2_000_000_000,
             nbf: None,
             iat: None,

@@ -45,6 +45,7 @@ fn token(space: &str, role: Role, rid: Option<u64>) -> String {
             space: space.into(),
             role,
             rid: rid.map(ReplicaId),
+            tenant: None,
             exp: now_ms() / 1000 + 3600,
             nbf: None,
             iat: None,

@@ -40,6 +40,7 @@ fn token(sub: &str, space: &str, role: Role) -> String {
             space: space.into(),
             role,
             rid: None,
+            tenant: None,
             exp: now_ms() / 1000 + 3600,
             nbf: None,
             iat: None,

@@ -93,6 +93,20 @@ pub struct ServeArgs {
     /// Bursts above those rates, in seconds' worth of the rate.
     #[arg(long, env = "ARBOR_BURST_S", default_value_t = 5.0)]
     pub burst_s: f64,
+    /// Nodes one space may hold (0: no limit).
+    #[arg(long, env = "ARBOR_MAX_NODES_PER_SPACE", default_value_t = crate::db::Quotas::DEFAULT.max_nodes)]
+    pub max_nodes_per_space: u64,
+    /// Rows one space's op log may hold (0: no limit).
+    #[arg(long, env = "ARBOR_MAX_LOG_ROWS_PER_SPACE", default_value_t = crate::db::Quotas::DEFAULT.max_log_rows)]
+    pub max_log_rows_per_space: u64,
+    /// Bytes of keys, field names and values one space may hold, log and
+    /// registers (0: no limit).
+    #[arg(long, env = "ARBOR_MAX_BYTES_PER_SPACE", default_value_t = crate::db::Quotas::DEFAULT.max_bytes)]
+    pub max_bytes_per_space: u64,
+    /// Spaces one tenant (a token's `tenant` claim, else its `sub`) may
+    /// create by create, fork or import (0: no limit).
+    #[arg(long, env = "ARBOR_MAX_SPACES_PER_TENANT", default_value_t = crate::db::Quotas::DEFAULT.max_spaces_per_tenant)]
+    pub max_spaces_per_tenant: u64,
 }
 
 /// Why the configuration cannot be used.
@@ -146,6 +160,8 @@ pub struct Config {
     pub allowed_hosts: Vec<String>,
     /// What one client may take: stream budget, caps, timeouts, rates.
     pub limits: crate::limits::Limits,
+    /// Per-space and per-tenant quotas.
+    pub quotas: crate::db::Quotas,
 }
 
 impl Config {
@@ -165,6 +181,7 @@ impl Config {
             notify_url: None,
             allowed_hosts: Vec::new(),
             limits: crate::limits::Limits::for_pool(16),
+            quotas: crate::db::Quotas::DEFAULT,
         }
     }
 }
@@ -218,6 +235,12 @@ impl ServeArgs {
                 pushes_per_s: self.pushes_per_s,
                 requests_per_s: self.requests_per_s,
                 burst_s: self.burst_s,
+            },
+            quotas: crate::db::Quotas {
+                max_nodes: self.max_nodes_per_space,
+                max_log_rows: self.max_log_rows_per_space,
+                max_bytes: self.max_bytes_per_space,
+                max_spaces_per_tenant: self.max_spaces_per_tenant,
             },
         })
     }

@@ -58,12 +58,14 @@ const STAGING: [&str; 3] = [
     "COPY arbor_import_log FROM STDIN (FORMAT binary)",
 ];
 
-/// Creates `dst` from the snapshot file in `body` (at most `max_bytes`).
+/// Creates `dst` from the snapshot file in `body` (at most `max_bytes`),
+/// counted against `owner`'s quota of spaces when given.
 pub async fn import<S, E>(
     db: &Db,
     dst: &str,
     body: S,
     max_bytes: u64,
+    owner: Option<&crate::db::Owner<'_>>,
 ) -> Result<SpaceInfo, ImportError>
 where
     S: Stream<Item = Result<Bytes, E>>,
@@ -71,6 +73,10 @@ where
 {
     let mut client = db.client().await?;
     let tx = client.transaction().await.map_err(DbError::from)?;
+    // Before the body streams in: a tenant at its quota is refused at once.
+    if let Some(owner) = owner {
+        crate::db::claim_space_slot(&tx, owner).await?;
+    }
     tx.execute("SELECT arbor_import_begin()", &[])
         .await
         .map_err(DbError::from)?;
@@ -156,6 +162,9 @@ where
                 ImportError::Db(map_pg(e))
             }
         })?;
+    if let Some(owner) = owner {
+        crate::db::set_tenant(&tx, dst, owner).await?;
+    }
     tx.commit().await.map_err(DbError::from)?;
     db.space(dst)
         .await?

@@ -91,7 +91,9 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let metrics = metrics::handle();
-    let db = db::Db::open(config.database.clone(), config.db_pool).await?;
+    let mut database = config.database.clone();
+    config.quotas.apply_to(&mut database);
+    let db = db::Db::open(database, config.db_pool).await?;
     let limits = config.limits.clone();
     let rooms = Arc::new(realtime::Rooms::new(
         db.clone(),
@@ -110,6 +112,7 @@ pub async fn serve_with(
         draining: false.into(),
         rooms: rooms.clone(),
         max_import_bytes: config.max_import_bytes,
+        max_spaces_per_tenant: config.quotas.max_spaces_per_tenant,
         forwarder: forward.clone(),
         // At least one pooled connection is always left to short requests.
         streams: limits::StreamBudget::new(

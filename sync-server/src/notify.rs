@@ -112,6 +112,7 @@ async fn forward_one(
             space: space.to_string(),
             role: arbor_shared::auth::Role::Service,
             rid: None,
+            tenant: None,
             exp: now + 60,
             nbf: None,
             iat: Some(now),

@@ -61,6 +61,7 @@ fn token(space: &str, role: Role) -> String {
             space: space.into(),
             role,
             rid: None,
+            tenant: None,
             exp: now_ms() / 1000 + 3600,
             nbf: None,
             iat: None,

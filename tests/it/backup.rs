@@ -29,6 +29,7 @@ fn token() -> String {
             space: "s".into(),
             role: Role::Write,
             rid: None,
+            tenant: None,
             exp: now + 3600,
             nbf: None,
             iat: Some(now),

@@ -34,6 +34,7 @@ fn token(space: &str, role: Role) -> String {
             space: space.into(),
             role,
             rid: None,
+            tenant: None,
             exp: now + 3600,
             nbf: None,
             iat: Some(now),

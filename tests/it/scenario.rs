@@ -57,6 +57,7 @@ fn token() -> String {
             space: "s".into(),
             role: Role::Write,
             rid: None,
+            tenant: None,
             exp: now + 24 * 3600,
             nbf: None,
             iat: Some(now),

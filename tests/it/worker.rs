@@ -35,6 +35,7 @@ fn token_with(space: &str, role: Role, secret: &str) -> String {
             space: space.into(),
             role,
             rid: None,
+            tenant: None,
             exp: now + 3600,
             nbf: None,
             iat: Some(now),

@@ -170,6 +170,7 @@ impl Upstream {
                 space: self.space.clone(),
                 role: Role::Service,
                 rid: None,
+                tenant: None,
                 exp: now + 120,
                 nbf: None,
                 iat: Some(now),

@@ -44,6 +44,7 @@ pub fn token(space: &str, role: Role) -> String {
             space: space.into(),
             role,
             rid: None,
+            tenant: None,
             exp: now + 3600,
             nbf: None,
             iat: Some(now),

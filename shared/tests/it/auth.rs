@@ -29,6 +29,7 @@ fn claims(exp: u64) -> Claims {
         space: "demo".into(),
         role: Role::Write,
         rid: Some(ReplicaId(0xdead_beef)),
+        tenant: None,
         exp,
         nbf: None,
         iat: Some(exp - 3600),

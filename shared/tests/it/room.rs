@@ -19,6 +19,7 @@ fn claims(role: Role, rid: Option<u64>, exp: u64) -> Claims {
         space: "s".into(),
         role,
         rid: rid.map(ReplicaId),
+        tenant: None,
         exp,
         nbf: None,
         iat: None,

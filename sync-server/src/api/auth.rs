@@ -70,3 +70,11 @@ pub(super) fn authorize_token(
 pub fn token_key(claims: &Claims) -> String {
     format!("{}\u{0}{}", claims.space, claims.sub)
 }
+
+/// The owner a space created with `claims` counts against.
+pub(super) fn owner<'a>(state: &AppState, claims: &'a Claims) -> crate::db::Owner<'a> {
+    crate::db::Owner {
+        tenant: claims.tenant(),
+        max_spaces: state.max_spaces_per_tenant,
+    }
+}

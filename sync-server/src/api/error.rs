@@ -90,6 +90,7 @@ fn reject_code(code: RejectCode) -> ErrorCode {
         RejectCode::BadBatch => ErrorCode::BadBatch,
         RejectCode::SpaceExists => ErrorCode::SpaceExists,
         RejectCode::BadImport => ErrorCode::BadImport,
+        RejectCode::QuotaExceeded => ErrorCode::QuotaExceeded,
     }
 }
 

@@ -59,6 +59,8 @@ pub struct AppState {
     pub rooms: Arc<crate::realtime::Rooms>,
     /// Largest import file, bytes.
     pub max_import_bytes: u64,
+    /// Spaces one tenant may create (0: no limit).
+    pub max_spaces_per_tenant: u64,
     /// Forwards commit notices to the Worker (`--notify-url`), if set.
     pub forwarder: Option<crate::notify::Forwarder>,
     /// The budget of long streams (snapshots, exports, imports).

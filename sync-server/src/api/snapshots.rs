@@ -66,20 +66,27 @@ pub(super) async fn import(
         .try_start(&super::token_key(&claims))
         .map_err(ApiError::limited)?;
     let body = crate::limits::stall_limited(body.into_data_stream(), state.stall_timeout);
-    let info = crate::import::import(&state.db, &space, body, state.max_import_bytes)
-        .await
-        .map_err(|e| match e {
-            crate::import::ImportError::Db(e) => ApiError::from(e),
-            crate::import::ImportError::TooLarge(_) => {
-                ApiError::new(ErrorCode::TooLarge, e.to_string())
-            }
-            crate::import::ImportError::Body(ref m) if m == crate::limits::STALLED => {
-                ApiError::new(ErrorCode::Timeout, "the upload stalled")
-            }
-            crate::import::ImportError::Snapshot(_) | crate::import::ImportError::Body(_) => {
-                ApiError::new(ErrorCode::BadSnapshot, e.to_string())
-            }
-        })?;
+    let owner = super::auth::owner(&state, &claims);
+    let info = crate::import::import(
+        &state.db,
+        &space,
+        body,
+        state.max_import_bytes,
+        Some(&owner),
+    )
+    .await
+    .map_err(|e| match e {
+        crate::import::ImportError::Db(e) => ApiError::from(e),
+        crate::import::ImportError::TooLarge(_) => {
+            ApiError::new(ErrorCode::TooLarge, e.to_string())
+        }
+        crate::import::ImportError::Body(ref m) if m == crate::limits::STALLED => {
+            ApiError::new(ErrorCode::Timeout, "the upload stalled")
+        }
+        crate::import::ImportError::Snapshot(_) | crate::import::ImportError::Body(_) => {
+            ApiError::new(ErrorCode::BadSnapshot, e.to_string())
+        }
+    })?;
     tracing::info!(space, "imported");
     Ok(Json(SpaceBody {
         name: info.name,

@@ -25,8 +25,11 @@ pub(super) async fn create_space(
     Path(space): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<SpaceBody>, ApiError> {
-    authorize(&state, &headers, &space, Need::Admin)?;
-    let info = state.db.create_space(&space).await?;
+    let claims = authorize(&state, &headers, &space, Need::Admin)?;
+    let info = state
+        .db
+        .create_space_owned(&space, &super::auth::owner(&state, &claims))
+        .await?;
     Ok(Json(SpaceBody {
         name: info.name,
         head_seq: info.head_seq,
@@ -47,10 +50,15 @@ pub(super) async fn fork(
     headers: HeaderMap,
     body: Result<Json<ForkBody>, JsonRejection>,
 ) -> Result<Json<SpaceBody>, ApiError> {
-    authorize(&state, &headers, &space, Need::Admin)?;
+    let claims = authorize(&state, &headers, &space, Need::Admin)?;
     let Json(body) = body.map_err(json_refusal)?;
     super::auth::check_space_name(&body.to)?;
-    let info = state.db.fork(&space, &body.to).await?;
+    // The copy is a new space: the token needs admin rights there too.
+    arbor_shared::auth::check_scope(&claims, &body.to, Need::Admin)?;
+    let info = state
+        .db
+        .fork_owned(&space, &body.to, &super::auth::owner(&state, &claims))
+        .await?;
     Ok(Json(SpaceBody {
         name: info.name,
         head_seq: info.head_seq,

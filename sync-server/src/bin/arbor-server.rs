@@ -81,6 +81,10 @@ enum Command {
         /// Bind the token to this replica (16 hex digits).
         #[arg(long)]
         rid: Option<ReplicaId>,
+        /// The tenant whose space quota the spaces it creates count against
+        /// (default: the subject).
+        #[arg(long)]
+        tenant: Option<String>,
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl_s: u64,
@@ -180,6 +184,7 @@ async fn main() -> anyhow::Result<()> {
             space,
             role,
             rid,
+            tenant,
             ttl_s,
             jwt_secret_file,
         } => {
@@ -199,6 +204,7 @@ async fn main() -> anyhow::Result<()> {
                 space,
                 role,
                 rid,
+                tenant,
                 exp: now + ttl_s,
                 nbf: None,
                 iat: Some(now),
@@ -306,6 +312,7 @@ async fn dev(
             space: space.clone(),
             role: Role::Admin,
             rid: None,
+            tenant: None,
             exp: now + 24 * 3600,
             nbf: None,
             iat: Some(now),
@@ -386,6 +393,7 @@ fn demo_routes(web_dir: &std::path::Path, key: Hs256Key) -> Option<axum::Router>
                     space: q.space,
                     role: Role::Write,
                     rid: None,
+                    tenant: None,
                     exp: now + 24 * 3600,
                     nbf: None,
                     iat: Some(now),

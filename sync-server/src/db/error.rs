@@ -32,11 +32,14 @@ pub enum RejectCode {
     /// `AR013`: an imported file's rows are inconsistent (a node or register
     /// twice, a cycle).
     BadImport,
+    /// `AR015`: a space over one of its quotas (nodes, log rows, bytes), or
+    /// a tenant over its quota of spaces.
+    QuotaExceeded,
 }
 
 impl RejectCode {
     /// Every code, for mapping tables and tests.
-    pub const ALL: [RejectCode; 13] = [
+    pub const ALL: [RejectCode; 14] = [
         RejectCode::ReservedNode,
         RejectCode::BadKey,
         RejectCode::BadField,
@@ -50,6 +53,7 @@ impl RejectCode {
         RejectCode::BadBatch,
         RejectCode::SpaceExists,
         RejectCode::BadImport,
+        RejectCode::QuotaExceeded,
     ];
 
     /// The SQLSTATE `apply_ops` raises for it.
@@ -68,6 +72,7 @@ impl RejectCode {
             RejectCode::BadBatch => "AR011",
             RejectCode::SpaceExists => "AR012",
             RejectCode::BadImport => "AR013",
+            RejectCode::QuotaExceeded => "AR015",
         }
     }
 
@@ -87,6 +92,7 @@ impl RejectCode {
             RejectCode::BadBatch => "bad_batch",
             RejectCode::SpaceExists => "space_exists",
             RejectCode::BadImport => "bad_import",
+            RejectCode::QuotaExceeded => "quota_exceeded",
         }
     }
 

@@ -57,6 +57,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0007_restore_place.sql",
         sql: include_str!("../../../migrations/0007_restore_place.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_quotas.sql",
+        sql: include_str!("../../../migrations/0008_quotas.sql"),
+    },
 ];
 
 /// Key of the session advisory lock held while migrating (two-int form, so it

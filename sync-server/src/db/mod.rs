@@ -9,11 +9,13 @@
 //! - `apply.rs`: `apply_ops` calls, one batch or a group.
 //! - `reads.rs`: catch-up, children pages, state.
 //! - `spaces.rs`: create, look up, fork, horizon.
+//! - `quotas.rs`: [`Quotas`], the tenant's count of spaces, usage.
 //! - `migrate.rs`: the embedded migration runner.
 
 mod apply;
 mod error;
 mod migrate;
+mod quotas;
 mod reads;
 mod rows;
 mod spaces;
@@ -24,6 +26,8 @@ pub use apply::MAX_BATCH;
 pub use error::{DbError, RejectCode};
 pub(crate) use error::{map_pg, pg_message};
 pub use migrate::{MIGRATIONS, Migration, migrate, restore_pass_0002, restore_pass_reference};
+pub use quotas::{Owner, Quotas, Usage};
+pub(crate) use quotas::{claim_space_slot, set_tenant};
 pub use rows::*;
 use rows::{committed_from_row, node, stamp_from, u64_of, uuid};
 

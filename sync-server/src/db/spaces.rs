@@ -29,6 +29,30 @@ impl Db {
         })
     }
 
+    /// [`Db::create_space`] for `owner`: a space that does not exist yet
+    /// counts against its tenant's quota of spaces and records the tenant.
+    pub async fn create_space_owned(
+        &self,
+        name: &str,
+        owner: &Owner<'_>,
+    ) -> Result<SpaceInfo, DbError> {
+        if let Some(info) = self.space(name).await? {
+            return Ok(info);
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        claim_space_slot(&tx, owner).await?;
+        tx.execute(
+            "INSERT INTO spaces (name, tenant) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            &[&name, &owner.tenant],
+        )
+        .await
+        .map_err(map_pg)?;
+        tx.commit().await?;
+        drop(client);
+        self.space_id(name).await
+    }
+
     /// The thoughtspace's row, if it exists.
     pub async fn space(&self, name: &str) -> Result<Option<SpaceInfo>, DbError> {
         let client = self.client().await?;
@@ -88,6 +112,26 @@ impl Db {
                 map_pg(e)
             }
         })?;
+        self.space_id(dst).await
+    }
+
+    /// [`Db::fork`] for `owner`: the new space counts against its tenant's
+    /// quota of spaces and records the tenant.
+    pub async fn fork_owned(
+        &self,
+        src: &str,
+        dst: &str,
+        owner: &Owner<'_>,
+    ) -> Result<SpaceInfo, DbError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        claim_space_slot(&tx, owner).await?;
+        tx.query_one("SELECT fork_space($1, $2)", &[&src, &dst])
+            .await
+            .map_err(map_pg)?;
+        set_tenant(&tx, dst, owner).await?;
+        tx.commit().await?;
+        drop(client);
         self.space_id(dst).await
     }
 

@@ -38,6 +38,7 @@ pub fn token(space: &str, role: Role, rid: Option<u64>, ttl: i64) -> String {
             space: space.into(),
             role,
             rid: rid.map(ReplicaId),
+            tenant: None,
             exp: (now + ttl) as u64,
             nbf: None,
             iat: Some(now as u64),
@@ -67,12 +68,33 @@ impl Server {
         Server::start_limited(database, queue, leeway_s, limits).await
     }
 
+    /// A server with these quotas (and the rates of [`Server::start_on`]).
+    pub async fn start_with_quotas(quotas: arbor_sync_server::db::Quotas) -> Server {
+        let limits = arbor_sync_server::limits::Limits {
+            requests_per_s: 100_000.0,
+            pushes_per_s: 100_000.0,
+            ..arbor_sync_server::limits::Limits::for_pool(4)
+        };
+        Server::start_full(test_db_config().await, 256, 5, limits, quotas).await
+    }
+
     /// A server with these limits.
     pub async fn start_limited(
         database: tokio_postgres::Config,
         queue: usize,
         leeway_s: u64,
         limits: arbor_sync_server::limits::Limits,
+    ) -> Server {
+        let quotas = arbor_sync_server::db::Quotas::DEFAULT;
+        Server::start_full(database, queue, leeway_s, limits, quotas).await
+    }
+
+    async fn start_full(
+        database: tokio_postgres::Config,
+        queue: usize,
+        leeway_s: u64,
+        limits: arbor_sync_server::limits::Limits,
+        quotas: arbor_sync_server::db::Quotas,
     ) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -88,6 +110,7 @@ impl Server {
             socket_queue_frames: queue,
             notify_url: None,
             limits,
+            quotas,
             ..Config::new(database, key())
         };
         let (tx, rx) = oneshot::channel::<()>();
@@ -506,14 +529,27 @@ async fn fork_copies_a_space_that_then_lives_on_its_own() {
         .0,
         403
     );
-    let r = fork(&admin, "copy").await.unwrap();
+    // The copy is a new space: an admin of "demo" alone may not make it.
+    assert_eq!(
+        error_code(fork(&admin, "demo.copy").await.unwrap()).await,
+        (403, "wrong_space".into())
+    );
+    // A token for every space named "demo...": admin of both.
+    let tenant_admin = token("demo*", Role::Admin, None, 60);
+    let r = fork(&tenant_admin, "demo.copy").await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(
-        error_code(fork(&admin, "copy").await.unwrap()).await,
+        error_code(fork(&tenant_admin, "demo.copy").await.unwrap()).await,
         (409, "space_exists".into())
     );
     assert_eq!(
-        error_code(fork(&admin, "bad name!").await.unwrap()).await.0,
+        error_code(fork(&tenant_admin, "other").await.unwrap()).await,
+        (403, "wrong_space".into())
+    );
+    assert_eq!(
+        error_code(fork(&tenant_admin, "bad name!").await.unwrap())
+            .await
+            .0,
         400
     );
 
@@ -524,19 +560,19 @@ async fn fork_copies_a_space_that_then_lives_on_its_own() {
             .get_json::<OpsBody>(&path, token(space, Role::Read, None, 60))
             .await
     };
-    let (a, b) = (feed("demo").await, feed("copy").await);
+    let (a, b) = (feed("demo").await, feed("demo.copy").await);
     assert_eq!(a.head_seq, b.head_seq);
     assert_eq!(a.ops, b.ops);
     // The copy takes new ops on its own.
-    let copy_admin = token("copy", Role::Admin, None, 60);
+    let copy_admin = token("demo.copy", Role::Admin, None, 60);
     s.http
-        .post(s.url("/v1/spaces/copy/ops"))
+        .post(s.url("/v1/spaces/demo.copy/ops"))
         .bearer_auth(&copy_admin)
         .json(&json!({ "ops": [mv(base + 3, 7, n(3), n(2), &[0x80], 0)] }))
         .send()
         .await
         .unwrap();
-    assert_eq!(feed("copy").await.head_seq, Some(4));
+    assert_eq!(feed("demo.copy").await.head_seq, Some(4));
     assert_eq!(feed("demo").await.head_seq, Some(3));
     s.stop().await;
 }

@@ -25,6 +25,7 @@ fn user_token(sub: &str, space: &str, role: Role) -> String {
             space: space.into(),
             role,
             rid: None,
+            tenant: None,
             exp: now + 600,
             nbf: None,
             iat: Some(now),

@@ -20,6 +20,7 @@ mod http;
 mod import;
 mod limits;
 mod memory;
+mod quotas;
 mod restore;
 mod snapshot;
 mod validation;
