@@ -107,6 +107,11 @@ pub struct ServeArgs {
     /// create by create, fork or import (0: no limit).
     #[arg(long, env = "ARBOR_MAX_SPACES_PER_TENANT", default_value_t = crate::db::Quotas::DEFAULT.max_spaces_per_tenant)]
     pub max_spaces_per_tenant: u64,
+    /// How far back, in seconds, an op's stamp may be: the server raises
+    /// every space's horizon to this age, and older ops are refused as
+    /// `stale` (their clients re-stamp them). 0: never raise it.
+    #[arg(long, env = "ARBOR_HORIZON_KEEP_S", default_value_t = 30 * 24 * 3600)]
+    pub horizon_keep_s: u64,
 }
 
 /// Why the configuration cannot be used.
@@ -162,6 +167,9 @@ pub struct Config {
     pub limits: crate::limits::Limits,
     /// Per-space and per-tenant quotas.
     pub quotas: crate::db::Quotas,
+    /// The horizon policy: every space's horizon is kept at least this far
+    /// behind now (`None`: horizons are only raised by hand).
+    pub horizon_keep: Option<Duration>,
 }
 
 impl Config {
@@ -182,6 +190,7 @@ impl Config {
             allowed_hosts: Vec::new(),
             limits: crate::limits::Limits::for_pool(16),
             quotas: crate::db::Quotas::DEFAULT,
+            horizon_keep: Some(Duration::from_secs(30 * 24 * 3600)),
         }
     }
 }
@@ -242,6 +251,8 @@ impl ServeArgs {
                 max_bytes: self.max_bytes_per_space,
                 max_spaces_per_tenant: self.max_spaces_per_tenant,
             },
+            horizon_keep: (self.horizon_keep_s > 0)
+                .then(|| Duration::from_secs(self.horizon_keep_s)),
         })
     }
 }

@@ -19,6 +19,8 @@
 //! - [`notify`]: commit notices (`LISTEN arbor_head`) so several server
 //!   processes relay each other's ops.
 //! - [`import`]: a snapshot file streamed into a new thoughtspace.
+//! - [`horizon`]: the horizon policy (stamps older than a configured age
+//!   are refused as stale).
 //! - [`limits`]: what one client may take: the stream budget, caps per
 //!   token and address, rate limits, the stall guard.
 //! - [`listener`]: the HTTP accept loop (header deadline, per-address cap,
@@ -31,6 +33,7 @@
 pub mod api;
 pub mod config;
 pub mod db;
+pub mod horizon;
 pub mod import;
 pub mod limits;
 pub mod listener;
@@ -135,6 +138,9 @@ pub async fn serve_with(
         forward,
         stop_rx.clone(),
     ));
+    if let Some(keep) = config.horizon_keep {
+        tokio::spawn(horizon::run(state.db.clone(), keep, stop_rx.clone()));
+    }
     if let Some(admin) = admin {
         let admin_app = api::only_hosts(
             api::admin_router(state.clone(), metrics),

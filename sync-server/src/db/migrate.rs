@@ -62,6 +62,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0008_quotas.sql",
         sql: include_str!("../../../migrations/0008_quotas.sql"),
     },
+    Migration {
+        version: 9,
+        name: "0009_past_move.sql",
+        sql: include_str!("../../../migrations/0009_past_move.sql"),
+    },
 ];
 
 /// Key of the session advisory lock held while migrating (two-int form, so it
@@ -72,8 +77,20 @@ const LOCK: (i32, i32) = (0x4152_424f, 1); // "ARBO", 1
 /// statement: installed over 0006's in a scratch database, it is the
 /// baseline the differential test and the restore benchmark compare with.
 pub fn restore_pass_0002() -> String {
+    function_0002("arbor_restore_pass")
+}
+
+/// Migration 0002's `apply_ops` as a `CREATE OR REPLACE` statement: every
+/// move older than the log's newest is undone and redone. The baseline the
+/// past-move test and benchmark compare migration 0009's with.
+pub fn apply_ops_0002() -> String {
+    function_0002("apply_ops")
+}
+
+/// A function of migration 0002, restated as `CREATE OR REPLACE`.
+fn function_0002(name: &str) -> String {
     let sql = MIGRATIONS[1].sql;
-    let start = sql.find("CREATE FUNCTION arbor_restore_pass").unwrap_or(0);
+    let start = sql.find(&format!("CREATE FUNCTION {name}(")).unwrap_or(0);
     let end = sql[start..]
         .find("END $$;")
         .map_or(sql.len(), |e| start + e + "END $$;".len());

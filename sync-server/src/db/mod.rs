@@ -25,7 +25,9 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 pub use apply::MAX_BATCH;
 pub use error::{DbError, RejectCode};
 pub(crate) use error::{map_pg, pg_message};
-pub use migrate::{MIGRATIONS, Migration, migrate, restore_pass_0002, restore_pass_reference};
+pub use migrate::{
+    MIGRATIONS, Migration, apply_ops_0002, migrate, restore_pass_0002, restore_pass_reference,
+};
 pub use quotas::{Owner, Quotas, Usage};
 pub(crate) use quotas::{claim_space_slot, set_tenant};
 pub use rows::*;

@@ -135,6 +135,38 @@ impl Db {
         self.space_id(dst).await
     }
 
+    /// Raises every space's horizon that is below `cutoff` (or unset) to
+    /// it, each under its space's ingest lock; returns how many were
+    /// raised. The horizon policy's step.
+    pub async fn raise_horizons(&self, cutoff: Stamp) -> Result<u64, DbError> {
+        let hlc = i64::try_from(cutoff.hlc.0)
+            .map_err(|_| DbError::rejected(RejectCode::BadBatch, "horizon hlc above 2^63"))?;
+        let rep = replica_to_sql(cutoff.replica.0);
+        let names: Vec<String> = {
+            let client = self.client().await?;
+            client
+                .query(
+                    "SELECT name FROM spaces
+                     WHERE horizon_hlc IS NULL OR (horizon_hlc, horizon_replica) < ($1, $2)",
+                    &[&hlc, &rep],
+                )
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?
+        };
+        let mut raised = 0;
+        for name in names {
+            match self.raise_horizon(&name, cutoff).await {
+                Ok(()) => raised += 1,
+                // Deleted meanwhile.
+                Err(e) if e.reject_code() == Some(RejectCode::UnknownSpace) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(raised)
+    }
+
     /// Raises the space's horizon (never lowers it): ops at or below it are
     /// refused as stale from now on.
     pub async fn raise_horizon(&self, space: &str, horizon: Stamp) -> Result<(), DbError> {

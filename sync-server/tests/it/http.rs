@@ -96,11 +96,7 @@ impl Server {
         limits: arbor_sync_server::limits::Limits,
         quotas: arbor_sync_server::db::Quotas,
     ) -> Server {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = format!("http://{}", admin_listener.local_addr().unwrap());
-        let config = Config {
+        Server::start_config(Config {
             db_pool: 4,
             token_leeway_s: leeway_s,
             max_body_bytes: 256 * 1024,
@@ -111,8 +107,19 @@ impl Server {
             notify_url: None,
             limits,
             quotas,
+            // Tests push stamps of their choosing (some far in the past).
+            horizon_keep: None,
             ..Config::new(database, key())
-        };
+        })
+        .await
+    }
+
+    /// A server with this configuration.
+    pub async fn start_config(config: Config) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = format!("http://{}", admin_listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, Some(admin_listener), config, async move {
             let _ = rx.await;
