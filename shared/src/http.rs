@@ -16,6 +16,9 @@ pub struct CommittedJson {
     pub op: Op,
     /// Why it is in the answer.
     pub origin: Origin,
+    /// Who made it ([`crate::protocol::SeqOp::author`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
 }
 
 /// Body of `POST /v1/spaces/{space}/ops`.
@@ -48,6 +51,12 @@ pub struct GroupPush {
     /// The replica every op must be by (`null`: any; service tokens only).
     #[serde(default)]
     pub author: Option<ReplicaId>,
+    /// The token subject the push is made for (the Durable Object passes
+    /// its client's): its replica ids are claimed for that subject, and a
+    /// replica id another subject owns is refused (`wrong_replica`).
+    /// Absent: no owner check (the service's own pushes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
     /// The ops.
     pub ops: Vec<Op>,
 }

@@ -71,6 +71,12 @@ pub struct SeqOp {
     /// `new` or `restore` (absent: `new`).
     #[serde(default)]
     pub origin: Origin,
+    /// The token subject that owns the op's replica id in this space (who
+    /// made it); absent for the server's restores and for replica ids
+    /// nobody claimed (ops from before owners were recorded, or pushed by
+    /// the server's own callers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
 }
 
 impl SeqOp {
@@ -82,7 +88,19 @@ impl SeqOp {
         } else {
             Origin::New
         };
-        SeqOp { seq, op, origin }
+        SeqOp {
+            seq,
+            op,
+            origin,
+            author: None,
+        }
+    }
+
+    /// The same op, made by `author` (see [`SeqOp::author`]).
+    #[must_use]
+    pub fn by(mut self, author: Option<String>) -> SeqOp {
+        self.author = author;
+        self
     }
 }
 
@@ -94,7 +112,10 @@ pub struct Peer {
     pub conn: u64,
     /// The token's subject.
     pub sub: String,
-    /// The replica it said hello with.
+    /// Always `None` on the wire now (kept for compatibility): a replica id
+    /// belongs to the first user who pushes with it, so showing it before
+    /// its first push would let another user claim it (replica owners,
+    /// docs/PROTOCOL.md).
     pub replica: Option<ReplicaId>,
 }
 

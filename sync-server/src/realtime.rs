@@ -86,7 +86,7 @@ pub struct Rooms {
 }
 
 fn seq_op(c: Committed) -> SeqOp {
-    SeqOp::new(c.seq, c.op)
+    SeqOp::new(c.seq, c.op).by(c.author)
 }
 
 /// The ops of an answer to relay: new ones and restores (duplicates were
@@ -400,13 +400,20 @@ fn commit_group(space: &str, db: &Db, tx: &mpsc::Sender<Event>, pushes: Vec<Push
     let (db, tx, space) = (db.clone(), tx.clone(), space.to_string());
     tokio::spawn(async move {
         let started = std::time::Instant::now();
-        let pushes: Vec<_> = pushes.into_iter().map(|p| (p.author, p.ops)).collect();
+        let pushes: Vec<_> = pushes
+            .into_iter()
+            .map(|p| arbor_shared::http::GroupPush {
+                author: p.author,
+                sub: p.sub,
+                ops: p.ops,
+            })
+            .collect();
         let answers = db.apply_group(&space, &pushes).await;
         let elapsed = started.elapsed().as_secs_f64();
         if elapsed > SLOW_COMMIT_S {
             // Commits this slow hold up every push of the room: worth a
             // line in the log (the histogram has the distribution).
-            let ops: usize = pushes.iter().map(|(_, ops)| ops.len()).sum();
+            let ops: usize = pushes.iter().map(|p| p.ops.len()).sum();
             tracing::warn!(space = %space, pushes = pushes.len(), ops, elapsed_s = elapsed, "slow group commit");
         }
         let results = answers

@@ -225,6 +225,15 @@ async fn native_clients_sync_through_the_durable_object() {
     wait_for(&mut b.status, "b has a's ops", |s| caught_up(s, 40)).await;
     let pg = db.state("s").await.unwrap();
     assert_eq!(b.replica.lock().unwrap().state().unwrap(), pg);
+    // The object pushed for its client: every op names the client's token
+    // subject as its author (replica owners).
+    let log = db.ops_after("s", 0, 100).await.unwrap();
+    assert_eq!(log.ops.len(), 40);
+    assert!(
+        log.ops.iter().all(|c| c.author.as_deref() == Some("e2e")),
+        "{:?}",
+        log.ops.iter().map(|c| &c.author).collect::<Vec<_>>()
+    );
 
     // Another path (HTTP ingest on the sync server) reaches the object's
     // sockets without a reconnect.

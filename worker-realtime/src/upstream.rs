@@ -225,7 +225,7 @@ impl Upstream {
             .ops
             .into_iter()
             .filter(|o| o.seq <= upto)
-            .map(|o| SeqOp::new(o.seq, o.op))
+            .map(|o| SeqOp::new(o.seq, o.op).by(o.author))
             .collect();
         Ok((ops, answer.head_seq.unwrap_or(0)))
     }
@@ -261,6 +261,7 @@ impl Upstream {
             .into_iter()
             .map(|p| GroupPush {
                 author: p.author,
+                sub: p.sub,
                 ops: p.ops,
             })
             .collect();
@@ -351,7 +352,7 @@ fn ingest_result(r: PushResult) -> IngestResult {
         (Some(ops), None) => IngestResult::Committed(
             ops.into_iter()
                 .filter(|o| o.origin != Origin::Duplicate)
-                .map(|o| SeqOp::new(o.seq, o.op))
+                .map(|o| SeqOp::new(o.seq, o.op).by(o.author))
                 .collect(),
         ),
         (None, None) => IngestResult::Failed {

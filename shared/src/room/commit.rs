@@ -22,6 +22,9 @@ pub struct Push {
     pub batch: u64,
     /// The replica every op must be by (`None`: service connections).
     pub author: Option<ReplicaId>,
+    /// The token subject it is pushed for (`None`: service connections,
+    /// whose pushes are not checked against replica owners).
+    pub sub: Option<String>,
     /// The ops.
     pub ops: Vec<Op>,
 }

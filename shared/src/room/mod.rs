@@ -238,7 +238,9 @@ impl Room {
             .map(|(id, c)| Peer {
                 conn: *id,
                 sub: c.claims.sub.clone(),
-                replica: c.replica,
+                // Not shown: another user could claim it before its first
+                // push (replica owners).
+                replica: None,
             })
             .collect()
     }
@@ -513,9 +515,9 @@ impl Room {
                         Some(batch),
                     )];
                 }
-                let author = match c.claims.role {
-                    Role::Service => None,
-                    _ => c.claims.rid.or(c.replica),
+                let (author, sub) = match c.claims.role {
+                    Role::Service => (None, None),
+                    _ => (c.claims.rid.or(c.replica), Some(c.claims.sub.clone())),
                 };
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.inflight.insert(batch);
@@ -524,6 +526,7 @@ impl Room {
                     conn,
                     batch,
                     author,
+                    sub,
                     ops,
                 });
                 self.next_commit().into_iter().collect()

@@ -28,6 +28,9 @@ pub struct IngestQuery {
     /// For service tokens: the replica every op must be by (the Durable
     /// Object pushes for a client whose hello it checked).
     pub author: Option<String>,
+    /// For service tokens: the token subject the push is made for (its
+    /// replica ids are claimed for it; absent: no owner check).
+    pub sub: Option<String>,
 }
 
 /// A committed op on the wire.
@@ -40,6 +43,7 @@ pub(crate) fn committed_json(c: Committed) -> CommittedJson {
             Origin::Duplicate => arbor_shared::http::Origin::Duplicate,
             Origin::Restore => arbor_shared::http::Origin::Restore,
         },
+        author: c.author,
     }
 }
 
@@ -94,7 +98,11 @@ pub(super) async fn ingest(
         claims.rid
     };
     let started = std::time::Instant::now();
-    let committed = match state.db.apply(&space, author, &body.ops).await {
+    let sub = match claims.role {
+        Role::Service => query.sub.as_deref(),
+        _ => Some(claims.sub.as_str()),
+    };
+    let committed = match state.db.apply_by(&space, author, sub, &body.ops).await {
         Ok(c) => c,
         Err(e) => {
             let error = ApiError::from(e);
@@ -160,11 +168,11 @@ pub(super) async fn commit_group(
             })
         })
         .collect();
-    let valid: Vec<(Option<ReplicaId>, Vec<Op>)> = pushes
+    let valid: Vec<GroupPush> = pushes
         .into_iter()
         .zip(&results)
         .filter(|(_, refused)| refused.is_none())
-        .map(|(p, _)| (p.author, p.ops))
+        .map(|(p, _)| p)
         .collect();
     let started = std::time::Instant::now();
     let answers = state.db.apply_group(space, &valid).await;

@@ -1,23 +1,27 @@
 //! Batches through the `apply_ops` PL/pgSQL function: one batch, or a group of pushes in one transaction with a savepoint each.
 
+use arbor_shared::http::GroupPush;
 use arbor_shared::{Op, ReplicaId};
 
 use super::*;
 
-/// One `apply_ops` call on `client` (a connection, transaction or
-/// savepoint).
+/// One `apply_ops_by` call on `client` (a connection, transaction or
+/// savepoint): `apply_ops`, with the batch's replica ids claimed for `sub`
+/// when given (migration 0010).
 pub(super) async fn apply_on<C: deadpool_postgres::GenericClient>(
     client: &C,
     space: &str,
     author: Option<ReplicaId>,
+    sub: Option<&str>,
     ops: &[Op],
 ) -> Result<Vec<Committed>, DbError> {
     let a = OpArrays::encode(ops)?;
     let author = author.map(|r| replica_to_sql(r.0));
     let stmt = client
         .prepare_cached(
-            "SELECT seq, hlc, replica, kind, node, parent, key, field, value, known_seq, origin
-             FROM apply_ops($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            "SELECT seq, hlc, replica, kind, node, parent, key, field, value, known_seq, origin,
+                    author
+             FROM apply_ops_by($12, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .await?;
     let rows = client
@@ -35,6 +39,7 @@ pub(super) async fn apply_on<C: deadpool_postgres::GenericClient>(
                 &a.field,
                 &a.value,
                 &a.known_seq,
+                &sub,
             ],
         )
         .await
@@ -50,11 +55,27 @@ impl Db {
     /// idempotency, the CRDT apply and the restore rule. `author`, when
     /// given, must be every op's replica. Returns every committed op of the
     /// answer in seq order: the batch's new ops, its already-stored ops with
-    /// their old seqs, and restores the batch caused.
+    /// their old seqs, and restores the batch caused. No replica owner is
+    /// checked or claimed (the server's own callers); clients' pushes go
+    /// through [`Db::apply_by`].
     pub async fn apply(
         &self,
         space: &str,
         author: Option<ReplicaId>,
+        ops: &[Op],
+    ) -> Result<Vec<Committed>, DbError> {
+        self.apply_by(space, author, None, ops).await
+    }
+
+    /// [`Db::apply`] for the token subject `sub`: the batch's replica ids
+    /// that nobody owns in the space become `sub`'s, and a batch stamped
+    /// with a replica id another subject owns is refused `wrong_replica`
+    /// (migration 0010). Each answered op carries its owner.
+    pub async fn apply_by(
+        &self,
+        space: &str,
+        author: Option<ReplicaId>,
+        sub: Option<&str>,
         ops: &[Op],
     ) -> Result<Vec<Committed>, DbError> {
         if ops.len() > MAX_BATCH {
@@ -64,7 +85,7 @@ impl Db {
             ));
         }
         let client = self.client().await?;
-        apply_on(&client, space, author, ops).await
+        apply_on(&client, space, author, sub, ops).await
     }
 
     /// Commits several pushes to `space` in one transaction (group commit:
@@ -75,10 +96,13 @@ impl Db {
     pub async fn apply_group(
         &self,
         space: &str,
-        pushes: &[(Option<ReplicaId>, Vec<Op>)],
+        pushes: &[GroupPush],
     ) -> Vec<Result<Vec<Committed>, DbError>> {
-        if let [(author, ops)] = pushes {
-            return vec![self.apply(space, *author, ops).await];
+        if let [p] = pushes {
+            return vec![
+                self.apply_by(space, p.author, p.sub.as_deref(), &p.ops)
+                    .await,
+            ];
         }
         let mut client = match self.client().await {
             Ok(c) => c,
@@ -100,7 +124,7 @@ impl Db {
             }
         };
         let mut answers = Vec::with_capacity(pushes.len());
-        for (author, ops) in pushes {
+        for GroupPush { author, sub, ops } in pushes {
             if ops.len() > MAX_BATCH {
                 answers.push(Err(DbError::rejected(
                     RejectCode::BadBatch,
@@ -109,7 +133,7 @@ impl Db {
                 continue;
             }
             let answer = match tx.savepoint("push").await {
-                Ok(sp) => match apply_on(&sp, space, *author, ops).await {
+                Ok(sp) => match apply_on(&sp, space, *author, sub.as_deref(), ops).await {
                     Ok(committed) => sp.commit().await.map(|()| committed).map_err(DbError::from),
                     // Dropping the savepoint rolls it back.
                     Err(e) => Err(e),

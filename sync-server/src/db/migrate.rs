@@ -67,6 +67,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0009_past_move.sql",
         sql: include_str!("../../../migrations/0009_past_move.sql"),
     },
+    Migration {
+        version: 10,
+        name: "0010_replica_owners.sql",
+        sql: include_str!("../../../migrations/0010_replica_owners.sql"),
+    },
 ];
 
 /// Key of the session advisory lock held while migrating (two-int form, so it

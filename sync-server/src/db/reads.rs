@@ -15,8 +15,10 @@ impl Db {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(
-                "SELECT seq, hlc, replica, kind, node, parent, key, field, value, known_seq
-                 FROM ops WHERE space = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                "SELECT o.seq, o.hlc, o.replica, o.kind, o.node, o.parent, o.key, o.field, o.value,
+                        o.known_seq, r.sub AS author
+                 FROM ops o LEFT JOIN replicas r ON r.space = o.space AND r.replica = o.replica
+                 WHERE o.space = $1 AND o.seq > $2 ORDER BY o.seq LIMIT $3",
             )
             .await?;
         let rows = client

@@ -26,6 +26,9 @@ pub struct Committed {
     pub op: Op,
     /// How it got into this answer.
     pub origin: Origin,
+    /// The token subject that owns the op's replica id in its space (who
+    /// made it; `None` for restores and unclaimed replica ids).
+    pub author: Option<String>,
 }
 
 /// A thoughtspace's row.
@@ -97,7 +100,8 @@ pub(super) fn stamp_from(hlc: i64, replica: i64) -> Result<Stamp, DbError> {
 }
 
 /// Decodes a row of `apply_ops` or of the catch-up query: columns seq, hlc,
-/// replica, kind, node, parent, key, field, value, known_seq[, origin].
+/// replica, kind, node, parent, key, field, value, known_seq, then, found by
+/// name, `origin` and `author` when the query has them.
 pub(super) fn committed_from_row(row: &Row) -> Result<Committed, DbError> {
     let seq = u64_of(row.try_get(0)?, "seq")?;
     let stamp = stamp_from(row.try_get(1)?, row.try_get(2)?)?;
@@ -136,8 +140,9 @@ pub(super) fn committed_from_row(row: &Row) -> Result<Committed, DbError> {
         }
         other => return Err(DbError::BadRow(format!("op {seq}: kind {other}"))),
     };
-    let origin = if row.len() > 10 {
-        match row.try_get::<_, i8>(10)? as u8 {
+    let column = |name: &str| row.columns().iter().position(|c| c.name() == name);
+    let origin = if let Some(i) = column("origin") {
+        match row.try_get::<_, i8>(i)? as u8 {
             b'd' => Origin::Duplicate,
             b'r' => Origin::Restore,
             _ => Origin::New,
@@ -147,7 +152,16 @@ pub(super) fn committed_from_row(row: &Row) -> Result<Committed, DbError> {
     } else {
         Origin::New
     };
-    Ok(Committed { seq, op, origin })
+    let author = match column("author") {
+        Some(i) => row.try_get(i)?,
+        None => None,
+    };
+    Ok(Committed {
+        seq,
+        op,
+        origin,
+        author,
+    })
 }
 
 /// A batch as the column arrays `apply_ops` takes (encodings in

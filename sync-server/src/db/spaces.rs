@@ -101,7 +101,9 @@ impl Db {
     /// its seqs, restores, head and horizon) in one transaction.
     pub async fn fork(&self, src: &str, dst: &str) -> Result<SpaceInfo, DbError> {
         let client = self.client().await?;
-        let stmt = client.prepare_cached("SELECT fork_space($1, $2)").await?;
+        let stmt = client
+            .prepare_cached("SELECT fork_space_with_owners($1, $2)")
+            .await?;
         client.query_one(&stmt, &[&src, &dst]).await.map_err(|e| {
             if e.code() == Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION) {
                 DbError::rejected(
@@ -126,7 +128,7 @@ impl Db {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         claim_space_slot(&tx, owner).await?;
-        tx.query_one("SELECT fork_space($1, $2)", &[&src, &dst])
+        tx.query_one("SELECT fork_space_with_owners($1, $2)", &[&src, &dst])
             .await
             .map_err(map_pg)?;
         set_tenant(&tx, dst, owner).await?;

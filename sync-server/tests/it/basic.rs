@@ -165,6 +165,14 @@ async fn a_group_commit_answers_each_push_as_if_applied_alone() {
             vec![set(103, 7, a, "text", Some("no"), 0)],
         ),
     ];
+    let pushes: Vec<_> = pushes
+        .into_iter()
+        .map(|(author, ops)| arbor_shared::http::GroupPush {
+            author,
+            sub: None,
+            ops,
+        })
+        .collect();
     let answers = db.apply_group("s", &pushes).await;
     assert_eq!(answers.len(), 4);
     let seqs =
@@ -181,7 +189,7 @@ async fn a_group_commit_answers_each_push_as_if_applied_alone() {
     );
     let mut reference = tree();
     reference
-        .apply(&[pushes[0].1.clone(), pushes[2].1.clone()].concat())
+        .apply(&[pushes[0].ops.clone(), pushes[2].ops.clone()].concat())
         .unwrap();
     assert_state_eq(&db.state("s").await.unwrap(), &reference.state().unwrap());
     assert_eq!(db.space("s").await.unwrap().unwrap().head_seq, 2);

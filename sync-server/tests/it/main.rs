@@ -21,6 +21,7 @@ mod http;
 mod import;
 mod limits;
 mod memory;
+mod owners;
 mod past_move;
 mod quotas;
 mod restore;
