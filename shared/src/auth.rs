@@ -344,6 +344,12 @@ pub struct Refusal {
 }
 
 impl Claims {
+    /// What per-token limits count the token by: its subject within its
+    /// `space` claim (the same on the sync server and the Durable Object).
+    pub fn rate_key(&self) -> String {
+        format!("{}\u{0}{}", self.space, self.sub)
+    }
+
     /// The tenant the token's spaces count against: its `tenant` claim, or
     /// else its subject.
     pub fn tenant(&self) -> &str {

@@ -23,6 +23,8 @@
 //!   in-memory [`MemoryStore`].
 //! - [`snapshot`]: the snapshot file format (framing decoder and encoder,
 //!   binary `COPY` rows), for cold starts, exports and replica uploads.
+//! - [`rate`]: token buckets with time passed in (per-token rate limits
+//!   of the sync server and the Durable Object).
 //! - [`auth`]: HS256 token verification and minting (RFC 7519), shared by
 //!   the sync server and the Durable Object.
 //! - [`sim`]: the [`sim::Action`] enum and a network of replicas that drives
@@ -42,6 +44,7 @@ pub mod id;
 pub mod key;
 pub mod op;
 pub mod protocol;
+pub mod rate;
 pub mod room;
 pub mod sim;
 pub mod snapshot;

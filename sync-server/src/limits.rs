@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arbor_shared::ErrorCode;
+use arbor_shared::rate::{Rate, TokenBucket};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -148,50 +149,77 @@ impl StreamBudget {
     }
 }
 
-/// Token buckets, one per key: `rate` a second, up to `burst` at once.
+/// Token buckets ([`TokenBucket`]), one per key: `rate` a second, up to
+/// `burst` at once.
 #[derive(Debug)]
 pub struct RateLimiter {
-    rate: f64,
-    burst: f64,
-    /// Key to (tokens left, last refill). Entries of idle keys are dropped
-    /// when the map grows (bounded memory).
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    rate: Rate,
+    /// Where the buckets' seconds count from.
+    epoch: Instant,
+    /// Key to bucket. Full buckets are dropped when the map grows (bounded
+    /// memory).
+    buckets: Mutex<HashMap<String, TokenBucket>>,
 }
 
-/// Keys kept before idle buckets are swept.
+/// Keys kept before full buckets are swept.
 const MAX_BUCKETS: usize = 65_536;
 
 impl RateLimiter {
     /// `rate` events a second per key, bursts of `rate * burst_s`.
     pub fn new(rate: f64, burst_s: f64) -> RateLimiter {
-        let rate = rate.max(0.001);
         RateLimiter {
-            rate,
-            burst: (rate * burst_s).max(1.0),
+            rate: Rate::new(rate, burst_s),
+            epoch: Instant::now(),
             buckets: Mutex::default(),
+        }
+    }
+
+    fn with_bucket<T>(
+        &self,
+        key: &str,
+        now: Instant,
+        f: impl FnOnce(&mut TokenBucket, f64) -> T,
+    ) -> T {
+        let now_s = now.saturating_duration_since(self.epoch).as_secs_f64();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(key) {
+            buckets.retain(|_, b| !b.is_full(&self.rate, now_s));
+        }
+        let bucket = buckets
+            .entry(key.to_string())
+            .or_insert_with(|| TokenBucket::full(&self.rate, now_s));
+        f(bucket, now_s)
+    }
+
+    /// Charges `units` more to `key` at `now` (work found out after it was
+    /// admitted, see [`db_time_units`]). The bucket may go into debt, at
+    /// most a minute of the rate: until it is paid back every
+    /// [`RateLimiter::take`] of the key waits.
+    pub fn charge(&self, key: &str, units: f64, now: Instant) {
+        if units > 0.0 {
+            self.with_bucket(key, now, |b, now_s| b.charge(&self.rate, units, now_s));
         }
     }
 
     /// Takes one event for `key` at `now`, or says how long to wait.
     pub fn take(&self, key: &str, now: Instant) -> Result<(), Duration> {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(key) {
-            // A full bucket refills in burst / rate seconds: older ones are
-            // full again and equal to new ones.
-            let full = Duration::from_secs_f64(self.burst / self.rate);
-            buckets.retain(|_, (_, at)| now.duration_since(*at) < full);
-        }
-        let (tokens, at) = buckets.entry(key.to_string()).or_insert((self.burst, now));
-        let refill = now.duration_since(*at).as_secs_f64() * self.rate;
-        *tokens = (*tokens + refill).min(self.burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - *tokens) / self.rate))
-        }
+        self.with_bucket(key, now, |b, now_s| b.take(&self.rate, now_s))
+            .map_err(Duration::from_secs_f64)
     }
+}
+
+/// Database time a push may take before it costs its token more than the
+/// one request or frame that carried it.
+pub const FREE_DB_TIME: Duration = Duration::from_millis(10);
+
+/// What a push that held the database for `elapsed` costs on top of the
+/// request or frame that carried it: one unit per millisecond past
+/// [`FREE_DB_TIME`]. With the default 100 a second, a token can hold the
+/// database about a tenth of the time, sustained: an old-stamped move that
+/// makes its space undo and redo for a second costs that token ten
+/// seconds of pushes.
+pub fn db_time_units(elapsed: Duration) -> f64 {
+    (elapsed.saturating_sub(FREE_DB_TIME).as_secs_f64() * 1e3).floor()
 }
 
 /// Counts per key with a cap (sockets per token, connections per address).

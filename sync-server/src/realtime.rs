@@ -79,8 +79,9 @@ pub struct Rooms {
     rooms: Mutex<HashMap<String, mpsc::Sender<Event>>>,
     /// Sockets per token.
     sockets: Counter,
-    /// Frames per token (pushes, pings).
-    frames: RateLimiter,
+    /// Frames per token (pushes, pings); a push's database time is charged
+    /// here too.
+    frames: Arc<RateLimiter>,
     hello_timeout: Duration,
     idle_timeout: Duration,
 }
@@ -109,7 +110,7 @@ impl Rooms {
             next_conn: AtomicU64::new(1),
             rooms: Mutex::new(HashMap::new()),
             sockets: Counter::new(limits.max_sockets_per_token),
-            frames: RateLimiter::new(limits.pushes_per_s, limits.burst_s),
+            frames: Arc::new(RateLimiter::new(limits.pushes_per_s, limits.burst_s)),
             hello_timeout: limits.hello_timeout,
             idle_timeout: limits.idle_timeout,
         }
@@ -145,6 +146,7 @@ impl Rooms {
             room,
             self.db.clone(),
             self.leeway_s,
+            self.frames.clone(),
             tx.clone(),
             rx,
         ));
@@ -358,10 +360,14 @@ async fn run_room(
     mut room: Room,
     db: Db,
     leeway_s: u64,
+    frames: Arc<RateLimiter>,
     tx: mpsc::Sender<Event>,
     mut rx: mpsc::Receiver<Event>,
 ) {
     let mut outs: HashMap<ConnId, mpsc::Sender<Outbound>> = HashMap::new();
+    // The rate key of each connection whose pushes are charged (not
+    // service tokens').
+    let mut rate_keys: HashMap<ConnId, String> = HashMap::new();
     // Token expiry is checked once a second.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -371,11 +377,15 @@ async fn run_room(
                 match event {
                     Event::Connect { conn, claims, out } => {
                         outs.insert(conn, out);
+                        if claims.role != arbor_shared::auth::Role::Service {
+                            rate_keys.insert(conn, crate::api::token_key(&claims));
+                        }
                         room.on_connect(conn, claims)
                     }
                     Event::Message { conn, text } => room.on_message(conn, &text),
                     Event::Closed { conn } => {
                         outs.remove(&conn);
+                        rate_keys.remove(&conn);
                         room.on_close(conn)
                     }
                     Event::Committed(ops) => room.on_committed(ops),
@@ -390,13 +400,24 @@ async fn run_room(
             }
             _ = tick.tick() => room.on_tick(now_s(), leeway_s),
         };
-        execute(&space, &mut room, &db, &tx, &mut outs, actions);
+        let charge = Charge {
+            frames: &frames,
+            keys: &rate_keys,
+        };
+        execute(&space, &mut room, &db, &tx, &mut outs, &charge, actions);
     }
 }
 
-/// Commits a group of pushes (one transaction, a savepoint each) and sends
-/// the results back to the room's actor.
-fn commit_group(space: &str, db: &Db, tx: &mpsc::Sender<Event>, pushes: Vec<Push>) {
+/// Commits a group of pushes (one transaction, a savepoint each), charges
+/// each push's database time to its token (`keys`, one per push: `None` is
+/// not charged), and sends the results back to the room's actor.
+fn commit_group(
+    space: &str,
+    db: &Db,
+    tx: &mpsc::Sender<Event>,
+    pushes: Vec<Push>,
+    (frames, keys): (Arc<RateLimiter>, Vec<Option<String>>),
+) {
     let (db, tx, space) = (db.clone(), tx.clone(), space.to_string());
     tokio::spawn(async move {
         let started = std::time::Instant::now();
@@ -408,8 +429,14 @@ fn commit_group(space: &str, db: &Db, tx: &mpsc::Sender<Event>, pushes: Vec<Push
                 ops: p.ops,
             })
             .collect();
-        let answers = db.apply_group(&space, &pushes).await;
+        let answers = db.apply_group_timed(&space, &pushes).await;
         let elapsed = started.elapsed().as_secs_f64();
+        let now = std::time::Instant::now();
+        for ((_, held), key) in answers.iter().zip(&keys) {
+            if let Some(key) = key {
+                frames.charge(key, crate::limits::db_time_units(*held), now);
+            }
+        }
         if elapsed > SLOW_COMMIT_S {
             // Commits this slow hold up every push of the room: worth a
             // line in the log (the histogram has the distribution).
@@ -418,7 +445,7 @@ fn commit_group(space: &str, db: &Db, tx: &mpsc::Sender<Event>, pushes: Vec<Push
         }
         let results = answers
             .into_iter()
-            .map(|answer| match answer {
+            .map(|(answer, _)| match answer {
                 Ok(committed) => {
                     let ops = seq_ops(committed);
                     crate::metrics::ingest(Ok(ops.len() as u64), elapsed);
@@ -463,12 +490,20 @@ fn fetch_page(
     });
 }
 
+/// Where a committed push's database time is charged: its connection's
+/// token's frame budget.
+struct Charge<'a> {
+    frames: &'a Arc<RateLimiter>,
+    keys: &'a HashMap<ConnId, String>,
+}
+
 fn execute(
     space: &str,
     room: &mut Room,
     db: &Db,
     tx: &mpsc::Sender<Event>,
     outs: &mut HashMap<ConnId, mpsc::Sender<Outbound>>,
+    charge: &Charge<'_>,
     actions: Vec<Action>,
 ) {
     let mut queue: std::collections::VecDeque<Action> = actions.into();
@@ -510,7 +545,13 @@ fn execute(
                 }
                 queue.extend(room.on_close(conn));
             }
-            Action::Commit { pushes } => commit_group(space, db, tx, pushes),
+            Action::Commit { pushes } => {
+                let keys = pushes
+                    .iter()
+                    .map(|p| charge.keys.get(&p.conn).cloned())
+                    .collect();
+                commit_group(space, db, tx, pushes, (charge.frames.clone(), keys));
+            }
             Action::CatchUp {
                 conn,
                 after,

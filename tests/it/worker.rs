@@ -25,13 +25,17 @@ use crate::workerd::{Workerd, free_port};
 const SECRET: &str = "e2e-secret-e2e-secret-e2e-secret-e2e!";
 
 fn token_with(space: &str, role: Role, secret: &str) -> String {
+    token_full(space, role, secret, "e2e")
+}
+
+fn token_full(space: &str, role: Role, secret: &str, sub: &str) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
     mint(
         &Claims {
-            sub: "e2e".into(),
+            sub: sub.into(),
             space: space.into(),
             role,
             rid: None,
@@ -48,6 +52,10 @@ fn token(space: &str, role: Role) -> String {
     token_with(space, role, SECRET)
 }
 
+/// A token of another subject (limits count per subject).
+fn token_with_sub(space: &str, role: Role, sub: &str) -> String {
+    token_full(space, role, SECRET, sub)
+}
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -358,6 +366,56 @@ async fn native_clients_sync_through_the_durable_object() {
         assert_eq!(r.state().unwrap(), pg);
         r.check_invariants().unwrap();
     }
+
+    // A token that floods its socket is refused `rate_limited` with a
+    // retry hint and closed 4029, as on the native endpoint (100 frames a
+    // second, bursts of 500).
+    let flood_token = token_with_sub("s", Role::Write, "flooder");
+    let mut flood = connect(&worker, "s", Some(&flood_token)).await.unwrap();
+    hello(&mut flood, 99, Some(54)).await;
+    for _ in 0..3_000 {
+        if flood
+            .send(Message::Text(ClientMsg::Ping.encode().into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let (mut limited, mut close) = (None, None);
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(30), flood.next())
+            .await
+            .expect("no close within 30 s");
+        match next {
+            Some(Ok(Message::Text(t))) => {
+                if let Ok(ServerMsg::Error {
+                    code,
+                    retry_after_ms,
+                    ..
+                }) = ServerMsg::decode(&t)
+                {
+                    limited = Some((code, retry_after_ms));
+                }
+            }
+            Some(Ok(Message::Close(f))) => {
+                close = f.map(|f| u16::from(f.code));
+                break;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break,
+        }
+    }
+    let (code, retry) = limited.expect("no rate_limited error");
+    assert_eq!(code.as_str(), "rate_limited");
+    assert!(retry.is_some_and(|ms| ms > 0), "{retry:?}");
+    assert_eq!(close, Some(4029));
+    // Another token is not affected.
+    let mut patient = connect(&worker, "s", Some(&token("s", Role::Read)))
+        .await
+        .unwrap();
+    assert_eq!(hello(&mut patient, 78, Some(54)).await, 54);
+
     a.task.abort();
     b.task.abort();
     let _ = std::fs::remove_dir_all(&dir);

@@ -1,12 +1,14 @@
 //! The Durable Object: the hibernation API's events turned into calls of the shared room, which is rebuilt from the sockets' attachments after memory loss.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use arbor_shared::ErrorCode;
 use arbor_shared::ReplicaId;
-use arbor_shared::auth::Claims;
+use arbor_shared::auth::{Claims, Role};
 use arbor_shared::http::NotifyBody;
+use arbor_shared::protocol::ServerMsg;
+use arbor_shared::rate::{Rate, TokenBucket};
 use arbor_shared::room::{Action, ConnId, Room, RoomLimits};
 use serde::{Deserialize, Serialize};
 use worker::{
@@ -44,6 +46,43 @@ pub(crate) struct Live {
     pub(crate) upstream: Upstream,
     pub(crate) sockets: BTreeMap<ConnId, Socket>,
     next_conn: ConnId,
+    /// Frames per token (lost with memory on hibernation, which only an
+    /// idle object reaches).
+    frames: Frames,
+}
+
+/// Frames (pushes, pings) per token: the sync server's defaults
+/// (`--pushes-per-s 100`, `--burst-s 5`), over which a socket gets
+/// `rate_limited` and is closed, as on the native endpoint.
+struct Frames {
+    rate: Rate,
+    buckets: HashMap<String, TokenBucket>,
+}
+
+/// Tokens whose buckets are kept before full ones are swept.
+const MAX_BUCKETS: usize = 4_096;
+
+impl Frames {
+    fn new() -> Frames {
+        Frames {
+            rate: Rate::new(100.0, 5.0),
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Takes one frame of `key` at `now_s`, or says how many seconds to
+    /// wait.
+    fn take(&mut self, key: &str, now_s: f64) -> std::result::Result<(), f64> {
+        if self.buckets.len() >= MAX_BUCKETS && !self.buckets.contains_key(key) {
+            let rate = self.rate;
+            self.buckets.retain(|_, b| !b.is_full(&rate, now_s));
+        }
+        let rate = self.rate;
+        self.buckets
+            .entry(key.to_string())
+            .or_insert_with(|| TokenBucket::full(&rate, now_s))
+            .take(&rate, now_s)
+    }
 }
 
 /// One thoughtspace's realtime room.
@@ -99,6 +138,7 @@ impl RoomObject {
             upstream,
             sockets: map,
             next_conn,
+            frames: Frames::new(),
         });
         self.run(actions).await;
         Ok(())
@@ -252,6 +292,25 @@ impl DurableObject for RoomObject {
             return Ok(());
         };
         self.ensure_live(Some(&att.space)).await?;
+        if att.claims.role != Role::Service {
+            let now_s = now_ms() as f64 / 1000.0;
+            let key = att.claims.rate_key();
+            if let Some(Err(wait)) = self.with_room(|l| l.frames.take(&key, now_s)) {
+                let ms = (wait * 1000.0) as u64 + 1;
+                let refusal = ServerMsg::Error {
+                    code: ErrorCode::RateLimited,
+                    message: "too many frames for this token".into(),
+                    batch: None,
+                    retry_after_ms: Some(ms),
+                };
+                let _ = ws.send_with_str(refusal.encode());
+                let _ = ws.close(
+                    ErrorCode::RateLimited.close_code(),
+                    Some(format!("retry after {ms} ms")),
+                );
+                return self.socket_gone(&ws).await;
+            }
+        }
         let text = match message {
             WebSocketIncomingMessage::String(t) => t,
             // Not a JSON text frame: the room refuses it.

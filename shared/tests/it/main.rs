@@ -13,6 +13,7 @@ mod differential;
 mod engine;
 mod fuzz;
 mod props;
+mod rate;
 mod regressions;
 mod room;
 mod scaling;

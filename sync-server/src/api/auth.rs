@@ -68,7 +68,7 @@ pub(super) fn authorize_token(
 
 /// The key limits count a token by: its subject in its space.
 pub fn token_key(claims: &Claims) -> String {
-    format!("{}\u{0}{}", claims.space, claims.sub)
+    claims.rate_key()
 }
 
 /// The owner a space created with `claims` counts against.

@@ -33,6 +33,22 @@ pub struct IngestQuery {
     pub sub: Option<String>,
 }
 
+/// Charges a push's database time beyond the free share to its token's
+/// request budget (service tokens are not limited per token).
+fn charge_db_time(
+    state: &AppState,
+    claims: &arbor_shared::auth::Claims,
+    held: std::time::Duration,
+) {
+    if claims.role != Role::Service {
+        state.requests.charge(
+            &super::auth::token_key(claims),
+            crate::limits::db_time_units(held),
+            std::time::Instant::now(),
+        );
+    }
+}
+
 /// A committed op on the wire.
 pub(crate) fn committed_json(c: Committed) -> CommittedJson {
     CommittedJson {
@@ -105,12 +121,14 @@ pub(super) async fn ingest(
     let committed = match state.db.apply_by(&space, author, sub, &body.ops).await {
         Ok(c) => c,
         Err(e) => {
+            charge_db_time(&state, &claims, started.elapsed());
             let error = ApiError::from(e);
             crate::metrics::ingest(Err(error.code()), 0.0);
             return Err(error);
         }
     };
     crate::metrics::ingest(Ok(applied(&committed)), started.elapsed().as_secs_f64());
+    charge_db_time(&state, &claims, started.elapsed());
     state.rooms.committed(&space, &committed).await;
     tracing::debug!(
         space,

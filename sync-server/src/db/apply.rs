@@ -98,18 +98,35 @@ impl Db {
         space: &str,
         pushes: &[GroupPush],
     ) -> Vec<Result<Vec<Committed>, DbError>> {
+        self.apply_group_timed(space, pushes)
+            .await
+            .into_iter()
+            .map(|(answer, _)| answer)
+            .collect()
+    }
+
+    /// [`Db::apply_group`], with the time each push held the database (its
+    /// own statements; the shared commit is not counted): what the push
+    /// is charged to its token.
+    pub async fn apply_group_timed(
+        &self,
+        space: &str,
+        pushes: &[GroupPush],
+    ) -> Vec<(Result<Vec<Committed>, DbError>, std::time::Duration)> {
+        let none = std::time::Duration::ZERO;
         if let [p] = pushes {
-            return vec![
-                self.apply_by(space, p.author, p.sub.as_deref(), &p.ops)
-                    .await,
-            ];
+            let started = std::time::Instant::now();
+            let answer = self
+                .apply_by(space, p.author, p.sub.as_deref(), &p.ops)
+                .await;
+            return vec![(answer, started.elapsed())];
         }
         let mut client = match self.client().await {
             Ok(c) => c,
             Err(e) => {
                 return pushes
                     .iter()
-                    .map(|_| Err(DbError::GroupFailed(e.to_string())))
+                    .map(|_| (Err(DbError::GroupFailed(e.to_string())), none))
                     .collect();
             }
         };
@@ -119,19 +136,23 @@ impl Db {
                 let e = DbError::from(e);
                 return pushes
                     .iter()
-                    .map(|_| Err(DbError::GroupFailed(e.to_string())))
+                    .map(|_| (Err(DbError::GroupFailed(e.to_string())), none))
                     .collect();
             }
         };
         let mut answers = Vec::with_capacity(pushes.len());
         for GroupPush { author, sub, ops } in pushes {
             if ops.len() > MAX_BATCH {
-                answers.push(Err(DbError::rejected(
-                    RejectCode::BadBatch,
-                    format!("batch_too_large: {} ops, at most {MAX_BATCH}", ops.len()),
-                )));
+                answers.push((
+                    Err(DbError::rejected(
+                        RejectCode::BadBatch,
+                        format!("batch_too_large: {} ops, at most {MAX_BATCH}", ops.len()),
+                    )),
+                    none,
+                ));
                 continue;
             }
+            let started = std::time::Instant::now();
             let answer = match tx.savepoint("push").await {
                 Ok(sp) => match apply_on(&sp, space, *author, sub.as_deref(), ops).await {
                     Ok(committed) => sp.commit().await.map(|()| committed).map_err(DbError::from),
@@ -140,13 +161,13 @@ impl Db {
                 },
                 Err(e) => Err(DbError::from(e)),
             };
-            answers.push(answer);
+            answers.push((answer, started.elapsed()));
         }
         if let Err(e) = tx.commit().await {
             let e = DbError::from(e);
             return pushes
                 .iter()
-                .map(|_| Err(DbError::GroupFailed(e.to_string())))
+                .map(|_| (Err(DbError::GroupFailed(e.to_string())), none))
                 .collect();
         }
         answers

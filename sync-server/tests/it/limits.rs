@@ -439,3 +439,71 @@ async fn a_token_over_its_request_rate_gets_429_with_retry_after() {
     assert_eq!(r.status(), 200);
     s.stop().await;
 }
+
+/// A push's database time past the free share is charged to its token: a
+/// 1,200-op push (tens of milliseconds) leaves a token with a burst of 2
+/// requests in debt, so its next request waits; another token does not.
+#[tokio::test]
+async fn a_push_is_charged_its_database_time() {
+    let s = Server::start_limited(
+        test_db_config().await,
+        256,
+        5,
+        limits(|l| {
+            l.requests_per_s = 2.0;
+            l.burst_s = 1.0;
+        }),
+    )
+    .await;
+    let admin = token("demo", Role::Admin, None, 600);
+    s.create_space("demo", &admin).await;
+    let heavy = user_token("heavy", "demo", Role::Write);
+    let t = now_ms() << 16;
+    let ops: Vec<_> = (0..1_200u64)
+        .map(|i| {
+            let node = n(u128::from(i) + 1);
+            mv(
+                t + i,
+                7,
+                node,
+                NodeId::ROOT,
+                &[0x40, (i >> 8) as u8, i as u8 | 1],
+                0,
+            )
+        })
+        .collect();
+    let r = s
+        .http
+        .post(s.url("/v1/spaces/demo/ops"))
+        .bearer_auth(&heavy)
+        .json(&serde_json::json!({ "ops": ops }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Without the charge this token has 1 request of its burst left.
+    let r = s
+        .http
+        .get(s.url("/v1/spaces/demo/ops?after=1200"))
+        .bearer_auth(&heavy)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429, "the push's database time was not charged");
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(wait >= 1, "Retry-After: {wait}");
+    let other = user_token("light", "demo", Role::Read);
+    let r = s
+        .http
+        .get(s.url("/v1/spaces/demo/ops?after=1200"))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    s.stop().await;
+}
