@@ -405,6 +405,7 @@ pub fn write_snapshot(
         payloads: count("SELECT count(*) FROM payloads")?,
         log: count("SELECT count(*) FROM ops")?,
         root: None,
+        owners: Default::default(),
     };
     let io = |e: std::io::Error| bad(format!("writing: {e}"));
     let mut enc = Encoder::new();

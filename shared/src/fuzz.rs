@@ -133,6 +133,7 @@ fn snapshot_file(u: &mut Unstructured<'_>) -> Result<Vec<u8>> {
         payloads: 0,
         log: 0,
         root: None,
+        owners: Default::default(),
     };
     let mut enc = Encoder::new();
     let mut out = enc.header(&header);

@@ -165,6 +165,31 @@ where
     if let Some(owner) = owner {
         crate::db::set_tenant(&tx, dst, owner).await?;
     }
+    // The file's replica owners stay the owners in the new space.
+    if header
+        .owners
+        .values()
+        .any(|s| s.is_empty() || s.len() > 1024 || s.contains('\0'))
+    {
+        return Err(ImportError::Snapshot(
+            "owners: a subject is 1 to 1,024 bytes without NUL".into(),
+        ));
+    }
+    let (replicas, subs): (Vec<i64>, Vec<&str>) = header
+        .owners
+        .iter()
+        .filter(|(r, _)| **r != arbor_shared::ReplicaId::SERVER)
+        .map(|(r, sub)| (replica_to_sql(r.0), sub.as_str()))
+        .unzip();
+    tx.execute(
+        "INSERT INTO replicas (space, replica, sub)
+         SELECT s.id, o.replica, o.sub FROM spaces s,
+                unnest($2::bigint[], $3::text[]) AS o (replica, sub)
+         WHERE s.name = $1",
+        &[&dst, &replicas, &subs],
+    )
+    .await
+    .map_err(DbError::from)?;
     tx.commit().await.map_err(DbError::from)?;
     db.space(dst)
         .await?

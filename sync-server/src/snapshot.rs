@@ -349,6 +349,17 @@ pub async fn snapshot(
         (Some(h), Some(r)) => Some(arbor_shared::Stamp::new(h as u64, replica_from_sql(r))),
         _ => None,
     };
+    // Replica owners (migration 0010): a small table, read whole.
+    let mut owners = std::collections::BTreeMap::new();
+    for r in conn
+        .query("SELECT replica, sub FROM replicas WHERE space = $1", &[&id])
+        .await?
+    {
+        owners.insert(
+            arbor_shared::ReplicaId(replica_from_sql(r.try_get(0)?)),
+            r.try_get::<_, String>(1)?,
+        );
+    }
     let header = SnapshotHeader {
         space: space.to_string(),
         head_seq: row.try_get::<_, i64>(1)?.max(0) as u64,
@@ -357,6 +368,7 @@ pub async fn snapshot(
         payloads: counts[1],
         log: counts[2],
         root,
+        owners,
     };
     state.counts = [header.nodes, header.payloads, header.log];
     let json = serde_json::to_vec(&header).map_err(|e| DbError::BadRow(e.to_string()))?;

@@ -34,6 +34,7 @@ fn fixture_bytes() -> Vec<u8> {
         payloads: 0,
         log: 0,
         root: None,
+        owners: Default::default(),
     });
     for tag in [b'N', b'P', b'L'] {
         out.extend(enc.section(tag));

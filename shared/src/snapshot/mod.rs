@@ -24,16 +24,19 @@ pub mod field;
 pub use decoder::Decoder;
 pub use encoder::Encoder;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use crate::{NodeId, Stamp};
+use crate::{NodeId, ReplicaId, Stamp};
 
 /// The file's first 8 bytes.
 pub const MAGIC: &[u8; 8] = b"ARBORSNP";
 /// The format version this code reads and writes.
 pub const VERSION: u32 = 1;
-/// Largest header JSON accepted.
-pub const MAX_HEADER_BYTES: u32 = 64 * 1024;
+/// Largest header JSON accepted (room for the replica owners of a space
+/// with tens of thousands of replica ids).
+pub const MAX_HEADER_BYTES: u32 = 4 << 20;
 /// Largest section chunk accepted (writers use about 64 KiB).
 pub const MAX_CHUNK_BYTES: u32 = 16 << 20;
 /// Section tags, in file order.
@@ -60,6 +63,11 @@ pub struct SnapshotHeader {
     /// section, with its place).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root: Option<NodeId>,
+    /// Replica owners: each replica id of the space that a token subject
+    /// owns, and that subject (who made the log's ops; an import keeps
+    /// them). Absent when none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub owners: BTreeMap<ReplicaId, String>,
 }
 
 /// The trailer's fields.

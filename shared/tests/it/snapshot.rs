@@ -17,6 +17,7 @@ fn file(n: u64, chunk: usize) -> Vec<u8> {
         payloads: n,
         log: 0,
         root: None,
+        owners: Default::default(),
     };
     let mut enc = Encoder::new();
     let mut out = enc.header(&header);

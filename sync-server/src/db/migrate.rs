@@ -72,6 +72,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0010_replica_owners.sql",
         sql: include_str!("../../../migrations/0010_replica_owners.sql"),
     },
+    Migration {
+        version: 11,
+        name: "0011_past_move_chains.sql",
+        sql: include_str!("../../../migrations/0011_past_move_chains.sql"),
+    },
 ];
 
 /// Key of the session advisory lock held while migrating (two-int form, so it

@@ -45,6 +45,7 @@ fn file(nodes: &[(NodeId, NodeId, &[u8])], payloads: &[(NodeId, &str, &str, i64)
         payloads: payloads.len() as u64,
         log: 0,
         root: None,
+        owners: Default::default(),
     });
     let mut n = Writer::new();
     for (id, parent, key) in nodes {

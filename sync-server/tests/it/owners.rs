@@ -164,5 +164,49 @@ async fn a_token_without_rid_cannot_push_as_another_users_replica() {
             (2, Some("victim"), ReplicaId(0x77))
         ]
     );
+    // An export carries the owners, and an import keeps them: in the new
+    // space, too, nobody else can push as the victim's replica.
+    let file = s
+        .http
+        .get(s.url("/v1/spaces/demo/export"))
+        .bearer_auth(token_of("reader", "demo", Role::Read))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let mut decoder = arbor_shared::snapshot::Decoder::new();
+    decoder.push(&file);
+    let mut owners = None;
+    while let Some(event) = decoder.next_event().unwrap() {
+        if let arbor_shared::snapshot::Event::Header(h) = event {
+            owners = Some(h.owners);
+        }
+    }
+    let owners = owners.expect("no header");
+    assert_eq!(
+        owners.into_iter().collect::<Vec<_>>(),
+        [(ReplicaId(0x77), "victim".to_string())]
+    );
+    let r = s
+        .http
+        .post(s.url("/v1/spaces/copy/import"))
+        .bearer_auth(token_of("admin", "copy", Role::Admin))
+        .body(file.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let squat = vec![set(t + 9, 0x77, n(1), "text", Some("gotcha"), 0)];
+    let r = s
+        .http
+        .post(s.url("/v1/spaces/copy/ops"))
+        .bearer_auth(token_of("mallory", "copy", Role::Write))
+        .json(&json!({ "ops": squat }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
     s.stop().await;
 }
