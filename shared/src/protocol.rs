@@ -62,7 +62,8 @@ pub enum Origin {
 /// A committed op with its seq and origin, as catch-up and the live feed
 /// carry it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+// Server to client: unknown fields are ignored, so the server can add
+// fields within a version (as it added `author`).
 pub struct SeqOp {
     /// Its place in the thoughtspace's sequence.
     pub seq: u64,
@@ -106,7 +107,7 @@ impl SeqOp {
 
 /// Someone connected to the thoughtspace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+// Server to client: unknown fields are ignored (see `SeqOp`).
 pub struct Peer {
     /// The connection (unique in the room while it is open).
     pub conn: u64,
@@ -121,7 +122,8 @@ pub struct Peer {
 
 /// A frame from the server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+// Unknown fields are ignored (see `SeqOp`); an unknown `type` is an error.
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMsg {
     /// Answer to `hello`; catch-up `ops` frames follow.
     Welcome {
@@ -243,6 +245,14 @@ impl ClientMsg {
             ClientMsg::Hello { v, .. } if *v != VERSION => Err(ProtocolError::Version(*v)),
             ClientMsg::Push { ops, .. } if ops.len() > MAX_PUSH_OPS => {
                 Err(ProtocolError::TooManyOps(ops.len()))
+            }
+            // serde's `deny_unknown_fields` does not reach the unit variant
+            // of an internally tagged enum: `ping` is checked here.
+            ClientMsg::Ping => {
+                match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text) {
+                    Ok(m) if m.len() == 1 => Ok(msg),
+                    _ => Err(ProtocolError::Malformed("ping: unknown field".into())),
+                }
             }
             _ => Ok(msg),
         }

@@ -674,3 +674,26 @@ fn catch_up_goes_page_by_page_and_an_empty_page_closes_unavailable() {
     ));
     assert_eq!(h.closed.get(&2), Some(&close::INTERNAL));
 }
+
+/// A client ignores fields it does not know in server frames (the server
+/// may add some within a version); the server refuses them in client frames.
+#[test]
+fn unknown_fields_are_ignored_in_server_frames_and_refused_in_client_frames() {
+    let msg = ServerMsg::Ops {
+        ops: vec![SeqOp::new(1, mv(1, 9, 1000, 0))],
+    };
+    let mut v: serde_json::Value = serde_json::from_str(&msg.encode()).unwrap();
+    v["later"] = serde_json::json!(1);
+    v["ops"][0]["later"] = serde_json::json!("x");
+    assert_eq!(ServerMsg::decode(&v.to_string()).unwrap(), msg);
+    let push = ClientMsg::Push {
+        batch: 1,
+        ops: vec![mv(1, 9, 1000, 0)],
+    };
+    for client in [ClientMsg::Ping, push] {
+        let mut c: serde_json::Value = serde_json::from_str(&client.encode()).unwrap();
+        assert!(ClientMsg::decode(&c.to_string()).is_ok());
+        c["later"] = serde_json::json!(1);
+        assert!(ClientMsg::decode(&c.to_string()).is_err(), "{c}");
+    }
+}
