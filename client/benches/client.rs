@@ -42,19 +42,8 @@ fn now_ms() -> u64 {
 }
 
 fn token(space: &str) -> String {
-    mint(
-        &Claims {
-            sub: "bench".into(),
-            space: space.into(),
-            role: Role::Write,
-            rid: None,
-            tenant: None,
-            exp: now_ms() / 1000 + 3600,
-            nbf: None,
-            iat: None,
-        },
-        &Hs256Key::new(SECRET).unwrap(),
-    )
+    let claims = Claims::new("bench", space, Role::Write, now_ms() / 1000, 3600);
+    mint(&claims, &Hs256Key::new(SECRET).unwrap())
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

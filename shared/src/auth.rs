@@ -344,6 +344,22 @@ pub struct Refusal {
 }
 
 impl Claims {
+    /// Claims of `sub` for `space` with `role`, issued at `now_s` and valid
+    /// for `ttl_s` seconds; no `rid`, `tenant` or `nbf` (set them with
+    /// struct update syntax).
+    pub fn new(sub: &str, space: &str, role: Role, now_s: u64, ttl_s: u64) -> Claims {
+        Claims {
+            sub: sub.into(),
+            space: space.into(),
+            role,
+            rid: None,
+            tenant: None,
+            exp: now_s.saturating_add(ttl_s),
+            nbf: None,
+            iat: Some(now_s),
+        }
+    }
+
     /// What per-token limits count the token by: its subject within its
     /// `space` claim (the same on the sync server and the Durable Object).
     pub fn rate_key(&self) -> String {

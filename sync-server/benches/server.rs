@@ -39,19 +39,11 @@ fn now_ms() -> u64 {
 }
 
 fn token(space: &str, role: Role, rid: Option<u64>) -> String {
-    mint(
-        &Claims {
-            sub: "bench".into(),
-            space: space.into(),
-            role,
-            rid: rid.map(ReplicaId),
-            tenant: None,
-            exp: now_ms() / 1000 + 3600,
-            nbf: None,
-            iat: None,
-        },
-        &Hs256Key::new(SECRET).unwrap(),
-    )
+    let claims = Claims {
+        rid: rid.map(ReplicaId),
+        ..Claims::new("bench", space, role, now_ms() / 1000, 3600)
+    };
+    mint(&claims, &Hs256Key::new(SECRET).unwrap())
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

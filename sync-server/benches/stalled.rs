@@ -34,19 +34,8 @@ fn now_ms() -> u64 {
 }
 
 fn token(sub: &str, space: &str, role: Role) -> String {
-    mint(
-        &Claims {
-            sub: sub.into(),
-            space: space.into(),
-            role,
-            rid: None,
-            tenant: None,
-            exp: now_ms() / 1000 + 3600,
-            nbf: None,
-            iat: None,
-        },
-        &Hs256Key::new(SECRET).unwrap(),
-    )
+    let claims = Claims::new(sub, space, role, now_ms() / 1000, 3600);
+    mint(&claims, &Hs256Key::new(SECRET).unwrap())
 }
 
 fn pct(v: &mut [Duration], p: f64) -> f64 {

@@ -55,19 +55,8 @@ fn now_ms() -> u64 {
 }
 
 fn token(space: &str, role: Role) -> String {
-    mint(
-        &Claims {
-            sub: "bench".into(),
-            space: space.into(),
-            role,
-            rid: None,
-            tenant: None,
-            exp: now_ms() / 1000 + 3600,
-            nbf: None,
-            iat: None,
-        },
-        &Hs256Key::new(SECRET.as_bytes()).unwrap(),
-    )
+    let claims = Claims::new("bench", space, role, now_ms() / 1000, 3600);
+    mint(&claims, &Hs256Key::new(SECRET.as_bytes()).unwrap())
 }
 
 type Ws =

@@ -19,23 +19,8 @@ use tokio::sync::watch;
 const SECRET: &str = "backup-secret-backup-secret-backup-secret";
 
 fn token() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    mint(
-        &Claims {
-            sub: "backup".into(),
-            space: "s".into(),
-            role: Role::Write,
-            rid: None,
-            tenant: None,
-            exp: now + 3600,
-            nbf: None,
-            iat: Some(now),
-        },
-        &Hs256Key::new(SECRET.as_bytes()).unwrap(),
-    )
+    let claims = Claims::new("backup", "s", Role::Write, arbor_e2e::now_s(), 3600);
+    mint(&claims, &Hs256Key::new(SECRET.as_bytes()).unwrap())
 }
 
 fn config(cluster: &PgCluster) -> Config {

@@ -24,23 +24,8 @@ const OPS_PER_PUSH: usize = 5;
 const SLOW_PUSHES: usize = 10;
 
 fn token(space: &str, role: Role) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    mint(
-        &Claims {
-            sub: "load".into(),
-            space: space.into(),
-            role,
-            rid: None,
-            tenant: None,
-            exp: now + 3600,
-            nbf: None,
-            iat: Some(now),
-        },
-        &Hs256Key::new(SECRET.as_bytes()).unwrap(),
-    )
+    let claims = Claims::new("load", space, role, arbor_e2e::now_s(), 3600);
+    mint(&claims, &Hs256Key::new(SECRET.as_bytes()).unwrap())
 }
 
 fn rss_mib() -> u64 {

@@ -47,23 +47,8 @@ impl Rng {
 }
 
 fn token() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    mint(
-        &Claims {
-            sub: "scenario".into(),
-            space: "s".into(),
-            role: Role::Write,
-            rid: None,
-            tenant: None,
-            exp: now + 24 * 3600,
-            nbf: None,
-            iat: Some(now),
-        },
-        &Hs256Key::new(SECRET.as_bytes()).unwrap(),
-    )
+    let claims = Claims::new("scenario", "s", Role::Write, arbor_e2e::now_s(), 24 * 3600);
+    mint(&claims, &Hs256Key::new(SECRET.as_bytes()).unwrap())
 }
 
 struct Client {

@@ -29,23 +29,8 @@ fn token_with(space: &str, role: Role, secret: &str) -> String {
 }
 
 fn token_full(space: &str, role: Role, secret: &str, sub: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    mint(
-        &Claims {
-            sub: sub.into(),
-            space: space.into(),
-            role,
-            rid: None,
-            tenant: None,
-            exp: now + 3600,
-            nbf: None,
-            iat: Some(now),
-        },
-        &Hs256Key::new(secret.as_bytes()).unwrap(),
-    )
+    let claims = Claims::new(sub, space, role, arbor_e2e::now_s(), 3600);
+    mint(&claims, &Hs256Key::new(secret.as_bytes()).unwrap())
 }
 
 fn token(space: &str, role: Role) -> String {

@@ -16,3 +16,10 @@
 
 pub mod proxy;
 pub mod server;
+
+/// Seconds since the epoch (token times).
+pub fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -38,19 +38,8 @@ pub fn token(space: &str, role: Role) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    mint(
-        &Claims {
-            sub: "client-test".into(),
-            space: space.into(),
-            role,
-            rid: None,
-            tenant: None,
-            exp: now + 3600,
-            nbf: None,
-            iat: Some(now),
-        },
-        &Hs256Key::new(SECRET).unwrap(),
-    )
+    let claims = Claims::new("client-test", space, role, now, 3600);
+    mint(&claims, &Hs256Key::new(SECRET).unwrap())
 }
 
 /// A server in its own tokio runtime on a fixed address. Killing it shuts

@@ -31,20 +31,14 @@ pub fn token(space: &str, role: Role, rid: Option<u64>, ttl: i64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_secs() as i64;
-    mint(
-        &Claims {
-            sub: "tester".into(),
-            space: space.into(),
-            role,
-            rid: rid.map(ReplicaId),
-            tenant: None,
-            exp: (now + ttl) as u64,
-            nbf: None,
-            iat: Some(now as u64),
-        },
-        &key(),
-    )
+        .as_secs();
+    // A negative ttl makes an expired token.
+    let claims = Claims {
+        rid: rid.map(ReplicaId),
+        exp: now.saturating_add_signed(ttl),
+        ..Claims::new("tester", space, role, now, 0)
+    };
+    mint(&claims, &key())
 }
 
 impl Server {

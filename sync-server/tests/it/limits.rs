@@ -18,20 +18,8 @@ use crate::http::{Server, error_code, key, token};
 
 /// A token of user `sub` (limits count per user and space).
 fn user_token(sub: &str, space: &str, role: Role) -> String {
-    let now = now_ms() / 1000;
-    arbor_shared::auth::mint(
-        &arbor_shared::auth::Claims {
-            sub: sub.into(),
-            space: space.into(),
-            role,
-            rid: None,
-            tenant: None,
-            exp: now + 600,
-            nbf: None,
-            iat: Some(now),
-        },
-        &key(),
-    )
+    let claims = arbor_shared::auth::Claims::new(sub, space, role, now_ms() / 1000, 600);
+    arbor_shared::auth::mint(&claims, &key())
 }
 
 /// Limits for a test: the defaults of a pool of 4, generous rates, and

@@ -14,20 +14,7 @@ use crate::http::{Server, key};
 /// A token of `sub` in `space`, without a `rid` claim (the replica id is
 /// whatever its ops say).
 fn token_of(sub: &str, space: &str, role: Role) -> String {
-    let now = now_ms() / 1000;
-    mint(
-        &Claims {
-            sub: sub.into(),
-            space: space.into(),
-            role,
-            rid: None,
-            tenant: None,
-            exp: now + 60,
-            nbf: None,
-            iat: Some(now),
-        },
-        &key(),
-    )
+    mint(&Claims::new(sub, space, role, now_ms() / 1000, 60), &key())
 }
 
 #[tokio::test]
