@@ -194,7 +194,7 @@ async fn ping_round_trips(base: &str, space: &str) -> Vec<Duration> {
     while out.len() < 200 {
         tick.tick().await;
         let sent = Instant::now();
-        ws.send(Message::Text(ClientMsg::Ping.encode().into()))
+        ws.send(Message::Text(ClientMsg::Ping {}.encode().into()))
             .await
             .unwrap();
         while let Some(Ok(m)) = ws.next().await {

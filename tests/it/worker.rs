@@ -360,7 +360,7 @@ async fn native_clients_sync_through_the_durable_object() {
     hello(&mut flood, 99, Some(54)).await;
     for _ in 0..3_000 {
         if flood
-            .send(Message::Text(ClientMsg::Ping.encode().into()))
+            .send(Message::Text(ClientMsg::Ping {}.encode().into()))
             .await
             .is_err()
         {

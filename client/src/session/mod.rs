@@ -357,7 +357,7 @@ impl Session {
                 } else {
                     if now >= link.next_ping {
                         link.next_ping = now + self.config.ping_ms;
-                        out.push(Action::Send(ClientMsg::Ping));
+                        out.push(Action::Send(ClientMsg::Ping {}));
                     }
                     Next::Stay
                 }

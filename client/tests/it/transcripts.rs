@@ -211,7 +211,7 @@ impl Script {
                 assert_eq!(o.len(), *ops, "{name}: ops pushed");
                 self.last_push = Some((*batch, o.clone()));
             }
-            (Step::ExpectPing {}, ClientMsg::Ping) => {}
+            (Step::ExpectPing {}, ClientMsg::Ping {}) => {}
             _ => panic!("{name}: expected {step:?}, the client sent {msg:?}"),
         }
     }
@@ -268,7 +268,7 @@ impl SessionRun {
             match self.pending.pop_front() {
                 Some(Action::Status(s)) => self.status = s,
                 Some(Action::Rejected(_)) => {}
-                Some(Action::Send(ClientMsg::Ping)) if !want_ping => {
+                Some(Action::Send(ClientMsg::Ping {})) if !want_ping => {
                     if !self.silent {
                         let a = self.session.on_frame(
                             &mut self.replica,
@@ -437,7 +437,7 @@ fn the_session_follows_every_transcript() {
         assert!(
             run.pending
                 .iter()
-                .all(|a| matches!(a, Action::Send(ClientMsg::Ping) | Action::Rejected(_))),
+                .all(|a| matches!(a, Action::Send(ClientMsg::Ping {}) | Action::Rejected(_))),
             "{}: left over: {:?}",
             t.name,
             run.pending
@@ -564,7 +564,7 @@ mod native {
             tokio::select! {
                 m = socket.recv() => match m {
                     Some(Ok(Message::Text(t))) => {
-                        if !silent && matches!(ClientMsg::decode(&t), Ok(ClientMsg::Ping)) {
+                        if !silent && matches!(ClientMsg::decode(&t), Ok(ClientMsg::Ping {})) {
                             let _ = socket.send(Message::Text(ServerMsg::Pong.encode().into())).await;
                         } else {
                             let _ = seen.send(Seen::Frame(t.to_string()));
@@ -698,7 +698,7 @@ async fn next_seen(
             let s = seen.recv().await?;
             if let native::Seen::Frame(text) = &s
                 && skip_pings
-                && matches!(ClientMsg::decode(text), Ok(ClientMsg::Ping))
+                && matches!(ClientMsg::decode(text), Ok(ClientMsg::Ping {}))
             {
                 continue;
             }

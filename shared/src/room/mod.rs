@@ -425,7 +425,7 @@ impl Room {
             Err(e) => return Self::refuse_and_close(conn, e.code(), e.to_string()),
         };
         match msg {
-            ClientMsg::Ping => vec![Action::Send {
+            ClientMsg::Ping {} => vec![Action::Send {
                 conn,
                 msg: ServerMsg::Pong,
             }],

@@ -341,7 +341,7 @@ fn presence_follows_hellos_and_closes() {
         Some(vec![1])
     );
     // A ping gets a pong.
-    let a = h.room.on_message(1, &ClientMsg::Ping.encode());
+    let a = h.room.on_message(1, &ClientMsg::Ping {}.encode());
     h.run(a);
     assert_eq!(h.received[&1].last(), Some(&ServerMsg::Pong));
 }
@@ -690,7 +690,7 @@ fn unknown_fields_are_ignored_in_server_frames_and_refused_in_client_frames() {
         batch: 1,
         ops: vec![mv(1, 9, 1000, 0)],
     };
-    for client in [ClientMsg::Ping, push] {
+    for client in [ClientMsg::Ping {}, push] {
         let mut c: serde_json::Value = serde_json::from_str(&client.encode()).unwrap();
         assert!(ClientMsg::decode(&c.to_string()).is_ok());
         c["later"] = serde_json::json!(1);

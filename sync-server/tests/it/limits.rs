@@ -352,7 +352,7 @@ async fn sockets_time_out_are_rate_limited_and_capped_per_token() {
         .unwrap();
     for _ in 0..40 {
         if ws
-            .send(Message::Text(ClientMsg::Ping.encode().into()))
+            .send(Message::Text(ClientMsg::Ping {}.encode().into()))
             .await
             .is_err()
         {

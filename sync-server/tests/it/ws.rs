@@ -404,7 +404,7 @@ async fn reconnecting_with_a_cursor_gets_exactly_the_missed_ops() {
         }
         other => panic!("{other:?}"),
     }
-    send(&mut a, ClientMsg::Ping).await;
+    send(&mut a, ClientMsg::Ping {}).await;
     assert_eq!(recv(&mut a).await, ServerMsg::Pong);
     // A frame that is not a message at all closes the socket (4003).
     a.send(Message::Text("{\"type\":\"nope\"}".into()))
@@ -646,7 +646,7 @@ async fn a_nul_byte_is_refused_as_bad_input_not_as_an_outage() {
         }
     }
     // The socket still works.
-    send(&mut ws, ClientMsg::Ping).await;
+    send(&mut ws, ClientMsg::Ping {}).await;
     assert_eq!(recv(&mut ws).await, ServerMsg::Pong);
     // Over HTTP: 400 bad_op.
     let r = s
