@@ -1,4 +1,6 @@
-//! Token buckets with time passed in: the per-token rate limits of the sync server and the Durable Object.
+//! Token buckets with time passed in, one per key: the per-token rate limits of the sync server and the Durable Object.
+
+use std::collections::HashMap;
 
 /// One key's bucket: refills at `rate` a second up to `burst`; a take
 /// costs one, a charge any amount (it may go into debt, down to a minute
@@ -74,6 +76,52 @@ impl TokenBucket {
         self.refill(rate, now_s);
         if units > 0.0 {
             self.tokens = (self.tokens - units).max(-60.0 * rate.per_s);
+        }
+    }
+}
+
+/// A bucket per key at one rate. Memory is bounded: when the map holds
+/// `max_keys` and a new key comes, full buckets (equal to new ones) are
+/// dropped first.
+#[derive(Debug, Clone)]
+pub struct RateMap {
+    rate: Rate,
+    max_keys: usize,
+    buckets: HashMap<String, TokenBucket>,
+}
+
+impl RateMap {
+    /// Buckets at `rate`, sweeping full ones past `max_keys` keys.
+    pub fn new(rate: Rate, max_keys: usize) -> RateMap {
+        RateMap {
+            rate,
+            max_keys,
+            buckets: HashMap::new(),
+        }
+    }
+
+    fn bucket(&mut self, key: &str, now_s: f64) -> &mut TokenBucket {
+        let rate = self.rate;
+        if self.buckets.len() >= self.max_keys && !self.buckets.contains_key(key) {
+            self.buckets.retain(|_, b| !b.is_full(&rate, now_s));
+        }
+        self.buckets
+            .entry(key.to_string())
+            .or_insert_with(|| TokenBucket::full(&rate, now_s))
+    }
+
+    /// Takes one token of `key` at `now_s`, or says how many seconds to
+    /// wait ([`TokenBucket::take`]).
+    pub fn take(&mut self, key: &str, now_s: f64) -> Result<(), f64> {
+        let rate = self.rate;
+        self.bucket(key, now_s).take(&rate, now_s)
+    }
+
+    /// Charges `units` more to `key` at `now_s` ([`TokenBucket::charge`]).
+    pub fn charge(&mut self, key: &str, units: f64, now_s: f64) {
+        if units > 0.0 {
+            let rate = self.rate;
+            self.bucket(key, now_s).charge(&rate, units, now_s);
         }
     }
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arbor_shared::ErrorCode;
-use arbor_shared::rate::{Rate, TokenBucket};
+use arbor_shared::rate::{Rate, RateMap};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -149,16 +149,13 @@ impl StreamBudget {
     }
 }
 
-/// Token buckets ([`TokenBucket`]), one per key: `rate` a second, up to
-/// `burst` at once.
+/// Token buckets, one per key ([`RateMap`]): `rate` a second, up to
+/// `burst` at once, on the process's monotonic clock.
 #[derive(Debug)]
 pub struct RateLimiter {
-    rate: Rate,
     /// Where the buckets' seconds count from.
     epoch: Instant,
-    /// Key to bucket. Full buckets are dropped when the map grows (bounded
-    /// memory).
-    buckets: Mutex<HashMap<String, TokenBucket>>,
+    buckets: Mutex<RateMap>,
 }
 
 /// Keys kept before full buckets are swept.
@@ -168,27 +165,17 @@ impl RateLimiter {
     /// `rate` events a second per key, bursts of `rate * burst_s`.
     pub fn new(rate: f64, burst_s: f64) -> RateLimiter {
         RateLimiter {
-            rate: Rate::new(rate, burst_s),
             epoch: Instant::now(),
-            buckets: Mutex::default(),
+            buckets: Mutex::new(RateMap::new(Rate::new(rate, burst_s), MAX_BUCKETS)),
         }
     }
 
-    fn with_bucket<T>(
-        &self,
-        key: &str,
-        now: Instant,
-        f: impl FnOnce(&mut TokenBucket, f64) -> T,
-    ) -> T {
-        let now_s = now.saturating_duration_since(self.epoch).as_secs_f64();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(key) {
-            buckets.retain(|_, b| !b.is_full(&self.rate, now_s));
-        }
-        let bucket = buckets
-            .entry(key.to_string())
-            .or_insert_with(|| TokenBucket::full(&self.rate, now_s));
-        f(bucket, now_s)
+    fn map(&self) -> std::sync::MutexGuard<'_, RateMap> {
+        self.buckets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn secs(&self, now: Instant) -> f64 {
+        now.saturating_duration_since(self.epoch).as_secs_f64()
     }
 
     /// Charges `units` more to `key` at `now` (work found out after it was
@@ -196,14 +183,13 @@ impl RateLimiter {
     /// most a minute of the rate: until it is paid back every
     /// [`RateLimiter::take`] of the key waits.
     pub fn charge(&self, key: &str, units: f64, now: Instant) {
-        if units > 0.0 {
-            self.with_bucket(key, now, |b, now_s| b.charge(&self.rate, units, now_s));
-        }
+        self.map().charge(key, units, self.secs(now));
     }
 
     /// Takes one event for `key` at `now`, or says how long to wait.
     pub fn take(&self, key: &str, now: Instant) -> Result<(), Duration> {
-        self.with_bucket(key, now, |b, now_s| b.take(&self.rate, now_s))
+        self.map()
+            .take(key, self.secs(now))
             .map_err(Duration::from_secs_f64)
     }
 }

@@ -1,14 +1,14 @@
 //! The Durable Object: the hibernation API's events turned into calls of the shared room, which is rebuilt from the sockets' attachments after memory loss.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use arbor_shared::ErrorCode;
 use arbor_shared::ReplicaId;
 use arbor_shared::auth::{Claims, Role};
 use arbor_shared::http::NotifyBody;
 use arbor_shared::protocol::ServerMsg;
-use arbor_shared::rate::{Rate, TokenBucket};
+use arbor_shared::rate::{Rate, RateMap};
 use arbor_shared::room::{Action, ConnId, Room, RoomLimits};
 use serde::{Deserialize, Serialize};
 use worker::{
@@ -48,41 +48,17 @@ pub(crate) struct Live {
     next_conn: ConnId,
     /// Frames per token (lost with memory on hibernation, which only an
     /// idle object reaches).
-    frames: Frames,
+    frames: RateMap,
 }
 
-/// Frames (pushes, pings) per token: the sync server's defaults
-/// (`--pushes-per-s 100`, `--burst-s 5`), over which a socket gets
-/// `rate_limited` and is closed, as on the native endpoint.
-struct Frames {
-    rate: Rate,
-    buckets: HashMap<String, TokenBucket>,
-}
-
-/// Tokens whose buckets are kept before full ones are swept.
+/// Tokens whose frame buckets are kept before full ones are swept.
 const MAX_BUCKETS: usize = 4_096;
 
-impl Frames {
-    fn new() -> Frames {
-        Frames {
-            rate: Rate::new(100.0, 5.0),
-            buckets: HashMap::new(),
-        }
-    }
-
-    /// Takes one frame of `key` at `now_s`, or says how many seconds to
-    /// wait.
-    fn take(&mut self, key: &str, now_s: f64) -> std::result::Result<(), f64> {
-        if self.buckets.len() >= MAX_BUCKETS && !self.buckets.contains_key(key) {
-            let rate = self.rate;
-            self.buckets.retain(|_, b| !b.is_full(&rate, now_s));
-        }
-        let rate = self.rate;
-        self.buckets
-            .entry(key.to_string())
-            .or_insert_with(|| TokenBucket::full(&rate, now_s))
-            .take(&rate, now_s)
-    }
+/// Frames (pushes, pings) per token at the sync server's defaults
+/// (`--pushes-per-s 100`, `--burst-s 5`): over it a socket gets
+/// `rate_limited` and is closed, as on the native endpoint.
+fn frames() -> RateMap {
+    RateMap::new(Rate::new(100.0, 5.0), MAX_BUCKETS)
 }
 
 /// One thoughtspace's realtime room.
@@ -138,7 +114,7 @@ impl RoomObject {
             upstream,
             sockets: map,
             next_conn,
-            frames: Frames::new(),
+            frames: frames(),
         });
         self.run(actions).await;
         Ok(())
