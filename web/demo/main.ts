@@ -1,5 +1,7 @@
-// Arbor's demo outliner: startup, the header (status, peers, offline
-// toggle, add, trash), cold-start progress and the storage warning.
+// Arbor's demo outliner: startup, the header's buttons (offline toggle,
+// add, trash), the empty-outline hint and `window.outline`. The sync status
+// (state, peers, cold-start progress, storage warning) is in sync-status.ts,
+// the outline itself in outline.ts.
 //
 // URL: /demo/?space=demo&user=alice[&token=...][&memory=1][&realtime=wss://...]
 //
@@ -8,8 +10,9 @@
 
 import { Arbor, type NodeId, type Status, type SyncState } from "../src/arbor.js";
 import { Outline, type RowInfo } from "./outline.js";
+import { SyncStatus } from "./sync-status.js";
 import { TrashPanel } from "./trash.js";
-import { byTestId, colourFor, h, initials, showError } from "./ui.js";
+import { byTestId, showError } from "./ui.js";
 
 /** What `window.outline` offers. */
 export interface OutlineApi {
@@ -41,16 +44,6 @@ declare global {
     outline?: OutlineApi;
   }
 }
-
-const STATE_LABEL: Record<SyncState, string> = {
-  offline: "offline",
-  connecting: "connecting",
-  cold_start: "cold start",
-  catching_up: "catching up",
-  pushing: "pushing",
-  live: "live",
-  refused: "refused",
-};
 
 const params = new URLSearchParams(location.search);
 const space = params.get("space") || "demo";
@@ -100,12 +93,7 @@ function guestName(): string {
 
 // ------------------------------------------------------------------ elements
 
-const statusEl = byTestId("status");
-const peersEl = byTestId("peers");
-const warningEl = byTestId("storage-warning");
-const progressWrap = byTestId("progress-wrap");
-const progressEl = byTestId<HTMLProgressElement>("progress");
-const progressText = byTestId("progress-text");
+const syncStatus = new SyncStatus(user);
 const offlineBtn = byTestId<HTMLButtonElement>("offline-toggle");
 const addBtn = byTestId<HTMLButtonElement>("add");
 const trashBtn = byTestId<HTMLButtonElement>("trash-toggle");
@@ -132,63 +120,12 @@ function renderEmpty(): void {
 }
 
 function renderStatus(s: Status): void {
-  statusEl.dataset.state = s.state;
-  statusEl.dataset.outbox = String(s.outbox);
-  let text = STATE_LABEL[s.state] ?? s.state;
-  if (s.outbox > 0) text += ` · ${s.outbox} pending`;
-  if (s.rejected > 0) text += ` · ${s.rejected} rejected`;
-  statusEl.textContent = text;
-  const where = s.role === "owner" ? "this tab holds the replica" : "replica shared with another tab";
-  statusEl.title = [`${s.storage === "opfs" ? "OPFS" : "in memory"}, ${where}`, `cursor ${s.cursor ?? "none"}`, s.error ? `last error: ${s.error}` : ""]
-    .filter(Boolean)
-    .join("\n");
-
-  warningEl.hidden = s.storage !== "memory";
-
-  const cold = s.state === "cold_start";
-  progressWrap.hidden = !cold;
-  if (cold) {
-    const p = s.progress;
-    if (p && p.total > 0) {
-      progressEl.max = p.total;
-      progressEl.value = Math.min(p.rows, p.total);
-      const pct = Math.floor((100 * Math.min(p.rows, p.total)) / p.total);
-      progressText.textContent = `Loading the thoughtspace: ${p.rows.toLocaleString()} of ${p.total.toLocaleString()} rows (${pct}%, ${formatBytes(p.bytes)})`;
-    } else {
-      progressEl.removeAttribute("value"); // indeterminate
-      progressText.textContent = p ? `Loading the thoughtspace: ${p.rows.toLocaleString()} rows (${formatBytes(p.bytes)})` : "Loading the thoughtspace…";
-    }
-  }
-
-  renderPeers(s);
-
+  syncStatus.render(s);
   // Leaving a cold start: the replica was replaced; the `reset` event does
   // the same, this is a safety net.
-  if (lastState === "cold_start" && !cold) outline?.reloadAll();
+  if (lastState === "cold_start" && s.state !== "cold_start") outline?.reloadAll();
   lastState = s.state;
   renderEmpty();
-}
-
-function renderPeers(s: Status): void {
-  const subs = [...new Set(s.peers.map((p) => p.sub))].sort();
-  peersEl.dataset.count = String(subs.length);
-  peersEl.title = subs.length === 0 ? "Nobody connected" : `Connected: ${subs.join(", ")}`;
-  const key = subs.join("\n");
-  if (peersEl.dataset.key === key) return;
-  peersEl.dataset.key = key;
-  peersEl.replaceChildren(
-    ...subs.map((sub) => {
-      const chip = h("span", { class: sub === user ? "peer me" : "peer", "data-testid": "peer", "data-sub": sub, title: sub === user ? `${sub} (you)` : sub }, initials(sub));
-      chip.style.background = colourFor(sub);
-      return chip;
-    }),
-  );
-}
-
-function formatBytes(n: number): string {
-  if (n < 1024) return `${n} B`;
-  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`;
-  return `${(n / 1024 / 1024).toFixed(1)} MB`;
 }
 
 // ------------------------------------------------------------------ connection
