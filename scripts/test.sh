@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up and runs every check CI runs: format, clippy (-D warnings), the
 # README's run command (demos only), the wasm32 build of `shared`, the
-# realtime Worker's toolchain and build (and its tool cache from empty), all
+# realtime Worker's toolchain and build (its bundle as `wrangler deploy
+# --dry-run` makes it, and its tool cache from empty), all
 # tests (against Postgres clusters the tests start themselves, the Worker
 # in workerd), the browser client built for wasm32 and tested in headless
 # Chromium, the cargo-fuzz targets (a short run), and the release-mode
@@ -43,6 +44,16 @@ CARGO_TARGET_DIR="$CARGO_TARGET_DIR-worker-native" \
 bash scripts/build-worker.sh
 export ARBOR_WORKER_TOOLS="$(bash scripts/build-worker.sh --tools)"
 
+step "the Worker bundle as \`wrangler deploy\` makes it (--dry-run, the root wrangler.toml)"
+bundle="$(mktemp -d)"
+CI=true WRANGLER_SEND_METRICS=false \
+  "$ARBOR_WORKER_TOOLS/node_modules/.bin/wrangler" deploy --dry-run --outdir "$bundle" --config wrangler.toml </dev/null
+if [[ ! -s "$bundle/index.js" ]] || ! ls "$bundle"/*.wasm >/dev/null 2>&1; then
+  printf 'wrangler deploy --dry-run wrote no bundle (index.js and its .wasm) to %s\n' "$bundle" >&2
+  exit 1
+fi
+rm -rf "$bundle"
+
 step "the tool cache from empty: build-worker.sh --tools prints its folder and nothing else"
 # npm and the shim run from an empty ARBOR_TOOLS; the two cargo-installed
 # binaries (minutes to build) are seeded from the warm cache.
@@ -56,6 +67,10 @@ if [[ "$printed" != "$versioned" || ! -x "$printed/node_modules/.bin/wrangler" ]
   exit 1
 fi
 rm -rf "$fresh_tools"
+
+step "moto's S3-compatible server (the object-storage backup tests start it)"
+ARBOR_MOTO_SERVER="$(bash scripts/ensure-moto.sh)"
+export ARBOR_MOTO_SERVER
 
 step "cargo test --workspace"
 cargo test --locked --workspace

@@ -26,75 +26,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arbor_client::{Position, Replica, SyncConfig, SyncStatus, sync_once};
-use arbor_shared::auth::{Claims, Hs256Key, Role, mint};
-use arbor_shared::{KeyGen, MoveOp, NodeId, Op, SetOp, Stamp};
-use arbor_sync_server::db::{Db, migrate};
-use arbor_sync_server::{Config, serve};
-use arbor_testkit::{PgCluster, PgOptions, pg_bin_dir};
+use arbor_e2e::stack;
+use arbor_shared::auth::Role;
+use arbor_sync_server::Config;
+use arbor_testkit::ops::{Outline, outline_node as node_id};
+use arbor_testkit::sql::{psql_discard, snapshot_copies};
+use arbor_testkit::stats::{median, ms, percentile as pct};
+use arbor_testkit::{PgCluster, PgOptions};
 
 const SECRET: &[u8] = b"bench-secret-bench-secret-bench-secret";
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 fn token(space: &str) -> String {
-    let claims = Claims::new("bench", space, Role::Write, now_ms() / 1000, 3600);
-    mint(&claims, &Hs256Key::new(SECRET).unwrap())
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn pct(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
-}
-
-fn node_id(i: usize) -> NodeId {
-    NodeId(i as u128 + (1 << 100))
-}
-
-async fn build(db: &Db, space: &str, nodes: usize) {
-    let mut keys = KeyGen::new(1);
-    let mut hlc = (now_ms() - 3_600_000) << 16;
-    let mut last = None;
-    let mut made = 0usize;
-    while made < nodes {
-        let mut ops = Vec::new();
-        for _ in 0..5_000.min(nodes - made) {
-            made += 1;
-            let parent = if made <= 1_000 {
-                NodeId::ROOT
-            } else {
-                node_id(made % 1_000 + 1)
-            };
-            let key = keys.append_after(last.as_ref());
-            last = Some(key.clone());
-            hlc += 1;
-            ops.push(Op::Move(MoveOp {
-                stamp: Stamp::new(hlc, 1),
-                known_seq: 0,
-                node: node_id(made),
-                parent,
-                key,
-            }));
-            hlc += 1;
-            ops.push(Op::Set(SetOp {
-                stamp: Stamp::new(hlc, 1),
-                known_seq: 0,
-                node: node_id(made),
-                field: "text".into(),
-                value: Some(format!("node number {made} of the benchmark outline")),
-            }));
-        }
-        db.apply(space, None, &ops).await.unwrap();
-    }
+    arbor_testkit::tokens::token(SECRET, "bench", space, Role::Write, 3600)
 }
 
 /// Peak resident set of this process, bytes.
@@ -228,10 +171,7 @@ fn main() {
         child(parts[0], parts[1], Path::new(parts[2]));
         return;
     }
-    let nodes: usize = std::env::var("ARBOR_BENCH_NODES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000);
+    let nodes: usize = arbor_testkit::env::parsed("ARBOR_BENCH_NODES").unwrap_or(1_000_000);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -245,33 +185,24 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("arbor-client-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (base, db_id) = runtime.block_on(async {
-        let admin = cluster.connect("postgres").await.unwrap();
-        admin.batch_execute("CREATE DATABASE bench").await.unwrap();
-        let mut c = cluster.connect("bench").await.unwrap();
-        migrate(&mut c).await.unwrap();
-        let db = Db::new(cluster.config("bench"), 4).unwrap();
+        let db = stack::database(&cluster, "bench", 4).await;
         let info = db.create_space("big").await.unwrap();
         let t = Instant::now();
-        build(&db, "big", nodes).await;
+        for ops in Outline::new(nodes) {
+            db.apply("big", None, &ops).await.unwrap();
+        }
         println!(
             "# client benchmark: {nodes} nodes built in {:.1} s",
             t.elapsed().as_secs_f64()
         );
+        let c = cluster.connect("bench").await.unwrap();
         c.batch_execute("VACUUM ANALYZE").await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let config = Config {
-            db_pool: 4,
-            token_leeway_s: 60,
-            max_body_bytes: 4 << 20,
+        let base = stack::serve(Config {
             max_import_bytes: 4 << 30,
             drain: Duration::from_secs(5),
-            cors_origins: Vec::new(),
-            socket_queue_frames: 1024,
-            notify_url: None,
-            ..Config::new(cluster.config("bench"), Hs256Key::new(SECRET).unwrap())
-        };
-        tokio::spawn(serve(listener, None, config, std::future::pending()));
+            ..stack::config(&cluster, "bench", SECRET)
+        })
+        .await;
         (base, info.id)
     });
 
@@ -339,18 +270,7 @@ fn main() {
         (nodes, payloads, moves)
     });
 
-    let psql = pg_bin_dir().unwrap().join("psql");
-    let queries = [
-        format!(
-            "COPY (SELECT id, parent, key FROM nodes WHERE space = {db_id}) TO STDOUT (FORMAT binary)"
-        ),
-        format!(
-            "COPY (SELECT node, field, value, hlc, replica FROM payloads WHERE space = {db_id}) TO STDOUT (FORMAT binary)"
-        ),
-        format!(
-            "COPY (SELECT seq, hlc, replica, kind, node, parent, key, field, value, known_seq, applied, prev_parent, prev_key FROM ops WHERE space = {db_id} ORDER BY seq) TO STDOUT (FORMAT binary)"
-        ),
-    ];
+    let queries = snapshot_copies(db_id);
     let replica_path: PathBuf = dir.join("cold.db");
     let floor_path = dir.join("floor.db");
     let (mut ours, mut copies, mut inserts, mut rss) = (Vec::new(), Vec::new(), Vec::new(), 0);
@@ -359,15 +279,7 @@ fn main() {
         ours.push(t);
         rss = rss.max(r);
         let t = Instant::now();
-        for q in &queries {
-            let status = std::process::Command::new(&psql)
-                .arg(cluster.conn_string("bench"))
-                .args(["-X", "-q", "-c", q])
-                .stdout(std::process::Stdio::null())
-                .status()
-                .unwrap();
-            assert!(status.success());
-        }
+        psql_discard(&cluster, "bench", &queries).unwrap();
         copies.push(t.elapsed());
         inserts.push(bulk_insert(
             &floor_path,
@@ -436,8 +348,8 @@ fn main() {
     ] {
         println!(
             "| {name} | {:.3} | {:.3} |",
-            pct(v, 0.5).as_secs_f64() * 1e3,
-            pct(v, 0.99).as_secs_f64() * 1e3
+            ms(pct(v, 0.5)),
+            ms(pct(v, 0.99))
         );
     }
     drop(r);

@@ -346,9 +346,19 @@ impl<'r> SnapshotLoad<'r> {
             }
             ops.push(op);
         }
-        if !ops.is_empty() {
+        // An op still at or below the horizon (not re-stamped: the server
+        // has not said `stale` yet, it may have committed it with a lost
+        // ack) cannot go on top of this state; it stays in the outbox and
+        // is pushed with its own stamp: the server answers it as a
+        // duplicate, or `stale`, and then it is re-stamped and shown.
+        let above: Vec<Op> = ops
+            .iter()
+            .filter(|op| header.horizon.is_none_or(|h| op.stamp() > h))
+            .cloned()
+            .collect();
+        if !above.is_empty() {
             let mut tree = Tree::new(SqliteStore::new(tx));
-            tree.apply(&ops)?;
+            tree.apply(&above)?;
         }
         meta_set(tx, key::CLOCK, hlc_to_sql(replica.clock.last().0)?)?;
         tx.execute_batch("COMMIT")?;

@@ -1,10 +1,12 @@
-//! HS256 JSON Web Tokens (RFC 7519 / RFC 7515): verification and minting.
+//! JSON Web Tokens (RFC 7519 / RFC 7515): verification (HS256, and EdDSA
+//! with the keys of [`crate::keys`]) and HS256 minting.
 //!
-//! Our own on top of `hmac` + `sha2` rather than a JWT crate: it must build
-//! for `wasm32-unknown-unknown` (the Durable Object verifies tokens too) with
-//! no ring/openssl, and the subset we accept is small and strict: compact
-//! serialization only, `alg` exactly `HS256`, no `crit`, the MAC checked in
-//! constant time over the original segments (never re-encoded), `exp`
+//! Our own on top of `hmac` + `sha2` and `ed25519-dalek` rather than a JWT
+//! crate: it must build for `wasm32-unknown-unknown` (the Durable Object
+//! verifies tokens too) with no ring/openssl, and the subset we accept is
+//! small and strict: compact serialization only, `alg` exactly `HS256` or
+//! `EdDSA` (as the key set allows), no `crit`, the signature checked over
+//! the original segments (never re-encoded; MACs in constant time), `exp`
 //! required, `nbf` and `iat` honoured, all with a leeway. Time is passed in
 //! (the core reads no clock).
 
@@ -15,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::id::ReplicaId;
+use crate::keys::{KeySet, Revocations};
 
 /// Longest token accepted, in bytes (a real one is a few hundred).
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -76,6 +79,9 @@ pub struct Claims {
     /// Issued at, seconds since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// The token's id (revocation by id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 /// Why a token was refused.
@@ -120,6 +126,13 @@ pub enum AuthError {
     /// A required claim is missing or has the wrong type.
     #[error("bad claims: {0}")]
     BadClaims(String),
+    /// The header names a `kid` the key set does not hold (a key rotated
+    /// in at the identity provider: the JWKS may need fetching again).
+    #[error("unknown signing key {0}")]
+    UnknownKey(String),
+    /// The revocation list refuses the token.
+    #[error("the token has been revoked")]
+    Revoked,
 }
 
 /// An HS256 secret, kept as a keyed MAC state. Its `Debug` never shows it.
@@ -155,11 +168,20 @@ impl Hs256Key {
     fn mac(&self) -> Hmac<Sha256> {
         self.mac.clone()
     }
+
+    /// True if `signature` is this key's MAC of `input` (constant time).
+    pub(crate) fn verifies(&self, input: &[u8], signature: &[u8]) -> bool {
+        let mut mac = self.mac();
+        mac.update(input);
+        mac.verify_slice(signature).is_ok()
+    }
 }
 
 #[derive(Deserialize)]
 struct Header {
     alg: String,
+    #[serde(default)]
+    kid: Option<String>,
     #[serde(default)]
     crit: Option<serde_json::Value>,
 }
@@ -170,10 +192,11 @@ fn b64(segment: &str, what: &'static str) -> Result<Vec<u8>, AuthError> {
         .map_err(|_| AuthError::Malformed(what))
 }
 
-/// Checks the MAC and the header; returns the payload's JSON object.
+/// Checks the header and the signature with `keys`; returns the payload's
+/// JSON object.
 fn verify_signature(
     token: &str,
-    key: &Hs256Key,
+    keys: &(impl KeySet + ?Sized),
 ) -> Result<serde_json::Map<String, serde_json::Value>, AuthError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(AuthError::TooLarge);
@@ -188,21 +211,23 @@ fn verify_signature(
     };
     let header: Header = serde_json::from_slice(&b64(h, "header is not base64url")?)
         .map_err(|_| AuthError::Malformed("header is not a JSON object with alg"))?;
-    if header.alg != "HS256" {
-        return Err(AuthError::Unsupported(format!("alg {}", header.alg)));
-    }
     if header.crit.is_some() {
         return Err(AuthError::Unsupported("crit".into()));
     }
     let signature = b64(s, "signature is not base64url")?;
-    let mut mac = key.mac();
-    mac.update(h.as_bytes());
-    mac.update(b".");
-    mac.update(p.as_bytes());
-    mac.verify_slice(&signature)
-        .map_err(|_| AuthError::BadSignature)?;
-    serde_json::from_slice(&b64(p, "payload is not base64url")?)
-        .map_err(|_| AuthError::Malformed("payload is not a JSON object"))
+    // The signing input is the first two segments exactly as sent.
+    let signing_input = &token.as_bytes()[..h.len() + 1 + p.len()];
+    keys.check(
+        &header.alg,
+        header.kid.as_deref(),
+        signing_input,
+        &signature,
+    )?;
+    let mut claims: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&b64(p, "payload is not base64url")?)
+            .map_err(|_| AuthError::Malformed("payload is not a JSON object"))?;
+    keys.check_claims(&header.alg, &mut claims)?;
+    Ok(claims)
 }
 
 fn time_claim(
@@ -223,11 +248,11 @@ fn time_claim(
 /// The RFC layer, without Arbor's own claims.
 pub fn verify_standard(
     token: &str,
-    key: &Hs256Key,
+    keys: &(impl KeySet + ?Sized),
     now_s: u64,
     leeway_s: u64,
 ) -> Result<serde_json::Map<String, serde_json::Value>, AuthError> {
-    let claims = verify_signature(token, key)?;
+    let claims = verify_signature(token, keys)?;
     let exp = time_claim(&claims, "exp")?
         .ok_or_else(|| AuthError::BadClaims("exp is required".into()))?;
     if now_s > exp.saturating_add(leeway_s) {
@@ -248,8 +273,13 @@ pub fn verify_standard(
 
 /// Verifies a token and returns Arbor's claims (`sub`, `space`, `role`,
 /// optional `rid`, and the time claims).
-pub fn verify(token: &str, key: &Hs256Key, now_s: u64, leeway_s: u64) -> Result<Claims, AuthError> {
-    let claims = verify_standard(token, key, now_s, leeway_s)?;
+pub fn verify(
+    token: &str,
+    keys: &(impl KeySet + ?Sized),
+    now_s: u64,
+    leeway_s: u64,
+) -> Result<Claims, AuthError> {
+    let claims = verify_standard(token, keys, now_s, leeway_s)?;
     serde_json::from_value(serde_json::Value::Object(claims))
         .map_err(|e| AuthError::BadClaims(e.to_string()))
 }
@@ -277,6 +307,7 @@ impl AuthError {
             AuthError::NotYetValid { .. } | AuthError::IssuedInFuture { .. } => {
                 ErrorCode::TokenNotYetValid
             }
+            AuthError::Revoked => ErrorCode::TokenRevoked,
             _ => ErrorCode::BadToken,
         }
     }
@@ -357,6 +388,7 @@ impl Claims {
             exp: now_s.saturating_add(ttl_s),
             nbf: None,
             iat: Some(now_s),
+            jti: None,
         }
     }
 
@@ -415,13 +447,14 @@ pub fn check_scope(claims: &Claims, space: &str, need: Need) -> Result<(), Refus
     Ok(())
 }
 
-/// Verifies `token` (if any) at `now_s` and checks that it covers `space`
-/// (one name, a prefix pattern, or `*` on a service token) with a role that
-/// meets `need`. The one authorization rule of the sync server and the
-/// Worker.
+/// Verifies `token` (if any) at `now_s` with `keys`, refuses it if
+/// `revoked` lists it, and checks that it covers `space` (one name, a prefix
+/// pattern, or `*` on a service token) with a role that meets `need`. The
+/// one authorization rule of the sync server and the Worker.
 pub fn authorize(
     token: Option<&str>,
-    key: &Hs256Key,
+    keys: &(impl KeySet + ?Sized),
+    revoked: &Revocations,
     now_s: u64,
     leeway_s: u64,
     space: &str,
@@ -432,10 +465,16 @@ pub fn authorize(
         code: ErrorCode::MissingToken,
         message: "send Authorization: Bearer <token>".into(),
     })?;
-    let claims = verify(token.trim(), key, now_s, leeway_s).map_err(|e| Refusal {
+    let claims = verify(token.trim(), keys, now_s, leeway_s).map_err(|e| Refusal {
         code: e.code(),
         message: e.to_string(),
     })?;
+    if revoked.revokes(&claims) {
+        return Err(Refusal {
+            code: AuthError::Revoked.code(),
+            message: AuthError::Revoked.to_string(),
+        });
+    }
     check_scope(&claims, space, need)?;
     Ok(claims)
 }

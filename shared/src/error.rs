@@ -59,6 +59,8 @@ pub mod close {
     pub const FORBIDDEN: u16 = 4004;
     /// The connection said nothing for too long.
     pub const TIMEOUT: u16 = 4008;
+    /// The token was revoked.
+    pub const TOKEN_REVOKED: u16 = 4005;
     /// The token went over its rate: the reason says when to retry.
     pub const RATE_LIMITED: u16 = 4029;
 }
@@ -152,6 +154,9 @@ codes! {
     /// The token is not valid yet (`nbf` or `iat` ahead of the server's
     /// clock beyond the leeway): it will be, so retry later.
     TokenNotYetValid = "token_not_yet_valid", 401, None, Retry, Wire;
+    /// The token is on the server's revocation list (by its `jti`, or its
+    /// subject's): a live socket holding it is closed 4005.
+    TokenRevoked = "token_revoked", 401, Some(close::TOKEN_REVOKED), Reauth, Wire;
     /// The token is for another thoughtspace.
     WrongSpace = "wrong_space", 403, None, Reauth, Wire;
     /// The token's role does not allow this.

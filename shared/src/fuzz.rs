@@ -207,6 +207,7 @@ pub fn token(u: &mut Unstructured<'_>) -> Result<()> {
             exp: 2_000_000_000,
             nbf: None,
             iat: None,
+            jti: None,
         },
         &key,
     );

@@ -25,8 +25,10 @@
 //!   binary `COPY` rows), for cold starts, exports and replica uploads.
 //! - [`rate`]: token buckets with time passed in (per-token rate limits
 //!   of the sync server and the Durable Object).
-//! - [`auth`]: HS256 token verification and minting (RFC 7519), shared by
+//! - [`auth`]: token verification and HS256 minting (RFC 7519), shared by
 //!   the sync server and the Durable Object.
+//! - [`keys`]: the key set tokens are checked with (HS256 secrets, Ed25519
+//!   keys of a JWKS), issuer and audience, and the revocation list.
 //! - [`sim`]: the [`sim::Action`] enum and a network of replicas that drives
 //!   property tests, regression tests and the differential tests.
 //! - `fuzz` (feature `fuzz`): fuzz targets over bytes, run by the stable
@@ -42,6 +44,7 @@ pub mod fuzz;
 pub mod http;
 pub mod id;
 pub mod key;
+pub mod keys;
 pub mod op;
 pub mod protocol;
 pub mod rate;

@@ -29,8 +29,11 @@ use arbor_shared::sim::splitmix;
 use arbor_shared::{
     KeyGen, MemoryStore, MoveOp, NodeId, Op, OrderKey, ReplicaId, SetOp, Stamp, Tree,
 };
-use arbor_sync_server::db::{Db, OpArrays, migrate};
-use arbor_testkit::{PgCluster, PgOptions};
+use arbor_sync_server::db::{Db, OpArrays};
+use arbor_testkit::env::{self, now_ms};
+use arbor_testkit::stats::ms;
+
+mod common;
 
 const REPLICA: u64 = 0x00C0_FFEE;
 
@@ -50,17 +53,13 @@ struct Gen {
 
 impl Gen {
     fn new() -> Gen {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
         Gen {
             tree: Tree::new(MemoryStore::new()),
             nodes: Vec::new(),
             last_key: HashMap::new(),
             keys: KeyGen::new(7),
             // An hour back: millions of counter steps stay in the past.
-            hlc: (now_ms - 3_600_000) << 16,
+            hlc: (now_ms() - 3_600_000) << 16,
             rng: 42,
             next_id: 1 << 100,
             moves: Vec::new(),
@@ -218,10 +217,6 @@ impl Run {
     }
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
 /// The baseline.
 const NAIVE: &str = "SELECT naive_apply($1, NULL, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 /// `apply_ops` called directly (the profiling connection).
@@ -252,23 +247,14 @@ async fn call(client: &tokio_postgres::Client, function: &str, space: &str, ops:
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let quick = std::env::var("ARBOR_BENCH_QUICK").is_ok_and(|v| v == "1");
-    let nodes: usize = std::env::var("ARBOR_BENCH_NODES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(if quick { 100_000 } else { 1_000_000 });
-    let throwaway = std::env::var("ARBOR_BENCH_PG_THROWAWAY").is_ok_and(|v| v == "1");
+    let quick = env::flag("ARBOR_BENCH_QUICK");
+    let nodes: usize =
+        env::parsed("ARBOR_BENCH_NODES").unwrap_or(if quick { 100_000 } else { 1_000_000 });
+    let throwaway = env::flag("ARBOR_BENCH_PG_THROWAWAY");
     // shared_buffers sized like a database host's (a quarter of RAM is the
     // usual advice), so the 1M-node working set is resident.
-    let cluster = PgCluster::start(PgOptions {
-        throwaway,
-        shared_buffers: "2GB",
-    })
-    .unwrap();
-    let admin = cluster.connect("postgres").await.unwrap();
-    admin.batch_execute("CREATE DATABASE bench").await.unwrap();
-    let mut setup = cluster.connect("bench").await.unwrap();
-    migrate(&mut setup).await.unwrap();
+    let cluster = common::cluster(throwaway, "2GB");
+    let setup = common::database(&cluster, "bench").await;
     setup
         .batch_execute(include_str!("naive.sql"))
         .await

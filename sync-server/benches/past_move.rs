@@ -22,12 +22,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arbor_shared::sim::splitmix;
-use arbor_shared::{MoveOp, NodeId, Op, OrderKey, Stamp};
-use arbor_sync_server::db::{Db, apply_ops_0002, migrate};
-use arbor_testkit::{PgCluster, PgOptions};
+use arbor_shared::{NodeId, Op, Stamp};
+use arbor_sync_server::db::{Db, apply_ops_0002};
+use arbor_testkit::PgCluster;
+use arbor_testkit::env::{self, now_ms};
+use arbor_testkit::ops;
+use arbor_testkit::stats::ms;
+
+mod common;
 
 const FOLDERS: u64 = 1_000;
 const LEAVES: u64 = 20_000;
@@ -42,32 +47,14 @@ fn leaf(l: u64) -> NodeId {
 }
 
 fn mv(hlc: u64, node: NodeId, parent: NodeId, k: u64, known: u64) -> Op {
-    Op::Move(MoveOp {
-        stamp: Stamp::new(hlc, 7),
-        known_seq: known,
-        node,
-        parent,
-        key: OrderKey::new(&[0x40, (k >> 8) as u8, k as u8 | 1]).unwrap(),
-    })
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
+    let key = [0x40, (k >> 8) as u8, k as u8 | 1];
+    ops::mv(hlc, 7, node, parent, &key, known)
 }
 
 /// A database with the space built; returns it, the horizon's hlc and the
 /// head.
 async fn database(cluster: &PgCluster, name: &str, base: u64, moves: u64, old: bool) -> (Db, u64) {
-    let admin = cluster.connect("postgres").await.unwrap();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let mut c = cluster.connect(name).await.unwrap();
-    migrate(&mut c).await.unwrap();
+    let c = common::database(cluster, name).await;
     if old {
         c.batch_execute(&apply_ops_0002()).await.unwrap();
     }
@@ -116,22 +103,11 @@ async fn database(cluster: &PgCluster, name: &str, base: u64, moves: u64, old: b
     (db, head)
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let throwaway = std::env::var("ARBOR_BENCH_PG_THROWAWAY").is_ok_and(|v| v == "1");
-    let moves: u64 = std::env::var("ARBOR_BENCH_MOVES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
-    let cluster = PgCluster::start(PgOptions {
-        throwaway,
-        shared_buffers: "1GB",
-    })
-    .unwrap();
+    let throwaway = env::flag("ARBOR_BENCH_PG_THROWAWAY");
+    let moves: u64 = env::parsed("ARBOR_BENCH_MOVES").unwrap_or(200_000);
+    let cluster = common::cluster(throwaway, "1GB");
     // Stamps from an hour ago, so the newest is not ahead of the clock.
     let base = (now_ms() - 3_600_000) << 16;
     let (after, head) = database(&cluster, "after", base, moves, false).await;

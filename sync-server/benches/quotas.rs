@@ -18,8 +18,11 @@
 use std::time::{Duration, Instant};
 
 use arbor_shared::{MoveOp, NodeId, Op, OrderKey, SetOp, Stamp};
-use arbor_sync_server::db::{Db, migrate};
-use arbor_testkit::{PgCluster, PgOptions};
+use arbor_sync_server::db::Db;
+use arbor_testkit::PgCluster;
+use arbor_testkit::env::{self, now_ms};
+
+mod common;
 
 const NODES: u64 = 50_000;
 const ROUNDS: usize = 5;
@@ -77,26 +80,13 @@ impl Gen {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 fn pct(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1e3
 }
 
 async fn database(cluster: &PgCluster, name: &str, triggers: bool) -> Db {
-    let admin = cluster.connect("postgres").await.unwrap();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let mut c = cluster.connect(name).await.unwrap();
-    migrate(&mut c).await.unwrap();
+    let c = common::database(cluster, name).await;
     if !triggers {
         c.batch_execute(
             "DROP TRIGGER nodes_count_insert ON nodes; DROP TRIGGER nodes_count_delete ON nodes;
@@ -126,12 +116,8 @@ async fn database(cluster: &PgCluster, name: &str, triggers: bool) -> Db {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let throwaway = std::env::var("ARBOR_BENCH_PG_THROWAWAY").is_ok_and(|v| v == "1");
-    let cluster = PgCluster::start(PgOptions {
-        throwaway,
-        shared_buffers: "512MB",
-    })
-    .unwrap();
+    let throwaway = env::flag("ARBOR_BENCH_PG_THROWAWAY");
+    let cluster = common::cluster(throwaway, "512MB");
     let counted = database(&cluster, "counted", true).await;
     let uncounted = database(&cluster, "uncounted", false).await;
     println!(

@@ -19,9 +19,13 @@
 
 use std::time::{Duration, Instant};
 
-use arbor_shared::{MoveOp, NodeId, Op, OrderKey, SetOp, Stamp};
-use arbor_sync_server::db::{Db, migrate, restore_pass_0002};
-use arbor_testkit::{PgCluster, PgOptions};
+use arbor_shared::{NodeId, Op};
+use arbor_sync_server::db::{Db, restore_pass_0002};
+use arbor_testkit::env::now_ms;
+use arbor_testkit::ops;
+use arbor_testkit::stats::{self, ms};
+
+mod common;
 
 const NODES: u128 = 20_000;
 const DELETES: u128 = 1_000;
@@ -37,28 +41,22 @@ fn node(i: u128) -> NodeId {
 }
 
 fn mv(hlc: u64, replica: u64, node: NodeId, parent: NodeId, known: u64) -> Op {
-    Op::Move(MoveOp {
-        stamp: Stamp::new(hlc, replica),
-        known_seq: known,
-        node,
-        parent,
-        key: OrderKey::new(&[0x80]).unwrap(),
-    })
+    ops::mv(hlc, replica, node, parent, &[0x80], known)
 }
 
 fn set(hlc: u64, replica: u64, node: NodeId, known: u64) -> Op {
-    Op::Set(SetOp {
-        stamp: Stamp::new(hlc, replica),
-        known_seq: known,
+    ops::set(
+        hlc,
+        replica,
         node,
-        field: "text".into(),
-        value: Some(format!("edit {hlc}")),
-    })
+        "text",
+        Some(&format!("edit {hlc}")),
+        known,
+    )
 }
 
-fn median(mut xs: Vec<Duration>) -> f64 {
-    xs.sort();
-    xs[xs.len() / 2].as_secs_f64() * 1e3
+fn median(xs: Vec<Duration>) -> f64 {
+    ms(stats::median(xs))
 }
 
 /// Builds the thoughtspace; returns the stamp base for later ops.
@@ -116,26 +114,11 @@ async fn measure(db: &Db, base: u64) -> (Vec<Duration>, Vec<Duration>) {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let cluster = PgCluster::start(PgOptions {
-        throwaway: false,
-        shared_buffers: "256MB",
-    })
-    .unwrap();
-    let admin = cluster.connect("postgres").await.unwrap();
-    let t = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-        - 3_600_000)
-        << 16;
+    let cluster = common::cluster(false, "256MB");
+    let t = (now_ms() - 3_600_000) << 16;
     let mut results = Vec::new();
     for (name, legacy) in [("current", false), ("legacy", true)] {
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        let mut c = cluster.connect(name).await.unwrap();
-        migrate(&mut c).await.unwrap();
+        let c = common::database(&cluster, name).await;
         if legacy {
             c.batch_execute(&restore_pass_0002()).await.unwrap();
         }

@@ -16,31 +16,23 @@
 
 use std::time::{Duration, Instant};
 
-use arbor_shared::auth::{Claims, Hs256Key, Role, mint};
-use arbor_shared::{MoveOp, NodeId, Op, OrderKey, Stamp};
-use arbor_sync_server::db::migrate;
+use arbor_shared::NodeId;
+use arbor_shared::auth::Role;
 use arbor_sync_server::{Config, serve};
-use arbor_testkit::{PgCluster, PgOptions};
-use tokio::io::AsyncWriteExt as _;
+use arbor_testkit::env::now_ms;
+use arbor_testkit::ops::mv;
+use arbor_testkit::sql::insert_nodes;
+use arbor_testkit::stall;
+use arbor_testkit::stats::{ms, percentile};
+use arbor_testkit::tokens;
+use common::{SECRET, token};
 
-const SECRET: &[u8] = b"bench-secret-bench-secret-bench-secret";
+mod common;
+
 const REQUESTS: usize = 400;
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-fn token(sub: &str, space: &str, role: Role) -> String {
-    let claims = Claims::new(sub, space, role, now_ms() / 1000, 3600);
-    mint(&claims, &Hs256Key::new(SECRET).unwrap())
-}
-
 fn pct(v: &mut [Duration], p: f64) -> f64 {
-    v.sort();
-    v[((v.len() as f64 * p) as usize).min(v.len() - 1)].as_secs_f64() * 1e3
+    ms(percentile(v, p))
 }
 
 /// Pushes and catch-ups on `other`, one request every 5 ms.
@@ -53,13 +45,15 @@ async fn short_requests(base: &str, round: u64) -> (Vec<Duration>, Vec<Duration>
     let t0 = (now_ms() << 16) + round * 100_000;
     for i in 0..REQUESTS as u64 {
         tick.tick().await;
-        let op = Op::Move(MoveOp {
-            stamp: Stamp::new(t0 + i, 7),
-            known_seq: 0,
-            node: NodeId(1 + u128::from(round)),
-            parent: NodeId::ROOT,
-            key: OrderKey::new(&[0x80, 1 + (i % 200) as u8]).unwrap(),
-        });
+        let node = NodeId(1 + u128::from(round));
+        let op = mv(
+            t0 + i,
+            7,
+            node,
+            NodeId::ROOT,
+            &[0x80, 1 + (i % 200) as u8],
+            0,
+        );
         let started = Instant::now();
         let r = http
             .post(format!("{base}/v1/spaces/other/ops"))
@@ -90,19 +84,12 @@ async fn short_requests(base: &str, round: u64) -> (Vec<Duration>, Vec<Duration>
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let cluster = PgCluster::start(PgOptions {
-        throwaway: false,
-        shared_buffers: "256MB",
-    })
-    .unwrap();
-    let admin = cluster.connect("postgres").await.unwrap();
-    admin.batch_execute("CREATE DATABASE bench").await.unwrap();
-    let mut c = cluster.connect("bench").await.unwrap();
-    migrate(&mut c).await.unwrap();
+    let cluster = common::cluster(false, "256MB");
+    let c = common::database(&cluster, "bench").await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let host = listener.local_addr().unwrap().to_string();
     let base = format!("http://{host}");
-    let config = Config::new(cluster.config("bench"), Hs256Key::new(SECRET).unwrap());
+    let config = Config::new(cluster.config("bench"), tokens::key(SECRET));
     tokio::spawn(serve(listener, None, config, std::future::pending()));
     let http = reqwest::Client::new();
     for space in ["big", "other"] {
@@ -114,41 +101,22 @@ async fn main() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    c.batch_execute(
-        "INSERT INTO nodes (space, id, parent, key)
-           SELECT s.id, md5(i::text)::uuid, '00000000-0000-0000-0000-000000000000',
-                  '\\x80'::bytea || int4send(i) || '\\x01'::bytea
-           FROM spaces s, generate_series(1, 100000) i WHERE s.name = 'big';",
-    )
-    .await
-    .unwrap();
+    c.batch_execute(&insert_nodes("big", 100_000))
+        .await
+        .unwrap();
 
     let (mut quiet_push, mut quiet_read) = short_requests(&base, 0).await;
 
-    let mut stalled = Vec::new();
-    for i in 0..32 {
-        let t = token(&format!("user{}", i / 2), "big", Role::Read);
-        let mut tcp = tokio::net::TcpStream::connect(&host).await.unwrap();
-        tcp.write_all(
-            format!("GET /v1/spaces/big/snapshot HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {t}\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
-        stalled.push(tcp);
-    }
-    for i in 0..32 {
-        let space = format!("imp{i}");
-        let t = token(&format!("importer{}", i / 2), &space, Role::Admin);
-        let mut tcp = tokio::net::TcpStream::connect(&host).await.unwrap();
-        tcp.write_all(
-            format!("POST /v1/spaces/{space}/import HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {t}\r\ncontent-length: 1000000\r\n\r\nARBORSNP")
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
-        stalled.push(tcp);
-    }
+    // 16 users, two streams each: within every per-token cap.
+    let stalled = stall::downloads_and_imports(
+        &host,
+        "big",
+        32,
+        |i| token(&format!("user{}", i / 2), "big", Role::Read),
+        |i, space| token(&format!("importer{}", i / 2), space, Role::Admin),
+    )
+    .await
+    .unwrap();
     let (mut busy_push, mut busy_read) = short_requests(&base, 1).await;
     drop(stalled);
 

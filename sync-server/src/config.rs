@@ -10,9 +10,22 @@ use arbor_shared::auth::Hs256Key;
 /// Command-line flags and environment variables of `arbor-server serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
-    /// Postgres connection string (libpq `key=value` form or a URL).
+    /// Postgres connection string (libpq `key=value` form or a URL). TLS:
+    /// `sslmode` (`disable` to `verify-full`), `sslrootcert` (a PEM file or
+    /// `system`), `sslcert` and `sslkey`, as in libpq (docs/DEPLOY.md).
     #[arg(long, env = "ARBOR_DATABASE_URL")]
     pub database_url: String,
+    /// A hot standby to serve reads from (snapshots, exports, children
+    /// pages, catch-up); repeatable. Same URL syntax as `--database-url`.
+    #[arg(
+        long = "read-replica-url",
+        env = "ARBOR_READ_REPLICA_URLS",
+        value_delimiter = ','
+    )]
+    pub read_replica_urls: Vec<String>,
+    /// A standby lagging the primary by more than this is skipped.
+    #[arg(long, env = "ARBOR_READ_REPLICA_MAX_LAG_MS", default_value_t = 5000)]
+    pub read_replica_max_lag_ms: u64,
     /// Address of the API listener.
     #[arg(long, env = "ARBOR_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -33,6 +46,36 @@ pub struct ServeArgs {
     /// environment variable; never a flag, so it stays out of `ps`).
     #[arg(long, env = "ARBOR_JWT_SECRET_FILE")]
     pub jwt_secret_file: Option<PathBuf>,
+    /// File holding the previous HS256 secret, still accepted during a
+    /// rotation (else `ARBOR_JWT_PREVIOUS_SECRET`, if set).
+    #[arg(long, env = "ARBOR_JWT_PREVIOUS_SECRET_FILE")]
+    pub jwt_previous_secret_file: Option<PathBuf>,
+    /// A JWKS file whose Ed25519 keys verify EdDSA tokens (read again when
+    /// it changes).
+    #[arg(long, env = "ARBOR_JWKS_FILE", conflicts_with = "jwks_url")]
+    pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL (an identity provider's): fetched at start, every
+    /// `--jwks-refresh-s`, and when a token names an unknown `kid`.
+    #[arg(long, env = "ARBOR_JWKS_URL")]
+    pub jwks_url: Option<String>,
+    /// How often the JWKS URL is fetched again, in seconds.
+    #[arg(long, env = "ARBOR_JWKS_REFRESH_S", default_value_t = 300)]
+    pub jwks_refresh_s: u64,
+    /// `iss` every EdDSA token must carry (the identity provider's issuer).
+    #[arg(long, env = "ARBOR_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// A value every EdDSA token's `aud` must carry.
+    #[arg(long, env = "ARBOR_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Read Arbor's claims (`space`, `role`, `rid`, `tenant`) under this
+    /// prefix when an EdDSA token carries them there (namespaced custom
+    /// claims).
+    #[arg(long, env = "ARBOR_JWT_CLAIMS_PREFIX")]
+    pub jwt_claims_prefix: Option<String>,
+    /// A revocation list (JSON, docs/DEPLOY.md), read again when it
+    /// changes: its tokens are refused and their sockets closed.
+    #[arg(long, env = "ARBOR_REVOCATION_FILE")]
+    pub revocation_file: Option<PathBuf>,
     /// Clock leeway for token `exp`/`nbf`/`iat`, in seconds.
     #[arg(long, env = "ARBOR_TOKEN_LEEWAY_S", default_value_t = 60)]
     pub token_leeway_s: u64,
@@ -112,6 +155,13 @@ pub struct ServeArgs {
     /// `stale` (their clients re-stamp them). 0: never raise it.
     #[arg(long, env = "ARBOR_HORIZON_KEEP_S", default_value_t = 30 * 24 * 3600)]
     pub horizon_keep_s: u64,
+    /// Back up changed spaces to `--backup-url` every this many seconds
+    /// (the first run at start). 0: no schedule.
+    #[arg(long, env = "ARBOR_BACKUP_INTERVAL_S", default_value_t = 0)]
+    pub backup_interval_s: u64,
+    /// The bucket of the backups (shared with `arbor-server backup`).
+    #[command(flatten)]
+    pub backup: crate::backup::BackupArgs,
 }
 
 /// Why the configuration cannot be used.
@@ -134,6 +184,9 @@ pub enum ConfigError {
     /// The database URL does not parse.
     #[error("database url: {0}")]
     Database(String),
+    /// The backup settings cannot be used.
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
 }
 
 /// What [`crate::run`] needs.
@@ -141,10 +194,20 @@ pub enum ConfigError {
 pub struct Config {
     /// Where Postgres is.
     pub database: tokio_postgres::Config,
-    /// Pool size.
+    /// How the connections to it use TLS (from the URL's `sslmode`,
+    /// `sslrootcert`, `sslcert`, `sslkey`).
+    pub database_tls: crate::db::PgTls,
+    /// Hot standbys that serve reads, each with its TLS settings.
+    pub read_replicas: Vec<(tokio_postgres::Config, crate::db::PgTls)>,
+    /// A standby lagging more than this is skipped.
+    pub read_replica_max_lag: Duration,
+    /// Pool size (of the primary, and of each standby).
     pub db_pool: usize,
-    /// The token secret.
+    /// The token secret (current: it mints the server's own tokens).
     pub key: Hs256Key,
+    /// The other keys and rules tokens are checked with, and the
+    /// revocation list.
+    pub auth: crate::keys::AuthConfig,
     /// Token clock leeway, seconds.
     pub token_leeway_s: u64,
     /// Largest request body, bytes (imports excepted).
@@ -170,6 +233,8 @@ pub struct Config {
     /// The horizon policy: every space's horizon is kept at least this far
     /// behind now (`None`: horizons are only raised by hand).
     pub horizon_keep: Option<Duration>,
+    /// Scheduled backups to object storage (`None`: off).
+    pub backup: Option<crate::backup::Schedule>,
 }
 
 impl Config {
@@ -178,8 +243,15 @@ impl Config {
     pub fn new(database: tokio_postgres::Config, key: Hs256Key) -> Config {
         Config {
             database,
+            database_tls: crate::db::PgTls::default(),
+            read_replicas: Vec::new(),
+            read_replica_max_lag: Duration::from_secs(5),
             db_pool: 16,
             key,
+            auth: crate::keys::AuthConfig {
+                jwks_refresh: Duration::from_secs(300),
+                ..crate::keys::AuthConfig::default()
+            },
             token_leeway_s: 60,
             max_body_bytes: 4 << 20,
             max_import_bytes: 4 << 30,
@@ -191,16 +263,22 @@ impl Config {
             limits: crate::limits::Limits::for_pool(16),
             quotas: crate::db::Quotas::DEFAULT,
             horizon_keep: Some(Duration::from_secs(30 * 24 * 3600)),
+            backup: None,
         }
     }
 }
 
 impl ServeArgs {
-    /// Resolves the flags into a [`Config`]; `env_secret` is the value of
-    /// `ARBOR_JWT_SECRET`, if set.
-    pub fn into_config(self, env_secret: Option<String>) -> Result<Config, ConfigError> {
-        let secret = match (&self.jwt_secret_file, env_secret) {
-            (Some(path), _) => std::fs::read(path)
+    /// Resolves the flags into a [`Config`]; `env_secret` and
+    /// `env_previous` are the values of `ARBOR_JWT_SECRET` and
+    /// `ARBOR_JWT_PREVIOUS_SECRET`, if set.
+    pub fn into_config(
+        self,
+        env_secret: Option<String>,
+        env_previous: Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let read_secret = |path: &PathBuf| {
+            std::fs::read(path)
                 .map(|mut b| {
                     while b.last().is_some_and(|c| c.is_ascii_whitespace()) {
                         b.pop();
@@ -210,18 +288,57 @@ impl ServeArgs {
                 .map_err(|source| ConfigError::SecretFile {
                     path: path.clone(),
                     source,
-                })?,
+                })
+        };
+        let secret = match (&self.jwt_secret_file, env_secret) {
+            (Some(path), _) => read_secret(path)?,
             (None, Some(s)) => s.into_bytes(),
             (None, None) => return Err(ConfigError::NoSecret),
         };
-        let database = self
-            .database_url
-            .parse::<tokio_postgres::Config>()
+        let previous = match (&self.jwt_previous_secret_file, env_previous) {
+            (Some(path), _) => Some(read_secret(path)?),
+            (None, s) => s.map(String::into_bytes),
+        };
+        let previous = previous.map(|p| Hs256Key::new(&p)).transpose()?;
+        let jwks = match (self.jwks_file, self.jwks_url) {
+            (Some(path), _) => Some(crate::keys::JwksSource::File(path)),
+            (None, Some(url)) => Some(crate::keys::JwksSource::Url(url)),
+            (None, None) => None,
+        };
+        let auth = crate::keys::AuthConfig {
+            previous,
+            jwks,
+            jwks_refresh: Duration::from_secs(self.jwks_refresh_s),
+            issuer: self.jwt_issuer,
+            audience: self.jwt_audience,
+            claims_prefix: self.jwt_claims_prefix,
+            revocation_file: self.revocation_file,
+        };
+        let (database, database_tls) = crate::db::parse_database_url(&self.database_url)
             .map_err(|e| ConfigError::Database(e.to_string()))?;
+        // The certificate files are read now, so a bad path fails at start.
+        database_tls
+            .client_config()
+            .map_err(|e| ConfigError::Database(e.to_string()))?;
+        let read_replicas = self
+            .read_replica_urls
+            .iter()
+            .map(|url| {
+                let (config, tls) = crate::db::parse_database_url(url)
+                    .map_err(|e| ConfigError::Database(format!("read replica: {e}")))?;
+                tls.client_config()
+                    .map_err(|e| ConfigError::Database(format!("read replica: {e}")))?;
+                Ok((config, tls))
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
         Ok(Config {
             database,
+            database_tls,
+            read_replicas,
+            read_replica_max_lag: Duration::from_millis(self.read_replica_max_lag_ms),
             db_pool: self.db_pool,
             key: Hs256Key::new(&secret)?,
+            auth,
             token_leeway_s: self.token_leeway_s,
             max_body_bytes: self.max_body_bytes,
             max_import_bytes: self.max_import_bytes,
@@ -253,6 +370,7 @@ impl ServeArgs {
             },
             horizon_keep: (self.horizon_keep_s > 0)
                 .then(|| Duration::from_secs(self.horizon_keep_s)),
+            backup: self.backup.schedule(self.backup_interval_s)?,
         })
     }
 }

@@ -3,6 +3,8 @@
 //! turned into a new thoughtspace by `import_space` in the same transaction
 //! (contract: `migrations/README.md`). Nothing is written unless the whole
 //! file is good. Memory stays flat: each body chunk goes on to Postgres.
+//! [`restore`] does the same with an export of a whole space and puts its
+//! history back too (log, seqs, head, horizon): backups (`crate::backup`).
 
 use arbor_shared::snapshot::{Decoder, Event, SnapshotError, SnapshotHeader};
 use bytes::Bytes;
@@ -66,6 +68,49 @@ pub async fn import<S, E>(
     body: S,
     max_bytes: u64,
     owner: Option<&crate::db::Owner<'_>>,
+) -> Result<SpaceInfo, ImportError>
+where
+    S: Stream<Item = Result<Bytes, E>>,
+    E: std::fmt::Display,
+{
+    load(db, dst, body, max_bytes, owner, None).await
+}
+
+/// A row of the restore rule's records (`restores`): the delete undone,
+/// the write that needed it, the server's move (seqs).
+pub type RestoreRecord = (i64, i64, i64);
+
+/// Creates `dst` as the space an export of a whole space was taken from
+/// (a backup, docs/DEPLOY.md): what [`import`] does, and its history too:
+/// the log with its seqs, `head_seq`, the horizon of the file's header, the
+/// newest logged move, and the restore rule's `records` (which the file
+/// does not carry). The same space as a database restore gives back:
+/// replicas that synced it catch up from their cursors, or push again what
+/// the backup misses, and the server keeps what it has (same stamps).
+/// Nothing is written unless all of it is good.
+pub async fn restore<S, E>(
+    db: &Db,
+    dst: &str,
+    body: S,
+    max_bytes: u64,
+    owner: Option<&crate::db::Owner<'_>>,
+    records: &[RestoreRecord],
+) -> Result<SpaceInfo, ImportError>
+where
+    S: Stream<Item = Result<Bytes, E>>,
+    E: std::fmt::Display,
+{
+    load(db, dst, body, max_bytes, owner, Some(records)).await
+}
+
+/// [`import`], and with `history` [`restore`].
+async fn load<S, E>(
+    db: &Db,
+    dst: &str,
+    body: S,
+    max_bytes: u64,
+    owner: Option<&crate::db::Owner<'_>>,
+    history: Option<&[RestoreRecord]>,
 ) -> Result<SpaceInfo, ImportError>
 where
     S: Stream<Item = Result<Bytes, E>>,
@@ -190,8 +235,105 @@ where
     )
     .await
     .map_err(DbError::from)?;
+    if let Some(records) = history {
+        restore_history(&tx, dst, &header, records).await?;
+    }
     tx.commit().await.map_err(DbError::from)?;
     db.space(dst)
         .await?
         .ok_or_else(|| ImportError::Db(DbError::BadRow("imported space vanished".into())))
+}
+
+/// In the import's transaction, after `import_space`: the log of the file
+/// with its seqs, the head, the header's horizon, the newest logged move,
+/// and the restore records. The clock stays at the newest stamp of the
+/// file, as `import_space` set it.
+async fn restore_history(
+    tx: &tokio_postgres::Transaction<'_>,
+    dst: &str,
+    header: &SnapshotHeader,
+    records: &[RestoreRecord],
+) -> Result<(), ImportError> {
+    if header.root.is_some() {
+        return Err(ImportError::Snapshot(
+            "a subtree snapshot is not an export of a space".into(),
+        ));
+    }
+    let head = i64::try_from(header.head_seq)
+        .map_err(|_| ImportError::Snapshot("head_seq above 2^63".into()))?;
+    let outside: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM arbor_import_log WHERE seq < 1 OR seq > $1",
+            &[&head],
+        )
+        .await
+        .map_err(DbError::from)?
+        .get(0);
+    if outside > 0 || records.iter().any(|r| r.0 < 1 || r.2 > head) {
+        return Err(ImportError::Snapshot(format!(
+            "log seqs outside 1..={head} (the header's head_seq)"
+        )));
+    }
+    tx.execute(
+        "INSERT INTO ops (space, seq, hlc, replica, kind, node, parent, key, field, value,
+                          known_seq, applied, prev_parent, prev_key)
+         SELECT s.id, l.seq, l.hlc, l.replica, l.kind, l.node, l.parent, l.key, l.field, l.value,
+                l.known_seq, l.applied, l.prev_parent, l.prev_key
+         FROM arbor_import_log l, spaces s WHERE s.name = $1",
+        &[&dst],
+    )
+    .await
+    .map_err(history_error)?;
+    let (hlc, replica) = match header.horizon {
+        Some(h) => (
+            Some(
+                i64::try_from(h.hlc.0)
+                    .map_err(|_| ImportError::Snapshot("horizon hlc above 2^63".into()))?,
+            ),
+            Some(replica_to_sql(h.replica.0)),
+        ),
+        None => (None, None),
+    };
+    tx.execute(
+        "UPDATE spaces SET head_seq = $2, horizon_hlc = $3, horizon_replica = $4,
+                log_hlc = (SELECT l.hlc FROM arbor_import_log l WHERE l.kind = 'm'
+                           ORDER BY l.hlc DESC, l.replica DESC LIMIT 1),
+                log_replica = (SELECT l.replica FROM arbor_import_log l WHERE l.kind = 'm'
+                               ORDER BY l.hlc DESC, l.replica DESC LIMIT 1)
+         WHERE name = $1",
+        &[&dst, &head, &hlc, &replica],
+    )
+    .await
+    .map_err(DbError::from)?;
+    let causes: Vec<i64> = records.iter().map(|r| r.0).collect();
+    let triggers: Vec<i64> = records.iter().map(|r| r.1).collect();
+    let moves: Vec<i64> = records.iter().map(|r| r.2).collect();
+    tx.execute(
+        "INSERT INTO restores (space, cause_seq, trigger_seq, restore_seq)
+         SELECT s.id, r.cause, r.trig, r.moved
+         FROM spaces s, unnest($2::bigint[], $3::bigint[], $4::bigint[]) AS r (cause, trig, moved)
+         WHERE s.name = $1",
+        &[&dst, &causes, &triggers, &moves],
+    )
+    .await
+    .map_err(history_error)?;
+    Ok(())
+}
+
+/// Postgres refusing a log row or a restore record (a seq or a stamp twice,
+/// a row that breaks a check) is the file's fault; its words go to the log.
+fn history_error(e: tokio_postgres::Error) -> ImportError {
+    match e.as_db_error() {
+        Some(db) => {
+            tracing::info!(
+                message = db.message(),
+                code = db.code().code(),
+                "restored history refused"
+            );
+            ImportError::Snapshot(
+                "the log or the restore records have a seq or a stamp twice, or a bad row".into(),
+            )
+        }
+        None => ImportError::Db(DbError::Postgres(e)),
+    }
 }

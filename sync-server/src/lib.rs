@@ -19,8 +19,13 @@
 //! - [`notify`]: commit notices (`LISTEN arbor_head`) so several server
 //!   processes relay each other's ops.
 //! - [`import`]: a snapshot file streamed into a new thoughtspace.
+//! - [`keys`]: the token keys (HS256 secrets, a JWKS file or URL) and the
+//!   revocation list, reloaded while the server runs.
+//! - [`telemetry`]: the log subscriber and the optional OTLP trace export.
 //! - [`horizon`]: the horizon policy (stamps older than a configured age
 //!   are refused as stale).
+//! - [`backup`]: backups of changed spaces to an S3-compatible bucket
+//!   (the `backup` command and `serve`'s schedule), and restore from it.
 //! - [`limits`]: what one client may take: the stream budget, caps per
 //!   token and address, rate limits, the stall guard.
 //! - [`listener`]: the HTTP accept loop (header deadline, per-address cap,
@@ -31,16 +36,19 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod backup;
 pub mod config;
 pub mod db;
 pub mod horizon;
 pub mod import;
+pub mod keys;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod notify;
 pub mod realtime;
 pub mod snapshot;
+pub mod telemetry;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -58,6 +66,9 @@ pub enum ServerError {
     /// The listener failed.
     #[error("serving: {0}")]
     Io(#[from] std::io::Error),
+    /// A JWKS or revocation file is missing or bad.
+    #[error("keys: {0}")]
+    Keys(String),
 }
 
 /// Serves the API on `listener` until `shutdown` resolves (no admin
@@ -96,7 +107,23 @@ pub async fn serve_with(
     let metrics = metrics::handle();
     let mut database = config.database.clone();
     config.quotas.apply_to(&mut database);
-    let db = db::Db::open(database, config.db_pool).await?;
+    let db = db::Db::open(database, &config.database_tls, config.db_pool).await?;
+    let mut standbys = Vec::with_capacity(config.read_replicas.len());
+    for (i, (standby, tls)) in config.read_replicas.iter().enumerate() {
+        let mut standby = standby.clone();
+        config.quotas.apply_to(&mut standby);
+        standbys
+            .push(db::Db::with_tls(standby, tls, config.db_pool)?.named(&format!("standby{i}")));
+    }
+    let readers = Arc::new(db::Readers::new(
+        db.clone(),
+        standbys,
+        config.read_replica_max_lag,
+    ));
+    // One sample before serving, so that standbys already in step serve
+    // the first reads.
+    let mut lag_history = std::collections::VecDeque::new();
+    readers.sample(&mut lag_history).await;
     let limits = config.limits.clone();
     let rooms = Arc::new(realtime::Rooms::new(
         db.clone(),
@@ -108,9 +135,15 @@ pub async fn serve_with(
         .notify_url
         .clone()
         .map(|url| notify::Forwarder::start(url, config.key.clone()));
+    let keys = Arc::new(
+        keys::KeyStore::load(config.key.clone(), config.auth.clone())
+            .await
+            .map_err(|e| ServerError::Keys(e.to_string()))?,
+    );
     let state = Arc::new(api::AppState {
         db,
-        key: config.key.clone(),
+        readers: readers.clone(),
+        keys: keys.clone(),
         leeway_s: config.token_leeway_s,
         draining: false.into(),
         rooms: rooms.clone(),
@@ -134,12 +167,31 @@ pub async fn serve_with(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(notify::listen(
         config.database.clone(),
+        config
+            .database_tls
+            .connector()
+            .map_err(|e| db::DbError::Tls(e.to_string()))?,
         rooms.clone(),
         forward,
         stop_rx.clone(),
     ));
+    tokio::spawn(readers.monitor(lag_history, stop_rx.clone()));
+    let revoking = rooms.clone();
+    tokio::spawn(keys.run(
+        move |list| {
+            let rooms = revoking.clone();
+            async move { rooms.revoked(list).await }
+        },
+        stop_rx.clone(),
+    ));
     if let Some(keep) = config.horizon_keep {
         tokio::spawn(horizon::run(state.db.clone(), keep, stop_rx.clone()));
+    }
+    if let Some(schedule) = config.backup.clone() {
+        // A pool of its own (lazy, two connections: the run lock and the
+        // export), so backups never take the serving pool's connections.
+        let backup_db = db::Db::with_tls(config.database.clone(), &config.database_tls, 2)?;
+        tokio::spawn(backup::schedule(backup_db, schedule, stop_rx.clone()));
     }
     if let Some(admin) = admin {
         let admin_app = api::only_hosts(
@@ -159,6 +211,7 @@ pub async fn serve_with(
         });
     }
     let drain_state = state.clone();
+    let closing = rooms.clone();
     tokio::spawn(async move {
         shutdown.await;
         drain_state.draining.store(true, Ordering::Relaxed);
@@ -177,6 +230,14 @@ pub async fn serve_with(
         config.drain,
     )
     .await?;
+    // The sockets were told 1001 when the drain began; wait (bounded) until
+    // each has written its close frame, so none is merely cut at exit.
+    if tokio::time::timeout(config.drain, closing.all_closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!("sockets still open at the drain deadline");
+    }
     drop(stop_rx);
     tracing::info!("stopped");
     Ok(())

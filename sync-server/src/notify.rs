@@ -107,16 +107,13 @@ async fn forward_one(
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let token = arbor_shared::auth::mint(
-        &arbor_shared::auth::Claims {
-            sub: "arbor-server".into(),
-            space: space.to_string(),
-            role: arbor_shared::auth::Role::Service,
-            rid: None,
-            tenant: None,
-            exp: now + 60,
-            nbf: None,
-            iat: Some(now),
-        },
+        &arbor_shared::auth::Claims::new(
+            "arbor-server",
+            space,
+            arbor_shared::auth::Role::Service,
+            now,
+            60,
+        ),
         key,
     );
     let sent = http
@@ -139,6 +136,7 @@ async fn forward_one(
 /// goes to `forward`, if set.
 pub async fn listen(
     config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
     rooms: Arc<Rooms>,
     forward: Option<Forwarder>,
     mut stop: watch::Receiver<bool>,
@@ -147,7 +145,7 @@ pub async fn listen(
     loop {
         let mut connected = false;
         tokio::select! {
-            result = listen_once(&config, &rooms, forward.as_ref(), &mut connected) => {
+            result = listen_once(&config, &tls, &rooms, forward.as_ref(), &mut connected) => {
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "commit notice connection lost; reconnecting");
                 }
@@ -168,11 +166,12 @@ pub async fn listen(
 
 async fn listen_once(
     config: &tokio_postgres::Config,
+    tls: &tokio_postgres_rustls::MakeRustlsConnect,
     rooms: &Rooms,
     forward: Option<&Forwarder>,
     connected: &mut bool,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
+    let (client, mut connection) = config.connect(tls.clone()).await?;
     *connected = true;
     // The connection must be polled for the LISTEN to complete, and its
     // notices come out of the same poll: a task forwards them.

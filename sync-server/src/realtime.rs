@@ -63,8 +63,11 @@ enum Event {
     CatchUpFailed {
         conn: ConnId,
     },
-    /// A group commit ended: each push's result, in push order.
-    GroupCommitted(Vec<IngestResult>),
+    /// A group commit ended (at this instant): each push's result, in push
+    /// order.
+    GroupCommitted(Vec<IngestResult>, std::time::Instant),
+    /// The revocation list changed.
+    Revoked(Arc<arbor_shared::keys::Revocations>),
     CloseAll,
 }
 
@@ -84,6 +87,10 @@ pub struct Rooms {
     frames: Arc<RateLimiter>,
     hello_timeout: Duration,
     idle_timeout: Duration,
+    /// Sockets being served (upgraded and not yet ended): shutdown waits
+    /// for it to reach 0, so their close frames go out before the process
+    /// exits (the HTTP drain does not track upgraded connections).
+    live: tokio::sync::watch::Sender<usize>,
 }
 
 fn seq_op(c: Committed) -> SeqOp {
@@ -113,7 +120,15 @@ impl Rooms {
             frames: Arc::new(RateLimiter::new(limits.pushes_per_s, limits.burst_s)),
             hello_timeout: limits.hello_timeout,
             idle_timeout: limits.idle_timeout,
+            live: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// Resolves once no socket is being served (after [`Rooms::close_all`]:
+    /// every close frame has been written).
+    pub async fn all_closed(&self) {
+        let mut live = self.live.subscribe();
+        let _ = live.wait_for(|n| *n == 0).await;
     }
 
     /// A socket's share of its token's cap (taken before the upgrade, so an
@@ -163,6 +178,15 @@ impl Rooms {
         }
     }
 
+    /// The revocation list changed: every open room closes the sockets
+    /// whose token it now refuses.
+    pub async fn revoked(&self, list: Arc<arbor_shared::keys::Revocations>) {
+        let rooms: Vec<_> = self.rooms.lock().await.values().cloned().collect();
+        for tx in rooms {
+            let _ = tx.send(Event::Revoked(list.clone())).await;
+        }
+    }
+
     /// The database's head of `space` is at least `seq` (a commit notice
     /// from any server process): its room, if open, fetches what it missed.
     pub async fn head(&self, space: &str, seq: u64) {
@@ -203,6 +227,15 @@ impl Rooms {
         holds: impl Send + 'static,
     ) {
         let _holds = holds;
+        self.live.send_modify(|n| *n += 1);
+        // Counted down however this ends (a panic included).
+        struct Live<'a>(&'a tokio::sync::watch::Sender<usize>);
+        impl Drop for Live<'_> {
+            fn drop(&mut self) {
+                self.0.send_modify(|n| *n = n.saturating_sub(1));
+            }
+        }
+        let _live = Live(&self.live);
         let room = match self.room(&space).await {
             Ok(r) => r,
             Err(e) => {
@@ -217,9 +250,9 @@ impl Rooms {
             }
         };
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        metrics::gauge!(crate::metrics::SOCKETS_ACTIVE).increment(1.0);
+        metrics::gauge!(crate::metrics::SOCKETS_ACTIVE, "tier" => "native").increment(1.0);
         self.serve_conn(conn, room, claims, socket).await;
-        metrics::gauge!(crate::metrics::SOCKETS_ACTIVE).decrement(1.0);
+        metrics::gauge!(crate::metrics::SOCKETS_ACTIVE, "tier" => "native").decrement(1.0);
     }
 
     async fn serve_conn(
@@ -370,6 +403,8 @@ async fn run_room(
     let mut rate_keys: HashMap<ConnId, String> = HashMap::new();
     // Token expiry is checked once a second.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // When the commit whose answer is being handled ended (fan-out lag).
+    let mut committed_at: Option<std::time::Instant> = None;
     loop {
         let actions = tokio::select! {
             event = rx.recv() => {
@@ -394,7 +429,11 @@ async fn run_room(
                     Event::GapFailed => room.on_gap_failed(),
                     Event::CatchUpPage { conn, ops } => room.on_catch_up(conn, ops),
                     Event::CatchUpFailed { conn } => room.on_catch_up_failed(conn),
-                    Event::GroupCommitted(results) => room.on_commit(results),
+                    Event::GroupCommitted(results, at) => {
+                        committed_at = Some(at);
+                        room.on_commit(results)
+                    }
+                    Event::Revoked(list) => room.on_revoked(&list),
                     Event::CloseAll => room.close_all(),
                 }
             }
@@ -405,6 +444,10 @@ async fn run_room(
             keys: &rate_keys,
         };
         execute(&space, &mut room, &db, &tx, &mut outs, &charge, actions);
+        if let Some(at) = committed_at.take() {
+            metrics::histogram!(crate::metrics::FANOUT_SECONDS, "tier" => "native")
+                .record(at.elapsed().as_secs_f64());
+        }
     }
 }
 
@@ -419,7 +462,12 @@ fn commit_group(
     (frames, keys): (Arc<RateLimiter>, Vec<Option<String>>),
 ) {
     let (db, tx, space) = (db.clone(), tx.clone(), space.to_string());
-    tokio::spawn(async move {
+    let span = tracing::info_span!(
+        "group_commit",
+        pushes = pushes.len(),
+        ops = pushes.iter().map(|p| p.ops.len()).sum::<usize>()
+    );
+    let commit = async move {
         let started = std::time::Instant::now();
         let pushes: Vec<_> = pushes
             .into_iter()
@@ -433,6 +481,7 @@ fn commit_group(
         let elapsed = started.elapsed().as_secs_f64();
         let now = std::time::Instant::now();
         for ((_, held), key) in answers.iter().zip(&keys) {
+            metrics::histogram!(crate::metrics::PUSH_DB_SECONDS).record(held.as_secs_f64());
             if let Some(key) = key {
                 frames.charge(key, crate::limits::db_time_units(*held), now);
             }
@@ -458,8 +507,11 @@ fn commit_group(
                 }
             })
             .collect();
-        let _ = tx.send(Event::GroupCommitted(results)).await;
-    });
+        let _ = tx
+            .send(Event::GroupCommitted(results, std::time::Instant::now()))
+            .await;
+    };
+    tokio::spawn(tracing::Instrument::instrument(commit, span));
 }
 
 /// Fetches one page of committed ops, `after < seq <= upto`, and sends it

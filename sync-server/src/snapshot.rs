@@ -257,7 +257,7 @@ pub async fn snapshot(
 ) -> Result<
     (
         SnapshotHeader,
-        impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+        impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static + use<>,
     ),
     DbError,
 > {

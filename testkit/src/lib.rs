@@ -18,9 +18,32 @@
 //!
 //! # Layout
 //!
-//! - [`PgCluster`]: start (throwaway), open (kept dir, dev mode), shared
-//!   instance, fresh databases, restart, stop.
+//! - [`PgCluster`]: start (throwaway), start with TLS on TCP, start a hot
+//!   standby of a running one, open (kept dir, dev mode), shared instance,
+//!   fresh databases, restart, stop.
 //! - [`PgOptions`]: throwaway (fsync off) or durable settings.
+//! - [`archive`]: WAL archiving, base backups, point-in-time recovery.
+//! - [`env`]: the wall clock, replayable seeds, settings from variables.
+//! - [`fanout`]: the realtime benchmarks' writer and readers, transport
+//!   aside.
+//! - [`ops`]: ids, keys, moves and sets, the reference tree, the
+//!   benchmarks' outline.
+//! - [`sql`]: databases by name, test data written straight into the
+//!   tables.
+//! - [`stall`]: requests that send their head and then nothing.
+//! - [`stats`]: median and percentiles of latencies.
+//! - [`tokens`]: test tokens issued now.
+//! - [`wait`]: bounded waits on a watched status.
+
+pub mod archive;
+pub mod env;
+pub mod fanout;
+pub mod ops;
+pub mod sql;
+pub mod stall;
+pub mod stats;
+pub mod tokens;
+pub mod wait;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -66,6 +89,17 @@ impl Default for PgOptions {
     }
 }
 
+/// How a cluster's data dir comes to be.
+#[derive(Clone, Copy)]
+enum Origin<'a> {
+    /// `initdb`, socket only.
+    Initdb,
+    /// `initdb`, and TLS on TCP with this certificate, key and client CA.
+    Tls(&'a Path, &'a Path, &'a Path),
+    /// `pg_basebackup` of this running cluster, started as its standby.
+    Standby(&'a PgCluster),
+}
+
 /// A running throwaway cluster.
 #[derive(Debug)]
 pub struct PgCluster {
@@ -76,13 +110,20 @@ pub struct PgCluster {
     options: PgOptions,
     /// Keep the dir when stopping (dev clusters).
     keep: bool,
+    /// The port: names the socket file (`.s.PGSQL.<port>`), and is the TCP
+    /// port when `tcp` is set.
+    port: u16,
+    /// Also listening on 127.0.0.1 (TCP) with TLS on ([`PgCluster::start_tls`]).
+    tcp: bool,
+    /// A hot standby streaming from another cluster ([`PgCluster::start_standby`]).
+    standby: bool,
     /// Write end of the watcher's pipe: dropping it (process exit) stops
     /// the cluster.
     watcher: Mutex<Option<(Child, ChildStdin)>>,
 }
 
 /// The port number only names the socket file (`.s.PGSQL.<port>`); nothing
-/// listens on TCP.
+/// listens on TCP (except a [`PgCluster::start_tls`] cluster, on a port of its own).
 pub const PORT: u16 = 5432;
 /// Superuser created by `initdb`.
 pub const USER: &str = "arbor";
@@ -144,6 +185,29 @@ fn id_of(flag: &str, user: &str) -> Result<u32> {
         })
 }
 
+/// Runs `command` (named `program` in errors) with `args` to its end; its
+/// output goes into the error when it fails.
+pub(crate) fn run_command(
+    program: &str,
+    mut command: Command,
+    args: &[&std::ffi::OsStr],
+) -> Result<()> {
+    let out = command
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| err(format!("{program}: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(err(format!(
+            "{program} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )))
+    }
+}
+
 impl PgCluster {
     /// The cluster shared by every test of this binary (started on first use).
     pub fn shared() -> &'static PgCluster {
@@ -165,17 +229,59 @@ impl PgCluster {
             std::process::id(),
             NEXT_DIR.fetch_add(1, Ordering::Relaxed)
         ));
-        PgCluster::start_in(root, options, false)
+        PgCluster::start_in(root, options, false, Origin::Initdb)
+    }
+
+    /// A hot standby of this cluster: `pg_basebackup -R` over its socket,
+    /// then started streaming from it (`hot_standby_feedback` on, so long
+    /// reads on the standby are not cancelled by replayed vacuums). Its
+    /// own socket dir; [`PgCluster::stop`] on it is the standby going away.
+    pub fn start_standby(&self) -> Result<PgCluster> {
+        let root = std::env::temp_dir().join(format!(
+            "arbor-pg-{}-{}",
+            std::process::id(),
+            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+        ));
+        PgCluster::start_in(root, self.options, false, Origin::Standby(self))
+    }
+
+    /// [`PgCluster::start`], also listening on 127.0.0.1 at a free TCP
+    /// port ([`PgCluster::tcp_port`]) with `ssl=on`, serving the PEM
+    /// certificate chain `cert` and its key `key` (copied into the cluster),
+    /// asking clients for a certificate signed by `client_ca` (optional:
+    /// trust authentication, as on the socket; tests of TLS itself).
+    pub fn start_tls(
+        options: PgOptions,
+        cert: &Path,
+        key: &Path,
+        client_ca: &Path,
+    ) -> Result<PgCluster> {
+        let root = std::env::temp_dir().join(format!(
+            "arbor-pg-{}-{}",
+            std::process::id(),
+            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+        ));
+        PgCluster::start_in(root, options, false, Origin::Tls(cert, key, client_ca))
+    }
+
+    /// The TCP port on 127.0.0.1, for a cluster from [`PgCluster::start_tls`].
+    pub fn tcp_port(&self) -> Option<u16> {
+        self.tcp.then_some(self.port)
     }
 
     /// Starts the cluster kept in `root` (created with `initdb` the first
     /// time), stopped but kept when this process exits: the dev server's
     /// database.
     pub fn open(root: &Path, options: PgOptions) -> Result<PgCluster> {
-        PgCluster::start_in(root.to_path_buf(), options, true)
+        PgCluster::start_in(root.to_path_buf(), options, true, Origin::Initdb)
     }
 
-    fn start_in(root: PathBuf, options: PgOptions, keep: bool) -> Result<PgCluster> {
+    fn start_in(
+        root: PathBuf,
+        options: PgOptions,
+        keep: bool,
+        origin: Origin<'_>,
+    ) -> Result<PgCluster> {
         let bin = pg_bin_dir()?;
         let as_postgres = is_root();
         std::fs::create_dir_all(&root).map_err(|e| err(format!("mkdir {root:?}: {e}")))?;
@@ -194,12 +300,24 @@ impl PgCluster {
             std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
                 .map_err(|e| err(format!("chmod {root:?}: {e}")))?;
         }
+        let port = match origin {
+            // Free now; a clash with another process before Postgres binds
+            // it fails the start loudly rather than silently.
+            Origin::Tls(..) => std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| err(format!("finding a free port: {e}")))?
+                .port(),
+            Origin::Initdb | Origin::Standby(_) => PORT,
+        };
         let cluster = PgCluster {
             root,
             bin,
             as_postgres,
             options,
             keep,
+            port,
+            tcp: matches!(origin, Origin::Tls(..)),
+            standby: matches!(origin, Origin::Standby(_)),
             watcher: Mutex::new(None),
         };
         cluster.spawn_watcher()?;
@@ -207,6 +325,30 @@ impl PgCluster {
         if keep && data.join("PG_VERSION").exists() {
             // A stale pid file from a crash does not stop pg_ctl; a running
             // server does (and then this is a second dev server: refuse).
+            cluster.pg_ctl_start()?;
+            return Ok(cluster);
+        }
+        if let Origin::Standby(primary) = origin {
+            let port = primary.port.to_string();
+            cluster.run(
+                "pg_basebackup",
+                &[
+                    "-D".as_ref(),
+                    data.as_os_str(),
+                    "-h".as_ref(),
+                    primary.root.as_os_str(),
+                    "-p".as_ref(),
+                    port.as_ref(),
+                    "-U".as_ref(),
+                    USER.as_ref(),
+                    "-X".as_ref(),
+                    "stream".as_ref(),
+                    "-R".as_ref(),
+                    // Not a spread checkpoint first (minutes on an idle cluster).
+                    "--checkpoint=fast".as_ref(),
+                    "--no-sync".as_ref(),
+                ],
+            )?;
             cluster.pg_ctl_start()?;
             return Ok(cluster);
         }
@@ -225,12 +367,40 @@ impl PgCluster {
                 "--no-sync".as_ref(),
             ],
         )?;
+        if let Origin::Tls(cert, key, client_ca) = origin {
+            cluster.install_tls_files(cert, key, client_ca)?;
+        }
         cluster.pg_ctl_start()?;
         Ok(cluster)
     }
 
     fn data_dir(&self) -> PathBuf {
         self.root.join("data")
+    }
+
+    /// Copies the certificate, key and client CA into the data dir as
+    /// `server.crt`, `server.key` and `client-ca.crt`, owned by the
+    /// server's user, the key private (Postgres refuses a key others can
+    /// read).
+    fn install_tls_files(&self, cert: &Path, key: &Path, client_ca: &Path) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let data = self.data_dir();
+        for (from, name, mode) in [
+            (cert, "server.crt", 0o644),
+            (key, "server.key", 0o600),
+            (client_ca, "client-ca.crt", 0o644),
+        ] {
+            let to = data.join(name);
+            std::fs::copy(from, &to).map_err(|e| err(format!("copy {from:?}: {e}")))?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| err(format!("chmod {to:?}: {e}")))?;
+            if self.as_postgres {
+                let (uid, gid) = (id_of("-u", "postgres")?, id_of("-g", "postgres")?);
+                std::os::unix::fs::chown(&to, Some(uid), Some(gid))
+                    .map_err(|e| err(format!("chown {to:?}: {e}")))?;
+            }
+        }
+        Ok(())
     }
 
     /// The directory of the unix socket (a `host` for libpq and
@@ -242,15 +412,19 @@ impl PgCluster {
     /// A libpq-style connection string for `db`.
     pub fn conn_string(&self, db: &str) -> String {
         format!(
-            "host={} port={PORT} user={USER} dbname={db}",
-            self.root.display()
+            "host={} port={} user={USER} dbname={db}",
+            self.root.display(),
+            self.port
         )
     }
 
     /// A tokio-postgres config for `db`.
     pub fn config(&self, db: &str) -> tokio_postgres::Config {
         let mut c = tokio_postgres::Config::new();
-        c.host_path(&self.root).port(PORT).user(USER).dbname(db);
+        c.host_path(&self.root)
+            .port(self.port)
+            .user(USER)
+            .dbname(db);
         c
     }
 
@@ -266,30 +440,27 @@ impl PgCluster {
     }
 
     fn run(&self, program: &str, args: &[&std::ffi::OsStr]) -> Result<()> {
-        let out = self
-            .command(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| err(format!("{program}: {e}")))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(err(format!(
-                "{program} failed: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )))
-        }
+        run_command(program, self.command(program), args)
     }
 
     fn pg_ctl_start(&self) -> Result<()> {
         let mut opts = format!(
-            "-c listen_addresses='' -c unix_socket_directories='{}' -c port={PORT} \
+            "-c listen_addresses='{}' -c unix_socket_directories='{}' -c port={} \
              -c unix_socket_permissions=0700 -c max_connections=200 -c shared_buffers={}",
+            if self.tcp { "127.0.0.1" } else { "" },
             self.root.display(),
+            self.port,
             self.options.shared_buffers
         );
+        if self.tcp {
+            opts.push_str(
+                " -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key \
+                 -c ssl_ca_file=client-ca.crt",
+            );
+        }
+        if self.standby {
+            opts.push_str(" -c hot_standby=on -c hot_standby_feedback=on");
+        }
         if self.options.throwaway {
             opts.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
         }

@@ -30,12 +30,15 @@ mod workerd;
 
 use std::time::{Duration, Instant};
 
-use arbor_shared::auth::{Claims, Hs256Key, Role, mint};
+use arbor_e2e::stack;
+use arbor_e2e::ws::{Ws, connect, hello};
+use arbor_shared::auth::Role;
 use arbor_shared::protocol::{ClientMsg, ServerMsg};
 use arbor_shared::{KeyGen, MoveOp, NodeId, Op, ReplicaId, SetOp, Stamp};
 use arbor_sync_server::Config;
-use arbor_sync_server::db::{Db, migrate};
-use arbor_testkit::{PgCluster, PgOptions};
+use arbor_testkit::env::now_ms;
+use arbor_testkit::fanout::{Writer, latencies};
+use arbor_testkit::stats::{ms, percentile};
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -47,49 +50,18 @@ const OPS: usize = 1_000;
 const ROUNDS: usize = 5;
 const EVERY: Duration = Duration::from_millis(5);
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 fn token(space: &str, role: Role) -> String {
-    let claims = Claims::new("bench", space, role, now_ms() / 1000, 3600);
-    mint(&claims, &Hs256Key::new(SECRET.as_bytes()).unwrap())
+    arbor_testkit::tokens::token(SECRET.as_bytes(), "bench", space, role, 3600)
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(base: &str, space: &str, role: Role) -> Ws {
-    let url = format!("{}/v1/spaces/{space}/ws", base.replace("http://", "ws://"));
-    let mut req = url.into_client_request().unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", token(space, role)).parse().unwrap(),
-    );
-    tokio_tungstenite::connect_async_with_config(req, None, true)
+/// A socket on `space` at `base` with a token of `role`, welcomed as
+/// `replica`.
+async fn join(base: &str, space: &str, role: Role, replica: u64) -> Ws {
+    let mut ws = connect(base, space, Some(&token(space, role)))
         .await
-        .unwrap()
-        .0
-}
-
-async fn hello(ws: &mut Ws, replica: u64) {
-    let msg = ClientMsg::Hello {
-        v: 1,
-        replica: ReplicaId(replica),
-        cursor: Some(0),
-    };
-    ws.send(Message::Text(msg.encode().into())).await.unwrap();
-    while let Some(Ok(m)) = ws.next().await {
-        if let Message::Text(t) = m {
-            if let Ok(ServerMsg::Welcome { .. }) = ServerMsg::decode(&t) {
-                return;
-            }
-        }
-    }
-    panic!("no welcome");
+        .unwrap();
+    hello(&mut ws, replica, Some(0)).await;
+    ws
 }
 
 /// Runs the workload against `base` (thoughtspace `space`); returns every
@@ -98,84 +70,35 @@ async fn run(base: &str, space: &str) -> Vec<Duration> {
     let start = Instant::now();
     let mut readers = Vec::new();
     for r in 0..READERS {
-        let mut ws = connect(base, space, Role::Read).await;
-        hello(&mut ws, 1_000 + r).await;
+        let mut ws = join(base, space, Role::Read, 1_000 + r).await;
         readers.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(OPS);
             while lat.len() < OPS {
                 let Some(Ok(Message::Text(t))) = ws.next().await else {
                     break;
                 };
-                if let Ok(ServerMsg::Ops { ops }) = ServerMsg::decode(&t) {
-                    let now = start.elapsed().as_micros() as u64;
-                    for o in ops {
-                        if let Op::Set(s) = o.op {
-                            let sent: u64 = s.value.unwrap_or_default().parse().unwrap_or(now);
-                            lat.push(Duration::from_micros(now.saturating_sub(sent)));
-                        }
-                    }
-                }
+                lat.extend(latencies(&t, start));
             }
             lat
         }));
     }
-    let mut writer = connect(base, space, Role::Write).await;
-    hello(&mut writer, 7).await;
-    let node = NodeId(42);
-    let mut hlc = (now_ms() << 16) + 1;
-    let create = Op::Move(MoveOp {
-        stamp: Stamp::new(hlc, 7),
-        known_seq: 0,
-        node,
-        parent: NodeId::ROOT,
-        key: KeyGen::new(7).append_after(None),
-    });
-    let first = ClientMsg::Push {
-        batch: 0,
-        ops: vec![create],
-    };
+    let mut writer = join(base, space, Role::Write, 7).await;
+    let mut w = Writer::new(OPS, 7, NodeId(42), start, EVERY, 8);
     writer
-        .send(Message::Text(first.encode().into()))
+        .send(Message::Text(w.create().encode().into()))
         .await
         .unwrap();
     let (mut sink, mut stream) = writer.split();
-    let inflight = std::sync::Arc::new(tokio::sync::Semaphore::new(8));
-    let acks = inflight.clone();
+    let answers = w.answers();
     let drain = tokio::spawn(async move {
         while let Some(Ok(Message::Text(t))) = stream.next().await {
-            match ServerMsg::decode(&t) {
-                Ok(ServerMsg::Ack { batch })
-                | Ok(ServerMsg::Error {
-                    batch: Some(batch), ..
-                }) if batch > 0 => acks.add_permits(1),
-                _ => {}
-            }
+            answers.count(&t);
         }
     });
-    let mut tick = tokio::time::interval(EVERY);
-    let (mut queued, mut batch, mut made) = (Vec::new(), 0u64, 0usize);
-    while made < OPS || !queued.is_empty() {
-        tick.tick().await;
-        if made < OPS {
-            hlc = hlc.max(now_ms() << 16) + 1;
-            queued.push(Op::Set(SetOp {
-                stamp: Stamp::new(hlc, 7),
-                known_seq: 0,
-                node,
-                field: "t".into(),
-                value: Some((start.elapsed().as_micros() as u64).to_string()),
-            }));
-            made += 1;
-        }
-        if let Ok(permit) = inflight.clone().try_acquire_owned() {
-            permit.forget();
-            batch += 1;
-            let ops = std::mem::take(&mut queued);
-            let push = ClientMsg::Push { batch, ops };
-            sink.send(Message::Text(push.encode().into()))
-                .await
-                .unwrap();
-        }
+    while let Some(push) = w.next_push().await {
+        sink.send(Message::Text(push.encode().into()))
+            .await
+            .unwrap();
     }
     let mut all = Vec::new();
     for r in readers {
@@ -187,8 +110,7 @@ async fn run(base: &str, space: &str) -> Vec<Duration> {
 
 /// A ping to pong round trip on one socket of `base`, every 5 ms.
 async fn ping_round_trips(base: &str, space: &str) -> Vec<Duration> {
-    let mut ws = connect(base, space, Role::Read).await;
-    hello(&mut ws, 900).await;
+    let mut ws = join(base, space, Role::Read, 900).await;
     let mut out = Vec::with_capacity(200);
     let mut tick = tokio::time::interval(EVERY);
     while out.len() < 200 {
@@ -318,60 +240,34 @@ async fn socket_commits(server: &str, space: &str) -> Vec<Duration> {
 }
 
 fn pct(v: &mut [Duration], p: f64) -> f64 {
-    v.sort();
-    v[((v.len() as f64 * p) as usize).min(v.len() - 1)].as_secs_f64() * 1e3
+    ms(percentile(v, p))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let cluster = PgCluster::start(PgOptions {
+    let cluster = arbor_testkit::PgCluster::start(arbor_testkit::PgOptions {
         throwaway: false,
         shared_buffers: "256MB",
     })
     .unwrap();
-    let admin = cluster.connect("postgres").await.unwrap();
-    admin.batch_execute("CREATE DATABASE bench").await.unwrap();
-    let mut c = cluster.connect("bench").await.unwrap();
-    migrate(&mut c).await.unwrap();
-    let db = Db::new(cluster.config("bench"), 2).unwrap();
+    let db = stack::database(&cluster, "bench", 2).await;
 
     db.create_space("probe").await.unwrap();
     let worker_port = workerd::free_port();
-    // The native tier: a sync server of its own, as self-hosting runs it.
-    let native_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let native_server = format!("http://{}", native_listener.local_addr().unwrap());
-    // The edge tier's sync server forwards commit notices to the Worker.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = format!("http://{}", listener.local_addr().unwrap());
     let config = Config {
         db_pool: 8,
-        token_leeway_s: 60,
-        max_body_bytes: 4 << 20,
-        max_import_bytes: 1 << 30,
-        drain: Duration::from_secs(2),
-        cors_origins: Vec::new(),
         socket_queue_frames: 4096,
         notify_url: Some(format!("http://127.0.0.1:{worker_port}")),
-        ..Config::new(
-            cluster.config("bench"),
-            Hs256Key::new(SECRET.as_bytes()).unwrap(),
-        )
+        ..stack::config(&cluster, "bench", SECRET.as_bytes())
     };
-    tokio::spawn(arbor_sync_server::serve(
-        native_listener,
-        None,
-        Config {
-            notify_url: None,
-            ..config.clone()
-        },
-        std::future::pending(),
-    ));
-    tokio::spawn(arbor_sync_server::serve(
-        listener,
-        None,
-        config,
-        std::future::pending(),
-    ));
+    // The native tier: a sync server of its own, as self-hosting runs it.
+    let native_server = stack::serve(Config {
+        notify_url: None,
+        ..config.clone()
+    })
+    .await;
+    // The edge tier's sync server forwards commit notices to the Worker.
+    let server = stack::serve(config).await;
     let mut workerd =
         workerd::Workerd::start_with(workerd::Runner::Miniflare, &server, SECRET, worker_port)
             .await;

@@ -5,83 +5,25 @@
 //! they still hold, load a snapshot, and converge; every op they made is
 //! in the restored database exactly once.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use arbor_client::{Position, Replica, SyncConfig, SyncStatus, sync_once};
-use arbor_shared::NodeId;
-use arbor_shared::auth::{Claims, Hs256Key, Role, mint};
-use arbor_sync_server::Config;
+use arbor_e2e::stack;
 use arbor_sync_server::db::Db;
 use arbor_testkit::{PgCluster, PgOptions, pg_bin_dir};
-use tokio::sync::watch;
+
+use crate::replicas::{self, Shared, Space, edit, serve, sync};
 
 const SECRET: &str = "backup-secret-backup-secret-backup-secret";
-
-fn token() -> String {
-    let claims = Claims::new("backup", "s", Role::Write, arbor_e2e::now_s(), 3600);
-    mint(&claims, &Hs256Key::new(SECRET.as_bytes()).unwrap())
-}
-
-fn config(cluster: &PgCluster) -> Config {
-    Config {
-        db_pool: 4,
-        token_leeway_s: 60,
-        max_body_bytes: 4 << 20,
-        max_import_bytes: 1 << 30,
-        drain: Duration::from_secs(1),
-        cors_origins: Vec::new(),
-        socket_queue_frames: 1024,
-        notify_url: None,
-        ..Config::new(
-            cluster.config("arbor"),
-            Hs256Key::new(SECRET.as_bytes()).unwrap(),
-        )
-    }
-}
-
-async fn serve(cluster: &PgCluster) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(arbor_sync_server::serve(
-        listener,
-        None,
-        config(cluster),
-        std::future::pending(),
-    ));
-    url
-}
-
-async fn sync(r: &Arc<Mutex<Replica>>, server: &str) {
-    let (tx, rx) = watch::channel(SyncStatus::default());
-    let done = tokio::time::timeout(
-        Duration::from_secs(60),
-        sync_once(r.clone(), SyncConfig::new(server, "s", &token()), tx, 3),
-    )
-    .await;
-    match done {
-        Ok(result) => {
-            result.unwrap();
-        }
-        Err(_) => panic!("sync did not finish in 60 s: {:?}", *rx.borrow()),
-    }
-}
+const S: Space = Space {
+    secret: SECRET,
+    sub: "backup",
+    name: "s",
+};
 
 /// Makes `n` local ops (creates with a text: 2 ops each).
-fn edit(r: &Arc<Mutex<Replica>>, n: usize, tag: &str) -> u64 {
-    let mut g = r.lock().unwrap();
-    for i in 0..n {
-        g.create_with(
-            NodeId::ROOT,
-            Position::Last,
-            &[("text", &format!("{tag}{i}"))],
-        )
-        .unwrap();
-    }
-    2 * n as u64
+fn ops(r: &Shared, n: usize, tag: &str) -> u64 {
+    2 * edit(r, n, tag) as u64
 }
 
-async fn ops_by(cluster: &PgCluster, r: &Arc<Mutex<Replica>>) -> u64 {
+async fn ops_by(cluster: &PgCluster, r: &Shared) -> u64 {
     let id = r.lock().unwrap().replica_id().0;
     let sql = cluster.connect("arbor").await.unwrap();
     let n: i64 = sql
@@ -98,25 +40,19 @@ async fn ops_by(cluster: &PgCluster, r: &Arc<Mutex<Replica>>) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_dump_and_replicas_that_reconnect_converge_without_loss() {
     let first = PgCluster::start(PgOptions::default()).unwrap();
-    let admin = first.connect("postgres").await.unwrap();
-    admin.batch_execute("CREATE DATABASE arbor").await.unwrap();
-    let mut c = first.connect("arbor").await.unwrap();
-    arbor_sync_server::db::migrate(&mut c).await.unwrap();
-    Db::new(first.config("arbor"), 2)
-        .unwrap()
+    stack::database(&first, "arbor", 2)
+        .await
         .create_space("s")
         .await
         .unwrap();
-    let server = serve(&first).await;
-    let dir = std::env::temp_dir().join(format!("arbor-backup-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let a = Arc::new(Mutex::new(Replica::open(&dir.join("a.db")).unwrap()));
-    let b = Arc::new(Mutex::new(Replica::open(&dir.join("b.db")).unwrap()));
-    let (mut made_a, mut made_b) = (edit(&a, 10, "a"), edit(&b, 10, "b"));
-    sync(&a, &server).await;
-    sync(&b, &server).await;
-    sync(&a, &server).await;
+    let server = serve(&first, SECRET).await;
+    let dir = replicas::temp_dir("backup");
+    let a = replicas::open(&dir, "a.db");
+    let b = replicas::open(&dir, "b.db");
+    let (mut made_a, mut made_b) = (ops(&a, 10, "a"), ops(&b, 10, "b"));
+    sync(&a, &server, S).await;
+    sync(&b, &server, S).await;
+    sync(&a, &server, S).await;
 
     // The backup: pg_dump, as the runbook in docs/RELIABILITY.md does it.
     let dump = dir.join("arbor.dump");
@@ -129,13 +65,13 @@ async fn a_restored_dump_and_replicas_that_reconnect_converge_without_loss() {
     assert!(status.success());
 
     // Work acknowledged after the backup, then the database is lost.
-    made_a += edit(&a, 5, "a-late");
-    made_b += edit(&b, 5, "b-late");
-    sync(&a, &server).await;
-    sync(&b, &server).await;
+    made_a += ops(&a, 5, "a-late");
+    made_b += ops(&b, 5, "b-late");
+    sync(&a, &server, S).await;
+    sync(&b, &server, S).await;
     assert_eq!(ops_by(&first, &a).await, made_a);
     // b keeps one edit it never pushed.
-    made_b += edit(&b, 1, "b-offline");
+    made_b += ops(&b, 1, "b-offline");
     first.stop();
 
     // Restore into a fresh cluster and serve it.
@@ -149,14 +85,14 @@ async fn a_restored_dump_and_replicas_that_reconnect_converge_without_loss() {
         .status()
         .unwrap();
     assert!(status.success());
-    let restored = serve(&second).await;
+    let restored = serve(&second, SECRET).await;
     // The dump has the early ops only.
     assert_eq!(ops_by(&second, &a).await, 20);
 
     // The replicas reconnect: each pushes again what it still holds.
-    sync(&a, &restored).await;
-    sync(&b, &restored).await;
-    sync(&a, &restored).await;
+    sync(&a, &restored, S).await;
+    sync(&b, &restored, S).await;
+    sync(&a, &restored, S).await;
     assert_eq!(ops_by(&second, &a).await, made_a, "a's acknowledged ops");
     assert_eq!(ops_by(&second, &b).await, made_b, "b's ops");
     let pg = Db::new(second.config("arbor"), 2)

@@ -5,15 +5,17 @@
 
 use std::time::{Duration, Instant};
 
-use arbor_shared::auth::{Claims, Hs256Key, Role, mint};
-use arbor_shared::protocol::{ClientMsg, ServerMsg};
-use arbor_shared::{KeyGen, MoveOp, NodeId, Op, ReplicaId, SetOp, Stamp};
+use arbor_e2e::stack;
+use arbor_e2e::ws::{Ws, connect, say_hello};
+use arbor_shared::auth::Role;
+use arbor_shared::protocol::ServerMsg;
+use arbor_shared::{KeyGen, MoveOp, NodeId, Op, Stamp};
 use arbor_sync_server::Config;
-use arbor_sync_server::db::Db;
 use arbor_testkit::PgCluster;
-use futures_util::{SinkExt as _, StreamExt as _};
+use arbor_testkit::env::now_ms;
+use arbor_testkit::ops::set;
+use futures_util::StreamExt as _;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 const SECRET: &str = "load-secret-load-secret-load-secret-load!";
 const SPACES: usize = 100;
@@ -24,8 +26,19 @@ const OPS_PER_PUSH: usize = 5;
 const SLOW_PUSHES: usize = 10;
 
 fn token(space: &str, role: Role) -> String {
-    let claims = Claims::new("load", space, role, arbor_e2e::now_s(), 3600);
-    mint(&claims, &Hs256Key::new(SECRET.as_bytes()).unwrap())
+    arbor_testkit::tokens::token(SECRET.as_bytes(), "load", space, role, 3600)
+}
+
+/// Pushes `ops` to `space` over HTTP with an admin token.
+async fn push(http: &reqwest::Client, base: &str, space: &str, ops: &[Op]) {
+    let r = http
+        .post(format!("{base}/v1/spaces/{space}/ops"))
+        .bearer_auth(token(space, Role::Admin))
+        .json(&serde_json::json!({ "ops": ops }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }
 
 fn rss_mib() -> u64 {
@@ -38,69 +51,32 @@ fn rss_mib() -> u64 {
         / 1024
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 async fn open(base: &str, space: &str, replica: u64) -> Ws {
-    let url = format!("{}/v1/spaces/{space}/ws", base.replace("http://", "ws://"));
-    let mut req = url.into_client_request().unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", token(space, Role::Read))
-            .parse()
-            .unwrap(),
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    let hello = ClientMsg::Hello {
-        v: 1,
-        replica: ReplicaId(replica),
-        cursor: Some(0),
-    };
-    ws.send(Message::Text(hello.encode().into())).await.unwrap();
+    let mut ws = connect(base, space, Some(&token(space, Role::Read)))
+        .await
+        .unwrap();
+    say_hello(&mut ws, replica, Some(0)).await;
     ws
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_sockets_over_a_hundred_spaces_stay_bounded() {
     let cluster = PgCluster::shared();
-    let admin = cluster.connect("postgres").await.unwrap();
-    admin
-        .batch_execute("CREATE DATABASE e2e_load")
-        .await
-        .unwrap();
-    let mut c = cluster.connect("e2e_load").await.unwrap();
-    arbor_sync_server::db::migrate(&mut c).await.unwrap();
-    let db = Db::new(cluster.config("e2e_load"), 4).unwrap();
+    let db = stack::database(cluster, "e2e_load", 4).await;
     for s in 0..SPACES {
         db.create_space(&format!("s{s}")).await.unwrap();
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let config = Config {
+    let base = stack::serve(Config {
         db_pool: 8,
-        token_leeway_s: 60,
-        max_body_bytes: 4 << 20,
-        max_import_bytes: 1 << 30,
-        drain: Duration::from_secs(2),
-        cors_origins: Vec::new(),
         socket_queue_frames: 16,
-        notify_url: None,
         // 1,001 sockets from one load generator: one address.
         limits: arbor_sync_server::limits::Limits {
             max_connections_per_addr: 4_096,
             ..arbor_sync_server::limits::Limits::for_pool(8)
         },
-        ..Config::new(
-            cluster.config("e2e_load"),
-            Hs256Key::new(SECRET.as_bytes()).unwrap(),
-        )
-    };
-    tokio::spawn(arbor_sync_server::serve(
-        listener,
-        None,
-        config,
-        std::future::pending(),
-    ));
+        ..stack::config(cluster, "e2e_load", SECRET.as_bytes())
+    })
+    .await;
 
     // The slow reader: space s0, never reads.
     let slow = open(&base, "s0", 9_999).await;
@@ -136,11 +112,7 @@ async fn a_thousand_sockets_over_a_hundred_spaces_stay_bounded() {
     // Ingest into every space; s0 gets 4x the ops, with 16 KiB values, so
     // the slow reader's share far exceeds its socket buffers.
     let http = reqwest::Client::new();
-    let t0 = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64)
-        << 16;
+    let t0 = now_ms() << 16;
     let mut keys = KeyGen::new(1);
     let big = "x".repeat(32 * 1024);
     for s in 0..SPACES {
@@ -153,14 +125,7 @@ async fn a_thousand_sockets_over_a_hundred_spaces_stay_bounded() {
             parent: NodeId::ROOT,
             key: keys.append_after(None),
         });
-        let r = http
-            .post(format!("{base}/v1/spaces/{space}/ops"))
-            .bearer_auth(token(&space, Role::Admin))
-            .json(&serde_json::json!({ "ops": [create] }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        push(&http, &base, &space, &[create]).await;
     }
     let started = Instant::now();
     let mut peak_rss = connected_rss;
@@ -177,27 +142,15 @@ async fn a_thousand_sockets_over_a_hundred_spaces_stay_bounded() {
                 let ops: Vec<Op> = (0..n)
                     .map(|i| {
                         stamp += 1;
-                        Op::Set(SetOp {
-                            stamp: Stamp::new(stamp, 1),
-                            known_seq: 0,
-                            node: NodeId(1),
-                            field: "t".into(),
-                            value: Some(if s == 0 {
-                                big.clone()
-                            } else {
-                                format!("{round}.{i}")
-                            }),
-                        })
+                        let value = if s == 0 {
+                            big.clone()
+                        } else {
+                            format!("{round}.{i}")
+                        };
+                        set(stamp, 1, NodeId(1), "t", Some(&value), 0)
                     })
                     .collect();
-                let r = http
-                    .post(format!("{base}/v1/spaces/{space}/ops"))
-                    .bearer_auth(token(&space, Role::Admin))
-                    .json(&serde_json::json!({ "ops": ops }))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 200);
+                push(&http, &base, &space, &ops).await;
             }
         }
         peak_rss = peak_rss.max(rss_mib());

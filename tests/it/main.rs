@@ -8,8 +8,13 @@
 )]
 
 mod backup;
+mod balanced;
 mod load;
+mod pitr;
 mod proxy;
+mod replicas;
+mod s3_backup;
 mod scenario;
+mod standby;
 mod worker;
 mod workerd;

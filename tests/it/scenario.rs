@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 use arbor_client::{Position, Replica, SyncConfig, SyncState, SyncStatus, sync_forever};
 use arbor_e2e::proxy::FaultProxy;
 use arbor_e2e::server::KillableServer;
+use arbor_e2e::stack;
 use arbor_shared::NodeId;
-use arbor_shared::auth::{Claims, Hs256Key, Role, mint};
+use arbor_shared::auth::Role;
 use arbor_sync_server::Config;
-use arbor_sync_server::db::Db;
+use arbor_testkit::env;
 use arbor_testkit::{PgCluster, PgOptions};
 use tokio::sync::watch;
 
@@ -47,8 +48,7 @@ impl Rng {
 }
 
 fn token() -> String {
-    let claims = Claims::new("scenario", "s", Role::Write, arbor_e2e::now_s(), 24 * 3600);
-    mint(&claims, &Hs256Key::new(SECRET.as_bytes()).unwrap())
+    arbor_testkit::tokens::token(SECRET.as_bytes(), "scenario", "s", Role::Write, 24 * 3600)
 }
 
 struct Client {
@@ -169,30 +169,13 @@ async fn run_scenario(seed: u64, duration: Duration) -> Figures {
         shared_buffers: "128MB",
     })
     .unwrap();
-    let admin = cluster.connect("postgres").await.unwrap();
-    admin
-        .batch_execute("CREATE DATABASE scenario")
-        .await
-        .unwrap();
-    let mut c = cluster.connect("scenario").await.unwrap();
-    arbor_sync_server::db::migrate(&mut c).await.unwrap();
-    drop(c);
-    drop(admin);
-    let db = Db::new(cluster.config("scenario"), 2).unwrap();
+    // The setup's connections are closed once the database is made.
+    let db = stack::database(&cluster, "scenario", 2).await;
     db.create_space("s").await.unwrap();
     let mut server = KillableServer::start(Config {
-        db_pool: 4,
-        token_leeway_s: 60,
-        max_body_bytes: 4 << 20,
-        max_import_bytes: 1 << 30,
         drain: Duration::from_secs(1),
-        cors_origins: Vec::new(),
         socket_queue_frames: 4096,
-        notify_url: None,
-        ..Config::new(
-            cluster.config("scenario"),
-            Hs256Key::new(SECRET.as_bytes()).unwrap(),
-        )
+        ..stack::config(&cluster, "scenario", SECRET.as_bytes())
     })
     .unwrap();
     let dir = std::env::temp_dir().join(format!("arbor-scenario-{}-{seed}", std::process::id()));
@@ -375,19 +358,8 @@ async fn run_scenario(seed: u64, duration: Duration) -> Figures {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_under_partitions_kills_and_restarts_converge_without_loss() {
-    let seed = std::env::var("ARBOR_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    let secs: u64 = std::env::var("ARBOR_SOAK_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+    let seed = env::seed_from_env();
+    let secs: u64 = env::parsed("ARBOR_SOAK_SECS").unwrap_or(20);
     eprintln!("scenario: ARBOR_SEED={seed} ARBOR_SOAK_SECS={secs}");
     // Warnings (refused pushes, lost connections) go to the test output.
     let _ = tracing_subscriber::fmt()

@@ -9,16 +9,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arbor_client::{Position, Replica, SyncConfig, SyncState, SyncStatus, sync_forever};
-use arbor_shared::auth::{Claims, Hs256Key, Role, mint};
+use arbor_e2e::stack;
+use arbor_e2e::ws::{Ws, connect, ending, hello, recv, send};
+use arbor_shared::NodeId;
+use arbor_shared::auth::Role;
 use arbor_shared::protocol::{ClientMsg, ServerMsg};
-use arbor_shared::{NodeId, ReplicaId};
 use arbor_sync_server::Config;
-use arbor_sync_server::db::Db;
 use arbor_testkit::PgCluster;
-use futures_util::{SinkExt as _, StreamExt as _};
+use arbor_testkit::wait::wait_for;
+use futures_util::SinkExt as _;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 use crate::workerd::{Workerd, free_port};
 
@@ -29,8 +30,7 @@ fn token_with(space: &str, role: Role, secret: &str) -> String {
 }
 
 fn token_full(space: &str, role: Role, secret: &str, sub: &str) -> String {
-    let claims = Claims::new(sub, space, role, arbor_e2e::now_s(), 3600);
-    mint(&claims, &Hs256Key::new(secret.as_bytes()).unwrap())
+    arbor_testkit::tokens::token(secret.as_bytes(), sub, space, role, 3600)
 }
 
 fn token(space: &str, role: Role) -> String {
@@ -40,35 +40,6 @@ fn token(space: &str, role: Role) -> String {
 /// A token of another subject (limits count per subject).
 fn token_with_sub(space: &str, role: Role, sub: &str) -> String {
     token_full(space, role, SECRET, sub)
-}
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(base: &str, space: &str, tok: Option<&str>) -> Result<Ws, u16> {
-    let url = format!("{}/v1/spaces/{space}/ws", base.replace("http://", "ws://"));
-    let mut req = url.into_client_request().unwrap();
-    if let Some(t) = tok {
-        req.headers_mut()
-            .insert("authorization", format!("Bearer {t}").parse().unwrap());
-    }
-    match tokio_tungstenite::connect_async_with_config(req, None, true).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
-        Err(e) => panic!("{e}"),
-    }
-}
-
-async fn recv(ws: &mut Ws) -> ServerMsg {
-    loop {
-        let next = tokio::time::timeout(Duration::from_secs(30), ws.next())
-            .await
-            .expect("no frame within 30 s");
-        match next.unwrap().unwrap() {
-            Message::Text(t) => return ServerMsg::decode(&t).unwrap(),
-            Message::Close(f) => panic!("closed: {f:?}"),
-            _ => {}
-        }
-    }
 }
 
 /// Receives until `n` ops came; returns their seqs.
@@ -80,34 +51,6 @@ async fn recv_seqs(ws: &mut Ws, n: usize) -> Vec<u64> {
         }
     }
     seqs
-}
-
-async fn hello(ws: &mut Ws, replica: u64, cursor: Option<u64>) -> u64 {
-    let msg = ClientMsg::Hello {
-        v: 1,
-        replica: ReplicaId(replica),
-        cursor,
-    };
-    ws.send(Message::Text(msg.encode().into())).await.unwrap();
-    loop {
-        if let ServerMsg::Welcome { head_seq, .. } = recv(ws).await {
-            return head_seq;
-        }
-    }
-}
-
-async fn wait_for(
-    rx: &mut watch::Receiver<SyncStatus>,
-    what: &str,
-    done: impl Fn(&SyncStatus) -> bool,
-) {
-    let ok = matches!(
-        tokio::time::timeout(Duration::from_secs(60), rx.wait_for(|s| done(s))).await,
-        Ok(Ok(_))
-    );
-    if !ok {
-        panic!("timed out waiting for {what}; status {:?}", *rx.borrow());
-    }
 }
 
 struct Synced {
@@ -145,40 +88,36 @@ async fn native_clients_sync_through_the_durable_object() {
     // Postgres and the sync server, which forwards its commit notices to
     // the Worker.
     let cluster = PgCluster::shared();
-    let admin = cluster.connect("postgres").await.unwrap();
-    admin
-        .batch_execute("CREATE DATABASE e2e_worker")
-        .await
-        .unwrap();
-    let mut c = cluster.connect("e2e_worker").await.unwrap();
-    arbor_sync_server::db::migrate(&mut c).await.unwrap();
-    let db = Db::new(cluster.config("e2e_worker"), 2).unwrap();
+    let db = stack::database(cluster, "e2e_worker", 2).await;
     db.create_space("s").await.unwrap();
     let worker_port = free_port();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = format!("http://{}", listener.local_addr().unwrap());
-    let config = Config {
-        db_pool: 4,
-        token_leeway_s: 60,
-        max_body_bytes: 4 << 20,
-        max_import_bytes: 1 << 30,
-        drain: Duration::from_secs(2),
-        cors_origins: Vec::new(),
-        socket_queue_frames: 1024,
+    let server = stack::serve(Config {
         notify_url: Some(format!("http://127.0.0.1:{worker_port}")),
-        ..Config::new(
-            cluster.config("e2e_worker"),
-            Hs256Key::new(SECRET.as_bytes()).unwrap(),
-        )
-    };
-    tokio::spawn(arbor_sync_server::serve(
-        listener,
-        None,
-        config,
-        std::future::pending(),
-    ));
-    let mut workerd = Workerd::start(&server, SECRET, worker_port).await;
+        ..stack::config(cluster, "e2e_worker", SECRET.as_bytes())
+    })
+    .await;
+    // The Worker also takes EdDSA tokens from its JWKS, and refuses the
+    // subjects its revocation list names.
+    let jwks = serde_json::json!({ "keys": [arbor_shared::keys::public_jwk(&[7; 32], "edge")] });
+    let mut workerd = Workerd::start_with_vars(
+        &server,
+        SECRET,
+        worker_port,
+        &[
+            ("ARBOR_JWKS", jwks.to_string()),
+            ("ARBOR_REVOKED", r#"{"sub": {"mallory": null}}"#.to_string()),
+        ],
+    )
+    .await;
     let worker = workerd.url();
+    let claims =
+        |sub: &str| arbor_shared::auth::Claims::new(sub, "s", Role::Read, arbor_e2e::now_s(), 600);
+    let eddsa = arbor_shared::keys::mint_eddsa(&claims("edge-user"), &[7; 32], Some("edge"));
+    assert!(connect(&worker, "s", Some(&eddsa)).await.is_ok());
+    let unknown = arbor_shared::keys::mint_eddsa(&claims("edge-user"), &[8; 32], Some("other"));
+    assert_eq!(connect(&worker, "s", Some(&unknown)).await.err(), Some(401));
+    let revoked = token_full("s", Role::Read, SECRET, "mallory");
+    assert_eq!(connect(&worker, "s", Some(&revoked)).await.err(), Some(401));
 
     // Bad tokens are refused before any upgrade.
     assert_eq!(connect(&worker, "s", None).await.err(), Some(401));
@@ -273,12 +212,8 @@ async fn native_clients_sync_through_the_durable_object() {
         .await
         .unwrap();
     assert_eq!(hello(&mut writer, 88, Some(51)).await, 51);
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
     let orphan = arbor_shared::Op::Move(arbor_shared::MoveOp {
-        stamp: arbor_shared::Stamp::new(now_ms << 16, 88),
+        stamp: arbor_shared::Stamp::new(arbor_testkit::env::now_ms() << 16, 88),
         known_seq: 51,
         node: NodeId(0xabcdef),
         parent: NodeId(0x123456),
@@ -288,10 +223,7 @@ async fn native_clients_sync_through_the_durable_object() {
         batch: 9,
         ops: vec![orphan],
     };
-    writer
-        .send(Message::Text(push.encode().into()))
-        .await
-        .unwrap();
+    send(&mut writer, &push).await;
     loop {
         match recv(&mut writer).await {
             ServerMsg::Error { code, batch, .. } => {
@@ -306,23 +238,12 @@ async fn native_clients_sync_through_the_durable_object() {
         .send(Message::Text("{\"type\":\"push\"".into()))
         .await
         .unwrap();
-    let mut code = None;
-    let mut close = None;
-    while let Some(Ok(m)) = writer.next().await {
-        match m {
-            Message::Text(t) => {
-                if let Ok(ServerMsg::Error { code: c, .. }) = ServerMsg::decode(&t) {
-                    code = Some(c);
-                }
-            }
-            Message::Close(f) => {
-                close = f.map(|f| u16::from(f.code));
-                break;
-            }
-            _ => {}
-        }
-    }
-    assert_eq!(code.map(|c| c.as_str()), Some("malformed"));
+    let (errors, close) = ending(&mut writer).await;
+    let code = match errors.last() {
+        Some(ServerMsg::Error { code, .. }) => Some(code.as_str()),
+        _ => None,
+    };
+    assert_eq!(code, Some("malformed"));
     assert_eq!(close, Some(4003));
     assert_eq!(db.state("s").await.unwrap().nodes.len(), 26);
 
@@ -367,31 +288,15 @@ async fn native_clients_sync_through_the_durable_object() {
             break;
         }
     }
-    let (mut limited, mut close) = (None, None);
-    loop {
-        let next = tokio::time::timeout(Duration::from_secs(30), flood.next())
-            .await
-            .expect("no close within 30 s");
-        match next {
-            Some(Ok(Message::Text(t))) => {
-                if let Ok(ServerMsg::Error {
-                    code,
-                    retry_after_ms,
-                    ..
-                }) = ServerMsg::decode(&t)
-                {
-                    limited = Some((code, retry_after_ms));
-                }
-            }
-            Some(Ok(Message::Close(f))) => {
-                close = f.map(|f| u16::from(f.code));
-                break;
-            }
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None => break,
-        }
-    }
-    let (code, retry) = limited.expect("no rate_limited error");
+    let (errors, close) = ending(&mut flood).await;
+    let (code, retry) = match errors.last() {
+        Some(ServerMsg::Error {
+            code,
+            retry_after_ms,
+            ..
+        }) => (*code, *retry_after_ms),
+        _ => panic!("no rate_limited error"),
+    };
     assert_eq!(code.as_str(), "rate_limited");
     assert!(retry.is_some_and(|ms| ms > 0), "{retry:?}");
     assert_eq!(close, Some(4029));

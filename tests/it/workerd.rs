@@ -74,13 +74,36 @@ pub struct Workerd {
 }
 
 impl Workerd {
-    /// Starts the Worker on `port` for the sync server at `server_url`,
-    /// verifying tokens with `secret`; returns once it answers.
-    pub async fn start(server_url: &str, secret: &str, port: u16) -> Workerd {
-        Workerd::start_with(Runner::Wrangler, server_url, secret, port).await
+    /// Starts the Worker under `wrangler dev` on `port` for the sync server
+    /// at `server_url`, verifying tokens with `secret` and with `vars` added
+    /// to `.dev.vars` (values single-quoted: JSON documents such as
+    /// `ARBOR_JWKS`); returns once it answers.
+    #[allow(dead_code, reason = "the tests run it; the realtime bench does not")]
+    pub async fn start_with_vars(
+        server_url: &str,
+        secret: &str,
+        port: u16,
+        vars: &[(&str, String)],
+    ) -> Workerd {
+        Workerd::start_full(Runner::Wrangler, server_url, secret, port, vars).await
     }
 
+    /// The Worker run by `runner`, with no variables beyond the secret.
+    #[allow(
+        dead_code,
+        reason = "the realtime bench runs it; the tests pass variables"
+    )]
     pub async fn start_with(runner: Runner, server_url: &str, secret: &str, port: u16) -> Workerd {
+        Workerd::start_full(runner, server_url, secret, port, &[]).await
+    }
+
+    async fn start_full(
+        runner: Runner,
+        server_url: &str,
+        secret: &str,
+        port: u16,
+        vars: &[(&str, String)],
+    ) -> Workerd {
         let build = repo_root().join("worker-realtime/build/index.js");
         assert!(
             build.exists(),
@@ -108,11 +131,15 @@ impl Workerd {
             ),
         )
         .unwrap();
-        std::fs::write(
-            dir.join(".dev.vars"),
-            format!("ARBOR_JWT_SECRET={secret}\n"),
-        )
-        .unwrap();
+        let mut dev_vars = format!("ARBOR_JWT_SECRET={secret}\n");
+        for (name, value) in vars {
+            assert!(
+                !value.contains('\''),
+                "{name}: no single quotes in .dev.vars values"
+            );
+            dev_vars.push_str(&format!("{name}='{value}'\n"));
+        }
+        std::fs::write(dir.join(".dev.vars"), dev_vars).unwrap();
         let mut w = Workerd {
             child: None,
             port,

@@ -19,9 +19,11 @@
 //! - `upstream.rs`: the sync server as the object sees it: group ingest,
 //!   pages of committed ops, its short-lived service token.
 //!
-//! Configuration: `ARBOR_SERVER_URL` (var) and `ARBOR_JWT_SECRET` (secret:
-//! `wrangler secret put`, or `.dev.vars` locally). The object mints its own
-//! short-lived service tokens for the sync server with the same secret.
+//! Configuration (the root `wrangler.toml`, docs/DEPLOY.md "The edge tier"):
+//! `ARBOR_SERVER_URL` (var) and `ARBOR_JWT_SECRET` (secret: `wrangler
+//! secret put`, or `.dev.vars` locally), and the optional key settings of
+//! [`keys`]. The object mints its own short-lived service tokens for the
+//! sync server with the same secret.
 
 mod driver;
 mod object;
@@ -31,6 +33,7 @@ mod upstream;
 pub use object::RoomObject;
 
 use arbor_shared::auth::Hs256Key;
+use arbor_shared::keys::{Jwks, Keys, Revocations};
 use worker::{Date, Env, Response, Result};
 
 /// Token clock leeway, seconds.
@@ -53,9 +56,44 @@ fn json_error(code: arbor_shared::ErrorCode, message: &str) -> Result<Response> 
 }
 
 fn key(env: &Env) -> std::result::Result<Hs256Key, String> {
-    let secret = env
-        .secret("ARBOR_JWT_SECRET")
-        .map_err(|_| "ARBOR_JWT_SECRET is not set".to_string())?
-        .to_string();
+    let secret = env_text(env, "ARBOR_JWT_SECRET").ok_or("ARBOR_JWT_SECRET is not set")?;
     Hs256Key::new(secret.trim().as_bytes()).map_err(|e| e.to_string())
+}
+
+/// A secret, else a plain variable, of this name (not empty).
+fn env_text(env: &Env, name: &str) -> Option<String> {
+    env.secret(name)
+        .map(|s| s.to_string())
+        .or_else(|_| env.var(name).map(|v| v.to_string()))
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+}
+
+/// The keys tokens are checked with, as the sync server's flags give them:
+/// `ARBOR_JWT_SECRET` (and `ARBOR_JWT_PREVIOUS_SECRET` during a rotation),
+/// `ARBOR_JWKS` (a JWKS document), `ARBOR_JWT_ISSUER`,
+/// `ARBOR_JWT_AUDIENCE`, `ARBOR_JWT_CLAIMS_PREFIX`; and the revocation list
+/// `ARBOR_REVOKED` (the revocation file's JSON). A change to any of them is
+/// a new deployment, which restarts the objects: their sockets reconnect
+/// and are checked again.
+fn keys(env: &Env) -> std::result::Result<(Keys, Revocations), String> {
+    let mut keys = Keys::hs256(key(env)?);
+    if let Some(previous) = env_text(env, "ARBOR_JWT_PREVIOUS_SECRET") {
+        let previous = Hs256Key::new(previous.trim().as_bytes()).map_err(|e| e.to_string())?;
+        keys = keys.with_previous(previous);
+    }
+    if let Some(jwks) = env_text(env, "ARBOR_JWKS") {
+        let jwks = Jwks::parse(jwks.as_bytes()).map_err(|e| format!("ARBOR_JWKS: {e}"))?;
+        keys = keys.with_jwks(&jwks);
+    }
+    keys.issuer = env_text(env, "ARBOR_JWT_ISSUER");
+    keys.audience = env_text(env, "ARBOR_JWT_AUDIENCE");
+    keys.claims_prefix = env_text(env, "ARBOR_JWT_CLAIMS_PREFIX");
+    let revoked = match env_text(env, "ARBOR_REVOKED") {
+        Some(list) => {
+            Revocations::parse(list.as_bytes()).map_err(|e| format!("ARBOR_REVOKED: {e}"))?
+        }
+        None => Revocations::default(),
+    };
+    Ok((keys, revoked))
 }

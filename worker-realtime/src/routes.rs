@@ -4,7 +4,7 @@ use arbor_shared::ErrorCode;
 use arbor_shared::auth::{self, Need, TokenSource, WS_PROTOCOL};
 use worker::{Env, Headers, Method, Request, RequestInit, Response, Result, event};
 
-use crate::{CLAIMS_HEADER, LEEWAY_S, PROTOCOL_HEADER, SPACE_HEADER, json_error, key, now_ms};
+use crate::{CLAIMS_HEADER, LEEWAY_S, PROTOCOL_HEADER, SPACE_HEADER, json_error, keys, now_ms};
 
 /// The Worker: routes and token checks; nothing is upgraded or forwarded
 /// before the token is verified.
@@ -39,7 +39,7 @@ pub async fn fetch(req: Request, env: Env, _ctx: worker::Context) -> Result<Resp
                     "a WebSocket upgrade is required",
                 );
             }
-            let key = match key(&env) {
+            let (keys, revoked) = match keys(&env) {
                 Ok(k) => k,
                 Err(e) => {
                     worker::console_error!("{e}");
@@ -61,7 +61,8 @@ pub async fn fetch(req: Request, env: Env, _ctx: worker::Context) -> Result<Resp
             let need = if notify { Need::Service } else { Need::Read };
             let claims = match auth::authorize(
                 found.map(|(t, _)| t),
-                &key,
+                &keys,
+                &revoked,
                 now_ms() / 1000,
                 LEEWAY_S,
                 space,

@@ -165,16 +165,7 @@ impl Upstream {
     fn service_token(&self) -> String {
         let now = now_ms() / 1000;
         auth::mint(
-            &Claims {
-                sub: "arbor-realtime".into(),
-                space: self.space.clone(),
-                role: Role::Service,
-                rid: None,
-                tenant: None,
-                exp: now + 120,
-                nbf: None,
-                iat: Some(now),
-            },
+            &Claims::new("arbor-realtime", &self.space, Role::Service, now, 120),
             &self.key,
         )
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use arbor_client::{Position, SharedReplica, SyncStatus, sync_forever, sync_once};
 use arbor_shared::{NodeId, Stamp};
+use arbor_testkit::sql::insert_nodes;
 use tokio::sync::watch;
 
 use crate::harness::*;
@@ -198,17 +199,12 @@ async fn killing_the_server_mid_snapshot_rolls_back_then_resumes() {
         .connect(&server.db_name)
         .await
         .unwrap();
-    sql.batch_execute(
-        "INSERT INTO nodes (space, id, parent, key)
-           SELECT s.id, md5(i::text)::uuid, '00000000-0000-0000-0000-000000000000',
-                  '\\x80'::bytea || int4send(i) || '\\x01'::bytea
-           FROM spaces s, generate_series(1, 300000) i WHERE s.name = 's';
-         INSERT INTO payloads (space, node, field, value, hlc, replica)
+    let payloads = "INSERT INTO payloads (space, node, field, value, hlc, replica)
            SELECT s.id, md5(i::text)::uuid, 'text', 'node ' || i, i, 1
-           FROM spaces s, generate_series(1, 300000) i WHERE s.name = 's';",
-    )
-    .await
-    .unwrap();
+           FROM spaces s, generate_series(1, 300000) i WHERE s.name = 's';";
+    sql.batch_execute(&format!("{}\n{payloads}", insert_nodes("s", 300_000)))
+        .await
+        .unwrap();
     let fresh = dir.replica("fresh");
     let (tx, mut rx) = watch::channel(SyncStatus::default());
     let task = tokio::spawn(sync_forever(
@@ -291,6 +287,50 @@ async fn a_replica_offline_past_the_horizon_restamps_and_converges() {
         Some("edited offline")
     );
     assert_eq!(g.parent(offline).unwrap(), Some(x));
+}
+
+/// A replica that edits before its first sync, and syncs only once the
+/// server's horizon has passed those edits: its cold start loads the
+/// snapshot (the old ops wait in the outbox instead of failing the load),
+/// the server answers them `stale`, they are re-stamped and committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_made_before_a_first_sync_past_the_horizon_are_restamped() {
+    let server = TestServer::start("s").await;
+    let dir = TempDir::new("first-sync-horizon");
+    let (a, b) = (dir.replica("a"), dir.replica("b"));
+    b.lock()
+        .unwrap()
+        .create_with(NodeId::ROOT, Position::Last, &[("text", "from b")])
+        .unwrap();
+    sync(&server, &b, "s").await;
+    let early = a
+        .lock()
+        .unwrap()
+        .create_with(NodeId::ROOT, Position::Last, &[("text", "made early")])
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    server
+        .db
+        .raise_horizon("s", Stamp::new(now << 16, u64::MAX))
+        .await
+        .unwrap();
+    let (tx, _rx) = watch::channel(SyncStatus::default());
+    let report = sync_once(a.clone(), server.sync_config("s"), tx, 3)
+        .await
+        .unwrap();
+    assert!(report.cold_starts >= 1, "{report:?}");
+    sync(&server, &b, "s").await;
+    for r in [&a, &b] {
+        assert_matches_server(&server, r, "s").await;
+    }
+    assert_eq!(
+        b.lock().unwrap().field(early, "text").unwrap().as_deref(),
+        Some("made early")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -796,6 +796,18 @@ impl Room {
         out
     }
 
+    /// The revocation list changed: connections whose token it now refuses
+    /// are told `token_revoked` and closed 4005.
+    pub fn on_revoked(&mut self, revoked: &crate::keys::Revocations) -> Vec<Action> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| revoked.revokes(&c.claims))
+            .flat_map(|(id, _)| {
+                Self::refuse_and_close(*id, ErrorCode::TokenRevoked, "the token has been revoked")
+            })
+            .collect()
+    }
+
     /// Closes everyone (shutdown).
     pub fn close_all(&mut self) -> Vec<Action> {
         self.conns

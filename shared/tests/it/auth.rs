@@ -33,6 +33,7 @@ fn claims(exp: u64) -> Claims {
         exp,
         nbf: None,
         iat: Some(exp - 3600),
+        jti: None,
     }
 }
 

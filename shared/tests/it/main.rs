@@ -12,6 +12,7 @@ mod codes;
 mod differential;
 mod engine;
 mod fuzz;
+mod keys;
 mod props;
 mod rate;
 mod regressions;

@@ -23,6 +23,7 @@ fn claims(role: Role, rid: Option<u64>, exp: u64) -> Claims {
         exp,
         nbf: None,
         iat: None,
+        jti: None,
     }
 }
 

@@ -49,7 +49,15 @@ pub(super) fn authorize_token(
     need: Need,
 ) -> Result<Claims, ApiError> {
     check_space_name(space)?;
-    let claims = auth::authorize(token, &state.key, now_s(), state.leeway_s, space, need)?;
+    let claims = auth::authorize(
+        token,
+        &state.keys.keys(),
+        &state.keys.revoked(),
+        now_s(),
+        state.leeway_s,
+        space,
+        need,
+    )?;
     // The service tokens of the Durable Object and of other servers carry
     // many clients' traffic: they are not rate-limited per token.
     if claims.role != arbor_shared::auth::Role::Service

@@ -23,6 +23,9 @@ pub struct ChildrenQuery {
     pub after_id: Option<NodeId>,
     /// Page size (default 200, at most 1,000).
     pub limit: Option<u32>,
+    /// The page must hold every op up to this seq (the caller's cursor):
+    /// a standby that has not replayed that far does not serve it.
+    pub min_seq: Option<u64>,
 }
 
 /// One register on the wire.
@@ -50,6 +53,9 @@ pub struct ChildJson {
 pub struct ChildrenBody {
     /// In sibling order.
     pub children: Vec<ChildJson>,
+    /// The page holds every op of the space up to this seq (it may come
+    /// from a standby a little behind the primary).
+    pub head_seq: u64,
 }
 
 pub(super) async fn children(
@@ -78,11 +84,17 @@ pub(super) async fn children(
         }
     };
     let limit = q.limit.unwrap_or(200).clamp(1, 1_000);
-    let rows = state
-        .db
-        .children(&space, parent, cursor.as_ref().map(|(k, i)| (k, *i)), limit)
+    let after = cursor.as_ref().map(|(k, i)| (k, *i));
+    let min_seq = q.min_seq.unwrap_or(0);
+    let (head_seq, rows) = state
+        .readers
+        .read(
+            |db| Box::pin(db.children_at(&space, parent, after, limit)),
+            |(head, _)| *head >= min_seq,
+        )
         .await?;
     Ok(Json(ChildrenBody {
+        head_seq,
         children: rows
             .into_iter()
             .map(|c| ChildJson {

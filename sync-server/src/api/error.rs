@@ -108,7 +108,7 @@ pub fn db_refusal(e: &DbError) -> (ErrorCode, String) {
                 "the database is unavailable; retry".into(),
             )
         }
-        DbError::Migration(_) | DbError::BadRow(_) | DbError::Corrupt(_) => {
+        DbError::Migration(_) | DbError::BadRow(_) | DbError::Corrupt(_) | DbError::Tls(_) => {
             tracing::error!(error = %e, "internal error");
             (ErrorCode::Internal, "internal error".into())
         }
@@ -124,11 +124,13 @@ impl From<DbError> for ApiError {
 
 /// Answer of a path no route serves.
 pub(super) async fn not_found() -> ApiError {
+    super::request_metrics::unmatched(404);
     ApiError::new(ErrorCode::NotFound, "no such route")
 }
 
 /// Answer of a route asked with a method it does not serve.
 pub(super) async fn method_not_allowed() -> ApiError {
+    super::request_metrics::unmatched(405);
     ApiError::new(
         ErrorCode::MethodNotAllowed,
         "the route does not take this method",

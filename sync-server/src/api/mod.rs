@@ -16,12 +16,14 @@
 //! - `websocket.rs`: the realtime upgrade.
 //! - `upstream.rs`: the Durable Object's upstream socket (group commits).
 //! - `snapshots.rs`: snapshot, subtree snapshot, export, import.
+//! - `request_metrics.rs`: request counts and times by route template.
 
 mod auth;
 mod children;
 mod error;
 mod health;
 mod ops;
+mod request_metrics;
 mod snapshots;
 mod spaces;
 mod upstream;
@@ -30,7 +32,6 @@ mod websocket;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use arbor_shared::auth::Hs256Key;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header;
@@ -47,10 +48,13 @@ pub use ops::{CatchUpQuery, IngestQuery};
 /// Shared by every request.
 #[derive(Debug)]
 pub struct AppState {
-    /// The database.
+    /// The database (the primary: writes and everything realtime).
     pub db: Db,
-    /// Token secret.
-    pub key: Hs256Key,
+    /// Where reads that may lag go: hot standbys within their bound, else
+    /// the primary.
+    pub readers: Arc<crate::db::Readers>,
+    /// The keys tokens are checked with, and the revocation list.
+    pub keys: Arc<crate::keys::KeyStore>,
     /// Token clock leeway, seconds.
     pub leeway_s: u64,
     /// Set once shutdown starts: `/readyz` answers 503 from then on.
@@ -197,6 +201,8 @@ fn api_routes(state: Arc<AppState>, max_body_bytes: usize) -> Router {
             "/v1/spaces/{space}/import",
             post(snapshots::import).layer(DefaultBodyLimit::disable()),
         )
+        // Matched routes only: the fallbacks count themselves.
+        .route_layer(axum::middleware::from_fn(request_metrics::record))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

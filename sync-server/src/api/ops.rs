@@ -40,6 +40,7 @@ fn charge_db_time(
     claims: &arbor_shared::auth::Claims,
     held: std::time::Duration,
 ) {
+    metrics::histogram!(crate::metrics::PUSH_DB_SECONDS).record(held.as_secs_f64());
     if claims.role != Role::Service {
         state.requests.charge(
             &super::auth::token_key(claims),
@@ -249,7 +250,16 @@ pub(super) async fn catch_up(
     authorize(&state, &headers, &space, Need::Read)?;
     let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
     let limit = q.limit.unwrap_or(1_000).clamp(1, 10_000);
-    let page = state.db.ops_after(&space, q.after, limit).await?;
+    // A standby serves only full pages: a page that is not full ends the
+    // catch-up, and the standby may be behind the primary there, so the
+    // primary answers it (the catch-up ends at the primary's head).
+    let page = state
+        .readers
+        .read(
+            |db| Box::pin(db.ops_after(&space, q.after, limit)),
+            |page| page.ops.len() >= limit as usize,
+        )
+        .await?;
     Ok(Json(OpsBody {
         ops: page.ops.into_iter().map(committed_json).collect(),
         head_seq: Some(page.head_seq),

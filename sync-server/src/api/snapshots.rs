@@ -107,9 +107,26 @@ async fn stream_snapshot(
         .streams
         .try_start(&super::token_key(claims))
         .map_err(ApiError::limited)?;
-    let (header, stream) = crate::snapshot::snapshot(&state.db, space, scope).await?;
+    // The header's head seq is the seq the snapshot is consistent at, on
+    // whichever server made it; the client catches up the rest.
+    let (header, stream) = state
+        .readers
+        .read(
+            |db| Box::pin(crate::snapshot::snapshot(db, space, scope)),
+            |_| true,
+        )
+        .await?;
     tracing::info!(space, nodes = header.nodes, log = header.log, "snapshot");
-    let stream = crate::limits::stall_guarded(stream, state.stall_timeout, permit);
+    let stream = Measured {
+        inner: crate::limits::stall_guarded(stream, state.stall_timeout, permit),
+        scope: match scope {
+            Scope::Space => "space",
+            Scope::Subtree(_) => "subtree",
+            Scope::Export => "export",
+        },
+        started: None,
+        done: false,
+    };
     Ok((
         [
             (header::CONTENT_TYPE, "application/vnd.arbor.snapshot"),
@@ -118,4 +135,47 @@ async fn stream_snapshot(
         axum::body::Body::from_stream(stream),
     )
         .into_response())
+}
+
+/// A snapshot stream that records, when it ends or is dropped, how long it
+/// ran and whether it reached its end (`arbor_snapshots_total`,
+/// `arbor_snapshot_seconds`; bytes are counted as they go out).
+struct Measured<S> {
+    inner: S,
+    scope: &'static str,
+    /// The first poll: the stream's time starts when its reader does.
+    started: Option<std::time::Instant>,
+    /// The inner stream ended without an error.
+    done: bool,
+}
+
+impl<S, E> futures_util::Stream for Measured<S>
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+{
+    type Item = Result<bytes::Bytes, E>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.started.get_or_insert_with(std::time::Instant::now);
+        let next = std::pin::Pin::new(&mut self.inner).poll_next(cx);
+        if let std::task::Poll::Ready(None) = next {
+            self.done = true;
+        }
+        next
+    }
+}
+
+impl<S> Drop for Measured<S> {
+    fn drop(&mut self) {
+        let outcome = if self.done { "done" } else { "cut" };
+        metrics::counter!(crate::metrics::SNAPSHOTS, "scope" => self.scope, "outcome" => outcome)
+            .increment(1);
+        if let (Some(started), true) = (self.started, self.done) {
+            metrics::histogram!(crate::metrics::SNAPSHOT_SECONDS, "scope" => self.scope)
+                .record(started.elapsed().as_secs_f64());
+        }
+    }
 }

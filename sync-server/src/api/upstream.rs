@@ -39,13 +39,19 @@ pub(super) async fn upstream(
 /// Commits each group as it arrives, in order, and answers it. The object
 /// waits for one answer before it sends the next group.
 async fn serve(state: Arc<AppState>, space: String, mut socket: WebSocket) {
+    metrics::gauge!(crate::metrics::EDGE_LINKS).increment(1.0);
+    serve_frames(&state, &space, &mut socket).await;
+    metrics::gauge!(crate::metrics::EDGE_LINKS).decrement(1.0);
+}
+
+async fn serve_frames(state: &AppState, space: &str, socket: &mut WebSocket) {
     while let Some(Ok(message)) = socket.recv().await {
         let Message::Text(text) = message else {
             continue;
         };
         let answer = match serde_json::from_str::<UpstreamMsg>(text.as_str()) {
             Ok(UpstreamMsg::Commit { id, pushes }) => {
-                match commit_group(&state, &space, pushes).await {
+                match commit_group(state, space, pushes).await {
                     Ok(results) => {
                         // The object sees these seqs in this answer: no
                         // need to forward their commit notices to it.
@@ -55,7 +61,7 @@ async fn serve(state: Arc<AppState>, space: String, mut socket: WebSocket) {
                             .map(|c| c.seq)
                             .max();
                         if let (Some(f), Some(head)) = (&state.forwarder, head) {
-                            f.edge_committed(&space, head);
+                            f.edge_committed(space, head);
                         }
                         UpstreamMsg::Committed { id, results }
                     }

@@ -26,6 +26,10 @@ struct Cli {
     /// Log level (error, warn, info, debug, trace).
     #[arg(long, env = "ARBOR_LOG_LEVEL", default_value = "info", global = true)]
     log_level: tracing::Level,
+    /// Export spans to this OTLP collector (base URL; OTLP over HTTP with
+    /// JSON bodies to `<url>/v1/traces`). Unset: no trace export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,7 +45,16 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the API.
-    Serve(ServeArgs),
+    // Boxed: its many flags would make every other variant as large.
+    Serve(Box<ServeArgs>),
+    /// Back up every changed space to an S3-compatible bucket, now
+    /// (docs/DEPLOY.md, "Backups"). Exit 0: done; 3: a --space does not
+    /// exist (the others are done); 1: failed.
+    Backup(arbor_sync_server::backup::BackupCommand),
+    /// Restore spaces from the bucket by import (new names only). Exit 0:
+    /// all restored; 3: some exist already and were left alone (the others
+    /// are restored); 1: failed.
+    Restore(arbor_sync_server::backup::RestoreCommand),
     /// Development: start a local Postgres kept in --data-dir (initialized
     /// on first use), create a thoughtspace, print an admin token, serve.
     Dev {
@@ -88,6 +101,9 @@ enum Command {
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl_s: u64,
+        /// The token's id (`jti`), to revoke it alone later.
+        #[arg(long)]
+        jti: Option<String>,
         #[arg(long, env = "ARBOR_JWT_SECRET_FILE")]
         jwt_secret_file: Option<std::path::PathBuf>,
     },
@@ -96,23 +112,6 @@ enum Command {
 fn parse_role(s: &str) -> Result<Role, String> {
     serde_json::from_value(serde_json::Value::String(s.to_string()))
         .map_err(|_| "role is read, write, admin or service".to_string())
-}
-
-fn init_logs(format: LogFormat, level: tracing::Level) {
-    use std::io::IsTerminal as _;
-    let json = match format {
-        LogFormat::Json => true,
-        LogFormat::Pretty => false,
-        LogFormat::Auto => !std::io::stderr().is_terminal(),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }
 
 async fn shutdown_signal() {
@@ -137,16 +136,39 @@ async fn shutdown_signal() {
 }
 
 fn env_secret() -> Option<String> {
-    std::env::var("ARBOR_JWT_SECRET")
-        .ok()
-        .filter(|s| !s.is_empty())
+    env_value("ARBOR_JWT_SECRET")
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// A secret-valued variable, if set and not empty (secrets are never flags).
+fn env_value(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|s| !s.is_empty())
+}
+
+fn main() -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
     let cli = Cli::parse();
-    init_logs(cli.log_format, cli.log_level);
-    match cli.command {
+    let json = match cli.log_format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    // Before the runtime: the trace exporter's client is a blocking one.
+    let telemetry =
+        arbor_sync_server::telemetry::init(json, cli.log_level, cli.otlp_endpoint.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let result = runtime.block_on(run(cli.command));
+    drop(runtime);
+    telemetry.shutdown();
+    result
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Backup(args) => backup(args).await?,
+        Command::Restore(args) => restore(args).await?,
         Command::Dev {
             data_dir,
             listen,
@@ -169,7 +191,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve(args) => {
             let (listen, admin_listen) = (args.listen, args.admin_listen);
-            let config = args.into_config(env_secret())?;
+            let config = args.into_config(env_secret(), env_value("ARBOR_JWT_PREVIOUS_SECRET"))?;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;
@@ -186,6 +208,7 @@ async fn main() -> anyhow::Result<()> {
             rid,
             tenant,
             ttl_s,
+            jti,
             jwt_secret_file,
         } => {
             let secret = match jwt_secret_file {
@@ -200,14 +223,10 @@ async fn main() -> anyhow::Result<()> {
                 .duration_since(std::time::UNIX_EPOCH)?
                 .as_secs();
             let claims = Claims {
-                sub,
-                space,
-                role,
                 rid,
                 tenant,
-                exp: now + ttl_s,
-                nbf: None,
-                iat: Some(now),
+                jti,
+                ..Claims::new(&sub, &space, role, now, ttl_s)
             };
             println!("{}", mint(&claims, &key));
         }
@@ -261,10 +280,11 @@ async fn dev(
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     // An embedded cluster in the data folder, unless DATABASE_URL names one.
-    let (cluster, database, shown) = match database_url {
+    let (cluster, database, database_tls, shown) = match database_url {
         Some(url) => {
-            let database: tokio_postgres::Config = url.parse().context("parsing DATABASE_URL")?;
-            (None, database, String::from("DATABASE_URL"))
+            let (database, tls) =
+                arbor_sync_server::db::parse_database_url(&url).context("parsing DATABASE_URL")?;
+            (None, database, tls, String::from("DATABASE_URL"))
         }
         None => {
             let cluster = PgCluster::open(
@@ -289,12 +309,12 @@ async fn dev(
             drop(admin_db);
             let database = cluster.config("arbor");
             let shown = cluster.conn_string("arbor");
-            (Some(cluster), database, shown)
+            (Some(cluster), database, Default::default(), shown)
         }
     };
     let secret = dev_secret(&data_dir)?;
     let key = Hs256Key::new(secret.as_bytes())?;
-    let db = arbor_sync_server::db::Db::open(database.clone(), 2).await?;
+    let db = arbor_sync_server::db::Db::open(database.clone(), &database_tls, 2).await?;
     db.create_space(&space).await?;
     drop(db);
     let listener = tokio::net::TcpListener::bind(listen)
@@ -307,16 +327,7 @@ async fn dev(
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
     let token = mint(
-        &Claims {
-            sub: "dev".into(),
-            space: space.clone(),
-            role: Role::Admin,
-            rid: None,
-            tenant: None,
-            exp: now + 24 * 3600,
-            nbf: None,
-            iat: Some(now),
-        },
+        &Claims::new("dev", &space, Role::Admin, now, 24 * 3600),
         &key,
     );
     println!("arbor dev server");
@@ -347,6 +358,7 @@ async fn dev(
         allowed_hosts: ["localhost", "127.0.0.1", "[::1]"]
             .map(String::from)
             .to_vec(),
+        database_tls,
         ..arbor_sync_server::Config::new(database, key)
     };
     let served = arbor_sync_server::serve_with(
@@ -388,16 +400,7 @@ fn demo_routes(web_dir: &std::path::Path, key: Hs256Key) -> Option<axum::Router>
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
             let token = mint(
-                &Claims {
-                    sub: q.user,
-                    space: q.space,
-                    role: Role::Write,
-                    rid: None,
-                    tenant: None,
-                    exp: now + 24 * 3600,
-                    nbf: None,
-                    iat: Some(now),
-                },
+                &Claims::new(&q.user, &q.space, Role::Write, now, 24 * 3600),
                 &key,
             );
             axum::Json(serde_json::json!({ "token": token })).into_response()
@@ -409,4 +412,98 @@ fn demo_routes(web_dir: &std::path::Path, key: Hs256Key) -> Option<axum::Router>
             .route("/dev/token", get(mint_token))
             .nest_service("/demo", tower_http::services::ServeDir::new(web_dir)),
     )
+}
+
+/// `backup`: one run; exit 3 when a --space does not exist.
+async fn backup(args: arbor_sync_server::backup::BackupCommand) -> anyhow::Result<()> {
+    use arbor_sync_server::backup;
+    let target = args
+        .bucket
+        .target()?
+        .context("set --backup-url or ARBOR_BACKUP_URL (s3://bucket/prefix)")?;
+    let (database, tls) = arbor_sync_server::db::parse_database_url(&args.database_url)
+        .context("parsing --database-url")?;
+    let db = arbor_sync_server::db::Db::with_tls(database, &tls, 2)?;
+    let options = backup::RunOptions {
+        spaces: args.spaces.clone(),
+        ..args.bucket.options()
+    };
+    let report = backup::run(&db, &target, &options, &mut backup::Known::default()).await?;
+    for up in &report.uploaded {
+        println!(
+            "backed up {} at seq {}: {} bytes in {} part(s) to {}",
+            up.space,
+            up.entry.head_seq,
+            up.entry.bytes,
+            up.parts,
+            target.object_url(&up.space, &up.entry.object)
+        );
+    }
+    for name in &report.missing {
+        println!("no such space: {name}");
+    }
+    println!(
+        "{} uploaded, {} unchanged, {} missing",
+        report.uploaded.len(),
+        report.unchanged,
+        report.missing.len()
+    );
+    if !report.missing.is_empty() && !args.spaces.is_empty() {
+        std::process::exit(3);
+    }
+    Ok(())
+}
+
+/// `restore`: spaces by import, or `--list`; exit 3 when some exist.
+async fn restore(args: arbor_sync_server::backup::RestoreCommand) -> anyhow::Result<()> {
+    use arbor_sync_server::backup;
+    let target = backup::Target::from_env(&args.backup_url)?;
+    if args.list {
+        for manifest in backup::list(&target, &args.spaces).await? {
+            for e in &manifest.backups {
+                println!(
+                    "{}\tseq {}\ttaken_at_ms {}\t{} bytes\t{}",
+                    manifest.space,
+                    e.head_seq,
+                    e.taken_at_ms,
+                    e.bytes,
+                    target.object_url(&manifest.space, &e.object)
+                );
+            }
+        }
+        return Ok(());
+    }
+    let url = args
+        .database_url
+        .as_deref()
+        .context("set --database-url or ARBOR_DATABASE_URL")?;
+    let (database, tls) =
+        arbor_sync_server::db::parse_database_url(url).context("parsing --database-url")?;
+    // A new database gets the schema first.
+    let db = arbor_sync_server::db::Db::open(database, &tls, 2).await?;
+    let report = backup::restore(&db, &target, &args.options()).await?;
+    for r in &report.restored {
+        println!(
+            "restored {} as {} from seq {} ({})",
+            r.space,
+            r.created,
+            r.entry.head_seq,
+            target.object_url(&r.space, &r.entry.object)
+        );
+    }
+    for name in &report.exists {
+        println!("exists, not restored: {name}");
+    }
+    for name in &report.no_manifest {
+        println!("no manifest, skipped: {name}");
+    }
+    println!(
+        "{} restored, {} exist already",
+        report.restored.len(),
+        report.exists.len()
+    );
+    if !report.exists.is_empty() {
+        std::process::exit(3);
+    }
+    Ok(())
 }

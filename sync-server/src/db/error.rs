@@ -121,6 +121,10 @@ pub enum DbError {
     /// Postgres or the connection failed.
     #[error("postgres: {}", pg_message(.0))]
     Postgres(#[from] tokio_postgres::Error),
+    /// The database URL's TLS settings cannot be used (a missing or bad
+    /// certificate file): said at startup.
+    #[error("tls: {0}")]
+    Tls(String),
     /// No connection could be taken from the pool.
     #[error("pool: {0}")]
     Pool(String),
@@ -161,8 +165,26 @@ impl DbError {
 pub(crate) fn pg_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+        None => with_sources(e),
     }
+}
+
+/// An error and its sources, `: `-joined: a connection error's own text
+/// ("error performing TLS handshake") does not say why; its source does
+/// ("invalid peer certificate: UnknownIssuer"). For logs and startup
+/// errors only: responses never carry it.
+pub(crate) fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
 }
 
 pub(crate) fn map_pg(e: tokio_postgres::Error) -> DbError {

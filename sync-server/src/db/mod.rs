@@ -11,32 +11,41 @@
 //! - `spaces.rs`: create, look up, fork, horizon.
 //! - `quotas.rs`: [`Quotas`], the tenant's count of spaces, usage.
 //! - `migrate.rs`: the embedded migration runner.
+//! - `tls.rs`: [`PgTls`], libpq's TLS settings over rustls.
+//! - `readers.rs`: [`Readers`], reads served by hot standbys within a lag bound.
 
 mod apply;
 mod error;
 mod migrate;
 mod quotas;
+mod readers;
 mod reads;
 mod rows;
 mod spaces;
+mod tls;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 
 pub use apply::MAX_BATCH;
 pub use error::{DbError, RejectCode};
-pub(crate) use error::{map_pg, pg_message};
+pub(crate) use error::{map_pg, pg_message, with_sources};
 pub use migrate::{
     MIGRATIONS, Migration, apply_ops_0002, migrate, restore_pass_0002, restore_pass_reference,
 };
 pub use quotas::{Owner, Quotas, Usage};
 pub(crate) use quotas::{claim_space_slot, set_tenant};
+pub use readers::Readers;
 pub use rows::*;
 use rows::{committed_from_row, node, stamp_from, u64_of, uuid};
+pub use tls::{PgTls, PgTlsError, RootCert, Verify, parse_database_url};
 
 /// The database: a connection pool over the schema of `migrations/`.
 #[derive(Clone)]
 pub struct Db {
     pool: Pool,
+    /// The `pool` label of its metrics (`primary`, `standby0`, ...): one
+    /// per configured database, so the label's values stay few.
+    name: std::sync::Arc<str>,
 }
 
 impl std::fmt::Debug for Db {
@@ -46,10 +55,21 @@ impl std::fmt::Debug for Db {
 }
 
 impl Db {
-    /// A pool of at most `max_size` connections (opened lazily). Each
-    /// session has `client_connection_check_interval` at 1 s unless the
-    /// config's `options` set it.
-    pub fn new(mut config: tokio_postgres::Config, max_size: usize) -> Result<Db, DbError> {
+    /// A pool of at most `max_size` connections (opened lazily), with the
+    /// default TLS settings ([`PgTls::default`]: encrypted when the server
+    /// offers it, certificate not checked; never on unix sockets).
+    pub fn new(config: tokio_postgres::Config, max_size: usize) -> Result<Db, DbError> {
+        Db::with_tls(config, &PgTls::default(), max_size)
+    }
+
+    /// [`Db::new`] with the TLS settings of the database URL. Each session
+    /// has `client_connection_check_interval` at 1 s unless the config's
+    /// `options` set it.
+    pub fn with_tls(
+        mut config: tokio_postgres::Config,
+        tls: &PgTls,
+        max_size: usize,
+    ) -> Result<Db, DbError> {
         // A server that dies mid-commit leaves its backend running the
         // apply, holding the space's advisory lock, until Postgres notices
         // the client is gone; by default only when it next writes to it,
@@ -62,9 +82,10 @@ impl Db {
                 format!("{options} -c client_connection_check_interval=1000").trim_start(),
             );
         }
+        let connector = tls.connector().map_err(|e| DbError::Tls(e.to_string()))?;
         let manager = Manager::from_config(
             config,
-            tokio_postgres::NoTls,
+            connector,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -73,12 +94,26 @@ impl Db {
             .max_size(max_size.max(1))
             .build()
             .map_err(|e| DbError::Pool(e.to_string()))?;
-        Ok(Db { pool })
+        Ok(Db {
+            pool,
+            name: "primary".into(),
+        })
     }
 
-    /// [`Db::new`], then applies pending migrations (safe at every start).
-    pub async fn open(config: tokio_postgres::Config, max_size: usize) -> Result<Db, DbError> {
-        let db = Db::new(config, max_size)?;
+    /// The same pool, its metrics labelled `pool="<name>"`.
+    #[must_use]
+    pub fn named(mut self, name: &str) -> Db {
+        self.name = name.into();
+        self
+    }
+
+    /// [`Db::with_tls`], then applies pending migrations (safe at every start).
+    pub async fn open(
+        config: tokio_postgres::Config,
+        tls: &PgTls,
+        max_size: usize,
+    ) -> Result<Db, DbError> {
+        let db = Db::with_tls(config, tls, max_size)?;
         db.migrate().await?;
         Ok(db)
     }
@@ -91,9 +126,17 @@ impl Db {
 
     /// A pooled connection.
     pub async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| DbError::Pool(e.to_string()))
+        use crate::metrics::{POOL_IN_USE, POOL_OPEN, POOL_WAIT_SECONDS, POOL_WAITING};
+        let started = std::time::Instant::now();
+        let got = self.pool.get().await;
+        let pool = self.name.to_string();
+        metrics::histogram!(POOL_WAIT_SECONDS, "pool" => pool.clone())
+            .record(started.elapsed().as_secs_f64());
+        let status = self.pool.status();
+        metrics::gauge!(POOL_IN_USE, "pool" => pool.clone())
+            .set(status.size.saturating_sub(status.available) as f64);
+        metrics::gauge!(POOL_OPEN, "pool" => pool.clone()).set(status.size as f64);
+        metrics::gauge!(POOL_WAITING, "pool" => pool).set(status.waiting as f64);
+        got.map_err(|e| DbError::Pool(with_sources(&e)))
     }
 }

@@ -44,6 +44,18 @@ impl Db {
         after: Option<(&OrderKey, NodeId)>,
         limit: u32,
     ) -> Result<Vec<ChildRow>, DbError> {
+        Ok(self.children_at(space, parent, after, limit).await?.1)
+    }
+
+    /// [`Db::children`], with the space's head seq read before the page:
+    /// the page holds at least every op up to it.
+    pub async fn children_at(
+        &self,
+        space: &str,
+        parent: NodeId,
+        after: Option<(&OrderKey, NodeId)>,
+        limit: u32,
+    ) -> Result<(u64, Vec<ChildRow>), DbError> {
         let info = self.space_id(space).await?;
         let client = self.client().await?;
         // Two statements rather than `$3 IS NULL OR ...`, which would keep
@@ -101,7 +113,7 @@ impl Db {
                 }
             }
         }
-        Ok(out)
+        Ok((info.head_seq, out))
     }
 
     /// Every node place and register of the space (tests, export).

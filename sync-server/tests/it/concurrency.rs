@@ -59,6 +59,15 @@ async fn concurrent_pushers_get_gapless_seqs_and_converge() {
                     let pick =
                         |s: &mut u64, v: &[NodeId]| v[(splitmix(s) % v.len() as u64) as usize];
                     let k = keys.between(None, None).unwrap();
+                    let move_to = |node, parent| {
+                        Op::Move(MoveOp {
+                            stamp,
+                            known_seq: cursor,
+                            node,
+                            parent,
+                            key: k,
+                        })
+                    };
                     let op = match splitmix(&mut s) % 10 {
                         0..=3 => {
                             next += 1;
@@ -69,32 +78,14 @@ async fn concurrent_pushers_get_gapless_seqs_and_converge() {
                                 pick(&mut s, &known)
                             };
                             known.push(node);
-                            Op::Move(MoveOp {
-                                stamp,
-                                known_seq: cursor,
-                                node,
-                                parent,
-                                key: k,
-                            })
+                            move_to(node, parent)
                         }
                         4..=6 => {
                             let node = pick(&mut s, &known);
                             let parent = pick(&mut s, &known);
-                            Op::Move(MoveOp {
-                                stamp,
-                                known_seq: cursor,
-                                node,
-                                parent,
-                                key: k,
-                            })
+                            move_to(node, parent)
                         }
-                        7 => Op::Move(MoveOp {
-                            stamp,
-                            known_seq: cursor,
-                            node: pick(&mut s, &known),
-                            parent: NodeId::TRASH,
-                            key: k,
-                        }),
+                        7 => move_to(pick(&mut s, &known), NodeId::TRASH),
                         _ => Op::Set(SetOp {
                             stamp,
                             known_seq: cursor,

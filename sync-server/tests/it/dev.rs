@@ -21,7 +21,13 @@ fn start(dir: &std::path::Path) -> Dev {
 
 /// `arbor-server dev`, with `DATABASE_URL` set to `database_url` if given.
 fn start_with(dir: &std::path::Path, database_url: Option<&str>) -> Dev {
+    start_env(dir, database_url, &[])
+}
+
+/// [`start_with`], with these environment variables besides.
+fn start_env(dir: &std::path::Path, database_url: Option<&str>, env: &[(&str, &str)]) -> Dev {
     let mut command = Command::new(env!("CARGO_BIN_EXE_arbor-server"));
+    command.envs(env.iter().copied());
     match database_url {
         Some(url) => command.env("DATABASE_URL", url),
         None => command.env_remove("DATABASE_URL"),
@@ -63,6 +69,13 @@ fn start_with(dir: &std::path::Path, database_url: Option<&str>) -> Dev {
     }
 }
 
+/// An absent dir named `name` and this process's id in the temp dir.
+fn fresh_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
 fn stop(mut dev: Dev) {
     let pid = dev.child.id().to_string();
     assert!(
@@ -77,8 +90,7 @@ fn stop(mut dev: Dev) {
 
 #[tokio::test]
 async fn dev_mode_serves_with_its_own_postgres_and_keeps_data() {
-    let dir = std::env::temp_dir().join(format!("arbor-dev-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = fresh_dir("arbor-dev-test");
     let http = reqwest::Client::new();
 
     let dev = start(&dir);
@@ -128,8 +140,7 @@ async fn dev_mode_serves_with_its_own_postgres_and_keeps_data() {
 
 #[tokio::test]
 async fn dev_mode_uses_database_url_when_given() {
-    let dir = std::env::temp_dir().join(format!("arbor-dev-url-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = fresh_dir("arbor-dev-url-test");
     let name = test_db_name().await;
     let cluster = arbor_testkit::PgCluster::shared();
     let dev = start_with(&dir, Some(&cluster.conn_string(&name)));
@@ -153,14 +164,81 @@ async fn dev_mode_uses_database_url_when_given() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, the server's spans reach an OTLP
+/// collector (here a plain HTTP endpoint that keeps what it is sent): the
+/// request's span with its route template, and the service's name; no
+/// space name or token in it.
+#[tokio::test]
+async fn spans_are_exported_to_an_otlp_collector() {
+    use std::sync::{Arc, Mutex};
+    let received: Arc<Mutex<Vec<String>>> = Arc::default();
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let collector = {
+        let (received, arrived) = (received.clone(), arrived.clone());
+        axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: String| {
+                received.lock().unwrap().push(body);
+                arrived.notify_one();
+                async { "{}" }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, collector).await });
+
+    let dir = fresh_dir("arbor-dev-otlp");
+    let name = test_db_name().await;
+    let cluster = arbor_testkit::PgCluster::shared();
+    let dev = start_env(
+        &dir,
+        Some(&cluster.conn_string(&name)),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            // Export every 100 ms rather than every 5 s.
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/spaces/demo/ops", dev.api))
+        .bearer_auth(&dev.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let route = "/v1/spaces/{space}/ops";
+    let has_span = |bodies: &[String]| {
+        bodies
+            .iter()
+            .any(|b| b.contains("\"http_request\"") && b.contains(route))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !has_span(&received.lock().unwrap()) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(
+            tokio::time::timeout(left, arrived.notified()).await.is_ok(),
+            "no http_request span within 20 s: {:?}",
+            received.lock().unwrap()
+        );
+    }
+    stop(dev);
+    let bodies = received.lock().unwrap().join("\n");
+    assert!(bodies.contains("arbor-server"), "no service name: {bodies}");
+    assert!(
+        !bodies.contains("/v1/spaces/demo/"),
+        "a path with a space name: {bodies}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The dev stack is private to its user and answers loopback names only:
 /// a page that reaches it through DNS rebinding (a foreign `Host`) gets
 /// nothing, no token included.
 #[tokio::test]
 async fn dev_mode_answers_loopback_hosts_only_and_keeps_its_files_private() {
     use std::os::unix::fs::PermissionsExt as _;
-    let dir = std::env::temp_dir().join(format!("arbor-dev-hosts-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = fresh_dir("arbor-dev-hosts");
     let dev = start(&dir);
     let http = reqwest::Client::new();
     let port = dev.api.rsplit(':').next().unwrap().to_string();

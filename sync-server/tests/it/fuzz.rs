@@ -94,14 +94,7 @@ async fn fuzzed_ingest_is_refused_typed_and_writes_nothing() {
             )
         })
         .collect();
-    let r = s
-        .http
-        .post(s.url("/v1/spaces/f/ops"))
-        .bearer_auth(&admin)
-        .json(&json!({ "ops": creates }))
-        .send()
-        .await
-        .unwrap();
+    let r = s.push("f", &admin, &creates).await;
     assert_eq!(r.status(), 200);
     let t0 = t0 + 100;
     let (mut accepted, mut refused) = (0, 0);

@@ -13,18 +13,23 @@ use crate::harness::*;
 use crate::http::{Server, error_code, token};
 
 fn now_hlc() -> u64 {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+    now_ms() << 16
+}
+
+/// POSTs `body` to `url` with `token`.
+async fn post(s: &Server, url: &str, token: &str, body: serde_json::Value) -> reqwest::Response {
+    s.http
+        .post(url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
         .unwrap()
-        .as_millis() as u64;
-    ms << 16
 }
 
 #[tokio::test]
 async fn a_group_commits_each_push_alone_and_refuses_only_the_bad_one() {
-    let s = Server::start().await;
-    let admin = token("demo", Role::Admin, None, 60);
-    s.create_space("demo", &admin).await;
+    let (s, admin) = Server::start_demo().await;
     let service = token("demo", Role::Service, None, 60);
     let base = now_hlc();
     let too_long = "x".repeat(70_000);
@@ -55,23 +60,9 @@ async fn a_group_commits_each_push_alone_and_refuses_only_the_bad_one() {
     let url = s.url("/v1/spaces/demo/ops/group");
     // Only a service token may commit for others.
     let write = token("demo", Role::Write, Some(7), 60);
-    let r = s
-        .http
-        .post(&url)
-        .bearer_auth(&write)
-        .json(&json!({ "pushes": pushes }))
-        .send()
-        .await
-        .unwrap();
+    let r = post(&s, &url, &write, json!({ "pushes": pushes })).await;
     assert_eq!(error_code(r).await, (403, "forbidden".into()));
-    let r = s
-        .http
-        .post(&url)
-        .bearer_auth(&service)
-        .json(&json!({ "pushes": pushes }))
-        .send()
-        .await
-        .unwrap();
+    let r = post(&s, &url, &service, json!({ "pushes": pushes })).await;
     assert_eq!(r.status(), 200);
     let answer: GroupIngestAnswer = r.json().await.unwrap();
     let summary: Vec<Result<Vec<u64>, ErrorCode>> = answer
@@ -100,14 +91,7 @@ async fn a_group_commits_each_push_alone_and_refuses_only_the_bad_one() {
             ops: vec![set(base + 10 + i, 7, n(1), "text", Some("x"), 0)],
         })
         .collect();
-    let r = s
-        .http
-        .post(&url)
-        .bearer_auth(&service)
-        .json(&json!({ "pushes": many }))
-        .send()
-        .await
-        .unwrap();
+    let r = post(&s, &url, &service, json!({ "pushes": many })).await;
     assert_eq!(error_code(r).await, (413, "batch_too_large".into()));
     let feed: arbor_shared::http::OpsBody = s.get_json("/v1/spaces/demo/ops", &admin).await;
     assert_eq!(feed.head_seq, Some(2));
@@ -116,9 +100,7 @@ async fn a_group_commits_each_push_alone_and_refuses_only_the_bad_one() {
 
 #[tokio::test]
 async fn the_upstream_socket_answers_each_commit_by_id() {
-    let s = Server::start().await;
-    let admin = token("demo", Role::Admin, None, 60);
-    s.create_space("demo", &admin).await;
+    let (s, admin) = Server::start_demo().await;
     let url = s
         .url("/v1/spaces/demo/upstream")
         .replace("http://", "ws://");

@@ -1,9 +1,12 @@
 //! Test databases: a migrated template in the shared cluster, cloned per test.
 
+use arbor_shared::Op;
 use arbor_shared::tree::TreeState;
-use arbor_shared::{MemoryStore, MoveOp, NodeId, Op, OrderKey, SetOp, Stamp, Tree};
 use arbor_sync_server::db::{Committed, Db, Origin};
 use arbor_testkit::PgCluster;
+pub use arbor_testkit::env::{now_ms, seed};
+pub use arbor_testkit::ops::{MemTree, mv, n, set, tree};
+use arbor_testkit::sql::create_database;
 use tokio::sync::OnceCell;
 
 static TEMPLATE: OnceCell<()> = OnceCell::const_new();
@@ -25,59 +28,12 @@ pub async fn test_db_name() -> String {
     let cluster = PgCluster::shared();
     TEMPLATE
         .get_or_init(|| async {
-            let admin = cluster.connect("postgres").await.unwrap();
-            admin
-                .batch_execute(&format!("CREATE DATABASE {TEMPLATE_DB}"))
-                .await
-                .unwrap();
-            let mut client = cluster.connect(TEMPLATE_DB).await.unwrap();
+            let mut client = create_database(cluster, TEMPLATE_DB).await.unwrap();
             let applied = arbor_sync_server::db::migrate(&mut client).await.unwrap();
             assert!(!applied.is_empty());
         })
         .await;
     cluster.fresh_db(Some(TEMPLATE_DB)).await.unwrap()
-}
-
-pub type MemTree = Tree<MemoryStore>;
-
-pub fn tree() -> MemTree {
-    Tree::new(MemoryStore::new())
-}
-
-pub fn n(i: u128) -> NodeId {
-    NodeId(i)
-}
-
-pub fn key(b: &[u8]) -> OrderKey {
-    OrderKey::new(b).unwrap()
-}
-
-/// A move with stamp (hlc, replica), a key and a known_seq.
-pub fn mv(hlc: u64, replica: u64, node: NodeId, parent: NodeId, k: &[u8], known: u64) -> Op {
-    Op::Move(MoveOp {
-        stamp: Stamp::new(hlc, replica),
-        known_seq: known,
-        node,
-        parent,
-        key: key(k),
-    })
-}
-
-pub fn set(
-    hlc: u64,
-    replica: u64,
-    node: NodeId,
-    field: &str,
-    value: Option<&str>,
-    known: u64,
-) -> Op {
-    Op::Set(SetOp {
-        stamp: Stamp::new(hlc, replica),
-        known_seq: known,
-        node,
-        field: field.into(),
-        value: value.map(Into::into),
-    })
 }
 
 /// The ops of an answer that the reference must apply: new ones and
@@ -118,28 +74,4 @@ pub fn assert_state_eq(pg: &TreeState, core: &TreeState) {
         }
         panic!("postgres state differs from the core's");
     }
-}
-
-/// Seed from `ARBOR_SEED` or the clock; printed so a failure can be replayed.
-pub fn seed(name: &str) -> u64 {
-    let seed = std::env::var("ARBOR_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    eprintln!("{name}: seed {seed} (replay with ARBOR_SEED={seed})");
-    seed
-}
-
-/// Milliseconds since the epoch (stamps must not be ahead of Postgres'
-/// clock).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use arbor_shared::auth::{Claims, Hs256Key, Role, mint};
-use arbor_shared::{NodeId, ReplicaId};
+use arbor_shared::{NodeId, Op, ReplicaId};
 use arbor_sync_server::api::{ChildrenBody, OpsBody};
+use arbor_sync_server::limits::Limits;
 use arbor_sync_server::{Config, ServerError, serve};
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -24,26 +25,56 @@ pub struct Server {
 }
 
 pub fn key() -> Hs256Key {
-    Hs256Key::new(SECRET).unwrap()
+    arbor_testkit::tokens::key(SECRET)
 }
 
+/// A token of the tester for `space`, valid for `ttl` seconds (a negative
+/// ttl makes an expired token), bound to replica `rid` if given.
 pub fn token(space: &str, role: Role, rid: Option<u64>, ttl: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    // A negative ttl makes an expired token.
+    let claims = arbor_testkit::tokens::claims("tester", space, role, 0);
     let claims = Claims {
         rid: rid.map(ReplicaId),
-        exp: now.saturating_add_signed(ttl),
-        ..Claims::new("tester", space, role, now, 0)
+        exp: claims.exp.saturating_add_signed(ttl),
+        ..claims
     };
     mint(&claims, &key())
+}
+
+/// A token of user `sub` for `space`, valid for `ttl_s` seconds, without a
+/// `rid` claim (limits count per user and space; the replica id is
+/// whatever its ops say).
+pub fn token_of(sub: &str, space: &str, role: Role, ttl_s: u64) -> String {
+    arbor_testkit::tokens::token(SECRET, sub, space, role, ttl_s)
+}
+
+/// The limits of a pool of 4 with rates far above a client's: tests that
+/// are not about rates send far more than a client does.
+pub fn generous_limits() -> Limits {
+    Limits {
+        requests_per_s: 100_000.0,
+        pushes_per_s: 100_000.0,
+        ..Limits::for_pool(4)
+    }
 }
 
 impl Server {
     pub async fn start() -> Server {
         Server::start_with(256, 5).await
+    }
+
+    /// A server (as [`Server::start`]) with the space `demo`, and the admin
+    /// token that created it.
+    pub async fn start_demo() -> (Server, String) {
+        Server::start_demo_with(256, 5).await
+    }
+
+    /// [`Server::start_with`] with the space `demo`, and the admin token
+    /// that created it.
+    pub async fn start_demo_with(queue: usize, leeway_s: u64) -> (Server, String) {
+        let s = Server::start_with(queue, leeway_s).await;
+        let admin = token("demo", Role::Admin, None, 60);
+        s.create_space("demo", &admin).await;
+        (s, admin)
     }
 
     /// A server with `queue` frames per socket and `leeway_s` token leeway.
@@ -53,23 +84,12 @@ impl Server {
 
     /// A server on an existing database (several servers can share one).
     pub async fn start_on(database: tokio_postgres::Config, queue: usize, leeway_s: u64) -> Server {
-        // Tests that are not about rates send far more than a client does.
-        let limits = arbor_sync_server::limits::Limits {
-            requests_per_s: 100_000.0,
-            pushes_per_s: 100_000.0,
-            ..arbor_sync_server::limits::Limits::for_pool(4)
-        };
-        Server::start_limited(database, queue, leeway_s, limits).await
+        Server::start_limited(database, queue, leeway_s, generous_limits()).await
     }
 
     /// A server with these quotas (and the rates of [`Server::start_on`]).
     pub async fn start_with_quotas(quotas: arbor_sync_server::db::Quotas) -> Server {
-        let limits = arbor_sync_server::limits::Limits {
-            requests_per_s: 100_000.0,
-            pushes_per_s: 100_000.0,
-            ..arbor_sync_server::limits::Limits::for_pool(4)
-        };
-        Server::start_full(test_db_config().await, 256, 5, limits, quotas).await
+        Server::start_full(test_db_config().await, 256, 5, generous_limits(), quotas).await
     }
 
     /// A server with these limits.
@@ -77,7 +97,7 @@ impl Server {
         database: tokio_postgres::Config,
         queue: usize,
         leeway_s: u64,
-        limits: arbor_sync_server::limits::Limits,
+        limits: Limits,
     ) -> Server {
         let quotas = arbor_sync_server::db::Quotas::DEFAULT;
         Server::start_full(database, queue, leeway_s, limits, quotas).await
@@ -87,7 +107,7 @@ impl Server {
         database: tokio_postgres::Config,
         queue: usize,
         leeway_s: u64,
-        limits: arbor_sync_server::limits::Limits,
+        limits: Limits,
         quotas: arbor_sync_server::db::Quotas,
     ) -> Server {
         Server::start_config(Config {
@@ -138,6 +158,18 @@ impl Server {
         s
     }
 
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -154,19 +186,37 @@ impl Server {
         assert_eq!(r.status(), 200);
     }
 
-    /// GETs `path` with `token` and decodes the JSON answer.
-    pub async fn get_json<T: serde::de::DeserializeOwned>(
-        &self,
-        path: &str,
-        token: impl std::fmt::Display,
-    ) -> T {
+    /// GETs `path` with `token`.
+    pub async fn get(&self, path: &str, token: impl std::fmt::Display) -> reqwest::Response {
         self.http
             .get(self.url(path))
             .bearer_auth(token)
             .send()
             .await
             .unwrap()
-            .json()
+    }
+
+    /// GETs `path` with `token` and decodes the JSON answer.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        token: impl std::fmt::Display,
+    ) -> T {
+        self.get(path, token).await.json().await.unwrap()
+    }
+
+    /// POSTs `ops` to the ingest of `space` with `token`.
+    pub async fn push(
+        &self,
+        space: &str,
+        token: impl std::fmt::Display,
+        ops: &[Op],
+    ) -> reqwest::Response {
+        self.http
+            .post(self.url(&format!("/v1/spaces/{space}/ops")))
+            .bearer_auth(token)
+            .json(&json!({ "ops": ops }))
+            .send()
             .await
             .unwrap()
     }
@@ -203,14 +253,6 @@ async fn auth_is_checked_on_every_route_by_role_and_space() {
         }
         r.send()
     };
-    assert_eq!(
-        error_code(create(None).await.unwrap()).await,
-        (401, "missing_token".into())
-    );
-    assert_eq!(
-        error_code(create(Some("garbage".into())).await.unwrap()).await,
-        (401, "bad_token".into())
-    );
     let other_key = {
         let k = Hs256Key::new(b"another-secret-another-secret-xx!").unwrap();
         let mut c =
@@ -219,37 +261,26 @@ async fn auth_is_checked_on_every_route_by_role_and_space() {
         c.exp = u64::MAX / 2;
         mint(&c, &k)
     };
-    assert_eq!(
-        error_code(create(Some(other_key)).await.unwrap()).await,
-        (401, "bad_token".into())
-    );
-    assert_eq!(
-        error_code(
-            create(Some(token("demo", Role::Admin, None, -60)))
-                .await
-                .unwrap()
-        )
-        .await,
-        (401, "token_expired".into())
-    );
-    assert_eq!(
-        error_code(
-            create(Some(token("other", Role::Admin, None, 60)))
-                .await
-                .unwrap()
-        )
-        .await,
-        (403, "wrong_space".into())
-    );
-    assert_eq!(
-        error_code(
-            create(Some(token("demo", Role::Write, None, 60)))
-                .await
-                .unwrap()
-        )
-        .await,
-        (403, "forbidden".into())
-    );
+    for (t, want) in [
+        (None, (401, "missing_token")),
+        (Some("garbage".to_string()), (401, "bad_token")),
+        (Some(other_key), (401, "bad_token")),
+        (
+            Some(token("demo", Role::Admin, None, -60)),
+            (401, "token_expired"),
+        ),
+        (
+            Some(token("other", Role::Admin, None, 60)),
+            (403, "wrong_space"),
+        ),
+        (
+            Some(token("demo", Role::Write, None, 60)),
+            (403, "forbidden"),
+        ),
+    ] {
+        let (status, code) = error_code(create(t).await.unwrap()).await;
+        assert_eq!((status, code.as_str()), want);
+    }
     assert_eq!(
         create(Some(token("demo", Role::Admin, None, 60)))
             .await
@@ -260,38 +291,21 @@ async fn auth_is_checked_on_every_route_by_role_and_space() {
 
     // A read token reads but does not push.
     let read = token("demo", Role::Read, None, 60);
-    let r = http
-        .get(s.url("/v1/spaces/demo/ops?after=0"))
-        .bearer_auth(&read)
-        .send()
-        .await
-        .unwrap();
+    let r = s.get("/v1/spaces/demo/ops?after=0", &read).await;
     assert_eq!(r.status(), 200);
-    let body = json!({"ops": [op_create(1, 1, NodeId::ROOT)]});
-    let r = http
-        .post(s.url("/v1/spaces/demo/ops"))
-        .bearer_auth(&read)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let op = op_create(1, 1, NodeId::ROOT);
+    let r = s.push("demo", &read, std::slice::from_ref(&op)).await;
     assert_eq!(error_code(r).await, (403, "forbidden".into()));
     // A service token scoped to every space may push.
     let service = token("*", Role::Service, None, 60);
-    let r = http
-        .post(s.url("/v1/spaces/demo/ops"))
-        .bearer_auth(&service)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = s.push("demo", &service, &[op]).await;
     assert_eq!(r.status(), 200);
     s.stop().await;
 }
 
-fn op_create(hlc_step: u64, node: u128, parent: NodeId) -> serde_json::Value {
+fn op_create(hlc_step: u64, node: u128, parent: NodeId) -> Op {
     let hlc = (now_ms() << 16) + hlc_step;
-    serde_json::to_value(mv(hlc, 7, n(node), parent, &[0x80], 0)).unwrap()
+    mv(hlc, 7, n(node), parent, &[0x80], 0)
 }
 
 #[tokio::test]
@@ -307,13 +321,7 @@ async fn ingest_catch_up_and_children_over_http() {
         mv(base + 1, 7, n(2), n(1), &[0x80], 0),
         set(base + 2, 7, n(2), "text", Some("hello"), 0),
     ];
-    let r = http
-        .post(s.url("/v1/spaces/demo/ops"))
-        .bearer_auth(&write)
-        .json(&json!({ "ops": ops }))
-        .send()
-        .await
-        .unwrap();
+    let r = s.push("demo", &write, &ops).await;
     assert_eq!(r.status(), 200);
     let body: OpsBody = r.json().await.unwrap();
     assert_eq!(
@@ -330,16 +338,7 @@ async fn ingest_catch_up_and_children_over_http() {
         ops
     );
     // Re-push: duplicates with their seqs.
-    let again: OpsBody = http
-        .post(s.url("/v1/spaces/demo/ops"))
-        .bearer_auth(&write)
-        .json(&json!({ "ops": ops }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let again: OpsBody = s.push("demo", &write, &ops).await.json().await.unwrap();
     assert!(
         again
             .ops
@@ -394,12 +393,9 @@ async fn ingest_catch_up_and_children_over_http() {
     }
     let huge = json!({"ops": [serde_json::to_value(set(base + 9, 7, n(1), "text", Some(&"x".repeat(300_000)), 0)).unwrap()]});
     assert_eq!(post(huge, &write).await.unwrap().status(), 413);
-    let r = http
-        .get(s.url("/v1/spaces/nope/ops"))
-        .bearer_auth(token("nope", Role::Read, None, 60))
-        .send()
-        .await
-        .unwrap();
+    let r = s
+        .get("/v1/spaces/nope/ops", token("nope", Role::Read, None, 60))
+        .await;
     assert_eq!(error_code(r).await, (404, "unknown_space".into()));
     let feed: OpsBody = s.get_json("/v1/spaces/demo/ops", &write).await;
     assert_eq!(feed.head_seq, Some(3));
@@ -419,37 +415,21 @@ async fn shutdown_flips_readiness_and_stops() {
 
 #[tokio::test]
 async fn admin_listener_serves_metrics_and_cors_is_applied() {
-    let s = Server::start().await;
-    let admin = token("demo", Role::Admin, None, 60);
-    s.create_space("demo", &admin).await;
+    let (s, admin) = Server::start_demo().await;
     let base = now_ms() << 16;
     let r = s
-        .http
-        .post(s.url("/v1/spaces/demo/ops"))
-        .bearer_auth(&admin)
-        .json(&json!({"ops": [mv(base, 7, n(1), NodeId::ROOT, &[0x80], 0)]}))
-        .send()
-        .await
-        .unwrap();
+        .push(
+            "demo",
+            &admin,
+            &[mv(base, 7, n(1), NodeId::ROOT, &[0x80], 0)],
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let r = s
-        .http
-        .post(s.url("/v1/spaces/demo/ops"))
-        .bearer_auth(&admin)
-        .json(&json!({"ops": [mv(base + 1, 7, n(2), n(99), &[0x80], 0)]}))
-        .send()
-        .await
-        .unwrap();
+        .push("demo", &admin, &[mv(base + 1, 7, n(2), n(99), &[0x80], 0)])
+        .await;
     assert_eq!(r.status(), 422);
-    let text = s
-        .http
-        .get(format!("{}/metrics", s.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     assert!(text.contains("arbor_ops_applied_total"), "{text}");
     assert!(
         text.contains("arbor_ops_rejected_total{code=\"unknown_node\"}"),
@@ -497,22 +477,14 @@ async fn admin_listener_serves_metrics_and_cors_is_applied() {
 
 #[tokio::test]
 async fn fork_copies_a_space_that_then_lives_on_its_own() {
-    let s = Server::start().await;
-    let admin = token("demo", Role::Admin, None, 60);
-    s.create_space("demo", &admin).await;
+    let (s, admin) = Server::start_demo().await;
     let base = now_ms() << 16;
     let ops = vec![
         mv(base, 7, n(1), NodeId::ROOT, &[0x80], 0),
         mv(base + 1, 7, n(2), n(1), &[0x80], 0),
         set(base + 2, 7, n(2), "text", Some("hi"), 0),
     ];
-    s.http
-        .post(s.url("/v1/spaces/demo/ops"))
-        .bearer_auth(&admin)
-        .json(&json!({ "ops": ops }))
-        .send()
-        .await
-        .unwrap();
+    s.push("demo", &admin, &ops).await;
     let fork = |t: &str, to: &str| {
         s.http
             .post(s.url("/v1/spaces/demo/fork"))
@@ -566,13 +538,12 @@ async fn fork_copies_a_space_that_then_lives_on_its_own() {
     assert_eq!(a.ops, b.ops);
     // The copy takes new ops on its own.
     let copy_admin = token("demo.copy", Role::Admin, None, 60);
-    s.http
-        .post(s.url("/v1/spaces/demo.copy/ops"))
-        .bearer_auth(&copy_admin)
-        .json(&json!({ "ops": [mv(base + 3, 7, n(3), n(2), &[0x80], 0)] }))
-        .send()
-        .await
-        .unwrap();
+    s.push(
+        "demo.copy",
+        &copy_admin,
+        &[mv(base + 3, 7, n(3), n(2), &[0x80], 0)],
+    )
+    .await;
     assert_eq!(feed("demo.copy").await.head_seq, Some(4));
     assert_eq!(feed("demo").await.head_seq, Some(3));
     s.stop().await;
@@ -592,9 +563,7 @@ fn forge(header: &str, payload: &serde_json::Value, secret: &[u8]) -> String {
 
 #[tokio::test]
 async fn the_auth_matrix_is_refused_before_any_work() {
-    let s = Server::start().await;
-    let admin = token("demo", Role::Admin, None, 60);
-    s.create_space("demo", &admin).await;
+    let (s, admin) = Server::start_demo().await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -665,25 +634,11 @@ async fn the_auth_matrix_is_refused_before_any_work() {
     ];
     // A control: the same forge with the right key and claims works.
     let ok = forge(hs, &claims(json!({})), SECRET);
-    let op = |i: u64| json!({"ops": [mv((now_ms() << 16) + i, 7, n(u128::from(i)), NodeId::ROOT, &[0x80], 0)]});
-    let r = s
-        .http
-        .post(s.url("/v1/spaces/demo/ops"))
-        .bearer_auth(&ok)
-        .json(&op(1))
-        .send()
-        .await
-        .unwrap();
+    let op = |i: u64| [op_create(i, u128::from(i), NodeId::ROOT)];
+    let r = s.push("demo", &ok, &op(1)).await;
     assert_eq!(r.status(), 200);
     for (i, (what, tok, status, code)) in cases.into_iter().enumerate() {
-        let r = s
-            .http
-            .post(s.url("/v1/spaces/demo/ops"))
-            .bearer_auth(tok)
-            .json(&op(10 + i as u64))
-            .send()
-            .await
-            .unwrap();
+        let r = s.push("demo", tok, &op(10 + i as u64)).await;
         assert_eq!(error_code(r).await, (status, code.to_string()), "{what}");
     }
     // Nothing was committed by any refused call.

@@ -9,19 +9,13 @@ use arbor_shared::snapshot::field::{int8, uuid};
 use arbor_shared::snapshot::{Decoder, Encoder, Event, SnapshotHeader};
 use arbor_shared::{NodeId, Op, Stamp};
 use arbor_sync_server::db::Db;
-use serde_json::json;
 
 use crate::harness::*;
 use crate::http::{Server, error_code, token};
 
 async fn push(s: &Server, space: &str, ops: &[Op]) -> reqwest::Response {
-    s.http
-        .post(s.url(&format!("/v1/spaces/{space}/ops")))
-        .bearer_auth(token(space, Role::Admin, None, 60))
-        .json(&json!({ "ops": ops }))
-        .send()
+    s.push(space, token(space, Role::Admin, None, 60), ops)
         .await
-        .unwrap()
 }
 
 async fn import(s: &Server, space: &str, role: Role, body: Vec<u8>) -> reqwest::Response {
@@ -108,12 +102,8 @@ async fn export_then_import_copies_the_state_and_bad_files_create_nothing() {
     assert_eq!(push(&s, "src", &tail).await.status(), 200);
 
     let r = s
-        .http
-        .get(s.url("/v1/spaces/src/export"))
-        .bearer_auth(token("src", Role::Read, None, 60))
-        .send()
-        .await
-        .unwrap();
+        .get("/v1/spaces/src/export", token("src", Role::Read, None, 60))
+        .await;
     assert_eq!(r.status(), 200);
     assert!(
         r.headers()["content-disposition"]

@@ -2,19 +2,23 @@
 //! subject that first pushed ops stamped with it; nobody else can push ops
 //! stamped with it, and every op says who made it.
 
-use arbor_shared::auth::{Claims, Role, mint};
+use arbor_shared::auth::Role;
 use arbor_shared::http::OpsBody;
-use arbor_shared::{NodeId, ReplicaId};
-use arbor_sync_server::db::{Origin, RejectCode};
-use serde_json::json;
+use arbor_shared::{NodeId, Op, ReplicaId};
+use arbor_sync_server::db::{Committed, Db, DbError, Origin, RejectCode};
 
 use crate::harness::*;
-use crate::http::{Server, key};
+use crate::http::Server;
 
 /// A token of `sub` in `space`, without a `rid` claim (the replica id is
 /// whatever its ops say).
 fn token_of(sub: &str, space: &str, role: Role) -> String {
-    mint(&Claims::new(sub, space, role, now_ms() / 1000, 60), &key())
+    crate::http::token_of(sub, space, role, 60)
+}
+
+/// Applies `ops` to `space` as pushed by the token subject `who`.
+async fn apply_as(db: &Db, space: &str, who: &str, ops: &[Op]) -> Result<Vec<Committed>, DbError> {
+    db.apply_by(space, None, Some(who), ops).await
 }
 
 #[tokio::test]
@@ -22,52 +26,26 @@ async fn a_replica_id_belongs_to_its_first_user_and_every_op_names_its_author() 
     let db = test_db().await;
     db.create_space("s").await.unwrap();
     let t = now_ms() << 16;
-    let alice = db
-        .apply_by(
-            "s",
-            None,
-            Some("alice"),
-            &[mv(t, 7, n(1), NodeId::ROOT, &[0x80], 0)],
-        )
-        .await
-        .unwrap();
+    let create = [mv(t, 7, n(1), NodeId::ROOT, &[0x80], 0)];
+    let alice = apply_as(&db, "s", "alice", &create).await.unwrap();
     assert_eq!(alice[0].author.as_deref(), Some("alice"));
     // Bob stamps an op with Alice's replica id: refused, nothing written.
     let squat = set(t + 1, 7, n(1), "text", Some("mine"), 1);
-    let err = db
-        .apply_by("s", None, Some("bob"), std::slice::from_ref(&squat))
+    let err = apply_as(&db, "s", "bob", std::slice::from_ref(&squat))
         .await
         .unwrap_err();
     assert_eq!(err.reject_code(), Some(RejectCode::WrongReplica), "{err}");
     assert_eq!(db.space("s").await.unwrap().unwrap().head_seq, 1);
     // ... also mixed into a batch of his own, and nothing of it is claimed.
     let mixed = [set(t + 2, 8, n(1), "text", Some("b"), 1), squat.clone()];
-    let err = db
-        .apply_by("s", None, Some("bob"), &mixed)
-        .await
-        .unwrap_err();
+    let err = apply_as(&db, "s", "bob", &mixed).await.unwrap_err();
     assert_eq!(err.reject_code(), Some(RejectCode::WrongReplica), "{err}");
     // His own replica id is his; a re-push of Alice's op by Alice is a
     // duplicate that still names her.
-    let bob = db
-        .apply_by(
-            "s",
-            None,
-            Some("bob"),
-            &[set(t + 3, 8, n(1), "text", Some("b"), 1)],
-        )
-        .await
-        .unwrap();
+    let own = [set(t + 3, 8, n(1), "text", Some("b"), 1)];
+    let bob = apply_as(&db, "s", "bob", &own).await.unwrap();
     assert_eq!(bob[0].author.as_deref(), Some("bob"));
-    let again = db
-        .apply_by(
-            "s",
-            None,
-            Some("alice"),
-            &[mv(t, 7, n(1), NodeId::ROOT, &[0x80], 0)],
-        )
-        .await
-        .unwrap();
+    let again = apply_as(&db, "s", "alice", &create).await.unwrap();
     assert_eq!(
         (again[0].origin, again[0].author.as_deref()),
         (Origin::Duplicate, Some("alice"))
@@ -83,14 +61,7 @@ async fn a_replica_id_belongs_to_its_first_user_and_every_op_names_its_author() 
     assert_eq!(authors, [Some("alice"), Some("bob"), Some("alice")]);
     // Owners are per space: in another space replica 7 is free.
     db.create_space("t").await.unwrap();
-    db.apply_by(
-        "t",
-        None,
-        Some("bob"),
-        &[mv(t, 7, n(1), NodeId::ROOT, &[0x80], 0)],
-    )
-    .await
-    .unwrap();
+    apply_as(&db, "t", "bob", &create).await.unwrap();
 }
 
 /// Over HTTP: a token without `rid` cannot push ops stamped as another
@@ -101,41 +72,31 @@ async fn a_token_without_rid_cannot_push_as_another_users_replica() {
     let admin = token_of("admin", "demo", Role::Admin);
     s.create_space("demo", &admin).await;
     let t = now_ms() << 16;
-    let post = |tok: String, ops: serde_json::Value| {
-        let http = s.http.clone();
-        let url = s.url("/v1/spaces/demo/ops");
-        async move {
-            http.post(url)
-                .bearer_auth(tok)
-                .json(&json!({ "ops": ops }))
-                .send()
-                .await
-                .unwrap()
-        }
-    };
     let victim = vec![mv(t, 0x77, n(1), NodeId::ROOT, &[0x80], 0)];
-    let r = post(token_of("victim", "demo", Role::Write), json!(victim)).await;
+    let r = s
+        .push("demo", token_of("victim", "demo", Role::Write), &victim)
+        .await;
     assert_eq!(r.status(), 200);
     let body: OpsBody = r.json().await.unwrap();
     assert_eq!(body.ops[0].author.as_deref(), Some("victim"));
     // Stamp squatting: the victim's replica id at a stamp it will use.
     let squat = vec![set(t + 5, 0x77, n(1), "text", Some("gotcha"), 1)];
-    let r = post(token_of("mallory", "demo", Role::Write), json!(squat)).await;
+    let r = s
+        .push("demo", token_of("mallory", "demo", Role::Write), &squat)
+        .await;
     assert_eq!(r.status(), 403);
     let err: serde_json::Value = r.json().await.unwrap();
     assert_eq!(err["error"]["code"], "wrong_replica", "{err}");
     // The victim's own op at that stamp commits.
     let own = vec![set(t + 5, 0x77, n(1), "text", Some("mine"), 1)];
-    let r = post(token_of("victim", "demo", Role::Write), json!(own)).await;
+    let r = s
+        .push("demo", token_of("victim", "demo", Role::Write), &own)
+        .await;
     assert_eq!(r.status(), 200);
     let read = token_of("reader", "demo", Role::Read);
     let page: OpsBody = s
-        .http
-        .get(s.url("/v1/spaces/demo/ops?after=0"))
-        .bearer_auth(read)
-        .send()
+        .get("/v1/spaces/demo/ops?after=0", read)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -154,12 +115,11 @@ async fn a_token_without_rid_cannot_push_as_another_users_replica() {
     // An export carries the owners, and an import keeps them: in the new
     // space, too, nobody else can push as the victim's replica.
     let file = s
-        .http
-        .get(s.url("/v1/spaces/demo/export"))
-        .bearer_auth(token_of("reader", "demo", Role::Read))
-        .send()
+        .get(
+            "/v1/spaces/demo/export",
+            token_of("reader", "demo", Role::Read),
+        )
         .await
-        .unwrap()
         .bytes()
         .await
         .unwrap();
@@ -187,13 +147,8 @@ async fn a_token_without_rid_cannot_push_as_another_users_replica() {
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
     let squat = vec![set(t + 9, 0x77, n(1), "text", Some("gotcha"), 0)];
     let r = s
-        .http
-        .post(s.url("/v1/spaces/copy/ops"))
-        .bearer_auth(token_of("mallory", "copy", Role::Write))
-        .json(&json!({ "ops": squat }))
-        .send()
-        .await
-        .unwrap();
+        .push("copy", token_of("mallory", "copy", Role::Write), &squat)
+        .await;
     assert_eq!(r.status(), 403);
     s.stop().await;
 }

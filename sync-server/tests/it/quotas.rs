@@ -128,6 +128,15 @@ async fn db_with(quotas: Quotas) -> Db {
     Db::new(config, 2).unwrap()
 }
 
+/// A database whose sessions carry `quotas`, with the space `s` holding
+/// `ops`.
+async fn space_with(quotas: Quotas, ops: &[arbor_shared::Op]) -> Db {
+    let db = db_with(quotas).await;
+    db.create_space("s").await.unwrap();
+    db.apply("s", None, ops).await.unwrap();
+    db
+}
+
 async fn refused(db: &Db, ops: &[arbor_shared::Op]) {
     let before = (db.usage("s").await.unwrap(), db.state("s").await.unwrap());
     let err = db.apply("s", None, ops).await.expect_err("over quota");
@@ -143,29 +152,31 @@ async fn refused(db: &Db, ops: &[arbor_shared::Op]) {
 async fn a_push_past_a_space_quota_is_refused_and_changes_nothing() {
     let t = now_ms() << 16;
     // Nodes: three fit, the fourth does not; moving one still does.
-    let db = db_with(Quotas {
-        max_nodes: 3,
-        ..Quotas::NONE
-    })
-    .await;
-    db.create_space("s").await.unwrap();
     let creates: Vec<_> = (1..=3)
         .map(|i| mv(t + i, 1, n(i.into()), NodeId::ROOT, &[0x80, i as u8], 0))
         .collect();
-    db.apply("s", None, &creates).await.unwrap();
+    let db = space_with(
+        Quotas {
+            max_nodes: 3,
+            ..Quotas::NONE
+        },
+        &creates,
+    )
+    .await;
     refused(&db, &[mv(t + 10, 1, n(9), NodeId::ROOT, &[0x90], 3)]).await;
     db.apply("s", None, &[mv(t + 11, 1, n(1), n(2), &[0x80], 3)])
         .await
         .unwrap();
 
     // Log rows: a batch that would pass the quota is refused whole.
-    let db = db_with(Quotas {
-        max_log_rows: 4,
-        ..Quotas::NONE
-    })
+    let db = space_with(
+        Quotas {
+            max_log_rows: 4,
+            ..Quotas::NONE
+        },
+        &creates,
+    )
     .await;
-    db.create_space("s").await.unwrap();
-    db.apply("s", None, &creates).await.unwrap();
     refused(
         &db,
         &[
@@ -179,13 +190,14 @@ async fn a_push_past_a_space_quota_is_refused_and_changes_nothing() {
         .unwrap();
 
     // Bytes: keys, field names and values.
-    let db = db_with(Quotas {
-        max_bytes: 100,
-        ..Quotas::NONE
-    })
+    let db = space_with(
+        Quotas {
+            max_bytes: 100,
+            ..Quotas::NONE
+        },
+        &creates,
+    )
     .await;
-    db.create_space("s").await.unwrap();
-    db.apply("s", None, &creates).await.unwrap();
     refused(
         &db,
         &[set(t + 30, 1, n(1), "text", Some(&"x".repeat(100)), 3)],
@@ -197,20 +209,11 @@ async fn a_push_past_a_space_quota_is_refused_and_changes_nothing() {
 }
 
 fn tenant_token(space: &str, sub: &str, tenant: Option<&str>) -> String {
-    let now = now_ms() / 1000;
-    mint(
-        &Claims {
-            sub: sub.into(),
-            space: space.into(),
-            role: Role::Admin,
-            rid: None,
-            tenant: tenant.map(Into::into),
-            exp: now + 600,
-            nbf: None,
-            iat: Some(now),
-        },
-        &key(),
-    )
+    let claims = Claims {
+        tenant: tenant.map(Into::into),
+        ..arbor_testkit::tokens::claims(sub, space, Role::Admin, 600)
+    };
+    mint(&claims, &key())
 }
 
 #[tokio::test]
@@ -251,13 +254,7 @@ async fn a_tenant_past_its_quota_of_spaces_cannot_create_fork_or_import() {
         .unwrap();
     assert_eq!(error_code(fork).await, (403, "quota_exceeded".into()));
 
-    let export = s
-        .http
-        .get(s.url("/v1/spaces/acme.a/export"))
-        .bearer_auth(&acme)
-        .send()
-        .await
-        .unwrap();
+    let export = s.get("/v1/spaces/acme.a/export", &acme).await;
     assert_eq!(export.status(), 200);
     let file = export.bytes().await.unwrap();
     let import = s
@@ -269,13 +266,7 @@ async fn a_tenant_past_its_quota_of_spaces_cannot_create_fork_or_import() {
         .await
         .unwrap();
     assert_eq!(error_code(import).await, (403, "quota_exceeded".into()));
-    let missing = s
-        .http
-        .get(s.url("/v1/spaces/acme.c/ops"))
-        .bearer_auth(&acme)
-        .send()
-        .await
-        .unwrap();
+    let missing = s.get("/v1/spaces/acme.c/ops", &acme).await;
     assert_eq!(error_code(missing).await, (404, "unknown_space".into()));
 
     // A push past the space's node quota, over HTTP.

@@ -125,9 +125,7 @@ fn uuid(b: &Option<Vec<u8>>) -> NodeId {
 
 #[tokio::test]
 async fn snapshot_streams_the_state_and_a_cut_is_detected() {
-    let s = Server::start().await;
-    let admin = token("demo", Role::Admin, None, 60);
-    s.create_space("demo", &admin).await;
+    let (s, admin) = Server::start_demo().await;
     let base = now_ms() << 16;
     let mut ops = Vec::new();
     for i in 0..300u64 {
@@ -153,23 +151,11 @@ async fn snapshot_streams_the_state_and_a_cut_is_detected() {
             0,
         ));
     }
-    let r = s
-        .http
-        .post(s.url("/v1/spaces/demo/ops"))
-        .bearer_auth(&admin)
-        .json(&json!({ "ops": ops }))
-        .send()
-        .await
-        .unwrap();
+    let r = s.push("demo", &admin, &ops).await;
     assert_eq!(r.status(), 200);
+    let read = token("demo", Role::Read, None, 60);
 
-    let r = s
-        .http
-        .get(s.url("/v1/spaces/demo/snapshot"))
-        .bearer_auth(token("demo", Role::Read, None, 60))
-        .send()
-        .await
-        .unwrap();
+    let r = s.get("/v1/spaces/demo/snapshot", &read).await;
     assert_eq!(r.status(), 200);
     let body = r.bytes().await.unwrap();
     let (header, sections) = parse(&body).unwrap();
@@ -274,12 +260,8 @@ async fn snapshot_streams_the_state_and_a_cut_is_detected() {
     // The subtree of node 1: itself and its 29 children, their registers
     // and their ops.
     let r = s
-        .http
-        .get(s.url(&format!("/v1/spaces/demo/subtree/{}/snapshot", n(1))))
-        .bearer_auth(token("demo", Role::Read, None, 60))
-        .send()
-        .await
-        .unwrap();
+        .get(&format!("/v1/spaces/demo/subtree/{}/snapshot", n(1)), &read)
+        .await;
     assert_eq!(r.status(), 200);
     let (sub, sections) = parse(&r.bytes().await.unwrap()).unwrap();
     assert_eq!(
@@ -289,22 +271,20 @@ async fn snapshot_streams_the_state_and_a_cut_is_detected() {
     let ids: Vec<NodeId> = sections[0].iter().map(|r| uuid(&r[0])).collect();
     assert!(ids.contains(&n(1)) && ids.contains(&n(11)) && !ids.contains(&n(2)));
     let r = s
-        .http
-        .get(s.url(&format!("/v1/spaces/demo/subtree/{}/snapshot", n(999))))
-        .bearer_auth(token("demo", Role::Read, None, 60))
-        .send()
-        .await
-        .unwrap();
+        .get(
+            &format!("/v1/spaces/demo/subtree/{}/snapshot", n(999)),
+            &read,
+        )
+        .await;
     assert_eq!(r.status(), 422);
 
     // Unknown space and bad token.
     let r = s
-        .http
-        .get(s.url("/v1/spaces/nope/snapshot"))
-        .bearer_auth(token("nope", Role::Read, None, 60))
-        .send()
-        .await
-        .unwrap();
+        .get(
+            "/v1/spaces/nope/snapshot",
+            token("nope", Role::Read, None, 60),
+        )
+        .await;
     assert_eq!(r.status(), 404);
     let r = s
         .http
@@ -318,9 +298,7 @@ async fn snapshot_streams_the_state_and_a_cut_is_detected() {
 
 #[tokio::test]
 async fn a_snapshot_during_writes_plus_catch_up_equals_the_final_state() {
-    let s = Server::start().await;
-    let admin = token("demo", Role::Admin, None, 60);
-    s.create_space("demo", &admin).await;
+    let (s, admin) = Server::start_demo().await;
     let base = now_ms() << 16;
     // A writer keeps committing batches while the snapshot is taken.
     let writer = {
@@ -358,13 +336,7 @@ async fn a_snapshot_during_writes_plus_catch_up_equals_the_final_state() {
     };
     let mut snapshots = Vec::new();
     for _ in 0..5 {
-        let r = s
-            .http
-            .get(s.url("/v1/spaces/demo/snapshot"))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap();
+        let r = s.get("/v1/spaces/demo/snapshot", &admin).await;
         snapshots.push(r.bytes().await.unwrap());
     }
     writer.await.unwrap();

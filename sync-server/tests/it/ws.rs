@@ -13,10 +13,12 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use crate::harness::*;
 use crate::http::{Server, token};
 
-type Ws =
+pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(s: &Server, space: &str, tok: &str) -> Result<Ws, u16> {
+/// A socket on `space`'s realtime endpoint with `tok`, or the status that
+/// refused the upgrade.
+pub async fn connect(s: &Server, space: &str, tok: &str) -> Result<Ws, u16> {
     let url = format!(
         "{}/v1/spaces/{space}/ws",
         s.base.replace("http://", "ws://")
@@ -31,13 +33,48 @@ async fn connect(s: &Server, space: &str, tok: &str) -> Result<Ws, u16> {
     }
 }
 
-async fn send(ws: &mut Ws, msg: ClientMsg) {
+/// A socket on `space` with `tok` that said hello as `replica` from
+/// `cursor`.
+pub async fn open(s: &Server, space: &str, tok: &str, replica: u64, cursor: Option<u64>) -> Ws {
+    let mut ws = connect(s, space, tok).await.unwrap();
+    hello(&mut ws, replica, cursor).await;
+    ws
+}
+
+pub async fn send(ws: &mut Ws, msg: ClientMsg) {
     ws.send(Message::Text(msg.encode().into())).await.unwrap();
+}
+
+/// Sends a text frame that need not be a message.
+pub async fn send_text(ws: &mut Ws, text: &str) {
+    ws.send(Message::Text(text.into())).await.unwrap();
+}
+
+/// Says hello as `replica` from `cursor`.
+pub async fn hello(ws: &mut Ws, replica: u64, cursor: Option<u64>) {
+    let msg = ClientMsg::Hello {
+        v: 1,
+        replica: ReplicaId(replica),
+        cursor,
+    };
+    send(ws, msg).await;
+}
+
+/// Pushes `ops` as `batch`.
+pub async fn push(ws: &mut Ws, batch: u64, ops: Vec<Op>) {
+    send(ws, ClientMsg::Push { batch, ops }).await;
+}
+
+/// A socket on `demo` with a 60 s token of `role` bound to `replica`,
+/// that said hello as `replica` from `cursor`.
+pub async fn demo_socket(s: &Server, role: Role, replica: u64, cursor: Option<u64>) -> Ws {
+    let tok = token("demo", role, Some(replica), 60);
+    open(s, "demo", &tok, replica, cursor).await
 }
 
 /// The next frame; a frame that does not come within 20 s fails the test
 /// (a bound on failure, not a synchronization).
-async fn recv(ws: &mut Ws) -> ServerMsg {
+pub async fn recv(ws: &mut Ws) -> ServerMsg {
     loop {
         let next = tokio::time::timeout(std::time::Duration::from_secs(20), ws.next())
             .await
@@ -51,7 +88,7 @@ async fn recv(ws: &mut Ws) -> ServerMsg {
 }
 
 /// Receives until `n` ops arrived; returns their seqs and the other frames.
-async fn recv_ops(ws: &mut Ws, n: usize) -> (Vec<u64>, Vec<ServerMsg>) {
+pub async fn recv_ops(ws: &mut Ws, n: usize) -> (Vec<u64>, Vec<ServerMsg>) {
     let (mut seqs, mut other) = (Vec::new(), Vec::new());
     while seqs.len() < n {
         match recv(ws).await {
@@ -60,6 +97,44 @@ async fn recv_ops(ws: &mut Ws, n: usize) -> (Vec<u64>, Vec<ServerMsg>) {
         }
     }
     (seqs, other)
+}
+
+/// The close code the socket ends with (`None`: it ended without one).
+pub async fn close_code(ws: &mut Ws) -> Option<u16> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+/// The `error` frames and the close code a socket ends with (a frame that
+/// does not come within 20 s fails the test).
+pub async fn ending(ws: &mut Ws) -> (Vec<ServerMsg>, Option<u16>) {
+    let mut errors = Vec::new();
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(20), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                if let Ok(m @ ServerMsg::Error { .. }) = ServerMsg::decode(&t) {
+                    errors.push(m);
+                }
+            }
+            Ok(Some(Ok(Message::Close(f)))) => return (errors, f.map(|f| u16::from(f.code))),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(_)) | None) => return (errors, None),
+            Err(_) => panic!("the socket was not closed within 20 s"),
+        }
+    }
+}
+
+/// The code of an `error` frame.
+pub fn code_of(m: Option<&ServerMsg>) -> Option<&'static str> {
+    match m {
+        Some(ServerMsg::Error { code, .. }) => Some(code.as_str()),
+        _ => None,
+    }
 }
 
 fn create(step: u64, replica: u64, node: u128) -> Op {
@@ -95,58 +170,24 @@ async fn sockets_catch_up_push_and_relay_in_seq_order() {
 
     // Three ops exist before anyone connects.
     let before: Vec<Op> = (1..=3).map(|i| create(i, 9, u128::from(i))).collect();
-    s.http
-        .post(s.url("/v1/spaces/demo/ops"))
-        .bearer_auth(token("demo", Role::Write, None, 60))
-        .json(&json!({ "ops": before }))
-        .send()
-        .await
-        .unwrap();
+    s.push("demo", token("demo", Role::Write, None, 60), &before)
+        .await;
 
-    let mut a = connect(&s, "demo", &token("demo", Role::Write, Some(1), 60))
-        .await
-        .unwrap();
-    send(
-        &mut a,
-        ClientMsg::Hello {
-            v: 1,
-            replica: ReplicaId(1),
-            cursor: Some(1),
-        },
-    )
-    .await;
+    let mut a = demo_socket(&s, Role::Write, 1, Some(1)).await;
     assert!(matches!(
         recv(&mut a).await,
         ServerMsg::Welcome { head_seq: 3, .. }
     ));
     assert_eq!(recv_ops(&mut a, 2).await.0, [2, 3]);
 
-    let mut b = connect(&s, "demo", &token("demo", Role::Read, Some(2), 60))
-        .await
-        .unwrap();
-    send(
-        &mut b,
-        ClientMsg::Hello {
-            v: 1,
-            replica: ReplicaId(2),
-            cursor: Some(3),
-        },
-    )
-    .await;
+    let mut b = demo_socket(&s, Role::Read, 2, Some(3)).await;
     assert!(matches!(
         recv(&mut b).await,
         ServerMsg::Welcome { head_seq: 3, .. }
     ));
 
     // A pushes: both get the op (A first the op, then the ack).
-    send(
-        &mut a,
-        ClientMsg::Push {
-            batch: 1,
-            ops: vec![create(10, 1, 10)],
-        },
-    )
-    .await;
+    push(&mut a, 1, vec![create(10, 1, 10)]).await;
     let (seqs_a, other_a) = recv_ops(&mut a, 1).await;
     assert_eq!(seqs_a, [4]);
     let next = recv(&mut a).await;
@@ -156,14 +197,7 @@ async fn sockets_catch_up_push_and_relay_in_seq_order() {
     assert_eq!(recv_ops(&mut b, 1).await.0, [4]);
 
     // A push by another replica than the token's is refused, nothing relayed.
-    send(
-        &mut a,
-        ClientMsg::Push {
-            batch: 2,
-            ops: vec![create(11, 5, 11)],
-        },
-    )
-    .await;
+    push(&mut a, 2, vec![create(11, 5, 11)]).await;
     loop {
         match recv(&mut a).await {
             ServerMsg::Error {
@@ -179,14 +213,7 @@ async fn sockets_catch_up_push_and_relay_in_seq_order() {
         }
     }
     // A read token cannot push.
-    send(
-        &mut b,
-        ClientMsg::Push {
-            batch: 3,
-            ops: vec![create(12, 2, 12)],
-        },
-    )
-    .await;
+    push(&mut b, 3, vec![create(12, 2, 12)]).await;
     loop {
         if let ServerMsg::Error {
             batch: Some(3),
@@ -200,40 +227,20 @@ async fn sockets_catch_up_push_and_relay_in_seq_order() {
     }
 
     // An op committed over HTTP reaches the sockets.
-    s.http
-        .post(s.url("/v1/spaces/demo/ops"))
-        .bearer_auth(token("demo", Role::Write, None, 60))
-        .json(&json!({ "ops": [create(20, 9, 20)] }))
-        .send()
-        .await
-        .unwrap();
+    s.push(
+        "demo",
+        token("demo", Role::Write, None, 60),
+        &[create(20, 9, 20)],
+    )
+    .await;
     assert_eq!(recv_ops(&mut a, 1).await.0, [5]);
     assert_eq!(recv_ops(&mut b, 1).await.0, [5]);
 
     // A malformed frame closes the socket with 4003.
-    a.send(Message::Text("{\"type\":\"bogus\"}".into()))
-        .await
-        .unwrap();
-    let code = loop {
-        match a.next().await {
-            Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
-            Some(Ok(_)) => {}
-            other => panic!("{other:?}"),
-        }
-    };
-    assert_eq!(code, 4003);
+    send_text(&mut a, "{\"type\":\"bogus\"}").await;
+    assert_eq!(close_code(&mut a).await, Some(4003));
     drop(b);
     s.stop().await;
-}
-
-async fn close_code(ws: &mut Ws) -> Option<u16> {
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None => return None,
-        }
-    }
 }
 
 #[tokio::test]
@@ -241,41 +248,16 @@ async fn a_slow_reader_is_closed_while_others_keep_up() {
     // Four frames of queue per socket: a reader that stops reading is
     // closed with 4002 once its queue and the kernel's buffers are full;
     // a reader that keeps reading gets every op.
-    let s = Server::start_with(4, 5).await;
-    let admin = token("demo", Role::Admin, None, 60);
-    s.create_space("demo", &admin).await;
+    let (s, admin) = Server::start_demo_with(4, 5).await;
     let base = now_ms() << 16;
-    s.http
-        .post(s.url("/v1/spaces/demo/ops"))
-        .bearer_auth(&admin)
-        .json(&json!({ "ops": [mv(base, 9, n(1), NodeId::ROOT, &[0x80], 0)] }))
-        .send()
-        .await
-        .unwrap();
-    let mut slow = connect(&s, "demo", &token("demo", Role::Read, Some(1), 60))
-        .await
-        .unwrap();
-    send(
-        &mut slow,
-        ClientMsg::Hello {
-            v: 1,
-            replica: ReplicaId(1),
-            cursor: Some(1),
-        },
+    s.push(
+        "demo",
+        &admin,
+        &[mv(base, 9, n(1), NodeId::ROOT, &[0x80], 0)],
     )
     .await;
-    let mut fast = connect(&s, "demo", &token("demo", Role::Read, Some(2), 60))
-        .await
-        .unwrap();
-    send(
-        &mut fast,
-        ClientMsg::Hello {
-            v: 1,
-            replica: ReplicaId(2),
-            cursor: Some(1),
-        },
-    )
-    .await;
+    let mut slow = demo_socket(&s, Role::Read, 1, Some(1)).await;
+    let mut fast = demo_socket(&s, Role::Read, 2, Some(1)).await;
     const BATCHES: u64 = 100;
     const PER: u64 = 200;
     let reader = tokio::spawn(async move {
@@ -287,14 +269,7 @@ async fn a_slow_reader_is_closed_while_others_keep_up() {
         let ops: Vec<_> = (0..PER)
             .map(|i| set(base + 1 + b * PER + i, 9, n(1), "text", Some(&value), 1))
             .collect();
-        let r = s
-            .http
-            .post(s.url("/v1/spaces/demo/ops"))
-            .bearer_auth(&admin)
-            .json(&json!({ "ops": ops }))
-            .send()
-            .await
-            .unwrap();
+        let r = s.push("demo", &admin, &ops).await;
         assert_eq!(r.status(), 200);
     }
     let seqs = reader.await.unwrap();
@@ -305,32 +280,15 @@ async fn a_slow_reader_is_closed_while_others_keep_up() {
 
 #[tokio::test]
 async fn an_expired_token_closes_its_socket_and_shutdown_closes_the_rest() {
-    let s = Server::start_with(256, 0).await;
-    let admin = token("demo", Role::Admin, None, 60);
-    s.create_space("demo", &admin).await;
+    let (s, _) = Server::start_demo_with(256, 0).await;
     // Valid for one more second: the room's once-a-second check closes it.
-    let mut short = connect(&s, "demo", &token("demo", Role::Read, Some(1), 1))
-        .await
-        .unwrap();
-    send(
-        &mut short,
-        ClientMsg::Hello {
-            v: 1,
-            replica: ReplicaId(1),
-            cursor: None,
-        },
-    )
-    .await;
-    let mut long = connect(&s, "demo", &token("demo", Role::Read, Some(2), 600))
-        .await
-        .unwrap();
-    send(
-        &mut long,
-        ClientMsg::Hello {
-            v: 1,
-            replica: ReplicaId(2),
-            cursor: None,
-        },
+    let mut short = open(&s, "demo", &token("demo", Role::Read, Some(1), 1), 1, None).await;
+    let mut long = open(
+        &s,
+        "demo",
+        &token("demo", Role::Read, Some(2), 600),
+        2,
+        None,
     )
     .await;
     assert_eq!(close_code(&mut short).await, Some(4001));
@@ -343,9 +301,7 @@ async fn an_expired_token_closes_its_socket_and_shutdown_closes_the_rest() {
 
 #[tokio::test]
 async fn reconnecting_with_a_cursor_gets_exactly_the_missed_ops() {
-    let s = Server::start().await;
-    let admin = token("demo", Role::Admin, None, 60);
-    s.create_space("demo", &admin).await;
+    let (s, admin) = Server::start_demo().await;
     let push_http = |from: u64, to: u64| {
         let ops: Vec<Op> = (from..to).map(|i| create(i, 9, u128::from(i))).collect();
         s.http
@@ -355,35 +311,13 @@ async fn reconnecting_with_a_cursor_gets_exactly_the_missed_ops() {
             .send()
     };
     push_http(1, 6).await.unwrap();
-    let mut a = connect(&s, "demo", &token("demo", Role::Read, Some(1), 60))
-        .await
-        .unwrap();
-    send(
-        &mut a,
-        ClientMsg::Hello {
-            v: 1,
-            replica: ReplicaId(1),
-            cursor: None,
-        },
-    )
-    .await;
+    let mut a = demo_socket(&s, Role::Read, 1, None).await;
     assert_eq!(recv_ops(&mut a, 5).await.0, [1, 2, 3, 4, 5]);
     a.close(None).await.unwrap();
     drop(a);
     // Offline: three more ops.
     push_http(6, 9).await.unwrap();
-    let mut a = connect(&s, "demo", &token("demo", Role::Read, Some(1), 60))
-        .await
-        .unwrap();
-    send(
-        &mut a,
-        ClientMsg::Hello {
-            v: 1,
-            replica: ReplicaId(1),
-            cursor: Some(5),
-        },
-    )
-    .await;
+    let mut a = demo_socket(&s, Role::Read, 1, Some(5)).await;
     assert!(matches!(
         recv(&mut a).await,
         ServerMsg::Welcome { head_seq: 8, .. }
@@ -433,39 +367,22 @@ async fn reconnecting_with_a_cursor_gets_exactly_the_missed_ops() {
 async fn back_to_back_pushes_commit_in_arrival_order() {
     // A client pushes a create and, without waiting for its ack, a set on
     // the new node: the room commits them in arrival order, so both land.
-    let s = Server::start().await;
-    let admin = token("demo", Role::Admin, None, 60);
-    s.create_space("demo", &admin).await;
-    let mut a = connect(&s, "demo", &token("demo", Role::Write, Some(1), 60))
-        .await
-        .unwrap();
-    send(
-        &mut a,
-        ClientMsg::Hello {
-            v: 1,
-            replica: ReplicaId(1),
-            cursor: None,
-        },
-    )
-    .await;
+    let (s, _) = Server::start_demo().await;
+    let mut a = demo_socket(&s, Role::Write, 1, None).await;
     let base = now_ms() << 16;
     // Six pairs: twelve pushes in flight, under the room's limit of 16.
     for i in 0..6u64 {
         let node = n(u128::from(i) + 1);
-        send(
+        push(
             &mut a,
-            ClientMsg::Push {
-                batch: 2 * i,
-                ops: vec![mv(base + 2 * i, 1, node, NodeId::ROOT, &[0x80], 0)],
-            },
+            2 * i,
+            vec![mv(base + 2 * i, 1, node, NodeId::ROOT, &[0x80], 0)],
         )
         .await;
-        send(
+        push(
             &mut a,
-            ClientMsg::Push {
-                batch: 2 * i + 1,
-                ops: vec![set(base + 2 * i + 1, 1, node, "text", Some("x"), 0)],
-            },
+            2 * i + 1,
+            vec![set(base + 2 * i + 1, 1, node, "text", Some("x"), 0)],
         )
         .await;
     }
@@ -495,50 +412,21 @@ async fn two_server_processes_relay_each_others_commits() {
         .await
         .unwrap();
     for (ws, replica) in [(&mut a, 1), (&mut b, 2)] {
-        send(
-            ws,
-            ClientMsg::Hello {
-                v: 1,
-                replica: ReplicaId(replica),
-                cursor: Some(0),
-            },
-        )
-        .await;
+        hello(ws, replica, Some(0)).await;
         assert!(matches!(
             recv(ws).await,
             ServerMsg::Welcome { head_seq: 0, .. }
         ));
     }
-    send(
-        &mut a,
-        ClientMsg::Push {
-            batch: 1,
-            ops: vec![create(1, 1, 1), create(2, 1, 2)],
-        },
-    )
-    .await;
+    push(&mut a, 1, vec![create(1, 1, 1), create(2, 1, 2)]).await;
     assert_eq!(recv_ops(&mut a, 2).await.0, [1, 2]);
     assert_eq!(recv_ops(&mut b, 2).await.0, [1, 2]);
     let ops: Vec<Op> = (3..6).map(|i| create(i, 9, u128::from(i))).collect();
-    let r = two
-        .http
-        .post(two.url("/v1/spaces/demo/ops"))
-        .bearer_auth(&admin)
-        .json(&json!({ "ops": ops }))
-        .send()
-        .await
-        .unwrap();
+    let r = two.push("demo", &admin, &ops).await;
     assert_eq!(r.status(), 200);
     assert_eq!(recv_ops(&mut b, 3).await.0, [3, 4, 5]);
     assert_eq!(recv_ops(&mut a, 3).await.0, [3, 4, 5]);
-    send(
-        &mut b,
-        ClientMsg::Push {
-            batch: 7,
-            ops: vec![create(6, 2, 6)],
-        },
-    )
-    .await;
+    push(&mut b, 7, vec![create(6, 2, 6)]).await;
     let (seqs, other) = recv_ops(&mut b, 1).await;
     assert_eq!(seqs, [6]);
     assert!(!other.iter().any(|m| matches!(m, ServerMsg::Error { .. })));
@@ -549,48 +437,23 @@ async fn two_server_processes_relay_each_others_commits() {
 
 #[tokio::test]
 async fn oversized_frames_close_1009_and_change_nothing() {
-    let s = Server::start().await;
-    let admin = token("demo", Role::Admin, None, 60);
-    s.create_space("demo", &admin).await;
+    let (s, admin) = Server::start_demo().await;
     // Just over the protocol limit: the room refuses it with a typed error,
     // then closes 1009. Far over it: the transport refuses it, also 1009.
     for (size, typed) in [((1 << 20) + 10, true), (3 << 20, false)] {
-        let mut ws = connect(&s, "demo", &token("demo", Role::Write, Some(1), 60))
-            .await
-            .unwrap();
-        send(
-            &mut ws,
-            ClientMsg::Hello {
-                v: 1,
-                replica: ReplicaId(1),
-                cursor: Some(0),
-            },
-        )
-        .await;
+        let mut ws = demo_socket(&s, Role::Write, 1, Some(0)).await;
         assert!(matches!(recv(&mut ws).await, ServerMsg::Welcome { .. }));
         let ops = serde_json::to_string(&[create(1, 1, 1)]).unwrap();
         let frame = format!(
             "{{\"type\":\"push\",\"batch\":1,\"ops\":{ops},\"pad\":\"{}\"}}",
             "x".repeat(size)
         );
-        ws.send(Message::Text(frame.into())).await.unwrap();
-        let mut error = None;
-        let code = loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) => {
-                    if let Ok(ServerMsg::Error { code, .. }) = ServerMsg::decode(&t) {
-                        error = Some(code);
-                    }
-                }
-                Some(Ok(Message::Close(f))) => break f.map(|f| u16::from(f.code)),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => panic!("{e}"),
-                None => break None,
-            }
-        };
+        send_text(&mut ws, &frame).await;
+        let (errors, code) = ending(&mut ws).await;
+        let error = errors.last();
         assert_eq!(code, Some(1009), "frame of {size} bytes");
         if typed {
-            assert_eq!(error.map(|c| c.as_str()), Some("frame_too_large"));
+            assert_eq!(code_of(error), Some("frame_too_large"));
         }
     }
     let feed: arbor_sync_server::api::OpsBody = s.get_json("/v1/spaces/demo/ops", &admin).await;
@@ -605,20 +468,9 @@ async fn oversized_frames_close_1009_and_change_nothing() {
 /// and the socket stays open.
 #[tokio::test]
 async fn a_nul_byte_is_refused_as_bad_input_not_as_an_outage() {
-    let s = Server::start().await;
-    let admin = token("demo", Role::Admin, None, 60);
-    s.create_space("demo", &admin).await;
+    let (s, admin) = Server::start_demo().await;
     let write = token("demo", Role::Write, Some(7), 60);
-    let mut ws = connect(&s, "demo", &write).await.unwrap();
-    send(
-        &mut ws,
-        ClientMsg::Hello {
-            v: 1,
-            replica: ReplicaId(7),
-            cursor: Some(0),
-        },
-    )
-    .await;
+    let mut ws = open(&s, "demo", &write, 7, Some(0)).await;
     assert!(matches!(recv(&mut ws).await, ServerMsg::Welcome { .. }));
     let nul = set((now_ms() << 16) + 2, 7, n(1), "text\0", Some("x"), 0);
     let in_value = set((now_ms() << 16) + 3, 7, n(1), "text", Some("a\0b"), 0);
@@ -649,25 +501,12 @@ async fn a_nul_byte_is_refused_as_bad_input_not_as_an_outage() {
     send(&mut ws, ClientMsg::Ping {}).await;
     assert_eq!(recv(&mut ws).await, ServerMsg::Pong);
     // Over HTTP: 400 bad_op.
-    let r = s
-        .http
-        .post(s.url("/v1/spaces/demo/ops"))
-        .bearer_auth(&write)
-        .json(&json!({ "ops": [create(4, 7, 2), in_value] }))
-        .send()
-        .await
-        .unwrap();
+    let r = s.push("demo", &write, &[create(4, 7, 2), in_value]).await;
     let (status, code) = crate::http::error_code(r).await;
     assert_eq!((status, code.as_str()), (400, "bad_op"));
     // A space name with a NUL: 400 bad_request, from every route.
     for path in ["/v1/spaces/de%00mo/ops", "/v1/spaces/de%00mo/snapshot"] {
-        let r = s
-            .http
-            .get(s.url(path))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap();
+        let r = s.get(path, &admin).await;
         let (status, code) = crate::http::error_code(r).await;
         assert_eq!((status, code.as_str()), (400, "bad_request"), "{path}");
     }
@@ -700,30 +539,12 @@ async fn a_hello_without_a_cursor_on_an_imported_space_gets_snapshot_required() 
         .await
         .unwrap();
     let read = token("imp", Role::Read, Some(3), 60);
-    let mut ws = connect(&s, "imp", &read).await.unwrap();
-    send(
-        &mut ws,
-        ClientMsg::Hello {
-            v: 1,
-            replica: ReplicaId(3),
-            cursor: None,
-        },
-    )
-    .await;
+    let mut ws = open(&s, "imp", &read, 3, None).await;
     assert_eq!(
         recv(&mut ws).await,
         ServerMsg::SnapshotRequired { head_seq: 0 }
     );
-    let mut ws = connect(&s, "imp", &read).await.unwrap();
-    send(
-        &mut ws,
-        ClientMsg::Hello {
-            v: 1,
-            replica: ReplicaId(3),
-            cursor: Some(0),
-        },
-    )
-    .await;
+    let mut ws = open(&s, "imp", &read, 3, Some(0)).await;
     assert!(matches!(recv(&mut ws).await, ServerMsg::Welcome { .. }));
     let feed: arbor_shared::http::OpsBody = s.get_json("/v1/spaces/imp/ops", &read).await;
     assert_eq!(feed.min_cursor, Some(0));
