@@ -310,7 +310,7 @@ pub struct Revocations {
 #[error("revocation list: {0}")]
 pub struct RevocationsError(pub String);
 
-#[derive(Deserialize)]
+#[derive(Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 struct RevocationsJson {
     #[serde(default)]
@@ -336,6 +336,16 @@ impl Revocations {
             jti: doc.jti.into_iter().collect(),
             sub: doc.sub,
         })
+    }
+
+    /// The list in the format [`Revocations::parse`] reads (the sync
+    /// server hands it to the Durable Objects so).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&RevocationsJson {
+            jti: self.jti.iter().cloned().collect(),
+            sub: self.sub.clone(),
+        })
+        .unwrap_or_default()
     }
 
     /// True if the list refuses a token with these claims.

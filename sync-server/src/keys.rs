@@ -79,6 +79,9 @@ pub struct KeyStore {
     /// The key set with the settings' issuer, audience and prefix.
     keys: RwLock<Arc<Keys>>,
     revoked: RwLock<Arc<Revocations>>,
+    /// Bumped at every reload of the revocation list (the `ETag` the
+    /// Durable Objects ask with).
+    revoked_version: std::sync::atomic::AtomicU64,
     /// Keys without any JWKS (HS256 and the claim rules): a reload adds
     /// the new JWKS to these.
     base: Keys,
@@ -166,6 +169,7 @@ impl KeyStore {
         Ok(KeyStore {
             keys: RwLock::new(Arc::new(keys)),
             revoked: RwLock::new(Arc::new(revoked)),
+            revoked_version: std::sync::atomic::AtomicU64::new(1),
             base,
             config,
             refetch: Notify::new(),
@@ -204,6 +208,16 @@ impl KeyStore {
             Ok(mut r) => *r = list,
             Err(p) => *p.into_inner() = list,
         }
+        self.revoked_version
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The revocation list in force and its version (bumped at each reload).
+    pub fn revoked_with_version(&self) -> (Arc<Revocations>, u64) {
+        let version = self
+            .revoked_version
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (self.revoked(), version)
     }
 
     /// Reloads until `stop`: the files when they change (checked every

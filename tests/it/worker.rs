@@ -91,22 +91,28 @@ async fn native_clients_sync_through_the_durable_object() {
     let db = stack::database(cluster, "e2e_worker", 2).await;
     db.create_space("s").await.unwrap();
     let worker_port = free_port();
+    // The sync server's revocation list: the objects fetch it.
+    let revocation_file =
+        std::env::temp_dir().join(format!("arbor-e2e-revoked-{}.json", std::process::id()));
+    std::fs::write(&revocation_file, r#"{"sub": {"mallory": null}}"#).unwrap();
+    let base = stack::config(cluster, "e2e_worker", SECRET.as_bytes());
     let server = stack::serve(Config {
         notify_url: Some(format!("http://127.0.0.1:{worker_port}")),
-        ..stack::config(cluster, "e2e_worker", SECRET.as_bytes())
+        auth: arbor_sync_server::keys::AuthConfig {
+            revocation_file: Some(revocation_file.clone()),
+            ..base.auth.clone()
+        },
+        ..base
     })
     .await;
     // The Worker also takes EdDSA tokens from its JWKS, and refuses the
-    // subjects its revocation list names.
+    // subjects the sync server's revocation list names.
     let jwks = serde_json::json!({ "keys": [arbor_shared::keys::public_jwk(&[7; 32], "edge")] });
     let mut workerd = Workerd::start_with_vars(
         &server,
         SECRET,
         worker_port,
-        &[
-            ("ARBOR_JWKS", jwks.to_string()),
-            ("ARBOR_REVOKED", r#"{"sub": {"mallory": null}}"#.to_string()),
-        ],
+        &[("ARBOR_JWKS", jwks.to_string())],
     )
     .await;
     let worker = workerd.url();
@@ -118,6 +124,16 @@ async fn native_clients_sync_through_the_durable_object() {
     assert_eq!(connect(&worker, "s", Some(&unknown)).await.err(), Some(401));
     let revoked = token_full("s", Role::Read, SECRET, "mallory");
     assert_eq!(connect(&worker, "s", Some(&revoked)).await.err(), Some(401));
+    // A live socket whose token is revoked later is closed 4005 at the
+    // object's next tick (every 15 s) after the server reloads the list.
+    let mut edge = connect(&worker, "s", Some(&eddsa)).await.unwrap();
+    assert_eq!(hello(&mut edge, 0xed6e, Some(0)).await, 0);
+    let tmp = revocation_file.with_extension("tmp");
+    std::fs::write(&tmp, r#"{"sub": {"mallory": null, "edge-user": null}}"#).unwrap();
+    std::fs::rename(&tmp, &revocation_file).unwrap();
+    let (errors, code) = ending(&mut edge).await;
+    assert_eq!(code, Some(4005), "{errors:?}");
+    assert_eq!(connect(&worker, "s", Some(&eddsa)).await.err(), Some(401));
 
     // Bad tokens are refused before any upgrade.
     assert_eq!(connect(&worker, "s", None).await.err(), Some(401));

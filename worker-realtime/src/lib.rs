@@ -33,7 +33,7 @@ mod upstream;
 pub use object::RoomObject;
 
 use arbor_shared::auth::Hs256Key;
-use arbor_shared::keys::{Jwks, Keys, Revocations};
+use arbor_shared::keys::{Jwks, Keys};
 use worker::{Date, Env, Response, Result};
 
 /// Token clock leeway, seconds.
@@ -72,11 +72,9 @@ fn env_text(env: &Env, name: &str) -> Option<String> {
 /// The keys tokens are checked with, as the sync server's flags give them:
 /// `ARBOR_JWT_SECRET` (and `ARBOR_JWT_PREVIOUS_SECRET` during a rotation),
 /// `ARBOR_JWKS` (a JWKS document), `ARBOR_JWT_ISSUER`,
-/// `ARBOR_JWT_AUDIENCE`, `ARBOR_JWT_CLAIMS_PREFIX`; and the revocation list
-/// `ARBOR_REVOKED` (the revocation file's JSON). A change to any of them is
-/// a new deployment, which restarts the objects: their sockets reconnect
-/// and are checked again.
-fn keys(env: &Env) -> std::result::Result<(Keys, Revocations), String> {
+/// `ARBOR_JWT_AUDIENCE`, `ARBOR_JWT_CLAIMS_PREFIX`. (The revocation list
+/// is the sync server's: each object fetches it, `object.rs`.)
+fn keys(env: &Env) -> std::result::Result<Keys, String> {
     let mut keys = Keys::hs256(key(env)?);
     if let Some(previous) = env_text(env, "ARBOR_JWT_PREVIOUS_SECRET") {
         let previous = Hs256Key::new(previous.trim().as_bytes()).map_err(|e| e.to_string())?;
@@ -89,11 +87,5 @@ fn keys(env: &Env) -> std::result::Result<(Keys, Revocations), String> {
     keys.issuer = env_text(env, "ARBOR_JWT_ISSUER");
     keys.audience = env_text(env, "ARBOR_JWT_AUDIENCE");
     keys.claims_prefix = env_text(env, "ARBOR_JWT_CLAIMS_PREFIX");
-    let revoked = match env_text(env, "ARBOR_REVOKED") {
-        Some(list) => {
-            Revocations::parse(list.as_bytes()).map_err(|e| format!("ARBOR_REVOKED: {e}"))?
-        }
-        None => Revocations::default(),
-    };
-    Ok((keys, revoked))
+    Ok(keys)
 }

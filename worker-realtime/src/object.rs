@@ -7,6 +7,7 @@ use arbor_shared::ErrorCode;
 use arbor_shared::ReplicaId;
 use arbor_shared::auth::{Claims, Role};
 use arbor_shared::http::NotifyBody;
+use arbor_shared::keys::Revocations;
 use arbor_shared::protocol::ServerMsg;
 use arbor_shared::rate::{Rate, RateMap};
 use arbor_shared::room::{Action, ConnId, Room, RoomLimits};
@@ -19,7 +20,8 @@ use worker::{
 use crate::upstream::Upstream;
 use crate::{CLAIMS_HEADER, LEEWAY_S, PROTOCOL_HEADER, SPACE_HEADER, json_error, now_ms};
 
-/// How often the object checks token expiry while sockets are open.
+/// How often the object checks token expiry and the revocation list while
+/// sockets are open.
 const TICK_MS: i64 = 15_000;
 
 /// What a socket keeps across hibernation (its attachment).
@@ -49,6 +51,10 @@ pub(crate) struct Live {
     /// Frames per token (lost with memory on hibernation, which only an
     /// idle object reaches).
     frames: RateMap,
+    /// The sync server's revocation list, and its tag (`None`: not fetched
+    /// since the room was built).
+    revoked: Revocations,
+    revoked_tag: Option<String>,
 }
 
 /// Tokens whose frame buckets are kept before full ones are swept.
@@ -115,6 +121,8 @@ impl RoomObject {
             sockets: map,
             next_conn,
             frames: frames(),
+            revoked: Revocations::default(),
+            revoked_tag: None,
         });
         self.run(actions).await;
         Ok(())
@@ -145,6 +153,29 @@ impl RoomObject {
         });
     }
 
+    /// Fetches the sync server's revocation list when it changed (or was
+    /// never fetched since the room was built) and closes the sockets whose
+    /// token it now refuses (`token_revoked`, 4005). A failed fetch keeps
+    /// the list the room has.
+    async fn refresh_revocations(&self) {
+        let Some((upstream, tag)) = self.with_room(|l| (l.upstream.clone(), l.revoked_tag.clone()))
+        else {
+            return;
+        };
+        match upstream.revocations(tag.as_deref()).await {
+            Ok(Some((list, tag))) => {
+                self.drive(|l| {
+                    l.revoked = list.clone();
+                    l.revoked_tag = tag;
+                    l.room.on_revoked(&list)
+                })
+                .await;
+            }
+            Ok(None) => {}
+            Err(e) => worker::console_error!("revocation list: {e}"),
+        }
+    }
+
     async fn ensure_alarm(&self) {
         let storage = self.state.storage();
         if let Ok(None) = storage.get_alarm().await {
@@ -167,6 +198,17 @@ impl RoomObject {
         if let Err(e) = self.ensure_live(Some(&space)).await {
             worker::console_error!("room unavailable: {e}");
             return json_error(ErrorCode::Unavailable, "the sync server is unavailable");
+        }
+        // The first socket of a rebuilt room fetches the list; later ones
+        // use the room's copy (refreshed every tick).
+        if self.with_room(|l| l.revoked_tag.is_none()).unwrap_or(false) {
+            self.refresh_revocations().await;
+        }
+        if self
+            .with_room(|l| l.revoked.revokes(&claims))
+            .unwrap_or(false)
+        {
+            return json_error(ErrorCode::TokenRevoked, "the token has been revoked");
         }
         let pair = WebSocketPair::new()?;
         let server = pair.server;
@@ -327,6 +369,7 @@ impl DurableObject for RoomObject {
         self.ensure_live(space.as_deref()).await?;
         self.drive(|l| l.room.on_tick(now_ms() / 1000, LEEWAY_S))
             .await;
+        self.refresh_revocations().await;
         let _ = self.with_room(|l| l.upstream.close_if_idle());
         let _ = self.state.storage().set_alarm(TICK_MS).await;
         Response::ok("tick")

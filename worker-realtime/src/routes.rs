@@ -2,6 +2,7 @@
 
 use arbor_shared::ErrorCode;
 use arbor_shared::auth::{self, Need, TokenSource, WS_PROTOCOL};
+use arbor_shared::keys::Revocations;
 use worker::{Env, Headers, Method, Request, RequestInit, Response, Result, event};
 
 use crate::{CLAIMS_HEADER, LEEWAY_S, PROTOCOL_HEADER, SPACE_HEADER, json_error, keys, now_ms};
@@ -39,7 +40,7 @@ pub async fn fetch(req: Request, env: Env, _ctx: worker::Context) -> Result<Resp
                     "a WebSocket upgrade is required",
                 );
             }
-            let (keys, revoked) = match keys(&env) {
+            let keys = match keys(&env) {
                 Ok(k) => k,
                 Err(e) => {
                     worker::console_error!("{e}");
@@ -62,7 +63,9 @@ pub async fn fetch(req: Request, env: Env, _ctx: worker::Context) -> Result<Resp
             let claims = match auth::authorize(
                 found.map(|(t, _)| t),
                 &keys,
-                &revoked,
+                // Revocation is checked by the object, with the sync
+                // server's list.
+                &Revocations::default(),
                 now_ms() / 1000,
                 LEEWAY_S,
                 space,

@@ -18,6 +18,8 @@ use worker::{
     WebsocketEvent,
 };
 
+use arbor_shared::keys::Revocations;
+
 use crate::{key, now_ms};
 
 /// How long a group commit may wait for its answer on the upstream socket
@@ -188,6 +190,38 @@ impl Upstream {
         Fetch::Request(Request::new_with_init(&url, &init)?)
             .send()
             .await
+    }
+
+    /// The sync server's revocation list, unless it is still the one
+    /// tagged `etag` (`Ok(None)`): the list and its new tag.
+    pub(crate) async fn revocations(
+        &self,
+        etag: Option<&str>,
+    ) -> Result<Option<(Revocations, Option<String>)>> {
+        let headers = Headers::new();
+        headers.set("authorization", &format!("Bearer {}", self.service_token()))?;
+        if let Some(tag) = etag {
+            headers.set("if-none-match", tag)?;
+        }
+        let mut init = RequestInit::new();
+        init.with_method(Method::Get).with_headers(headers);
+        let url = format!("{}/v1/spaces/{}/revocations", self.base, self.space);
+        let mut r = Fetch::Request(Request::new_with_init(&url, &init)?)
+            .send()
+            .await?;
+        match r.status_code() {
+            304 => Ok(None),
+            200 => {
+                let tag = r.headers().get("etag")?;
+                let text = r.text().await?;
+                let list = Revocations::parse(text.as_bytes())
+                    .map_err(|e| worker::Error::RustError(e.to_string()))?;
+                Ok(Some((list, tag)))
+            }
+            status => Err(worker::Error::RustError(format!(
+                "the revocation list answered {status}"
+            ))),
+        }
     }
 
     /// One page of committed ops, `after < seq <= upto` (at most `limit`),

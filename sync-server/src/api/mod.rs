@@ -17,6 +17,7 @@
 //! - `upstream.rs`: the Durable Object's upstream socket (group commits).
 //! - `snapshots.rs`: snapshot, subtree snapshot, export, import.
 //! - `request_metrics.rs`: request counts and times by route template.
+//! - `revocations.rs`: the revocation list for the Durable Objects.
 
 mod auth;
 mod children;
@@ -24,6 +25,7 @@ mod error;
 mod health;
 mod ops;
 mod request_metrics;
+mod revocations;
 mod snapshots;
 mod spaces;
 mod upstream;
@@ -189,6 +191,10 @@ fn api_routes(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         )
         .route("/v1/spaces/{space}/ws", get(websocket::websocket))
         .route("/v1/spaces/{space}/upstream", get(upstream::upstream))
+        .route(
+            "/v1/spaces/{space}/revocations",
+            get(revocations::revocations),
+        )
         .route("/v1/spaces/{space}/snapshot", get(snapshots::snapshot))
         .route(
             "/v1/spaces/{space}/subtree/{node}/snapshot",
