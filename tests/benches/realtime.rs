@@ -50,14 +50,19 @@ const OPS: usize = 1_000;
 const ROUNDS: usize = 5;
 const EVERY: Duration = Duration::from_millis(5);
 
-fn token(space: &str, role: Role) -> String {
-    arbor_testkit::tokens::token(SECRET.as_bytes(), "bench", space, role, 3600)
+/// A token of its own for each socket (a subject per replica, as real
+/// clients have: one subject may hold only so many sockets). The writer is
+/// a service, so no per-token rate applies to its 200 pushes a second in
+/// either tier.
+fn token(space: &str, role: Role, replica: u64) -> String {
+    let sub = format!("bench-{replica}");
+    arbor_testkit::tokens::token(SECRET.as_bytes(), &sub, space, role, 3600)
 }
 
 /// A socket on `space` at `base` with a token of `role`, welcomed as
 /// `replica`.
 async fn join(base: &str, space: &str, role: Role, replica: u64) -> Ws {
-    let mut ws = connect(base, space, Some(&token(space, role)))
+    let mut ws = connect(base, space, Some(&token(space, role, replica)))
         .await
         .unwrap();
     hello(&mut ws, replica, Some(0)).await;
@@ -82,7 +87,7 @@ async fn run(base: &str, space: &str) -> Vec<Duration> {
             lat
         }));
     }
-    let mut writer = join(base, space, Role::Write, 7).await;
+    let mut writer = join(base, space, Role::Service, 7).await;
     let mut w = Writer::new(OPS, 7, NodeId(42), start, EVERY, 8);
     writer
         .send(Message::Text(w.create().encode().into()))
@@ -180,7 +185,7 @@ where
 async fn http_commits(server: &str, space: &str) -> Vec<Duration> {
     let http = reqwest::Client::new();
     let url = format!("{server}/v1/spaces/{space}/ops/group");
-    let token = token(space, Role::Service);
+    let token = token(space, Role::Service, 0);
     commit_round_trips(|pushes| {
         let r = http
             .post(&url)
@@ -206,7 +211,7 @@ async fn socket_commits(server: &str, space: &str) -> Vec<Duration> {
     let mut req = url.into_client_request().unwrap();
     req.headers_mut().insert(
         "authorization",
-        format!("Bearer {}", token(space, Role::Service))
+        format!("Bearer {}", token(space, Role::Service, 0))
             .parse()
             .unwrap(),
     );
