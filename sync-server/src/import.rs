@@ -39,16 +39,21 @@ impl From<SnapshotError> for ImportError {
 /// Postgres refusing `COPY` input is the file's fault, not the server's.
 /// Its own words go to the log, not to the caller.
 fn copy_error(e: tokio_postgres::Error) -> ImportError {
+    refused_by_postgres(
+        e,
+        "import rows refused",
+        "a row of the file does not fit its column (bad COPY data)",
+    )
+}
+
+/// A database error that is the file's fault becomes `message` for the
+/// caller, Postgres' own words going to the log under `logged`; any other
+/// failure stays a database error.
+fn refused_by_postgres(e: tokio_postgres::Error, logged: &str, message: &str) -> ImportError {
     match e.as_db_error() {
         Some(db) => {
-            tracing::info!(
-                message = db.message(),
-                code = db.code().code(),
-                "import rows refused"
-            );
-            ImportError::Snapshot(
-                "a row of the file does not fit its column (bad COPY data)".into(),
-            )
+            tracing::info!(message = db.message(), code = db.code().code(), "{logged}");
+            ImportError::Snapshot(message.into())
         }
         None => ImportError::Db(DbError::Postgres(e)),
     }
@@ -323,17 +328,9 @@ async fn restore_history(
 /// Postgres refusing a log row or a restore record (a seq or a stamp twice,
 /// a row that breaks a check) is the file's fault; its words go to the log.
 fn history_error(e: tokio_postgres::Error) -> ImportError {
-    match e.as_db_error() {
-        Some(db) => {
-            tracing::info!(
-                message = db.message(),
-                code = db.code().code(),
-                "restored history refused"
-            );
-            ImportError::Snapshot(
-                "the log or the restore records have a seq or a stamp twice, or a bad row".into(),
-            )
-        }
-        None => ImportError::Db(DbError::Postgres(e)),
-    }
+    refused_by_postgres(
+        e,
+        "restored history refused",
+        "the log or the restore records have a seq or a stamp twice, or a bad row",
+    )
 }

@@ -1,4 +1,4 @@
-//! What a test or benchmark reads from its environment: the wall clock, a replayable seed, settings from variables.
+//! What a test or benchmark reads from its environment: the wall clock, a replayable seed (and the generator it drives), settings from variables.
 
 /// Milliseconds since the epoch (stamps must not be ahead of Postgres'
 /// clock).
@@ -39,4 +39,24 @@ pub fn parsed<T: std::str::FromStr>(name: &str) -> Option<T> {
 /// True when the variable `name` is `1`.
 pub fn flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| v == "1")
+}
+
+/// A xorshift64 generator for seeded workloads (not for anything secret):
+/// the same seed gives the same sequence. The state must not be 0 (`Rng(seed | 1)`).
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next 64 bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A value in `0..n` (`n` 0 counts as 1).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
 }

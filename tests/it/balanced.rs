@@ -55,20 +55,7 @@ const SERVER_ARGS: [&str; 8] = [
     "1000",
 ];
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+use arbor_testkit::env::Rng;
 
 fn token(sub: &str, role: Role) -> String {
     arbor_testkit::tokens::token(SECRET.as_bytes(), sub, "s", role, 3600)

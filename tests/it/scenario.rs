@@ -32,20 +32,7 @@ const REPLICAS: usize = 5;
 /// Time from healing to every outbox drained and every replica at the head.
 const LIVENESS_BOUND: Duration = Duration::from_secs(120);
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+use arbor_testkit::env::Rng;
 
 fn token() -> String {
     arbor_testkit::tokens::token(SECRET.as_bytes(), "scenario", "s", Role::Write, 24 * 3600)

@@ -263,6 +263,18 @@ async fn a_replica_offline_past_the_horizon_restamps_and_converges() {
         .create_with(NodeId::ROOT, Position::Last, &[("text", "from b")])
         .unwrap();
     sync(&server, &b, "s").await;
+    horizon_passes_then_both_sync(&server, &a, &b).await;
+    let g = b.lock().unwrap();
+    assert_eq!(
+        g.field(x, "text").unwrap().as_deref(),
+        Some("edited offline")
+    );
+    assert_eq!(g.parent(offline).unwrap(), Some(x));
+}
+
+/// The server's horizon is raised to now; `a` syncs (it must cold-start),
+/// then `b`; both end equal to the server.
+async fn horizon_passes_then_both_sync(server: &TestServer, a: &SharedReplica, b: &SharedReplica) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -277,16 +289,10 @@ async fn a_replica_offline_past_the_horizon_restamps_and_converges() {
         .await
         .unwrap();
     assert!(report.cold_starts >= 1, "{report:?}");
-    sync(&server, &b, "s").await;
-    for r in [&a, &b] {
-        assert_matches_server(&server, r, "s").await;
+    sync(server, b, "s").await;
+    for r in [a, b] {
+        assert_matches_server(server, r, "s").await;
     }
-    let g = b.lock().unwrap();
-    assert_eq!(
-        g.field(x, "text").unwrap().as_deref(),
-        Some("edited offline")
-    );
-    assert_eq!(g.parent(offline).unwrap(), Some(x));
 }
 
 /// A replica that edits before its first sync, and syncs only once the
@@ -309,24 +315,7 @@ async fn edits_made_before_a_first_sync_past_the_horizon_are_restamped() {
         .create_with(NodeId::ROOT, Position::Last, &[("text", "made early")])
         .unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    server
-        .db
-        .raise_horizon("s", Stamp::new(now << 16, u64::MAX))
-        .await
-        .unwrap();
-    let (tx, _rx) = watch::channel(SyncStatus::default());
-    let report = sync_once(a.clone(), server.sync_config("s"), tx, 3)
-        .await
-        .unwrap();
-    assert!(report.cold_starts >= 1, "{report:?}");
-    sync(&server, &b, "s").await;
-    for r in [&a, &b] {
-        assert_matches_server(&server, r, "s").await;
-    }
+    horizon_passes_then_both_sync(&server, &a, &b).await;
     assert_eq!(
         b.lock().unwrap().field(early, "text").unwrap().as_deref(),
         Some("made early")
