@@ -16,7 +16,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::id::ReplicaId;
+use crate::id::{NodeId, ReplicaId};
 use crate::keys::{KeySet, Revocations};
 
 /// Longest token accepted, in bytes (a real one is a few hundred).
@@ -82,6 +82,11 @@ pub struct Claims {
     /// The token's id (revocation by id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
+    /// The subtree the token is limited to: the node and everything below
+    /// it, wherever it is moved (invariant, checked by [`verify`]: never
+    /// TRASH, and only on `read` and `write` tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<NodeId>,
 }
 
 /// Why a token was refused.
@@ -280,8 +285,19 @@ pub fn verify(
     leeway_s: u64,
 ) -> Result<Claims, AuthError> {
     let claims = verify_standard(token, keys, now_s, leeway_s)?;
-    serde_json::from_value(serde_json::Value::Object(claims))
-        .map_err(|e| AuthError::BadClaims(e.to_string()))
+    let claims: Claims = serde_json::from_value(serde_json::Value::Object(claims))
+        .map_err(|e| AuthError::BadClaims(e.to_string()))?;
+    if let Some(root) = claims.root {
+        if root == NodeId::TRASH {
+            return Err(AuthError::BadClaims("root cannot be TRASH".into()));
+        }
+        if !matches!(claims.role, Role::Read | Role::Write) {
+            return Err(AuthError::BadClaims(
+                "a token with root has role read or write".into(),
+            ));
+        }
+    }
+    Ok(claims)
 }
 
 /// Mints a token for `claims` (development tooling and tests; production
@@ -389,6 +405,7 @@ impl Claims {
             nbf: None,
             iat: Some(now_s),
             jti: None,
+            root: None,
         }
     }
 
@@ -445,6 +462,29 @@ pub fn check_scope(claims: &Claims, space: &str, need: Need) -> Result<(), Refus
         });
     }
     Ok(())
+}
+
+/// Refuses a token limited to a subtree (a `root` claim) on a route that
+/// serves the whole space (a snapshot, an export, catch-up, the live feed).
+pub fn check_unscoped(claims: &Claims, what: &str) -> Result<(), Refusal> {
+    match claims.root {
+        None => Ok(()),
+        Some(root) => Err(Refusal {
+            code: crate::error::ErrorCode::OutOfScope,
+            message: format!(
+                "the token is limited to the subtree of {root}: {what} serves the whole space"
+            ),
+        }),
+    }
+}
+
+/// The refusal of a node outside a scoped token's subtree (or not stored:
+/// the two are not told apart).
+pub fn out_of_scope(node: NodeId) -> Refusal {
+    Refusal {
+        code: crate::error::ErrorCode::OutOfScope,
+        message: format!("node {node} is not in the token's subtree"),
+    }
 }
 
 /// Verifies `token` (if any) at `now_s` with `keys`, refuses it if

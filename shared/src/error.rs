@@ -189,6 +189,11 @@ codes! {
     /// that would grow it), or a tenant over its quota of spaces (create,
     /// fork, import). It stays refused until an operator raises the quota.
     QuotaExceeded = "quota_exceeded", 403, None, Refuse, Wire;
+    /// The token is limited to a subtree (its `root` claim) and the request
+    /// reaches outside it: a node outside the subtree (or not stored), an op
+    /// that would put a node outside it or restore one there, or a route
+    /// that serves the whole space.
+    OutOfScope = "out_of_scope", 403, None, Refuse, Wire;
     /// The request's `Host` is not one the server answers to (the dev
     /// server answers loopback names only, against DNS rebinding).
     BadHost = "bad_host", 421, None, Refuse, Wire;

@@ -208,6 +208,7 @@ pub fn token(u: &mut Unstructured<'_>) -> Result<()> {
             nbf: None,
             iat: None,
             jti: None,
+            root: None,
         },
         &key,
     );

@@ -57,6 +57,11 @@ pub struct GroupPush {
     /// Absent: no owner check (the service's own pushes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
+    /// The subtree the push's token is limited to (its `root` claim): every
+    /// op must stay inside it, as for ingest with a scoped token. Absent:
+    /// the whole space.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<crate::id::NodeId>,
     /// The ops.
     pub ops: Vec<Op>,
 }

@@ -72,7 +72,7 @@ pub struct Keys {
     /// A value an EdDSA token's `aud` must carry (a string, or one of an
     /// array), when set.
     pub audience: Option<String>,
-    /// Arbor's claims (`space`, `role`, `rid`, `tenant`) read under this
+    /// Arbor's claims (`space`, `role`, `rid`, `tenant`, `root`) read under this
     /// prefix when an EdDSA token has them there
     /// (`https://arbor.example/space`): identity providers that require
     /// namespaced custom claims. (Issuer, audience and prefix are the
@@ -189,7 +189,7 @@ impl KeySet for Keys {
             }
         }
         if let Some(prefix) = &self.claims_prefix {
-            for name in ["space", "role", "rid", "tenant"] {
+            for name in ["space", "role", "rid", "tenant", "root"] {
                 if let Some(v) = claims.remove(&format!("{prefix}{name}")) {
                     claims.insert(name.to_string(), v);
                 }

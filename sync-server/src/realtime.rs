@@ -474,6 +474,7 @@ fn commit_group(
             .map(|p| arbor_shared::http::GroupPush {
                 author: p.author,
                 sub: p.sub,
+                root: None,
                 ops: p.ops,
             })
             .collect();

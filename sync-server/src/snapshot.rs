@@ -27,6 +27,18 @@ pub enum Scope {
     /// The subtree of a node (which must be in the tree), with the log of
     /// its nodes above the horizon.
     Subtree(arbor_shared::NodeId),
+    /// The subtree of `node` for a token limited to the subtree of `root`:
+    /// `node` must be `root` or below it (else `out_of_scope`, whether or
+    /// not it is stored), and the log section keeps only the ops that name
+    /// no node outside the subtree of `node` (sets, and moves whose parent
+    /// and previous parent are in it or TRASH); the header's owners are
+    /// those of the replicas in that log.
+    ScopedSubtree {
+        /// The subtree sent.
+        node: arbor_shared::NodeId,
+        /// The token's `root` claim.
+        root: arbor_shared::NodeId,
+    },
     /// The whole space with its whole log (export).
     Export,
 }
@@ -86,6 +98,20 @@ macro_rules! subtree {
     };
 }
 
+/// The subtree log's condition on an op `o` beyond naming a node of `sub`:
+/// when `arbor.scoped` is `t` (a token limited to a subtree), no parent or
+/// previous parent outside `sub` (TRASH aside).
+macro_rules! scoped_log {
+    () => {
+        "(coalesce(current_setting('arbor.scoped', true), '') <> 't'
+          OR o.kind = 's'
+          OR ((o.parent IN (SELECT sub.id FROM sub)
+               OR o.parent = 'ffffffff-ffff-ffff-ffff-ffffffffffff')
+              AND (o.prev_parent IS NULL OR o.prev_parent IN (SELECT sub.id FROM sub)
+                   OR o.prev_parent = 'ffffffff-ffff-ffff-ffff-ffffffffffff')))"
+    };
+}
+
 /// The sections of a subtree snapshot: `arbor.root` is the subtree's root;
 /// the log holds the ops about nodes of the subtree.
 const SUBTREE_SECTIONS: [(u8, &str); 3] = [
@@ -124,6 +150,9 @@ const SUBTREE_SECTIONS: [(u8, &str); 3] = [
                  AND o.node IN (SELECT sub.id FROM sub)
                  AND (s.horizon_hlc IS NULL
                       OR (o.hlc, o.replica) > (s.horizon_hlc, s.horizon_replica))
+                 AND ",
+            scoped_log!(),
+            "
                ORDER BY o.seq)
          TO STDOUT (FORMAT binary)"
         ),
@@ -269,7 +298,9 @@ pub async fn snapshot(
         pending: VecDeque::new(),
         sections: match scope {
             Scope::Space => SECTIONS.into_iter().collect(),
-            Scope::Subtree(_) => SUBTREE_SECTIONS.into_iter().collect(),
+            Scope::Subtree(_) | Scope::ScopedSubtree { .. } => {
+                SUBTREE_SECTIONS.into_iter().collect()
+            }
             Scope::Export => EXPORT_SECTIONS.into_iter().collect(),
         },
         copy: None,
@@ -307,9 +338,33 @@ pub async fn snapshot(
     .await?;
     let mut counts = [count_at(&row, 4)?, count_at(&row, 5)?, count_at(&row, 6)?];
     let root = match scope {
-        Scope::Subtree(root) => Some(root),
+        Scope::Subtree(root) | Scope::ScopedSubtree { node: root, .. } => Some(root),
         Scope::Space | Scope::Export => None,
     };
+    if let Scope::ScopedSubtree { node, root } = scope {
+        // Checked in the snapshot's own transaction: what it reads is what
+        // the check saw.
+        let inside = node == root
+            || conn
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM arbor_scope_members($1, $2, ARRAY[$3::uuid]))",
+                    &[
+                        &id,
+                        &uuid::Uuid::from_u128(root.0),
+                        &uuid::Uuid::from_u128(node.0),
+                    ],
+                )
+                .await?
+                .try_get::<_, bool>(0)?;
+        if !inside {
+            return Err(DbError::Rejected {
+                code: RejectCode::OutOfScope,
+                message: format!("out_of_scope: node {node} is not in the token's subtree"),
+            });
+        }
+        conn.execute("SELECT set_config('arbor.scoped', 't', true)", &[])
+            .await?;
+    }
     if let Some(root) = root {
         conn.execute(
             "SELECT set_config('arbor.root', $1, true)",
@@ -329,7 +384,10 @@ pub async fn snapshot(
                           WHERE o.space = current_setting('arbor.space')::bigint
                             AND o.node IN (SELECT sub.id FROM sub)
                             AND (s.horizon_hlc IS NULL
-                                 OR (o.hlc, o.replica) > (s.horizon_hlc, s.horizon_replica)))"
+                                 OR (o.hlc, o.replica) > (s.horizon_hlc, s.horizon_replica))
+                            AND ",
+                    scoped_log!(),
+                    ")"
                 ),
                 &[],
             )
@@ -349,12 +407,32 @@ pub async fn snapshot(
         (Some(h), Some(r)) => Some(arbor_shared::Stamp::new(h as u64, replica_from_sql(r))),
         _ => None,
     };
-    // Replica owners (migration 0010): a small table, read whole.
-    let mut owners = std::collections::BTreeMap::new();
-    for r in conn
-        .query("SELECT replica, sub FROM replicas WHERE space = $1", &[&id])
+    // Replica owners (migration 0010): a small table, read whole; for a
+    // scoped token only the owners of the replicas its log names.
+    let owner_rows = if matches!(scope, Scope::ScopedSubtree { .. }) {
+        conn.query(
+            concat!(
+                subtree!(),
+                "
+             SELECT r.replica, r.sub FROM replicas r
+             WHERE r.space = $1 AND r.replica IN (
+                 SELECT o.replica FROM ops o JOIN spaces s ON s.id = o.space
+                 WHERE o.space = $1 AND o.node IN (SELECT sub.id FROM sub)
+                   AND (s.horizon_hlc IS NULL
+                        OR (o.hlc, o.replica) > (s.horizon_hlc, s.horizon_replica))
+                   AND ",
+                scoped_log!(),
+                ")"
+            ),
+            &[&id],
+        )
         .await?
-    {
+    } else {
+        conn.query("SELECT replica, sub FROM replicas WHERE space = $1", &[&id])
+            .await?
+    };
+    let mut owners = std::collections::BTreeMap::new();
+    for r in owner_rows {
         owners.insert(
             arbor_shared::ReplicaId(replica_from_sql(r.try_get(0)?)),
             r.try_get::<_, String>(1)?,

@@ -170,6 +170,7 @@ where
         let group = vec![arbor_shared::http::GroupPush {
             author: Some(ReplicaId(9)),
             sub: None,
+            root: None,
             ops: vec![op],
         }];
         let sent = Instant::now();

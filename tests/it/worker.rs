@@ -145,6 +145,17 @@ async fn native_clients_sync_through_the_durable_object() {
     );
     let other = token("other", Role::Write);
     assert_eq!(connect(&worker, "s", Some(&other)).await.err(), Some(403));
+    // A token limited to a subtree: the object has no subtree feed yet
+    // (docs/PROTOCOL.md), so it is refused out_of_scope before the upgrade.
+    let scoped = arbor_shared::keys::mint_eddsa(
+        &arbor_shared::auth::Claims {
+            root: Some(arbor_shared::NodeId(1)),
+            ..claims("edge-user-2")
+        },
+        &[7; 32],
+        Some("edge"),
+    );
+    assert_eq!(connect(&worker, "s", Some(&scoped)).await.err(), Some(403));
 
     // A raw observer socket, and two replicas syncing through the object.
     let mut observer = connect(&worker, "s", Some(&token("s", Role::Read)))

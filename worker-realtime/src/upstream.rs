@@ -287,6 +287,7 @@ impl Upstream {
             .map(|p| GroupPush {
                 author: p.author,
                 sub: p.sub,
+                root: None,
                 ops: p.ops,
             })
             .collect();

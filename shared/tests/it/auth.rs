@@ -34,6 +34,7 @@ fn claims(exp: u64) -> Claims {
         nbf: None,
         iat: Some(exp - 3600),
         jti: None,
+        root: None,
     }
 }
 

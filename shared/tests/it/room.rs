@@ -24,6 +24,7 @@ fn claims(role: Role, rid: Option<u64>, exp: u64) -> Claims {
         nbf: None,
         iat: None,
         jti: None,
+        root: None,
     }
 }
 

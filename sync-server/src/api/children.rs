@@ -64,7 +64,7 @@ pub(super) async fn children(
     headers: HeaderMap,
     query: Result<Query<ChildrenQuery>, QueryRejection>,
 ) -> Result<Json<ChildrenBody>, ApiError> {
-    authorize(&state, &headers, &space, Need::Read)?;
+    let claims = authorize(&state, &headers, &space, Need::Read)?;
     let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
     let parent: NodeId = node
         .parse()
@@ -89,7 +89,7 @@ pub(super) async fn children(
     let (head_seq, rows) = state
         .readers
         .read(
-            |db| Box::pin(db.children_at(&space, parent, after, limit)),
+            |db| Box::pin(db.children_at(&space, parent, after, limit, claims.root)),
             |(head, _)| *head >= min_seq,
         )
         .await?;

@@ -91,6 +91,7 @@ fn reject_code(code: RejectCode) -> ErrorCode {
         RejectCode::SpaceExists => ErrorCode::SpaceExists,
         RejectCode::BadImport => ErrorCode::BadImport,
         RejectCode::QuotaExceeded => ErrorCode::QuotaExceeded,
+        RejectCode::OutOfScope => ErrorCode::OutOfScope,
     }
 }
 

@@ -7,7 +7,7 @@ use arbor_shared::error::ErrorDetail;
 use arbor_shared::http::{
     CommittedJson, GroupIngestAnswer, GroupIngestBody, GroupPush, IngestBody, OpsBody, PushResult,
 };
-use arbor_shared::{ErrorCode, Op, ReplicaId};
+use arbor_shared::{ErrorCode, NodeId, Op, ReplicaId};
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -31,6 +31,9 @@ pub struct IngestQuery {
     /// For service tokens: the token subject the push is made for (its
     /// replica ids are claimed for it; absent: no owner check).
     pub sub: Option<String>,
+    /// For service tokens: the subtree the client's token is limited to
+    /// (its `root` claim): the push is checked as that token's would be.
+    pub root: Option<NodeId>,
 }
 
 /// Charges a push's database time beyond the free share to its token's
@@ -115,11 +118,12 @@ pub(super) async fn ingest(
         claims.rid
     };
     let started = std::time::Instant::now();
-    let sub = match claims.role {
-        Role::Service => query.sub.as_deref(),
-        _ => Some(claims.sub.as_str()),
+    let (sub, root) = match claims.role {
+        Role::Service => (query.sub.as_deref(), query.root),
+        _ => (Some(claims.sub.as_str()), claims.root),
     };
-    let committed = match state.db.apply_by(&space, author, sub, &body.ops).await {
+    let pusher = crate::db::Pusher { author, sub, root };
+    let committed = match state.db.apply_as(&space, pusher, &body.ops).await {
         Ok(c) => c,
         Err(e) => {
             charge_db_time(&state, &claims, started.elapsed());
@@ -247,7 +251,8 @@ pub(super) async fn catch_up(
     headers: HeaderMap,
     query: Result<Query<CatchUpQuery>, QueryRejection>,
 ) -> Result<Json<OpsBody>, ApiError> {
-    authorize(&state, &headers, &space, Need::Read)?;
+    let claims = authorize(&state, &headers, &space, Need::Read)?;
+    arbor_shared::auth::check_unscoped(&claims, "catch-up")?;
     let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
     let limit = q.limit.unwrap_or(1_000).clamp(1, 10_000);
     // A standby serves only full pages: a page that is not full ends the

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use arbor_shared::auth::Need;
+use arbor_shared::auth::{self, Need};
 use arbor_shared::{ErrorCode, NodeId};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -20,6 +20,7 @@ pub(super) async fn snapshot(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let claims = authorize(&state, &headers, &space, Need::Read)?;
+    auth::check_unscoped(&claims, "the snapshot")?;
     stream_snapshot(&state, &claims, &space, Scope::Space).await
 }
 
@@ -32,7 +33,14 @@ pub(super) async fn subtree_snapshot(
     let root: NodeId = node
         .parse()
         .map_err(|_| ApiError::new(ErrorCode::BadRequest, "node is not a UUID"))?;
-    stream_snapshot(&state, &claims, &space, Scope::Subtree(root)).await
+    let scope = match claims.root {
+        None => Scope::Subtree(root),
+        Some(token_root) => Scope::ScopedSubtree {
+            node: root,
+            root: token_root,
+        },
+    };
+    stream_snapshot(&state, &claims, &space, scope).await
 }
 
 pub(super) async fn export(
@@ -43,6 +51,7 @@ pub(super) async fn export(
     // Read role: the whole log is what a reader can already page through
     // with catch-up from seq 0.
     let claims = authorize(&state, &headers, &space, Need::Read)?;
+    auth::check_unscoped(&claims, "the export")?;
     let mut response = stream_snapshot(&state, &claims, &space, Scope::Export).await?;
     if let Ok(value) = format!("attachment; filename=\"{space}.arbor\"").parse() {
         response
@@ -121,7 +130,7 @@ async fn stream_snapshot(
         inner: crate::limits::stall_guarded(stream, state.stall_timeout, permit),
         scope: match scope {
             Scope::Space => "space",
-            Scope::Subtree(_) => "subtree",
+            Scope::Subtree(_) | Scope::ScopedSubtree { .. } => "subtree",
             Scope::Export => "export",
         },
         started: None,

@@ -1,28 +1,60 @@
 //! Batches through the `apply_ops` PL/pgSQL function: one batch, or a group of pushes in one transaction with a savepoint each.
 
 use arbor_shared::http::GroupPush;
-use arbor_shared::{Op, ReplicaId};
+use arbor_shared::{NodeId, Op, ReplicaId};
 
 use super::*;
 
+/// Who pushes a batch: what `apply_ops_by` (migration 0010) and
+/// `apply_ops_scoped` (0012) check it against.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pusher<'a> {
+    /// The replica every op must be by (`None`: any).
+    pub author: Option<ReplicaId>,
+    /// The token subject whose replica ids the batch claims (`None`: no
+    /// owner check, the server's own callers).
+    pub sub: Option<&'a str>,
+    /// The subtree the token is limited to (`None`: the whole space).
+    pub root: Option<NodeId>,
+}
+
+impl<'a> Pusher<'a> {
+    /// The pusher of a group push.
+    pub fn of(push: &'a GroupPush) -> Pusher<'a> {
+        Pusher {
+            author: push.author,
+            sub: push.sub.as_deref(),
+            root: push.root,
+        }
+    }
+}
+
 /// One `apply_ops_by` call on `client` (a connection, transaction or
-/// savepoint): `apply_ops`, with the batch's replica ids claimed for `sub`
-/// when given (migration 0010).
+/// savepoint): `apply_ops`, with the batch's replica ids claimed for the
+/// pusher's `sub` when given (migration 0010), through `apply_ops_scoped`
+/// when the pusher is limited to a subtree (0012).
 pub(super) async fn apply_on<C: deadpool_postgres::GenericClient>(
     client: &C,
     space: &str,
-    author: Option<ReplicaId>,
-    sub: Option<&str>,
+    pusher: Pusher<'_>,
     ops: &[Op],
 ) -> Result<Vec<Committed>, DbError> {
     let a = OpArrays::encode(ops)?;
-    let author = author.map(|r| replica_to_sql(r.0));
+    let author = pusher.author.map(|r| replica_to_sql(r.0));
+    let sub = pusher.sub;
+    let root = pusher.root.map(uuid);
     let stmt = client
-        .prepare_cached(
+        .prepare_cached(if root.is_some() {
             "SELECT seq, hlc, replica, kind, node, parent, key, field, value, known_seq, origin,
                     author
-             FROM apply_ops_by($12, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
+             FROM apply_ops_scoped($13, $12, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        } else {
+            // $13 is NULL here; naming it keeps one parameter list.
+            "SELECT seq, hlc, replica, kind, node, parent, key, field, value, known_seq, origin,
+                    author
+             FROM apply_ops_by($12, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             WHERE $13::uuid IS NULL"
+        })
         .await?;
     let rows = client
         .query(
@@ -40,6 +72,7 @@ pub(super) async fn apply_on<C: deadpool_postgres::GenericClient>(
                 &a.value,
                 &a.known_seq,
                 &sub,
+                &root,
             ],
         )
         .await
@@ -64,7 +97,15 @@ impl Db {
         author: Option<ReplicaId>,
         ops: &[Op],
     ) -> Result<Vec<Committed>, DbError> {
-        self.apply_by(space, author, None, ops).await
+        self.apply_as(
+            space,
+            Pusher {
+                author,
+                ..Pusher::default()
+            },
+            ops,
+        )
+        .await
     }
 
     /// [`Db::apply`] for the token subject `sub`: the batch's replica ids
@@ -78,6 +119,24 @@ impl Db {
         sub: Option<&str>,
         ops: &[Op],
     ) -> Result<Vec<Committed>, DbError> {
+        let pusher = Pusher {
+            author,
+            sub,
+            root: None,
+        };
+        self.apply_as(space, pusher, ops).await
+    }
+
+    /// [`Db::apply_by`] for any [`Pusher`]: with a `root`, every op that is
+    /// not already stored must stay inside that subtree, and so must the
+    /// restores the batch causes, else the batch is refused `out_of_scope`
+    /// (migration 0012).
+    pub async fn apply_as(
+        &self,
+        space: &str,
+        pusher: Pusher<'_>,
+        ops: &[Op],
+    ) -> Result<Vec<Committed>, DbError> {
         if ops.len() > MAX_BATCH {
             return Err(DbError::rejected(
                 RejectCode::BadBatch,
@@ -85,7 +144,7 @@ impl Db {
             ));
         }
         let client = self.client().await?;
-        apply_on(&client, space, author, sub, ops).await
+        apply_on(&client, space, pusher, ops).await
     }
 
     /// Commits several pushes to `space` in one transaction (group commit:
@@ -116,9 +175,7 @@ impl Db {
         let none = std::time::Duration::ZERO;
         if let [p] = pushes {
             let started = std::time::Instant::now();
-            let answer = self
-                .apply_by(space, p.author, p.sub.as_deref(), &p.ops)
-                .await;
+            let answer = self.apply_as(space, Pusher::of(p), &p.ops).await;
             return vec![(answer, started.elapsed())];
         }
         let mut client = match self.client().await {
@@ -141,7 +198,8 @@ impl Db {
             }
         };
         let mut answers = Vec::with_capacity(pushes.len());
-        for GroupPush { author, sub, ops } in pushes {
+        for push in pushes {
+            let ops = &push.ops;
             if ops.len() > MAX_BATCH {
                 answers.push((
                     Err(DbError::rejected(
@@ -154,7 +212,7 @@ impl Db {
             }
             let started = std::time::Instant::now();
             let answer = match tx.savepoint("push").await {
-                Ok(sp) => match apply_on(&sp, space, *author, sub.as_deref(), ops).await {
+                Ok(sp) => match apply_on(&sp, space, Pusher::of(push), ops).await {
                     Ok(committed) => sp.commit().await.map(|()| committed).map_err(DbError::from),
                     // Dropping the savepoint rolls it back.
                     Err(e) => Err(e),

@@ -35,11 +35,14 @@ pub enum RejectCode {
     /// `AR015`: a space over one of its quotas (nodes, log rows, bytes), or
     /// a tenant over its quota of spaces.
     QuotaExceeded,
+    /// `AR016`: an op of a push by a token limited to a subtree reaches
+    /// outside it (migration 0012).
+    OutOfScope,
 }
 
 impl RejectCode {
     /// Every code, for mapping tables and tests.
-    pub const ALL: [RejectCode; 14] = [
+    pub const ALL: [RejectCode; 15] = [
         RejectCode::ReservedNode,
         RejectCode::BadKey,
         RejectCode::BadField,
@@ -54,6 +57,7 @@ impl RejectCode {
         RejectCode::SpaceExists,
         RejectCode::BadImport,
         RejectCode::QuotaExceeded,
+        RejectCode::OutOfScope,
     ];
 
     /// The SQLSTATE `apply_ops` raises for it.
@@ -73,6 +77,7 @@ impl RejectCode {
             RejectCode::SpaceExists => "AR012",
             RejectCode::BadImport => "AR013",
             RejectCode::QuotaExceeded => "AR015",
+            RejectCode::OutOfScope => "AR016",
         }
     }
 
@@ -93,6 +98,7 @@ impl RejectCode {
             RejectCode::SpaceExists => "space_exists",
             RejectCode::BadImport => "bad_import",
             RejectCode::QuotaExceeded => "quota_exceeded",
+            RejectCode::OutOfScope => "out_of_scope",
         }
     }
 

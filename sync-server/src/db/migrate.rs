@@ -77,6 +77,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0011_past_move_chains.sql",
         sql: include_str!("../../../migrations/0011_past_move_chains.sql"),
     },
+    Migration {
+        version: 12,
+        name: "0012_scoped_apply.sql",
+        sql: include_str!("../../../migrations/0012_scoped_apply.sql"),
+    },
 ];
 
 /// Key of the session advisory lock held while migrating (two-int form, so it

@@ -26,7 +26,7 @@ mod tls;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 
-pub use apply::MAX_BATCH;
+pub use apply::{MAX_BATCH, Pusher};
 pub use error::{DbError, RejectCode};
 pub(crate) use error::{map_pg, pg_message, with_sources};
 pub use migrate::{

@@ -44,76 +44,52 @@ impl Db {
         after: Option<(&OrderKey, NodeId)>,
         limit: u32,
     ) -> Result<Vec<ChildRow>, DbError> {
-        Ok(self.children_at(space, parent, after, limit).await?.1)
+        Ok(self.children_at(space, parent, after, limit, None).await?.1)
     }
 
     /// [`Db::children`], with the space's head seq read before the page:
-    /// the page holds at least every op up to it.
+    /// the page holds at least every op up to it. With `within` (a token's
+    /// `root` claim), `parent` must be that node or below it, checked in
+    /// the page's own transaction, else `out_of_scope` (also for a parent
+    /// the space has not stored: the two are not told apart).
     pub async fn children_at(
         &self,
         space: &str,
         parent: NodeId,
         after: Option<(&OrderKey, NodeId)>,
         limit: u32,
+        within: Option<NodeId>,
     ) -> Result<(u64, Vec<ChildRow>), DbError> {
         let info = self.space_id(space).await?;
-        let client = self.client().await?;
-        // Two statements rather than `$3 IS NULL OR ...`, which would keep
-        // the planner from seeking the (space, parent, key, id) index.
-        const PAGE: &str = "SELECT page.id, page.key, p.field, p.value, p.hlc, p.replica
-             FROM page LEFT JOIN payloads p ON p.space = $1 AND p.node = page.id
-             ORDER BY page.key, page.id, p.field";
-        let limit = i64::from(limit);
-        let rows = match after {
-            None => {
-                let stmt = client
-                    .prepare_cached(&format!(
-                        "WITH page AS (SELECT id, key FROM nodes WHERE space = $1 AND parent = $2
-                                       ORDER BY key, id LIMIT $3) {PAGE}"
-                    ))
+        let mut client = self.client().await?;
+        let rows = match within {
+            Some(root) if root != parent => {
+                let tx = client
+                    .build_transaction()
+                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
                     .await?;
-                client
-                    .query(&stmt, &[&info.id, &uuid(parent), &limit])
-                    .await?
-            }
-            Some((key, id)) => {
-                let stmt = client
-                    .prepare_cached(&format!(
-                        "WITH page AS (SELECT id, key FROM nodes WHERE space = $1 AND parent = $2
-                                         AND (key, id) > ($4, $5)
-                                       ORDER BY key, id LIMIT $3) {PAGE}"
-                    ))
-                    .await?;
-                client
-                    .query(
-                        &stmt,
-                        &[&info.id, &uuid(parent), &limit, &key.as_bytes(), &uuid(id)],
+                let inside: bool = tx
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM arbor_scope_members($1, $2, ARRAY[$3::uuid]))",
+                        &[&info.id, &uuid(root), &uuid(parent)],
                     )
                     .await?
-            }
-        };
-        let mut out: Vec<ChildRow> = Vec::new();
-        for row in rows {
-            let id = node(row.try_get(0)?);
-            if out.last().is_none_or(|c| c.id != id) {
-                let key: Vec<u8> = row.try_get(1)?;
-                let key = OrderKey::new(&key)
-                    .map_err(|e| DbError::BadRow(format!("node {id}: key: {e}")))?;
-                out.push(ChildRow {
-                    id,
-                    key,
-                    payloads: Vec::new(),
-                });
-            }
-            if let Some(field) = row.try_get::<_, Option<String>>(2)? {
-                let stamp = stamp_from(row.try_get(4)?, row.try_get(5)?)?;
-                let value = row.try_get(3)?;
-                if let Some(c) = out.last_mut() {
-                    c.payloads.push((field, Payload { stamp, value }));
+                    .try_get(0)?;
+                if !inside {
+                    return Err(DbError::rejected(
+                        RejectCode::OutOfScope,
+                        format!("out_of_scope: node {parent} is not in the token's subtree"),
+                    ));
                 }
+                let rows = children_page(&tx, info.id, parent, after, limit).await?;
+                tx.commit().await?;
+                rows
             }
-        }
-        Ok((info.head_seq, out))
+            _ => children_page(&client, info.id, parent, after, limit).await?,
+        };
+        Ok((info.head_seq, rows))
     }
 
     /// Every node place and register of the space (tests, export).
@@ -158,4 +134,70 @@ impl Db {
         }
         Ok(TreeState { nodes, payloads })
     }
+}
+
+/// One page of `parent`'s children with their registers, on `client`.
+async fn children_page<C: deadpool_postgres::GenericClient>(
+    client: &C,
+    space_id: i64,
+    parent: NodeId,
+    after: Option<(&OrderKey, NodeId)>,
+    limit: u32,
+) -> Result<Vec<ChildRow>, DbError> {
+    // Two statements rather than `$3 IS NULL OR ...`, which would keep
+    // the planner from seeking the (space, parent, key, id) index.
+    const PAGE: &str = "SELECT page.id, page.key, p.field, p.value, p.hlc, p.replica
+             FROM page LEFT JOIN payloads p ON p.space = $1 AND p.node = page.id
+             ORDER BY page.key, page.id, p.field";
+    let limit = i64::from(limit);
+    let rows = match after {
+        None => {
+            let stmt = client
+                .prepare_cached(&format!(
+                    "WITH page AS (SELECT id, key FROM nodes WHERE space = $1 AND parent = $2
+                                       ORDER BY key, id LIMIT $3) {PAGE}"
+                ))
+                .await?;
+            client
+                .query(&stmt, &[&space_id, &uuid(parent), &limit])
+                .await?
+        }
+        Some((key, id)) => {
+            let stmt = client
+                .prepare_cached(&format!(
+                    "WITH page AS (SELECT id, key FROM nodes WHERE space = $1 AND parent = $2
+                                         AND (key, id) > ($4, $5)
+                                       ORDER BY key, id LIMIT $3) {PAGE}"
+                ))
+                .await?;
+            client
+                .query(
+                    &stmt,
+                    &[&space_id, &uuid(parent), &limit, &key.as_bytes(), &uuid(id)],
+                )
+                .await?
+        }
+    };
+    let mut out: Vec<ChildRow> = Vec::new();
+    for row in rows {
+        let id = node(row.try_get(0)?);
+        if out.last().is_none_or(|c| c.id != id) {
+            let key: Vec<u8> = row.try_get(1)?;
+            let key =
+                OrderKey::new(&key).map_err(|e| DbError::BadRow(format!("node {id}: key: {e}")))?;
+            out.push(ChildRow {
+                id,
+                key,
+                payloads: Vec::new(),
+            });
+        }
+        if let Some(field) = row.try_get::<_, Option<String>>(2)? {
+            let stamp = stamp_from(row.try_get(4)?, row.try_get(5)?)?;
+            let value = row.try_get(3)?;
+            if let Some(c) = out.last_mut() {
+                c.payloads.push((field, Payload { stamp, value }));
+            }
+        }
+    }
+    Ok(out)
 }

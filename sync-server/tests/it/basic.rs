@@ -170,6 +170,7 @@ async fn a_group_commit_answers_each_push_as_if_applied_alone() {
         .map(|(author, ops)| arbor_shared::http::GroupPush {
             author,
             sub: None,
+            root: None,
             ops,
         })
         .collect();

@@ -37,23 +37,27 @@ async fn a_group_commits_each_push_alone_and_refuses_only_the_bad_one() {
         GroupPush {
             author: Some(ReplicaId(7)),
             sub: None,
+            root: None,
             ops: vec![mv(base, 7, n(1), NodeId::ROOT, &[0x80], 0)],
         },
         GroupPush {
             author: Some(ReplicaId(8)),
             sub: None,
+            root: None,
             ops: vec![set(base + 1, 8, n(1), "text", Some(&too_long), 0)],
         },
         // Depends on the first push of the group: applied after it.
         GroupPush {
             author: Some(ReplicaId(7)),
             sub: None,
+            root: None,
             ops: vec![set(base + 2, 7, n(1), "text", Some("hi"), 0)],
         },
         // By another replica than its author: refused by the database.
         GroupPush {
             author: Some(ReplicaId(9)),
             sub: None,
+            root: None,
             ops: vec![set(base + 3, 7, n(1), "text", Some("no"), 0)],
         },
     ];
@@ -88,6 +92,7 @@ async fn a_group_commits_each_push_alone_and_refuses_only_the_bad_one() {
         .map(|i| GroupPush {
             author: Some(ReplicaId(7)),
             sub: None,
+            root: None,
             ops: vec![set(base + 10 + i, 7, n(1), "text", Some("x"), 0)],
         })
         .collect();
@@ -136,6 +141,7 @@ async fn the_upstream_socket_answers_each_commit_by_id() {
         pushes: vec![GroupPush {
             author: Some(ReplicaId(7)),
             sub: None,
+            root: None,
             ops: vec![mv(base, 7, n(1), NodeId::ROOT, &[0x80], 0)],
         }],
     };
@@ -156,6 +162,7 @@ async fn the_upstream_socket_answers_each_commit_by_id() {
         pushes: vec![GroupPush {
             author: Some(ReplicaId(7)),
             sub: None,
+            root: None,
             ops: vec![set(base + 1, 7, n(1), "text", Some("hi"), 0)],
         }],
     };

@@ -27,6 +27,7 @@ mod owners;
 mod past_move;
 mod quotas;
 mod restore;
+mod scope;
 mod snapshot;
 mod tls;
 mod validation;

@@ -15,7 +15,7 @@ use tokio_postgres::types::Type;
 use crate::harness::*;
 use crate::http::{Server, token};
 
-type Row = Vec<Option<Vec<u8>>>;
+pub(crate) type Row = Vec<Option<Vec<u8>>>;
 
 fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
     if b.len() < n {
@@ -71,7 +71,7 @@ fn copy_rows(mut b: &[u8]) -> Result<Vec<Row>, String> {
 }
 
 /// Parses a whole snapshot; any cut or corruption is an error.
-fn parse(body: &[u8]) -> Result<(SnapshotHeader, Vec<Vec<Row>>), String> {
+pub(crate) fn parse(body: &[u8]) -> Result<(SnapshotHeader, Vec<Vec<Row>>), String> {
     let mut b = body;
     let b = &mut b;
     if take(b, 8)? != MAGIC {
@@ -117,7 +117,7 @@ fn parse(body: &[u8]) -> Result<(SnapshotHeader, Vec<Vec<Row>>), String> {
     Ok((header, sections))
 }
 
-fn uuid(b: &Option<Vec<u8>>) -> NodeId {
+pub(crate) fn uuid(b: &Option<Vec<u8>>) -> NodeId {
     NodeId(u128::from_be_bytes(
         b.as_deref().unwrap().try_into().unwrap(),
     ))
