@@ -33,7 +33,9 @@ pub mod store;
 #[cfg(feature = "native")]
 pub mod sync;
 
-pub use replica::{NodeView, OpenOptions, Position, RejectedOp, Replica, ReplicaError};
+pub use replica::{
+    NodeView, OpenOptions, Position, RejectedOp, Replica, ReplicaError, SubtreeFrame,
+};
 pub use session::{SyncReport, SyncState, SyncStatus};
 pub use store::Changes;
 #[cfg(feature = "native")]

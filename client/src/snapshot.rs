@@ -291,6 +291,13 @@ impl<'r> SnapshotLoad<'r> {
         if let Some(root) = header.root {
             meta_set(tx, key::ROOT, root.to_bytes().to_vec())?;
         }
+        if crate::replica::meta_get(tx, key::ROOT)?.is_some() {
+            // A subtree replica's log holds only its own pending moves (its
+            // feed is state: `replica/subtree.rs`); the snapshot's state
+            // stands without the snapshot's log.
+            tx.execute("DELETE FROM ops", [])?;
+            meta_delete(tx, key::ROOT_IN_TRASH)?;
+        }
         // Rebase the outbox.
         let committed = {
             let mut delete =

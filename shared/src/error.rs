@@ -191,8 +191,9 @@ codes! {
     QuotaExceeded = "quota_exceeded", 403, None, Refuse, Wire;
     /// The token is limited to a subtree (its `root` claim) and the request
     /// reaches outside it: a node outside the subtree (or not stored), an op
-    /// that would put a node outside it or restore one there, or a route
-    /// that serves the whole space.
+    /// that would put a node outside it or restore one there, a route that
+    /// serves the whole space, or a `hello` naming another root; also a
+    /// `hello` with a root where the endpoint has no subtree feed.
     OutOfScope = "out_of_scope", 403, None, Refuse, Wire;
     /// The request's `Host` is not one the server answers to (the dev
     /// server answers loopback names only, against DNS rebinding).

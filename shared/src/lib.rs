@@ -23,6 +23,8 @@
 //!   in-memory [`MemoryStore`].
 //! - [`snapshot`]: the snapshot file format (framing decoder and encoder,
 //!   binary `COPY` rows), for cold starts, exports and replica uploads.
+//! - [`subtree`]: the subtree feed's projection (which nodes a change
+//!   brings into, moves within, or takes out of a subtree) and its frames.
 //! - [`rate`]: token buckets with time passed in (per-token rate limits
 //!   of the sync server and the Durable Object).
 //! - [`auth`]: token verification and HS256 minting (RFC 7519), shared by
@@ -51,6 +53,7 @@ pub mod rate;
 pub mod room;
 pub mod sim;
 pub mod snapshot;
+pub mod subtree;
 pub mod tree;
 
 pub use clock::{Clock, ClockError, Hlc, Stamp};

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Stamp;
 use crate::error::ErrorCode;
-use crate::id::ReplicaId;
+use crate::id::{NodeId, ReplicaId};
+use crate::key::OrderKey;
 use crate::op::Op;
 
 /// The protocol version `hello` must carry.
@@ -32,6 +33,11 @@ pub enum ClientMsg {
         replica: ReplicaId,
         /// Highest seq it has applied (`None`: nothing yet).
         cursor: Option<u64>,
+        /// A subtree replica's root: the connection gets `subtree` frames
+        /// (its subtree's changes) instead of `ops`. A token with a `root`
+        /// claim always does, with this root absent or equal to its claim.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        root: Option<NodeId>,
     },
     /// A batch of local ops to commit.
     Push {
@@ -169,6 +175,30 @@ pub enum ServerMsg {
         /// The head seq now.
         head_seq: u64,
     },
+    /// A subtree replica's feed (connections whose hello named a `root`):
+    /// what changed in its subtree since its cursor, as state. Apply the
+    /// frames of one change in order: `nodes` and `registers` as they
+    /// come, `removed` (only in the last frame) after them; the replica is
+    /// at `head_seq` once the frame that carries it is applied.
+    Subtree {
+        /// Nodes to put at a place: the nodes of subtrees that moved in
+        /// (their registers are in `registers`) and nodes that moved within.
+        nodes: Vec<SubtreeNode>,
+        /// Registers to merge (last writer wins by stamp).
+        registers: Vec<SubtreeRegister>,
+        /// Nodes that left the subtree (moved out, or the root itself gone
+        /// from the tree): remove each with everything under it.
+        #[serde(default)]
+        removed: Vec<NodeId>,
+        /// Whether the subtree's root is now in the trash, when its place
+        /// changed (absent: it did not).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        root_in_trash: Option<bool>,
+        /// The seq the replica is at once this frame is applied (absent:
+        /// more frames of the same change follow).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        head_seq: Option<u64>,
+    },
     /// Presence changed.
     Peers {
         /// Who is connected.
@@ -176,6 +206,30 @@ pub enum ServerMsg {
     },
     /// Answer to `ping`.
     Pong,
+}
+
+/// A node's place in a `subtree` frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubtreeNode {
+    /// The node.
+    pub id: NodeId,
+    /// Its parent (inside the subtree).
+    pub parent: NodeId,
+    /// Its order key among its siblings.
+    pub key: OrderKey,
+}
+
+/// A register in a `subtree` frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubtreeRegister {
+    /// The node.
+    pub node: NodeId,
+    /// The field.
+    pub field: String,
+    /// Its value (`null`: cleared).
+    pub value: Option<String>,
+    /// The winning write's stamp.
+    pub stamp: Stamp,
 }
 
 /// Why a frame was refused.

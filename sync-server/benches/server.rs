@@ -43,6 +43,7 @@ fn hello(replica: u64) -> Message {
         v: 1,
         replica: ReplicaId(replica),
         cursor: None,
+        root: None,
     };
     Message::Text(hello.encode().into())
 }

@@ -243,6 +243,14 @@ where
     if let Some(records) = history {
         restore_history(&tx, dst, &header, records).await?;
     }
+    // Its place changes before now are not recorded (migration 0013): a
+    // subtree cursor below its head loads a snapshot.
+    tx.execute(
+        "UPDATE spaces SET changes_from = head_seq WHERE name = $1",
+        &[&dst],
+    )
+    .await
+    .map_err(DbError::from)?;
     tx.commit().await.map_err(DbError::from)?;
     db.space(dst)
         .await?

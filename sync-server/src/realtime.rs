@@ -66,6 +66,16 @@ enum Event {
     /// A group commit ended (at this instant): each push's result, in push
     /// order.
     GroupCommitted(Vec<IngestResult>, std::time::Instant),
+    /// The frames of a subtree change (`Action::Subtree`).
+    Subtree {
+        after: u64,
+        answers:
+            std::collections::BTreeMap<arbor_shared::NodeId, arbor_shared::room::SubtreeAnswer>,
+    },
+    SubtreeFailed {
+        after: u64,
+        roots: std::collections::BTreeSet<arbor_shared::NodeId>,
+    },
     /// The revocation list changed.
     Revoked(Arc<arbor_shared::keys::Revocations>),
     CloseAll,
@@ -155,6 +165,7 @@ impl Rooms {
             })?;
         let (tx, rx) = mpsc::channel(ROOM_EVENTS);
         let mut room = Room::new(space, info.head_seq, info.horizon, RoomLimits::default());
+        room.set_subtree_feeds(true);
         room.set_min_cursor(info.min_cursor);
         tokio::spawn(run_room(
             space.to_string(),
@@ -433,6 +444,8 @@ async fn run_room(
                         committed_at = Some(at);
                         room.on_commit(results)
                     }
+                    Event::Subtree { after, answers } => room.on_subtree(after, answers),
+                    Event::SubtreeFailed { after, roots } => room.on_subtree_failed(after, &roots),
                     Event::Revoked(list) => room.on_revoked(&list),
                     Event::CloseAll => room.close_all(),
                 }
@@ -474,7 +487,7 @@ fn commit_group(
             .map(|p| arbor_shared::http::GroupPush {
                 author: p.author,
                 sub: p.sub,
-                root: None,
+                root: p.root,
                 ops: p.ops,
             })
             .collect();
@@ -619,6 +632,19 @@ fn execute(
                     Some(ops) => Event::GapPage(ops),
                     None => Event::GapFailed,
                 })
+            }
+            Action::Subtree { after, roots } => {
+                let (db, tx, space) = (db.clone(), tx.clone(), space.to_string());
+                tokio::spawn(async move {
+                    let event = match db.subtree_changes(&space, after, &roots).await {
+                        Ok(answers) => Event::Subtree { after, answers },
+                        Err(e) => {
+                            tracing::warn!(error = %e, space = %space, "reading a subtree change failed");
+                            Event::SubtreeFailed { after, roots }
+                        }
+                    };
+                    let _ = tx.send(event).await;
+                });
             }
         }
     }

@@ -29,7 +29,8 @@ pub enum Scope {
     Subtree(arbor_shared::NodeId),
     /// The subtree of `node` for a token limited to the subtree of `root`:
     /// `node` must be `root` or below it (else `out_of_scope`, whether or
-    /// not it is stored), and the log section keeps only the ops that name
+    /// not it is stored), `node`'s row names ROOT as its parent (its real
+    /// parent may be outside), and the log section keeps only the ops that name
     /// no node outside the subtree of `node` (sets, and moves whose parent
     /// and previous parent are in it or TRASH); the header's owners are
     /// those of the replicas in that log.
@@ -121,7 +122,13 @@ const SUBTREE_SECTIONS: [(u8, &str); 3] = [
             "COPY (",
             subtree!(),
             "
-               SELECT n.id, n.parent, n.key FROM sub JOIN nodes n
+               SELECT n.id,
+                      CASE WHEN n.id = current_setting('arbor.root')::uuid
+                                AND coalesce(current_setting('arbor.scoped', true), '') = 't'
+                           THEN '00000000-0000-0000-0000-000000000000'::uuid
+                           ELSE n.parent END,
+                      n.key
+               FROM sub JOIN nodes n
                  ON n.space = current_setting('arbor.space')::bigint AND n.id = sub.id)
          TO STDOUT (FORMAT binary)"
         ),

@@ -16,5 +16,6 @@ mod replicas;
 mod s3_backup;
 mod scenario;
 mod standby;
+mod subtree;
 mod worker;
 mod workerd;

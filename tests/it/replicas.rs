@@ -74,15 +74,15 @@ pub fn edit(r: &Shared, n: usize, tag: &str) -> usize {
 /// 3 attempts); panics on an error, or with the last status if the sync
 /// has not finished within 60 s.
 pub async fn sync(r: &Shared, server: &str, space: Space) {
+    sync_with(r, server, space.name, &space.token()).await;
+}
+
+/// [`sync`] with any `token` for the space named `space`.
+pub async fn sync_with(r: &Shared, server: &str, space: &str, token: &str) {
     let (tx, rx) = watch::channel(SyncStatus::default());
     let done = tokio::time::timeout(
         Duration::from_secs(60),
-        sync_once(
-            r.clone(),
-            SyncConfig::new(server, space.name, &space.token()),
-            tx,
-            3,
-        ),
+        sync_once(r.clone(), SyncConfig::new(server, space, token), tx, 3),
     )
     .await;
     match done {

@@ -287,7 +287,7 @@ impl Upstream {
             .map(|p| GroupPush {
                 author: p.author,
                 sub: p.sub,
-                root: None,
+                root: p.root,
                 ops: p.ops,
             })
             .collect();

@@ -11,6 +11,7 @@ pub(crate) mod key {
     pub(crate) const HORIZON_HLC: &str = "horizon_hlc";
     pub(crate) const HORIZON_REPLICA: &str = "horizon_replica";
     pub(crate) const ROOT: &str = "root";
+    pub(crate) const ROOT_IN_TRASH: &str = "root_in_trash";
     pub(crate) const RESTAMP: &str = "restamp";
     pub(crate) const RESTAMP_FROM_HLC: &str = "restamp_from_hlc";
     pub(crate) const RESTAMP_FROM_REPLICA: &str = "restamp_from_replica";

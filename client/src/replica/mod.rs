@@ -14,6 +14,8 @@
 //! - `outbox.rs`: the outbox (pending ops, acks, requeue, re-stamp) and
 //!   the rejected list (ops refused for good, kept for the application).
 //! - `remote.rs`: committed ops applied in seq order.
+//! - `subtree.rs`: a subtree replica's `subtree` frames, applied under its
+//!   pending moves.
 //! - `export.rs`: the replica copied as a new replica file.
 
 mod edit;
@@ -23,6 +25,7 @@ pub(crate) mod meta;
 mod outbox;
 mod read;
 mod remote;
+mod subtree;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -42,6 +45,7 @@ use meta::random_u64;
 pub(crate) use meta::{key, meta_delete, meta_get, meta_i64, meta_set, meta_text, now_ms};
 pub use outbox::RejectedOp;
 pub use read::NodeView;
+pub use subtree::SubtreeFrame;
 
 /// Open options.
 #[derive(Debug, Clone, Copy, Default)]

@@ -86,6 +86,9 @@ impl Replica {
 
     /// Removes ops the server committed (an `ack`) from the outbox.
     pub fn acknowledge(&mut self, stamps: &[Stamp]) -> Result<()> {
+        if self.subtree_root()?.is_some() {
+            return self.acknowledge_in_subtree(stamps);
+        }
         let tx = self.conn.transaction()?;
         outbox_delete(&tx, stamps.iter().copied())?;
         tx.commit()?;

@@ -433,12 +433,13 @@ impl Session {
         if !matches!(self.phase, Phase::Connecting) {
             return out;
         }
-        let next = match r.cursor() {
-            Ok(cursor) => {
+        let next = match r.cursor().and_then(|c| Ok((c, r.subtree_root()?))) {
+            Ok((cursor, root)) => {
                 out.push(Action::Send(ClientMsg::Hello {
                     v: VERSION,
                     replica: r.replica_id(),
                     cursor,
+                    root,
                 }));
                 self.phase = Phase::Greeting {
                     cursor,
@@ -592,6 +593,29 @@ impl Session {
                     // Frames lost in between: the reconnect's catch-up
                     // starts from the cursor.
                     Err(ReplicaError::Gap { .. }) => Next::Retry("seq gap".into()),
+                    Err(e) => e.into(),
+                }
+            }
+            ServerMsg::Subtree {
+                nodes,
+                registers,
+                removed,
+                root_in_trash,
+                head_seq,
+            } => {
+                let frame = crate::replica::SubtreeFrame {
+                    nodes: &nodes,
+                    registers: &registers,
+                    removed: &removed,
+                    root_in_trash,
+                    head_seq,
+                };
+                match r.apply_subtree(frame) {
+                    Ok(_) => {
+                        self.report.applied +=
+                            (nodes.len() + registers.len() + removed.len()) as u64;
+                        Next::Stay
+                    }
                     Err(e) => e.into(),
                 }
             }

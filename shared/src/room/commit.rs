@@ -25,6 +25,9 @@ pub struct Push {
     /// The token subject it is pushed for (`None`: service connections,
     /// whose pushes are not checked against replica owners).
     pub sub: Option<String>,
+    /// The subtree its token is limited to (the `root` claim): the commit
+    /// checks every op stays inside it.
+    pub root: Option<crate::id::NodeId>,
     /// The ops.
     pub ops: Vec<Op>,
 }

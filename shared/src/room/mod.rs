@@ -18,6 +18,13 @@
 //!   delivery, presence, token expiry.
 //! - `commit.rs`: the commit pipeline ([`Push`], group formation).
 //! - `frames.rs`: committed ops cut into frames under the size limit.
+//!
+//! Subtree connections (a hello with a `root`, or a token with a `root`
+//! claim) get no `ops`: whenever the head passes their cursor the room
+//! asks the host for the change of their subtree since it
+//! ([`Action::Subtree`], answered with [`Room::on_subtree`]), one request
+//! per connection at a time, and holds their acks until a change that
+//! covers the push has been sent.
 
 mod commit;
 mod frames;
@@ -27,7 +34,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::auth::{Claims, Role};
 use crate::clock::Stamp;
 use crate::error::ErrorCode;
-use crate::id::ReplicaId;
+use crate::id::{NodeId, ReplicaId};
 use crate::protocol::{ClientMsg, Peer, ProtocolError, SeqOp, ServerMsg};
 
 pub use crate::error::close;
@@ -88,6 +95,31 @@ pub enum Action {
         upto: u64,
         /// Page size.
         limit: u32,
+    },
+    /// Work out what changed in the subtree of each of `roots` from seq
+    /// `after` to the database's head now (at least the room's head), and
+    /// pass the frames to [`Room::on_subtree`] (or
+    /// [`Room::on_subtree_failed`]).
+    Subtree {
+        /// The seq the connections are at.
+        after: u64,
+        /// Their subtree roots.
+        roots: BTreeSet<NodeId>,
+    },
+}
+
+/// The host's answer for one root of an [`Action::Subtree`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubtreeAnswer {
+    /// The `subtree` frames of the change, the last one carrying the seq
+    /// it reaches.
+    Frames(Vec<ServerMsg>),
+    /// The change cannot be sent as frames (the cursor is older than the
+    /// change record, or too much moved in): the connection is told to load
+    /// a snapshot.
+    SnapshotRequired {
+        /// The head seq now.
+        head_seq: u64,
     },
 }
 
@@ -155,6 +187,14 @@ struct Conn {
     replica: Option<ReplicaId>,
     /// Batch ids pushed and not yet answered.
     inflight: BTreeSet<u64>,
+    /// The subtree of a subtree connection (`None`: the whole space).
+    root: Option<NodeId>,
+    /// A subtree connection's change request is out (invariant: at most
+    /// one per connection).
+    subtree_in_flight: bool,
+    /// A subtree connection's committed pushes, acked once its cursor
+    /// reaches the seq (batch, highest seq of the push).
+    acks_waiting: Vec<(u64, u64)>,
 }
 
 /// One thoughtspace's realtime state.
@@ -183,6 +223,9 @@ pub struct Room {
     /// The lowest cursor catch-up can serve (`None`: any, even none); a
     /// hello below it, or with no cursor, gets `snapshot_required`.
     min_cursor: Option<u64>,
+    /// The host answers [`Action::Subtree`] (the Durable Object does not:
+    /// a hello with a root is refused there).
+    subtree_feeds: bool,
 }
 
 impl Room {
@@ -200,7 +243,15 @@ impl Room {
             parked: BTreeMap::new(),
             commits: CommitQueue::default(),
             min_cursor: None,
+            subtree_feeds: false,
         }
+    }
+
+    /// Whether the host answers [`Action::Subtree`]: without it a hello
+    /// with a root (or by a token with a `root` claim) is refused
+    /// `out_of_scope`.
+    pub fn set_subtree_feeds(&mut self, on: bool) {
+        self.subtree_feeds = on;
     }
 
     /// The lowest cursor catch-up can serve: an imported space's state is
@@ -256,6 +307,9 @@ impl Room {
                 cursor: 0,
                 replica: None,
                 inflight: BTreeSet::new(),
+                root: None,
+                subtree_in_flight: false,
+                acks_waiting: Vec::new(),
             },
         );
         Vec::new()
@@ -291,6 +345,9 @@ impl Room {
                 cursor,
                 replica: Some(replica),
                 inflight: BTreeSet::new(),
+                root: None,
+                subtree_in_flight: false,
+                acks_waiting: Vec::new(),
             },
         );
         self.start_catch_up(conn, head)
@@ -361,6 +418,9 @@ impl Room {
         if c.cursor >= upto {
             return Vec::new();
         }
+        if c.root.is_some() {
+            return self.ask_subtree(&[conn]);
+        }
         c.phase = Phase::CatchingUp {
             upto,
             buffered: Vec::new(),
@@ -430,13 +490,33 @@ impl Room {
                 msg: ServerMsg::Pong,
             }],
             ClientMsg::Hello {
-                replica, cursor, ..
+                replica,
+                cursor,
+                root,
+                ..
             } => {
                 if c.phase != Phase::AwaitingHello || self.parked.contains_key(&conn) {
                     return Self::refuse_and_close(
                         conn,
                         ErrorCode::Protocol,
                         "hello was already said",
+                    );
+                }
+                let root = match (c.claims.root, root) {
+                    (Some(claim), Some(asked)) if claim != asked => {
+                        return Self::refuse_and_close(
+                            conn,
+                            ErrorCode::OutOfScope,
+                            "a token with a root claim follows that root: hello with it or none",
+                        );
+                    }
+                    (claim, asked) => claim.or(asked),
+                };
+                if root.is_some() && !self.subtree_feeds {
+                    return Self::refuse_and_close(
+                        conn,
+                        ErrorCode::OutOfScope,
+                        "this endpoint has no subtree feed",
                     );
                 }
                 if c.claims.rid.is_some_and(|rid| rid != replica) {
@@ -455,6 +535,18 @@ impl Room {
                             head_seq: self.head_seq,
                         },
                     }];
+                }
+                if root.is_some() && cursor.is_none() {
+                    // A subtree replica starts from its subtree snapshot.
+                    return vec![Action::Send {
+                        conn,
+                        msg: ServerMsg::SnapshotRequired {
+                            head_seq: self.head_seq,
+                        },
+                    }];
+                }
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.root = root;
                 }
                 let cursor = cursor.unwrap_or(0);
                 if cursor > self.head_seq {
@@ -519,6 +611,7 @@ impl Room {
                     Role::Service => (None, None),
                     _ => (c.claims.rid.or(c.replica), Some(c.claims.sub.clone())),
                 };
+                let root = c.claims.root;
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.inflight.insert(batch);
                 }
@@ -527,6 +620,7 @@ impl Room {
                     batch,
                     author,
                     sub,
+                    root,
                     ops,
                 });
                 self.next_commit().into_iter().collect()
@@ -627,7 +721,14 @@ impl Room {
             return out;
         }
         let limit = self.limits.max_buffered_ops;
+        let mut behind = Vec::new();
         for (id, c) in self.conns.iter_mut() {
+            if c.root.is_some() {
+                if c.phase == Phase::Live && c.cursor < self.head_seq {
+                    behind.push(*id);
+                }
+                continue;
+            }
             match &mut c.phase {
                 Phase::AwaitingHello => {}
                 Phase::Live => {
@@ -650,8 +751,125 @@ impl Room {
                 }
             }
         }
+        out.extend(self.ask_subtree(&behind));
         out.extend(self.unpark());
         out
+    }
+
+    /// One [`Action::Subtree`] per distinct cursor for those of `conns`
+    /// that are live subtree connections with no request out.
+    fn ask_subtree(&mut self, conns: &[ConnId]) -> Vec<Action> {
+        let mut by_cursor: BTreeMap<u64, BTreeSet<NodeId>> = BTreeMap::new();
+        for id in conns {
+            let Some(c) = self.conns.get_mut(id) else {
+                continue;
+            };
+            let Some(root) = c.root else { continue };
+            if c.subtree_in_flight || c.phase != Phase::Live {
+                continue;
+            }
+            c.subtree_in_flight = true;
+            by_cursor.entry(c.cursor).or_default().insert(root);
+        }
+        by_cursor
+            .into_iter()
+            .map(|(after, roots)| Action::Subtree { after, roots })
+            .collect()
+    }
+
+    /// The host's answer to [`Action::Subtree`] `after`: for each root,
+    /// the frames to send to the subtree connections at that cursor (whose
+    /// cursor then moves to the frames' head), or `snapshot_required`.
+    /// Acks waiting for the new cursor go out after the frames.
+    pub fn on_subtree(
+        &mut self,
+        after: u64,
+        answers: BTreeMap<NodeId, SubtreeAnswer>,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        let mut again = Vec::new();
+        for (id, c) in self.conns.iter_mut() {
+            let Some(root) = c.root else { continue };
+            if !c.subtree_in_flight || c.cursor != after {
+                continue;
+            }
+            let Some(answer) = answers.get(&root) else {
+                continue;
+            };
+            c.subtree_in_flight = false;
+            match answer {
+                SubtreeAnswer::Frames(frames) => {
+                    let head = frames.iter().find_map(|f| match f {
+                        ServerMsg::Subtree { head_seq, .. } => *head_seq,
+                        _ => None,
+                    });
+                    for f in frames {
+                        out.push(Action::Send {
+                            conn: *id,
+                            msg: f.clone(),
+                        });
+                    }
+                    if let Some(head) = head {
+                        c.cursor = c.cursor.max(head);
+                    }
+                    let cursor = c.cursor;
+                    c.acks_waiting.retain(|&(batch, seq)| {
+                        if seq <= cursor {
+                            out.push(Action::Send {
+                                conn: *id,
+                                msg: ServerMsg::Ack { batch },
+                            });
+                            false
+                        } else {
+                            true
+                        }
+                    });
+                    if cursor < self.head_seq {
+                        again.push(*id);
+                    }
+                }
+                SubtreeAnswer::SnapshotRequired { head_seq } => {
+                    out.push(Action::Send {
+                        conn: *id,
+                        msg: ServerMsg::SnapshotRequired {
+                            head_seq: *head_seq,
+                        },
+                    });
+                    out.push(Self::close(*id, 1000, "load a snapshot"));
+                }
+            }
+        }
+        out.extend(self.ask_subtree(&again));
+        out
+    }
+
+    /// The host could not work out a subtree change for `after`: those
+    /// connections are told `unavailable` and closed (their clients
+    /// reconnect from their cursors).
+    pub fn on_subtree_failed(&mut self, after: u64, roots: &BTreeSet<NodeId>) -> Vec<Action> {
+        let failed: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.subtree_in_flight
+                    && c.cursor == after
+                    && c.root.is_some_and(|r| roots.contains(&r))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        failed
+            .into_iter()
+            .flat_map(|id| {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.subtree_in_flight = false;
+                }
+                Self::refuse_and_close(
+                    id,
+                    ErrorCode::Unavailable,
+                    "the subtree feed failed; reconnect",
+                )
+            })
+            .collect()
     }
 
     /// The database's head is at least `seq` (a commit notice from another
@@ -742,22 +960,30 @@ impl Room {
             });
             match result {
                 IngestResult::Committed(ops) => {
+                    let last = ops.iter().map(|o| o.seq).max();
                     committed.extend(ops);
-                    answers.push((conn, batch, None));
+                    answers.push((conn, batch, None, last));
                 }
                 IngestResult::Failed { code, message } => {
-                    answers.push((conn, batch, Some((code, message))));
+                    answers.push((conn, batch, Some((code, message)), None));
                 }
             }
         }
         committed.sort_by_key(|o| o.seq);
         committed.dedup_by_key(|o| o.seq);
         let mut out = self.on_committed(committed);
-        for (conn, batch, failure) in answers {
+        for (conn, batch, failure, last) in answers {
             let Some(c) = self.conns.get_mut(&conn) else {
                 continue;
             };
             c.inflight.remove(&batch);
+            if let (Some(_), None, Some(seq)) = (c.root, &failure, last)
+                && seq > c.cursor
+            {
+                // Acked once the subtree change covering it has been sent.
+                c.acks_waiting.push((batch, seq));
+                continue;
+            }
             out.push(match failure {
                 None => Action::Send {
                     conn,
@@ -850,7 +1076,9 @@ impl Room {
             }
         }
         for (id, c) in &self.conns {
-            if c.cursor > self.head_seq {
+            // A subtree connection's cursor is the database's head when
+            // its last change was read, which may be ahead of the room.
+            if c.root.is_none() && c.cursor > self.head_seq {
                 return Err(format!("conn {id} is ahead of the head"));
             }
             if let Phase::CatchingUp { upto, buffered } = &c.phase {

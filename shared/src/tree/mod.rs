@@ -441,6 +441,45 @@ impl<S: TreeStore> Tree<S> {
         Ok((redone, skipped, dups))
     }
 
+    /// Rewrites the state underneath the logged moves: undoes every logged
+    /// move (newest first), lets `write` change the store (a subtree
+    /// replica takes the server's state of its subtree so), then redoes, in
+    /// stamp order, the undone moves `keep` accepts, each with the cycle
+    /// check against the new state; the others leave the log. Returns the
+    /// nodes of the moves that left the log (a caller may clean up after
+    /// those no longer in the tree).
+    pub fn rebase(
+        &mut self,
+        keep: impl Fn(Stamp) -> bool,
+        write: impl FnOnce(&mut S) -> Result<(), S::Error>,
+    ) -> Res<Vec<NodeId>, S> {
+        let mut undone = Vec::new();
+        self.store
+            .log_pop_above(Stamp::MIN, &mut undone)
+            .map_err(TreeError::Store)?;
+        for e in &mut undone {
+            match std::mem::replace(&mut e.effect, Effect::Skipped) {
+                Effect::Skipped => {}
+                Effect::Moved { prev: None } => {
+                    self.store.remove(e.node).map_err(TreeError::Store)?
+                }
+                Effect::Moved { prev: Some(p) } => {
+                    self.store.set_place(e.node, p).map_err(TreeError::Store)?
+                }
+            }
+        }
+        write(&mut self.store).map_err(TreeError::Store)?;
+        let mut dropped = Vec::new();
+        while let Some(e) = undone.pop() {
+            if keep(e.stamp) {
+                self.do_move(e.stamp, e.node, e.parent, e.key)?;
+            } else {
+                dropped.push(self.store.id(e.node).map_err(TreeError::Store)?);
+            }
+        }
+        Ok(dropped)
+    }
+
     /// Handles of every move's node and parent, looked up in one pass (the
     /// lookups are independent, so their cache misses overlap).
     fn intern_all(&mut self, moves: &[&MoveOp]) -> Res<Handles<S>, S> {

@@ -19,4 +19,5 @@ mod regressions;
 mod room;
 mod scaling;
 mod snapshot;
+mod subtree;
 mod util;

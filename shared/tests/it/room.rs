@@ -2,14 +2,16 @@
 //! and a seeded random interleaving of commits, pushes, catch-up pages,
 //! connects and closes.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use arbor_shared::ErrorCode;
 use arbor_shared::auth::{Claims, Role};
 use arbor_shared::protocol::{ClientMsg, MAX_FRAME_BYTES, SeqOp, ServerMsg};
-use arbor_shared::room::{Action, ConnId, IngestResult, Push, Room, RoomLimits, close};
+use arbor_shared::room::{
+    Action, ConnId, IngestResult, Push, Room, RoomLimits, SubtreeAnswer, close,
+};
 use arbor_shared::sim::splitmix;
-use arbor_shared::{Op, ReplicaId};
+use arbor_shared::{NodeId, Op, ReplicaId};
 
 use crate::util::{mv, seed};
 
@@ -33,6 +35,7 @@ fn hello(replica: u64, cursor: Option<u64>) -> String {
         v: 1,
         replica: ReplicaId(replica),
         cursor,
+        root: None,
     }
     .encode()
 }
@@ -47,6 +50,7 @@ struct Host {
     closed: BTreeMap<ConnId, u16>,
     catch_ups: VecDeque<(ConnId, u64, u64, u32)>,
     commits: VecDeque<Vec<Push>>,
+    subtrees: VecDeque<(u64, BTreeSet<NodeId>)>,
 }
 
 impl Host {
@@ -69,6 +73,7 @@ impl Host {
             closed: BTreeMap::new(),
             catch_ups: VecDeque::new(),
             commits: VecDeque::new(),
+            subtrees: VecDeque::new(),
         }
     }
 
@@ -88,6 +93,7 @@ impl Host {
                     limit,
                 } => self.catch_ups.push_back((conn, after, upto, limit)),
                 Action::Commit { pushes } => self.commits.push_back(pushes),
+                Action::Subtree { after, roots } => self.subtrees.push_back((after, roots)),
                 Action::FetchGap { after, upto, limit } => {
                     let ops: Vec<SeqOp> = self
                         .range(after, upto)
@@ -698,4 +704,108 @@ fn unknown_fields_are_ignored_in_server_frames_and_refused_in_client_frames() {
         c["later"] = serde_json::json!(1);
         assert!(ClientMsg::decode(&c.to_string()).is_err(), "{c}");
     }
+}
+
+/// A `subtree` frame that only moves the cursor to `head`.
+fn subtree_head(head: u64) -> ServerMsg {
+    ServerMsg::Subtree {
+        nodes: Vec::new(),
+        registers: Vec::new(),
+        removed: Vec::new(),
+        root_in_trash: None,
+        head_seq: Some(head),
+    }
+}
+
+#[test]
+fn subtree_connections_get_changes_not_ops_and_acks_after_the_change_that_covers_them() {
+    let root = NodeId(77);
+    let mut h = Host::new(5);
+    // Without subtree feeds (the Durable Object) a hello with a root is
+    // refused.
+    h.connect(9, claims(Role::Read, None, u64::MAX));
+    let hello_root = |cursor| {
+        ClientMsg::Hello {
+            v: 1,
+            replica: ReplicaId(3),
+            cursor,
+            root: Some(root),
+        }
+        .encode()
+    };
+    let a = h.room.on_message(9, &hello_root(Some(5)));
+    h.run(a);
+    assert!(matches!(
+        h.received[&9][0],
+        ServerMsg::Error {
+            code: ErrorCode::OutOfScope,
+            ..
+        }
+    ));
+    h.room.set_subtree_feeds(true);
+    // A token with a root claim follows it (hello without root), another
+    // connection asks for the same root; a full connection for contrast.
+    h.connect(
+        1,
+        Claims {
+            root: Some(root),
+            ..claims(Role::Write, Some(3), u64::MAX)
+        },
+    );
+    h.connect(2, claims(Role::Read, None, u64::MAX));
+    h.connect(4, claims(Role::Read, None, u64::MAX));
+    for (conn, msg) in [
+        (1, hello(3, Some(5))),
+        (2, hello(1, Some(5))),
+        (4, hello_root(Some(5))),
+    ] {
+        let a = h.room.on_message(conn, &msg);
+        h.run(a);
+    }
+    assert!(h.subtrees.is_empty(), "at the head: nothing to ask");
+    // A push of the subtree connection: the full connection gets the ops,
+    // the subtree connections nothing yet, and the room asks once for the
+    // change of the root.
+    let push = ClientMsg::Push {
+        batch: 7,
+        ops: vec![mv(100, 3, 50, 77)],
+    }
+    .encode();
+    let a = h.room.on_message(1, &push);
+    h.run(a);
+    h.serve_ingest();
+    assert_eq!(h.seqs(2), [6]);
+    assert!(
+        h.received[&1]
+            .iter()
+            .all(|m| !matches!(m, ServerMsg::Ops { .. } | ServerMsg::Ack { .. }))
+    );
+    assert_eq!(h.subtrees.pop_front(), Some((5, BTreeSet::from([root]))));
+    // Another commit while the change is out: no second request.
+    h.commit_external();
+    assert!(h.subtrees.is_empty());
+    // The change (read at head 6) goes to both, then the ack; the room
+    // asks again from 6 for the commit it has not covered.
+    let a = h.room.on_subtree(
+        5,
+        BTreeMap::from([(root, SubtreeAnswer::Frames(vec![subtree_head(6)]))]),
+    );
+    h.run(a);
+    let tail: Vec<&ServerMsg> = h.received[&1].iter().rev().take(2).collect();
+    assert_eq!(tail, [&ServerMsg::Ack { batch: 7 }, &subtree_head(6)]);
+    assert_eq!(h.received[&4].last(), Some(&subtree_head(6)));
+    assert_eq!(h.subtrees.pop_front(), Some((6, BTreeSet::from([root]))));
+    // A change that cannot be sent as frames: load a snapshot.
+    let a = h.room.on_subtree(
+        6,
+        BTreeMap::from([(root, SubtreeAnswer::SnapshotRequired { head_seq: 7 })]),
+    );
+    h.run(a);
+    assert!(matches!(
+        h.received[&1].last(),
+        Some(ServerMsg::SnapshotRequired { head_seq: 7 })
+    ));
+    assert_eq!(h.closed.get(&1), Some(&1000));
+    assert_eq!(h.closed.get(&4), Some(&1000));
+    assert!(!h.closed.contains_key(&2));
 }

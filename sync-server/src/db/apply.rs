@@ -29,10 +29,11 @@ impl<'a> Pusher<'a> {
     }
 }
 
-/// One `apply_ops_by` call on `client` (a connection, transaction or
+/// One `apply_ops_tracked` call on `client` (a connection, transaction or
 /// savepoint): `apply_ops`, with the batch's replica ids claimed for the
 /// pusher's `sub` when given (migration 0010), through `apply_ops_scoped`
-/// when the pusher is limited to a subtree (0012).
+/// when the pusher is limited to a subtree (0012), its place changes
+/// recorded for the subtree feed (0013).
 pub(super) async fn apply_on<C: deadpool_postgres::GenericClient>(
     client: &C,
     space: &str,
@@ -44,17 +45,11 @@ pub(super) async fn apply_on<C: deadpool_postgres::GenericClient>(
     let sub = pusher.sub;
     let root = pusher.root.map(uuid);
     let stmt = client
-        .prepare_cached(if root.is_some() {
+        .prepare_cached(
             "SELECT seq, hlc, replica, kind, node, parent, key, field, value, known_seq, origin,
                     author
-             FROM apply_ops_scoped($13, $12, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        } else {
-            // $13 is NULL here; naming it keeps one parameter list.
-            "SELECT seq, hlc, replica, kind, node, parent, key, field, value, known_seq, origin,
-                    author
-             FROM apply_ops_by($12, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-             WHERE $13::uuid IS NULL"
-        })
+             FROM apply_ops_tracked($13, $12, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
         .await?;
     let rows = client
         .query(

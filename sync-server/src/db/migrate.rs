@@ -82,6 +82,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0012_scoped_apply.sql",
         sql: include_str!("../../../migrations/0012_scoped_apply.sql"),
     },
+    Migration {
+        version: 13,
+        name: "0013_node_changes.sql",
+        sql: include_str!("../../../migrations/0013_node_changes.sql"),
+    },
 ];
 
 /// Key of the session advisory lock held while migrating (two-int form, so it

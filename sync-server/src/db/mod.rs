@@ -13,6 +13,7 @@
 //! - `migrate.rs`: the embedded migration runner.
 //! - `tls.rs`: [`PgTls`], libpq's TLS settings over rustls.
 //! - `readers.rs`: [`Readers`], reads served by hot standbys within a lag bound.
+//! - `subtree.rs`: the subtree feed's reads (what changed in a subtree since a seq).
 
 mod apply;
 mod error;
@@ -22,6 +23,7 @@ mod readers;
 mod reads;
 mod rows;
 mod spaces;
+mod subtree;
 mod tls;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -37,6 +39,7 @@ pub(crate) use quotas::{claim_space_slot, set_tenant};
 pub use readers::Readers;
 pub use rows::*;
 use rows::{committed_from_row, node, stamp_from, u64_of, uuid};
+pub use subtree::MAX_ENTERED_NODES;
 pub use tls::{PgTls, PgTlsError, RootCert, Verify, parse_database_url};
 
 /// The database: a connection pool over the schema of `migrations/`.

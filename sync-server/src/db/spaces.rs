@@ -100,11 +100,12 @@ impl Db {
     /// Copies `src` into a new space `dst` (tree, registers, the op log with
     /// its seqs, restores, head and horizon) in one transaction.
     pub async fn fork(&self, src: &str, dst: &str) -> Result<SpaceInfo, DbError> {
-        let client = self.client().await?;
-        let stmt = client
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let stmt = tx
             .prepare_cached("SELECT fork_space_with_owners($1, $2)")
             .await?;
-        client.query_one(&stmt, &[&src, &dst]).await.map_err(|e| {
+        tx.query_one(&stmt, &[&src, &dst]).await.map_err(|e| {
             if e.code() == Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION) {
                 DbError::rejected(
                     RejectCode::BadBatch,
@@ -114,6 +115,14 @@ impl Db {
                 map_pg(e)
             }
         })?;
+        // The fork's place changes before its head are not recorded
+        // (migration 0013): a subtree cursor below it loads a snapshot.
+        tx.execute(
+            "UPDATE spaces SET changes_from = head_seq WHERE name = $1",
+            &[&dst],
+        )
+        .await?;
+        tx.commit().await?;
         self.space_id(dst).await
     }
 

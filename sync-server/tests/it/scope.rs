@@ -229,13 +229,12 @@ async fn a_scoped_token_reads_its_subtree_and_nothing_else() {
         );
     }
 
-    // The whole-space routes are refused.
+    // The whole-space routes are refused (the live feed is the subtree's:
+    // see the next test).
     for path in ["snapshot", "export", "ops?after=0"] {
         let r = s.get(&format!("/v1/spaces/demo/{path}"), &read).await;
         assert_eq!(error_code(r).await, (403, "out_of_scope".into()), "{path}");
     }
-    let ws = crate::ws::connect(&s, "demo", &read).await;
-    assert_eq!(ws.err(), Some(403), "the live feed of a scoped token");
 
     // A subtree snapshot inside: its rows, and a log that names no node
     // outside the subtree (the move of C from E is left out, as are the
@@ -253,6 +252,12 @@ async fn a_scoped_token_reads_its_subtree_and_nothing_else() {
     assert_eq!((nodes.len(), header.root), (2, Some(B)));
     assert!(nodes.contains(&B) && nodes.contains(&C));
     let inside = [A, B, C, D, NodeId::TRASH];
+    // The subtree's own root names ROOT as its parent, not A.
+    let b_row = sections[0]
+        .iter()
+        .find(|r| crate::snapshot::uuid(&r[0]) == B)
+        .unwrap();
+    assert_eq!(crate::snapshot::uuid(&b_row[1]), NodeId::ROOT);
     for row in &sections[2] {
         for col in [4, 5, 11] {
             if let Some(id) = row[col]
@@ -318,6 +323,100 @@ async fn a_scoped_token_reads_its_subtree_and_nothing_else() {
             (401, "bad_token".into()),
             "{role:?} {root}"
         );
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_scoped_socket_gets_its_subtree_changes_and_nothing_else() {
+    use arbor_shared::protocol::{ClientMsg, ServerMsg};
+    let (s, admin) = Server::start_demo().await;
+    let t = now_ms() << 16;
+    for ops in seed_ops(t) {
+        assert_eq!(s.push("demo", &admin, &ops).await.status(), 200);
+    }
+    let read = scoped_token("demo", Role::Read, A);
+    let hello = |cursor: Option<u64>, root: Option<NodeId>| ClientMsg::Hello {
+        v: 1,
+        replica: arbor_shared::ReplicaId(0x5c0),
+        cursor,
+        root,
+    };
+    // Another root than the claim: refused.
+    let mut ws = crate::ws::connect(&s, "demo", &read).await.unwrap();
+    crate::ws::send(&mut ws, hello(Some(9), Some(B))).await;
+    match crate::ws::recv(&mut ws).await {
+        ServerMsg::Error { code, .. } => assert_eq!(code, arbor_shared::ErrorCode::OutOfScope),
+        other => panic!("{other:?}"),
+    }
+    // No cursor: a subtree replica starts from its subtree snapshot.
+    let mut ws = crate::ws::connect(&s, "demo", &read).await.unwrap();
+    crate::ws::send(&mut ws, hello(None, None)).await;
+    assert!(matches!(
+        crate::ws::recv(&mut ws).await,
+        ServerMsg::SnapshotRequired { .. }
+    ));
+    // From the state at seq 9 (the seed): a create inside comes as a
+    // node and its register; a create outside, and a set outside, come as
+    // nothing but the new head; a move out is a removal.
+    let mut ws = crate::ws::connect(&s, "demo", &read).await.unwrap();
+    crate::ws::send(&mut ws, hello(Some(9), None)).await;
+    assert!(matches!(
+        crate::ws::recv(&mut ws).await,
+        ServerMsg::Welcome { .. }
+    ));
+    let x = NodeId(30);
+    let steps: Vec<Op> = vec![
+        mv(t + 30, 1, x, D, &[0x80], 9),
+        mv(t + 31, 1, NodeId(31), E, &[0x82], 9),
+        set(t + 32, 1, E, "text", Some("secret"), 9),
+        mv(t + 33, 1, C, F, &[0x80], 9),
+    ];
+    let mut frames = Vec::new();
+    for (i, op) in steps.iter().enumerate() {
+        assert_eq!(
+            s.push("demo", &admin, std::slice::from_ref(op))
+                .await
+                .status(),
+            200
+        );
+        loop {
+            let msg = crate::ws::recv(&mut ws).await;
+            if let ServerMsg::Subtree { head_seq, .. } = &msg {
+                let done = *head_seq == Some(10 + i as u64);
+                frames.push(msg);
+                if done {
+                    break;
+                }
+            }
+        }
+    }
+    let text = frames
+        .iter()
+        .map(|f| serde_json::to_string(f).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for outside in [E, F, NodeId(31)] {
+        assert!(
+            !text.contains(&outside.to_string()),
+            "{outside} leaked: {text}"
+        );
+    }
+    assert!(!text.contains("secret"), "{text}");
+    match &frames[0] {
+        ServerMsg::Subtree {
+            nodes, registers, ..
+        } => {
+            assert_eq!((nodes.len(), nodes[0].id, nodes[0].parent), (1, x, D));
+            assert!(registers.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+    match frames.last().unwrap() {
+        ServerMsg::Subtree { removed, nodes, .. } => {
+            assert_eq!((removed.as_slice(), nodes.len()), ([C].as_slice(), 0));
+        }
+        other => panic!("{other:?}"),
     }
     s.stop().await;
 }

@@ -56,6 +56,7 @@ pub async fn hello(ws: &mut Ws, replica: u64, cursor: Option<u64>) {
         v: 1,
         replica: ReplicaId(replica),
         cursor,
+        root: None,
     };
     send(ws, msg).await;
 }
