@@ -132,3 +132,82 @@ pub enum UpstreamMsg {
         error: ErrorDetail,
     },
 }
+
+/// Body of `POST /v1/spaces/{space}/subtree/changes` (service tokens: the
+/// Durable Object asks for its subtree connections' changes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubtreeChangesBody {
+    /// The seq the connections are at.
+    pub after: u64,
+    /// Their subtree roots (at most [`MAX_SUBTREE_ROOTS`]).
+    pub roots: Vec<crate::id::NodeId>,
+}
+
+/// Most roots in one subtree changes request.
+pub const MAX_SUBTREE_ROOTS: usize = 10_000;
+
+/// One root's answer in a subtree changes answer: `frames`, or
+/// `snapshot_required` (the head seq now).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubtreeRootAnswer {
+    /// The root.
+    pub root: crate::id::NodeId,
+    /// Its `subtree` frames, the last one carrying the head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frames: Option<Vec<crate::protocol::ServerMsg>>,
+    /// Load a snapshot instead: the head seq now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_required: Option<u64>,
+}
+
+/// Answer of `POST .../subtree/changes`: one entry per root asked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubtreeChangesAnswer {
+    /// The answers.
+    pub answers: Vec<SubtreeRootAnswer>,
+}
+
+impl SubtreeChangesAnswer {
+    /// From the room's form.
+    pub fn from_room(
+        answers: std::collections::BTreeMap<crate::id::NodeId, crate::room::SubtreeAnswer>,
+    ) -> SubtreeChangesAnswer {
+        use crate::room::SubtreeAnswer;
+        SubtreeChangesAnswer {
+            answers: answers
+                .into_iter()
+                .map(|(root, a)| match a {
+                    SubtreeAnswer::Frames(frames) => SubtreeRootAnswer {
+                        root,
+                        frames: Some(frames),
+                        snapshot_required: None,
+                    },
+                    SubtreeAnswer::SnapshotRequired { head_seq } => SubtreeRootAnswer {
+                        root,
+                        frames: None,
+                        snapshot_required: Some(head_seq),
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    /// Into the room's form (an entry with neither field is left out: the
+    /// room then reports nothing for that root, and the host fails it).
+    pub fn into_room(
+        self,
+    ) -> std::collections::BTreeMap<crate::id::NodeId, crate::room::SubtreeAnswer> {
+        use crate::room::SubtreeAnswer;
+        self.answers
+            .into_iter()
+            .filter_map(|a| match (a.frames, a.snapshot_required) {
+                (Some(frames), _) => Some((a.root, SubtreeAnswer::Frames(frames))),
+                (None, Some(head_seq)) => {
+                    Some((a.root, SubtreeAnswer::SnapshotRequired { head_seq }))
+                }
+                (None, None) => None,
+            })
+            .collect()
+    }
+}

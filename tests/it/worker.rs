@@ -145,17 +145,6 @@ async fn native_clients_sync_through_the_durable_object() {
     );
     let other = token("other", Role::Write);
     assert_eq!(connect(&worker, "s", Some(&other)).await.err(), Some(403));
-    // A token limited to a subtree: the object has no subtree feed yet
-    // (docs/PROTOCOL.md), so it is refused out_of_scope before the upgrade.
-    let scoped = arbor_shared::keys::mint_eddsa(
-        &arbor_shared::auth::Claims {
-            root: Some(arbor_shared::NodeId(1)),
-            ..claims("edge-user-2")
-        },
-        &[7; 32],
-        Some("edge"),
-    );
-    assert_eq!(connect(&worker, "s", Some(&scoped)).await.err(), Some(403));
 
     // A raw observer socket, and two replicas syncing through the object.
     let mut observer = connect(&worker, "s", Some(&token("s", Role::Read)))
@@ -332,6 +321,55 @@ async fn native_clients_sync_through_the_durable_object() {
         .await
         .unwrap();
     assert_eq!(hello(&mut patient, 78, Some(54)).await, 54);
+
+    // A token limited to a subtree gets that subtree's changes through the
+    // object (the object asks the sync server for them), and nothing else.
+    let t = arbor_testkit::env::now_ms() << 16;
+    let (root, inside, outside) = (NodeId(0x5e1), NodeId(0x5e2), NodeId(0x5e3));
+    let push = |ops: Vec<arbor_shared::Op>| {
+        let server = server.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .post(format!("{server}/v1/spaces/s/ops"))
+                .bearer_auth(token("s", Role::Admin))
+                .json(&serde_json::json!({ "ops": ops }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let body: arbor_shared::http::OpsBody = r.json().await.unwrap();
+            body.ops.last().unwrap().seq
+        }
+    };
+    let mv = |i: u64, node, parent| arbor_testkit::ops::mv(t + i, 0x5ee, node, parent, &[0x80], 0);
+    let head = push(vec![mv(0, root, NodeId::ROOT)]).await;
+    let scoped = arbor_shared::keys::mint_eddsa(
+        &arbor_shared::auth::Claims {
+            root: Some(root),
+            ..claims("edge-user-2")
+        },
+        &[7; 32],
+        Some("edge"),
+    );
+    let mut sub = connect(&worker, "s", Some(&scoped)).await.unwrap();
+    hello(&mut sub, 0x5c0, Some(head)).await;
+    let last = push(vec![mv(1, inside, root), mv(2, outside, NodeId::ROOT)]).await;
+    let mut placed = Vec::new();
+    loop {
+        match recv(&mut sub).await {
+            ServerMsg::Subtree {
+                nodes, head_seq, ..
+            } => {
+                placed.extend(nodes.iter().map(|n| (n.id, n.parent)));
+                if head_seq.is_some_and(|h| h >= last) {
+                    break;
+                }
+            }
+            ServerMsg::Ops { .. } => panic!("a subtree socket was sent ops"),
+            _ => {}
+        }
+    }
+    assert_eq!(placed, [(inside, root)]);
 
     a.task.abort();
     b.task.abort();

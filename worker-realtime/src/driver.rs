@@ -92,6 +92,28 @@ impl RoomObject {
                         }
                     })
                 }
+                Action::Subtree { after, roots } => {
+                    let Some(upstream) = self.upstream() else {
+                        continue;
+                    };
+                    let answer = upstream.subtree_changes(after, &roots).await;
+                    self.with_room(|l| {
+                        // Their cursors move: the attachments are written below.
+                        moved.extend(
+                            l.sockets
+                                .keys()
+                                .copied()
+                                .filter(|c| l.room.conn_root(*c).is_some()),
+                        );
+                        match answer {
+                            Ok(answers) => l.room.on_subtree(after, answers),
+                            Err(e) => {
+                                worker::console_error!("subtree changes failed: {e}");
+                                l.room.on_subtree_failed(after, &roots)
+                            }
+                        }
+                    })
+                }
                 Action::FetchGap { after, upto, limit } => {
                     let Some(upstream) = self.upstream() else {
                         continue;

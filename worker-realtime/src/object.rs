@@ -32,6 +32,9 @@ pub(crate) struct Attachment {
     pub(crate) claims: Claims,
     /// After hello: its replica and the highest seq sent to it.
     pub(crate) hello: Option<(ReplicaId, u64)>,
+    /// A subtree connection's root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) root: Option<arbor_shared::NodeId>,
 }
 
 /// A socket and what its attachment holds (kept here too, so a cursor
@@ -105,6 +108,7 @@ impl RoomObject {
         }
         let mut room = Room::new(&space, head, None, RoomLimits::default());
         room.set_min_cursor(min_cursor);
+        room.set_subtree_feeds(true);
         let mut actions = Vec::new();
         let mut next_conn = 1;
         let mut map = BTreeMap::new();
@@ -112,7 +116,7 @@ impl RoomObject {
         restored.sort_by_key(|(a, _)| std::cmp::Reverse(a.hello.map_or(0, |(_, c)| c)));
         for (a, ws) in restored {
             next_conn = next_conn.max(a.conn + 1);
-            actions.extend(room.restore(a.conn, a.claims.clone(), a.hello));
+            actions.extend(room.restore(a.conn, a.claims.clone(), a.hello, a.root));
             map.insert(a.conn, Socket { ws, attachment: a });
         }
         *self.live.borrow_mut() = Some(Live {
@@ -144,10 +148,12 @@ impl RoomObject {
     pub(crate) fn save_cursor(&self, conn: ConnId) {
         let _ = self.with_room(|l| {
             let hello = l.room.conn_cursor(conn);
+            let root = l.room.conn_root(conn);
             if let Some(s) = l.sockets.get_mut(&conn)
-                && s.attachment.hello != hello
+                && (s.attachment.hello != hello || s.attachment.root != root)
             {
                 s.attachment.hello = hello;
+                s.attachment.root = root;
                 let _ = s.ws.serialize_attachment(&s.attachment);
             }
         });
@@ -225,6 +231,7 @@ impl RoomObject {
             space,
             claims: claims.clone(),
             hello: None,
+            root: None,
         };
         server.serialize_attachment(&attachment)?;
         let _ = self.with_room(|l| {

@@ -70,11 +70,7 @@ pub async fn fetch(req: Request, env: Env, _ctx: worker::Context) -> Result<Resp
                 LEEWAY_S,
                 space,
                 need,
-            )
-            // The live feed of a subtree is not built yet
-            // (docs/PROTOCOL.md): a token limited to one is refused.
-            .and_then(|c| auth::check_unscoped(&c, "the live feed").map(|()| c))
-            {
+            ) {
                 Ok(c) => c,
                 Err(refusal) => return json_error(refusal.code, &refusal.message),
             };

@@ -255,6 +255,32 @@ impl Upstream {
         Ok((ops, answer.head_seq.unwrap_or(0)))
     }
 
+    /// What changed in the subtrees of `roots` since seq `after` (`POST
+    /// .../subtree/changes`), in the room's form.
+    pub(crate) async fn subtree_changes(
+        &self,
+        after: u64,
+        roots: &std::collections::BTreeSet<arbor_shared::NodeId>,
+    ) -> Result<std::collections::BTreeMap<arbor_shared::NodeId, arbor_shared::room::SubtreeAnswer>>
+    {
+        let body = serde_json::to_string(&arbor_shared::http::SubtreeChangesBody {
+            after,
+            roots: roots.iter().copied().collect(),
+        })
+        .map_err(|e| worker::Error::RustError(e.to_string()))?;
+        let mut r = self
+            .send(Method::Post, "/subtree/changes", Some(body))
+            .await?;
+        if r.status_code() != 200 {
+            return Err(worker::Error::RustError(format!(
+                "subtree changes answered {}",
+                r.status_code()
+            )));
+        }
+        let answer: arbor_shared::http::SubtreeChangesAnswer = r.json().await?;
+        Ok(answer.into_room())
+    }
+
     /// The space's head seq and the lowest cursor catch-up can serve.
     pub(crate) async fn head(&self) -> Result<(u64, Option<u64>)> {
         // A page above any seq: no ops, just the head.

@@ -318,14 +318,16 @@ impl Room {
     /// The host lost its memory (a Durable Object woke from hibernation)
     /// and re-adds a connection from what it kept with the socket: its
     /// claims, and, if it had said hello, its replica and the highest seq
-    /// sent to it. A connection behind the room's head catches up (the
-    /// returned `CatchUp`); restore the connection with the highest cursor
-    /// first, or create the room with that head.
+    /// sent to it, and its subtree root if it is a subtree connection. A
+    /// connection behind the room's head catches up (the returned
+    /// `CatchUp`, or `Subtree`); restore the connection with the highest
+    /// cursor first, or create the room with that head.
     pub fn restore(
         &mut self,
         conn: ConnId,
         claims: Claims,
         hello: Option<(ReplicaId, u64)>,
+        root: Option<NodeId>,
     ) -> Vec<Action> {
         let Some((replica, cursor)) = hello else {
             return self.on_connect(conn, claims);
@@ -337,6 +339,7 @@ impl Room {
             self.pending.retain(|&seq, _| seq > cursor + 1);
         }
         let head = self.head_seq;
+        let root = root.or(claims.root);
         self.conns.insert(
             conn,
             Conn {
@@ -345,12 +348,18 @@ impl Room {
                 cursor,
                 replica: Some(replica),
                 inflight: BTreeSet::new(),
-                root: None,
+                root,
                 subtree_in_flight: false,
                 acks_waiting: Vec::new(),
             },
         );
         self.start_catch_up(conn, head)
+    }
+
+    /// The subtree root of a subtree connection (what a host that can lose
+    /// its memory keeps with the socket, with [`Room::conn_cursor`]).
+    pub fn conn_root(&self, conn: ConnId) -> Option<NodeId> {
+        self.conns.get(&conn)?.root
     }
 
     /// The highest seq sent to `conn` and its replica, if it said hello

@@ -481,12 +481,14 @@ fn a_host_that_lost_its_memory_restores_sockets_without_gap_or_duplicate() {
         2,
         claims(Role::Write, Some(2), u64::MAX),
         Some((ReplicaId(2), 4)),
+        None,
     );
     h.run(a);
     let a = h.room.restore(
         1,
         claims(Role::Write, Some(1), u64::MAX),
         Some((ReplicaId(1), 6)),
+        None,
     );
     h.run(a);
     // A commit notice brings the room up to the database's head.
@@ -795,6 +797,24 @@ fn subtree_connections_get_changes_not_ops_and_acks_after_the_change_that_covers
     assert_eq!(tail, [&ServerMsg::Ack { batch: 7 }, &subtree_head(6)]);
     assert_eq!(h.received[&4].last(), Some(&subtree_head(6)));
     assert_eq!(h.subtrees.pop_front(), Some((6, BTreeSet::from([root]))));
+    // A host that lost its memory restores the subtree connection with its
+    // root: it asks for the change again, never sends ops.
+    let mut fresh = Room::new("s", 6, None, RoomLimits::default());
+    fresh.set_subtree_feeds(true);
+    let a = fresh.restore(
+        4,
+        claims(Role::Read, None, u64::MAX),
+        Some((ReplicaId(3), 5)),
+        Some(root),
+    );
+    assert_eq!(
+        a,
+        [Action::Subtree {
+            after: 5,
+            roots: BTreeSet::from([root])
+        }]
+    );
+    assert_eq!(fresh.conn_root(4), Some(root));
     // A change that cannot be sent as frames: load a snapshot.
     let a = h.room.on_subtree(
         6,

@@ -18,6 +18,7 @@
 //! - `snapshots.rs`: snapshot, subtree snapshot, export, import.
 //! - `request_metrics.rs`: request counts and times by route template.
 //! - `revocations.rs`: the revocation list for the Durable Objects.
+//! - `subtree.rs`: subtree changes for the Durable Object's subtree sockets.
 
 mod auth;
 mod children;
@@ -28,6 +29,7 @@ mod request_metrics;
 mod revocations;
 mod snapshots;
 mod spaces;
+mod subtree;
 mod upstream;
 mod websocket;
 
@@ -199,6 +201,10 @@ fn api_routes(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route(
             "/v1/spaces/{space}/subtree/{node}/snapshot",
             get(snapshots::subtree_snapshot),
+        )
+        .route(
+            "/v1/spaces/{space}/subtree/changes",
+            post(subtree::subtree_changes),
         )
         .route("/v1/spaces/{space}/fork", post(spaces::fork))
         .route("/v1/spaces/{space}/export", get(snapshots::export))
