@@ -2,7 +2,8 @@
 //! `opfs-sahpool` VFS), or in memory where OPFS is missing, and the sync
 //! loop over a `web-sys` WebSocket, exported to JavaScript with
 //! wasm-bindgen. It runs in a dedicated Web Worker (`web/src/worker.ts`),
-//! which owns one replica per origin and thoughtspace and serves every tab.
+//! which owns one replica per origin and thoughtspace (or subtree of one)
+//! and serves every tab.
 //!
 //! # Layout
 //!
@@ -57,6 +58,12 @@ pub struct Status {
     pub role: &'static str,
     /// Local ops the server refused for good.
     pub rejected: u64,
+    /// A subtree replica's root (`None`: a replica of the whole space).
+    pub root: Option<String>,
+    /// A subtree replica whose root the server said is in the trash (the
+    /// replica keeps its contents).
+    #[serde(rename = "rootInTrash")]
+    pub root_in_trash: bool,
 }
 
 /// A peer (presence).
@@ -79,6 +86,11 @@ pub struct ProgressJs {
 /// Shared by the exported handle and the sync loop (one thread: `Rc`).
 pub(crate) struct Inner {
     pub(crate) replica: RefCell<Replica>,
+    /// The thoughtspace (kept here: the replica is borrowed while a cold
+    /// start loads).
+    space: String,
+    /// A subtree replica's root.
+    root: Option<NodeId>,
     /// The replica's change feed, drained after every write and apply.
     changes: mpsc::Receiver<Arc<Changes>>,
     on_changes: RefCell<Option<js_sys::Function>>,
@@ -124,6 +136,13 @@ impl Inner {
             if let Ok(r) = self.replica.try_borrow() {
                 s.cursor = r.cursor().ok().flatten();
                 s.outbox = r.outbox_len().unwrap_or(s.outbox);
+                if s.root.is_some() {
+                    s.root_in_trash = r
+                        .subtree_root_in_trash()
+                        .ok()
+                        .flatten()
+                        .unwrap_or(s.root_in_trash);
+                }
             }
         }
         let json = serde_json::to_string(&*self.status.borrow()).unwrap_or_default();
@@ -208,12 +227,12 @@ pub struct WebReplica {
     inner: Rc<Inner>,
 }
 
-/// Installs the OPFS pool (retrying while another worker of this origin
-/// still holds it: ownership is moving between tabs). `Ok(false)`: this
-/// browser has no OPFS sync access handles.
-async fn install_opfs() -> Result<bool, String> {
+/// Installs the OPFS pool in `directory` (retrying while another worker
+/// of this origin still holds it: ownership is moving between tabs).
+/// `Ok(false)`: this browser has no OPFS sync access handles.
+async fn install_opfs(directory: &str) -> Result<bool, String> {
     use sqlite_wasm_vfs::sahpool::{OpfsSAHPoolCfgBuilder, install};
-    let cfg = OpfsSAHPoolCfgBuilder::new().directory("arbor").build();
+    let cfg = OpfsSAHPoolCfgBuilder::new().directory(directory).build();
     let mut last = String::new();
     for attempt in 0..40u32 {
         match install::<sqlite_wasm_rs::WasmOsCallback>(&cfg, true).await {
@@ -234,32 +253,80 @@ async fn install_opfs() -> Result<bool, String> {
 #[wasm_bindgen]
 impl WebReplica {
     /// Opens the replica of `space`: on OPFS unless `memory` is set or
-    /// OPFS is missing (then `status().storage` is `memory`).
-    pub async fn open(space: String, memory: bool) -> Result<WebReplica, JsValue> {
+    /// OPFS is missing (then `status().storage` is `memory`). With `root`
+    /// (a node id), the replica of that node's subtree: its own file, bound
+    /// to the root before its first sync (`Replica::bind_subtree`), so its
+    /// cold start loads the subtree snapshot and the server sends it the
+    /// subtree feed.
+    pub async fn open(
+        space: String,
+        memory: bool,
+        root: Option<String>,
+    ) -> Result<WebReplica, JsValue> {
+        let root = root.as_deref().map(node_id).transpose()?;
+        if let Some(r) = root
+            && r.is_reserved()
+        {
+            return Err(err(
+                ErrorCode::ReservedNode,
+                &format!("{r} is not a subtree root: open the whole space without a root"),
+            ));
+        }
+        // File names in a pool are flat, and a pool has one owner (the
+        // worker that installed it): a thoughtspace's replica is
+        // `/<space>.arbor` in the pool `arbor/`, a subtree replica
+        // `/<space>~<root>.arbor` in a pool of its own,
+        // `arbor/<space>~<root>/`, so it never mixes with the full replica
+        // and both can be open at once (in two tabs, two owners).
+        let mut name: String = space
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let mut directory = "arbor".to_string();
+        if let Some(r) = root {
+            name = format!("{name}~{r}");
+            directory = format!("arbor/{name}");
+        }
         let durable = if memory {
             false
         } else {
-            install_opfs()
+            install_opfs(&directory)
                 .await
                 .map_err(|e| err(ErrorCode::Storage, &e))?
         };
         let mut replica = if durable {
-            // File names in the pool are flat: one file per thoughtspace.
-            let name: String = space
-                .chars()
-                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-                .collect();
             Replica::open(std::path::Path::new(&format!("/{name}.arbor"))).map_err(replica_err)?
         } else {
             Replica::open_in_memory().map_err(replica_err)?
         };
         replica.bind_space(&space).map_err(replica_err)?;
+        if let Some(r) = root {
+            match replica.subtree_root().map_err(replica_err)? {
+                Some(have) if have == r => {}
+                None if replica.cursor().map_err(replica_err)?.is_none() => {
+                    replica.bind_subtree(r).map_err(replica_err)?;
+                }
+                have => {
+                    let what = have.map_or_else(|| "the whole space".into(), |h| h.to_string());
+                    return Err(err(
+                        ErrorCode::Replica,
+                        &format!("this file replicates {what}, not the subtree of {r}"),
+                    ));
+                }
+            }
+        }
+        let root_in_trash = replica
+            .subtree_root_in_trash()
+            .map_err(replica_err)?
+            .unwrap_or(false);
         let changes = replica.subscribe();
         let outbox = replica.outbox_len().unwrap_or(0);
         let cursor = replica.cursor().ok().flatten();
         let rejected = replica.rejected_len().unwrap_or(0);
         let inner = Rc::new(Inner {
             replica: RefCell::new(replica),
+            space,
+            root,
             changes,
             on_changes: RefCell::new(None),
             on_status: RefCell::new(None),
@@ -273,6 +340,8 @@ impl WebReplica {
                 storage: if durable { "opfs" } else { "memory" },
                 role: "owner",
                 rejected,
+                root: root.map(|r| r.to_string()),
+                root_in_trash,
             }),
             generation: Cell::new(0),
             wake: RefCell::new(None),
@@ -450,16 +519,11 @@ impl WebReplica {
         if let Some(w) = self.inner.wake.borrow_mut().take() {
             let _ = w.unbounded_send(sync::Event::Stop);
         }
-        let space = self
-            .inner
-            .replica()
-            .ok()
-            .and_then(|r| r.space().ok().flatten())
-            .unwrap_or_default();
         let config = sync::Config {
             server,
             realtime: (!realtime.is_empty()).then_some(realtime),
-            space,
+            space: self.inner.space.clone(),
+            root: self.inner.root,
             token,
             keepalive_ms: (keepalive_ms > 0.0).then_some(keepalive_ms as u64),
         };

@@ -36,6 +36,9 @@ pub struct Config {
     pub realtime: Option<String>,
     /// The thoughtspace.
     pub space: String,
+    /// A subtree replica's root (its `hello` names it; the session reads
+    /// it from the replica).
+    pub root: Option<arbor_shared::NodeId>,
     /// Bearer token.
     pub token: String,
     /// Keep-alive period, ms (`None`: the session's default).
@@ -281,13 +284,16 @@ impl Driver {
 
     /// Why the socket did not open: the cheapest authorized read of the
     /// space with the same token answers the same refusal an upgrade gets
-    /// (401, 403, 404 with a typed body); anything else is transient.
+    /// (401, 403, 404 with a typed body); anything else is transient. A
+    /// subtree replica reads its root's first child instead of the ops (a
+    /// token limited to the subtree may not read the whole space's).
     async fn why_refused(&self) -> ConnectFailure {
-        let url = format!(
-            "{}/v1/spaces/{}/ops?after=18446744073709551615&limit=1",
-            self.config.server.trim_end_matches('/'),
-            self.config.space
-        );
+        let base = self.config.server.trim_end_matches('/');
+        let space = &self.config.space;
+        let url = match self.config.root {
+            Some(root) => format!("{base}/v1/spaces/{space}/nodes/{root}/children?limit=1"),
+            None => format!("{base}/v1/spaces/{space}/ops?after=18446744073709551615&limit=1"),
+        };
         match fetch(&url, &self.config.token).await {
             Ok(response) if !response.ok() => {
                 let status = response.status();

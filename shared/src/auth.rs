@@ -300,6 +300,17 @@ pub fn verify(
     Ok(claims)
 }
 
+/// The `root` claim of `token`, read without checking anything (no key,
+/// no expiry): for a client choosing what to replicate (a token limited to
+/// a subtree can only follow that subtree). `None` for a token without one
+/// or that does not decode. The server checks the token itself.
+pub fn unverified_root(token: &str) -> Option<NodeId> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let claims: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes).ok()?;
+    claims.get("root")?.as_str()?.parse().ok()
+}
+
 /// Mints a token for `claims` (development tooling and tests; production
 /// tokens come from the application's auth service with the same secret).
 pub fn mint(claims: &Claims, key: &Hs256Key) -> String {

@@ -15,7 +15,10 @@
 //!   nearby node or outdent to the grandparent), from a client that is up to
 //!   date: ops/s and per-batch latency percentiles;
 //! - `apply_ops` only: one op older than the newest 1,000 and 10,000 logged
-//!   moves (undo/redo of that many entries).
+//!   moves (undo/redo of that many entries);
+//! - the same in-order batches on a fork of the space through `apply_ops`
+//!   itself, which records no place changes: the cost of the record the
+//!   subtree feed reads (migration 0013).
 //!
 //! The baseline (`benches/naive.sql`) applies op by op and walks ancestors
 //! with one query per level.
@@ -315,6 +318,11 @@ async fn main() {
     } else {
         [(1, 2000), (100, 300), (1000, 60)]
     };
+    // The cost of recording place changes (migration 0013): the same
+    // batches on a fork, through `apply_ops` with no change tag.
+    db.fork("main", "untracked").await.unwrap();
+    setup.batch_execute("VACUUM ANALYZE").await.unwrap();
+    let mut tracking = Vec::new();
     let client = db.client().await.unwrap();
     for (size, count) in plan {
         let mut head = db.space("main").await.unwrap().unwrap().head_seq;
@@ -361,6 +369,21 @@ async fn main() {
             base.lat.push(t.elapsed());
             base.ops += b.len();
         }
+        let mut untracked = Run::default();
+        for b in &batches {
+            let t = Instant::now();
+            call(&client, APPLY, "untracked", b).await;
+            untracked.lat.push(t.elapsed());
+            untracked.ops += b.len();
+        }
+        tracking.push(format!(
+            "| {size} | {:.0} | {:.2} | {:.0} | {:.2} | {:.2}x |",
+            ours.ops_per_s(),
+            ms(ours.pct(0.99)),
+            untracked.ops_per_s(),
+            ms(untracked.pct(0.99)),
+            untracked.ops_per_s() / ours.ops_per_s()
+        ));
         println!(
             "| {size} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.1}x |",
             ours.ops_per_s(),
@@ -371,6 +394,15 @@ async fn main() {
             ms(base.pct(0.99)),
             ours.ops_per_s() / base.ops_per_s()
         );
+    }
+
+    println!();
+    println!(
+        "| in-order batch | tracked (`apply_ops_tracked`) ops/s | p99 ms | untracked (`apply_ops`) ops/s | p99 ms | cost of tracking |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for line in tracking {
+        println!("{line}");
     }
 
     // Out of order: one create older than the newest k logged moves.

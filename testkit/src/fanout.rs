@@ -134,20 +134,28 @@ impl Answers {
     }
 }
 
-/// The latencies of the writer's sets in a reader's `frame`, from their
-/// send time to now (both from `start`).
+/// The latencies of the writer's sets in a reader's `frame` (its `ops`, or
+/// the `t` registers of a `subtree` frame), from their send time to now
+/// (both from `start`).
 pub fn latencies(frame: &str, start: Instant) -> Vec<Duration> {
-    let Ok(ServerMsg::Ops { ops }) = ServerMsg::decode(frame) else {
-        return Vec::new();
-    };
     let now = start.elapsed().as_micros() as u64;
-    ops.into_iter()
-        .filter_map(|o| match o.op {
-            Op::Set(s) => {
-                let sent: u64 = s.value.unwrap_or_default().parse().unwrap_or(now);
-                Some(Duration::from_micros(now.saturating_sub(sent)))
-            }
-            Op::Move(_) => None,
-        })
-        .collect()
+    let since = |value: Option<String>| {
+        let sent: u64 = value.unwrap_or_default().parse().unwrap_or(now);
+        Duration::from_micros(now.saturating_sub(sent))
+    };
+    match ServerMsg::decode(frame) {
+        Ok(ServerMsg::Ops { ops }) => ops
+            .into_iter()
+            .filter_map(|o| match o.op {
+                Op::Set(s) => Some(since(s.value)),
+                Op::Move(_) => None,
+            })
+            .collect(),
+        Ok(ServerMsg::Subtree { registers, .. }) => registers
+            .into_iter()
+            .filter(|r| r.field == "t")
+            .map(|r| since(r.value))
+            .collect(),
+        _ => Vec::new(),
+    }
 }

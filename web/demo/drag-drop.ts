@@ -1,10 +1,11 @@
-// Drag and drop of rows: before, after or into the row under the pointer, or to the end of ROOT.
+// Drag and drop of rows: before, after or into the row under the pointer, or to the end of the outline.
 //
 // The upper quarter of a row drops before it, the lower quarter after it,
 // the middle makes the dragged node its last child; below the last row is
-// the end of ROOT. A drop into the dragged node's own subtree is refused.
+// the end of the outline's top (ROOT, or a subtree outline's root). A drop
+// into the dragged node's own subtree is refused.
 
-import { type NodeId, ROOT } from "../src/arbor.js";
+import type { NodeId } from "../src/arbor.js";
 import { TEMP_PREFIX } from "./edit-queue.js";
 import type { Outline } from "./outline.js";
 import { rowOf } from "./row-element.js";
@@ -74,7 +75,7 @@ export class DragDrop {
       if (dragId && this.#o.model.isAncestorOrSelf(dragId, target)) return null;
       return { kind, target };
     }
-    // Below the last row: the end of ROOT.
+    // Below the last row: the end of the outline's top.
     if (e.clientY >= this.#o.viewport.bottomOfRows()) return { kind: "end" };
     return null;
   }
@@ -104,7 +105,7 @@ export class DragDrop {
     if (!id || !drop) return;
     e.preventDefault();
     if (drop.kind === "end") {
-      void o.edits.move(id, ROOT, "last");
+      void o.edits.move(id, o.top, "last");
       return;
     }
     const target = o.model.row(drop.target);

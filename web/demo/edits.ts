@@ -3,7 +3,7 @@
 // Each one is shown at once and then made by the worker, in order (see
 // edit-queue.ts).
 
-import { type NodeId, type NodeView, type Position, ROOT, TRASH } from "../src/arbor.js";
+import { type NodeId, type NodeView, type Position, TRASH } from "../src/arbor.js";
 import { TEMP_PREFIX } from "./edit-queue.js";
 import type { Outline } from "./outline.js";
 
@@ -14,10 +14,10 @@ export class Edits {
     this.#o = outline;
   }
 
-  /** Appends a new, empty node at the end of ROOT and focuses it at once;
-   * resolves to its id once the replica has created it. */
+  /** Appends a new, empty node at the end of the outline's top and focuses
+   * it at once; resolves to its id once the replica has created it. */
   add(): Promise<NodeId | undefined> {
-    return this.#createLocal(ROOT, "last");
+    return this.#createLocal(this.#o.top, "last");
   }
 
   /** Creates an empty sibling right after `id` and focuses it at once. */
@@ -45,11 +45,12 @@ export class Edits {
     return done.then(() => undefined);
   }
 
-  /** Moves `id` right after its parent, in its grandparent. */
+  /** Moves `id` right after its parent, in its grandparent (a top-level
+   * row stays: the outline's top is as far out as it goes). */
   outdent(id: NodeId): Promise<void> {
-    const { arbor, model, queue } = this.#o;
+    const { arbor, model, queue, top } = this.#o;
     const row = model.row(queue.real(id));
-    if (!row || row.parent === ROOT) return Promise.resolve();
+    if (!row || row.parent === top) return Promise.resolve();
     const parentRow = model.row(row.parent);
     if (!parentRow) return Promise.resolve();
     const pos: Position = { after: parentRow.id };
@@ -138,7 +139,7 @@ export class Edits {
    * screen, with its focus); returns true if that list must then be loaded. */
   #openForDrop(id: NodeId, hasChildren: boolean): boolean {
     const { model, expanded } = this.#o;
-    if (id === ROOT) return false;
+    if (id === this.#o.top) return false;
     expanded.add(id);
     if (model.lists.has(id)) return false;
     model.setList(id, []);

@@ -9,7 +9,7 @@
 // patched the same way. Only a big batch (a large remote sync) reloads the
 // parents' lists (paged, 5000 at a time), and `reset` reloads every list.
 
-import { type Changes, type NodeId, type NodeInfo, type NodeView, ROOT, TRASH } from "../src/arbor.js";
+import { type Changes, type NodeId, type NodeInfo, type NodeView, TRASH } from "../src/arbor.js";
 import { TEMP_PREFIX } from "./edit-queue.js";
 import type { ListLoads } from "./model.js";
 import type { Outline } from "./outline.js";
@@ -132,7 +132,7 @@ export class Loader implements ListLoads {
    * already read (or being read) since the last `reset` arrived: reading
    * 100k children keeps the worker busy for most of a second. */
   reloadAll(): void {
-    const ids = new Set<NodeId>([ROOT, ...this.#o.model.lists.keys()]);
+    const ids = new Set<NodeId>([this.#o.top, ...this.#o.model.lists.keys()]);
     for (const id of ids) {
       const since = Math.max(this.#passOf.get(id) ?? 0, this.#o.model.readAt(id) ?? 0);
       if (this.#resetMark === 0 || since <= this.#resetMark) void this.reload(id);
@@ -194,7 +194,7 @@ export class Loader implements ListLoads {
     const reloading = new Set<NodeId>();
     const probes: NodeId[] = [];
     for (const p of parents) {
-      if (model.lists.has(p) || this.#loading.has(p) || p === ROOT) {
+      if (model.lists.has(p) || this.#loading.has(p) || p === this.#o.top) {
         reloading.add(p);
         void this.reload(p);
       } else if (model.where.has(p)) {
@@ -255,7 +255,7 @@ export class Loader implements ListLoads {
         if (failed) {
           // The replica could not answer (a snapshot is loading): read the
           // lists instead.
-          for (const p of new Set<NodeId>([ROOT, ...model.lists.keys()])) void this.reload(p);
+          for (const p of new Set<NodeId>([o.top, ...model.lists.keys()])) void this.reload(p);
           return;
         }
         const infos = reads.map((r) => ("info" in r ? r.info : null));
@@ -352,7 +352,7 @@ export class Loader implements ListLoads {
     let repaint = false;
     const probes: NodeId[] = [];
     for (const p of new Set([...parents, ...gained])) {
-      if (p === ROOT || p === TRASH) continue;
+      if (p === this.#o.top || p === TRASH) continue;
       const loc = model.where.get(p);
       const list = model.lists.get(p);
       if (list) {

@@ -3,12 +3,16 @@
 // (state, peers, cold-start progress, storage warning) is in sync-status.ts,
 // the outline itself in outline.ts.
 //
-// URL: /demo/?space=demo&user=alice[&token=...][&memory=1][&realtime=wss://...]
+// URL: /demo/?space=demo&user=alice[&root=<node id>][&token=...][&memory=1][&realtime=wss://...]
+//
+// With `root`, the page opens that node's subtree as its own outline: a
+// subtree replica (`OpenOptions.root`) whose top-level rows are the root's
+// children; Add, outdent and a drop below the last row stop at the root.
 //
 // Tests drive the page through the DOM (data-testid attributes) and through
 // `window.arbor` (the Arbor handle) and `window.outline` (see OutlineApi).
 
-import { Arbor, type NodeId, type Status, type SyncState } from "../src/arbor.js";
+import { Arbor, type NodeId, ROOT, type Status, type SyncState } from "../src/arbor.js";
 import { Outline, type RowInfo } from "./outline.js";
 import { SyncStatus } from "./sync-status.js";
 import { TrashPanel } from "./trash.js";
@@ -16,10 +20,12 @@ import { byTestId, showError } from "./ui.js";
 
 /** What `window.outline` offers. */
 export interface OutlineApi {
-  /** Resolves after the first render (ROOT and the expanded nodes loaded). */
+  /** Resolves after the first render (the top and the expanded nodes loaded). */
   ready: Promise<void>;
   space: string;
   user: string;
+  /** The node whose children are the top-level rows: ROOT, or `?root=`. */
+  top: NodeId;
   /** Every visible row, flattened in display order (not just the rendered window). */
   rows(): RowInfo[];
   /** Resolves when no load, change batch or queued edit is outstanding. */
@@ -32,7 +38,7 @@ export interface OutlineApi {
   focus(id: NodeId): void;
   /** Scrolls the row into view. */
   scrollTo(id: NodeId): void;
-  /** Like the Add button: appends an empty node to ROOT; resolves to its id. */
+  /** Like the Add button: appends an empty node to the top; resolves to its id. */
   add(): Promise<NodeId | null>;
   /** Saves every title typed but not yet saved. */
   flush(): Promise<void>;
@@ -48,6 +54,9 @@ declare global {
 const params = new URLSearchParams(location.search);
 const space = params.get("space") || "demo";
 const user = params.get("user") || guestName();
+/** A subtree outline's root (`?root=`), or null for the whole thoughtspace. */
+const root = params.get("root")?.trim().toLowerCase() || null;
+const top: NodeId = root ?? ROOT;
 
 let outline: Outline | null = null;
 let resolveReady!: () => void;
@@ -62,6 +71,7 @@ window.outline = {
   ready,
   space,
   user,
+  top,
   rows: () => outline?.rows() ?? [],
   settled: async () => {
     await ready;
@@ -102,8 +112,10 @@ const spacer = byTestId("spacer");
 const emptyEl = byTestId("empty");
 const errorEl = byTestId("error");
 
+const rootEl = byTestId("root");
 byTestId("space").textContent = space;
 byTestId("user").textContent = user;
+rootEl.hidden = root === null;
 document.title = `${space} · Arbor`;
 errorEl.addEventListener("click", () => {
   errorEl.hidden = true;
@@ -126,6 +138,17 @@ function renderStatus(s: Status): void {
   if (lastState === "cold_start" && s.state !== "cold_start") outline?.reloadAll();
   lastState = s.state;
   renderEmpty();
+}
+
+/** A subtree outline names its root in the header (and the tab's title),
+ * by its title once the replica has it. */
+async function renderRoot(arbor: Arbor): Promise<void> {
+  if (root === null) return;
+  const info = await arbor.node(root).catch(() => null);
+  const title = info?.fields.title || root.slice(0, 8);
+  rootEl.textContent = title;
+  rootEl.title = `Subtree of ${root}`;
+  document.title = `${title} · ${space} · Arbor`;
 }
 
 // ------------------------------------------------------------------ connection
@@ -163,12 +186,19 @@ async function main(): Promise<void> {
     space,
     workerUrl: new URL("./arbor-worker.js", location.href),
     memory: params.get("memory") === "1" || params.get("memory") === "true",
+    root: root ?? undefined,
   });
   window.arbor = arbor;
   renderStatus(arbor.status());
   arbor.onStatus(renderStatus);
+  if (root !== null) {
+    void renderRoot(arbor);
+    arbor.subscribe((c) => {
+      if (c.reset || c.fields.includes(root) || c.moved.includes(root)) void renderRoot(arbor);
+    });
+  }
 
-  const view = new Outline(arbor, space, scroller, spacer);
+  const view = new Outline(arbor, space, top, scroller, spacer);
   outline = view;
   view.onRender = (n) => {
     rowCount = n;

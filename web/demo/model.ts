@@ -1,7 +1,7 @@
 // The model cache: the loaded child lists, where each node is, and the flattened visible rows.
 //
-// `lists` holds the loaded child lists of ROOT and of every expanded node
-// that is visible, each in sibling order: by (key, id), compared as
+// `lists` holds the loaded child lists of the outline's top (ROOT, or a
+// subtree outline's root) and of every expanded node that is visible, each in sibling order: by (key, id), compared as
 // strings; `where` says which loaded list holds a node (and its view);
 // `rows` is the depth-first flattening of those lists (the whole visible
 // outline, which may be 100k rows long) and `row(id)` finds a node's row.
@@ -40,6 +40,8 @@ export interface ListLoads {
 }
 
 export class Model {
+  /** The node whose children are the top-level rows (it has no row). */
+  readonly top: NodeId;
   readonly lists = new Map<NodeId, NodeView[]>();
   /** Node id -> its place in the loaded lists. */
   readonly where = new Map<NodeId, Loc>();
@@ -56,7 +58,8 @@ export class Model {
    * completed reload of each parent's list. */
   #readAt = new Map<NodeId, number>();
 
-  constructor(expanded: ExpandedSet, loads: ListLoads) {
+  constructor(top: NodeId, expanded: ExpandedSet, loads: ListLoads) {
+    this.top = top;
     this.#expanded = expanded;
     this.#loads = loads;
   }
@@ -163,8 +166,8 @@ export class Model {
   flattenAll(): void {
     const rows: Row[] = [];
     const byId = new Map<NodeId, Row>();
-    const wanted = new Set<NodeId>([ROOT]);
-    this.#flatten(rows, byId, this.lists.get(ROOT) ?? [], 0, ROOT, wanted);
+    const wanted = new Set<NodeId>([this.top]);
+    this.#flatten(rows, byId, this.lists.get(this.top) ?? [], 0, this.top, wanted);
     for (const id of [...this.lists.keys()]) {
       if (!wanted.has(id) && !this.#loads.isLoading(id)) this.dropList(id);
     }
@@ -224,7 +227,7 @@ export class Model {
   rowsInsert(view: NodeView, parent: NodeId, at: number): boolean {
     let depth = 0;
     let parentRow: Row | undefined;
-    if (parent !== ROOT) {
+    if (parent !== this.top) {
       parentRow = this.#rowById.get(parent);
       if (!parentRow || !this.#expanded.has(parent)) return true; // not on screen
       depth = parentRow.depth + 1;
@@ -259,7 +262,7 @@ export class Model {
   /** Drops the loaded lists no longer on screen (after splicing rows). */
   pruneLists(): void {
     for (const id of [...this.lists.keys()]) {
-      if (id === ROOT || this.#loads.isLoading(id)) continue;
+      if (id === this.top || this.#loads.isLoading(id)) continue;
       if (!this.#rowById.has(id) || !this.#expanded.has(id)) this.dropList(id);
     }
   }
@@ -290,12 +293,13 @@ export class Model {
     return list ? list.length > 0 : r.view.hasChildren;
   }
 
-  /** True if `a` is `b` or one of its ancestors (among visible rows). */
+  /** True if `a` is `b` or one of its ancestors (among visible rows, up to
+   * the top). */
   isAncestorOrSelf(a: NodeId, b: NodeId): boolean {
     let cur: NodeId | undefined = b;
     for (let guard = 0; cur !== undefined && guard < 100_000; guard++) {
       if (cur === a) return true;
-      if (cur === ROOT) return false;
+      if (cur === this.top) return false;
       cur = this.row(cur)?.parent;
     }
     return false;

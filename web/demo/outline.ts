@@ -15,7 +15,7 @@
 //
 // The parts reach each other through the Outline instance they are given.
 
-import { type Arbor, type NodeId, ROOT } from "../src/arbor.js";
+import type { Arbor, NodeId } from "../src/arbor.js";
 import { DragDrop } from "./drag-drop.js";
 import { EditQueue, TEMP_PREFIX } from "./edit-queue.js";
 import { Edits } from "./edits.js";
@@ -39,6 +39,9 @@ export interface RowInfo {
 export class Outline {
   readonly arbor: Arbor;
   readonly space: string;
+  /** The node whose children are the top-level rows: ROOT, or the root of
+   * a subtree outline (`?root=`). It has no row of its own. */
+  readonly top: NodeId;
   readonly scroller: HTMLElement;
   readonly spacer: HTMLElement;
 
@@ -60,14 +63,15 @@ export class Outline {
   #loaded = false;
   #rebuildScheduled = false;
 
-  constructor(arbor: Arbor, space: string, scroller: HTMLElement, spacer: HTMLElement) {
+  constructor(arbor: Arbor, space: string, top: NodeId, scroller: HTMLElement, spacer: HTMLElement) {
     this.arbor = arbor;
     this.space = space;
+    this.top = top;
     this.scroller = scroller;
     this.spacer = spacer;
     this.expanded = new ExpandedSet(space);
     this.loader = new Loader(this);
-    this.model = new Model(this.expanded, this.loader);
+    this.model = new Model(top, this.expanded, this.loader);
     this.queue = new EditQueue(this);
     this.edits = new Edits(this);
     this.titles = new Titles(this);
@@ -84,11 +88,11 @@ export class Outline {
     return this.#loaded;
   }
 
-  /** Subscribes to changes, loads ROOT (and the expanded nodes under it) and
-   * renders; resolves once the first full render is done. */
+  /** Subscribes to changes, loads the top (and the expanded nodes under it)
+   * and renders; resolves once the first full render is done. */
   async start(): Promise<void> {
     this.arbor.subscribe((c) => this.loader.onChanges(c));
-    await this.loader.reload(ROOT);
+    await this.loader.reload(this.top);
     this.#loaded = true;
     this.rebuild();
     await this.settled();
@@ -168,7 +172,7 @@ export class Outline {
     }
   }
 
-  /** Appends a new, empty node at the end of ROOT and focuses it at once;
+  /** Appends a new, empty node at the end of the top and focuses it at once;
    * resolves to its id once the replica has created it (see edits.ts). */
   add(): Promise<NodeId | undefined> {
     return this.edits.add();

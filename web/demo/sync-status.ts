@@ -18,6 +18,7 @@ export class SyncStatus {
   readonly #statusEl = byTestId("status");
   readonly #peersEl = byTestId("peers");
   readonly #warningEl = byTestId("storage-warning");
+  readonly #rootTrashEl = byTestId("root-trash-warning");
   readonly #progressWrap = byTestId("progress-wrap");
   readonly #progressEl = byTestId<HTMLProgressElement>("progress");
   readonly #progressText = byTestId("progress-text");
@@ -42,6 +43,7 @@ export class SyncStatus {
       .join("\n");
 
     this.#warningEl.hidden = s.storage !== "memory";
+    this.#rootTrashEl.hidden = !s.rootInTrash;
 
     const cold = s.state === "cold_start";
     this.#progressWrap.hidden = !cold;

@@ -31,6 +31,15 @@ export type WorkerMsg =
   | { event: "changes"; changes: Changes }
   | { event: "status"; status: Status };
 
+/** What names a replica among the workers of an origin (in the worker's
+ * name, its Web Lock and its BroadcastChannel): the thoughtspace, and a
+ * subtree replica's root after a "~" (which no thoughtspace name has:
+ * they are `[A-Za-z0-9_.-]`).
+ * @internal Shared with the worker. */
+export function replicaKey(space: string, root: NodeId | null): string {
+  return root === null ? space : `${space}~${root}`;
+}
+
 /** Node details as `node` returns them. */
 export interface NodeInfo {
   id: NodeId;
@@ -56,11 +65,14 @@ export class Arbor {
     this.#status = status;
   }
 
-  /** Opens the replica for `options.space` (OPFS, or memory with a warning
-   * in the status where OPFS is missing). */
+  /** Opens the replica for `options.space`, or with `options.root` the
+   * replica of that node's subtree (OPFS, or memory with a warning in the
+   * status where OPFS is missing). */
   static async open(options: OpenOptions): Promise<Arbor> {
     const url = options.workerUrl ?? new URL("arbor-worker.js", import.meta.url);
-    const worker = new Worker(url, { type: "module", name: `arbor:${options.space}` });
+    // Node ids are hex: one root, one replica, however it is spelled.
+    const root = options.root?.toLowerCase() ?? null;
+    const worker = new Worker(url, { type: "module", name: `arbor:${replicaKey(options.space, root)}` });
     const arbor = new Arbor(worker, {
       state: "offline",
       error: null,
@@ -71,13 +83,15 @@ export class Arbor {
       storage: "memory",
       role: "follower",
       rejected: 0,
+      root,
+      rootInTrash: false,
     });
     worker.onmessage = (e: MessageEvent<WorkerMsg>) => arbor.#receive(e.data);
     worker.onerror = (e) => {
       for (const p of arbor.#pending.values()) p.reject(new ArborError("worker", e.message));
       arbor.#pending.clear();
     };
-    arbor.#status = (await arbor.#call("open", options.space, options.memory ?? false)) as Status;
+    arbor.#status = (await arbor.#call("open", options.space, options.memory ?? false, root)) as Status;
     return arbor;
   }
 

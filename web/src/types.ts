@@ -73,6 +73,13 @@ export interface Status {
   /** Local ops the server refused for good, kept in the rejected list
    * (`Arbor.rejected`) until `clearRejected`. */
   rejected: number;
+  /** A subtree replica's root (`OpenOptions.root`); null for a replica of
+   * the whole thoughtspace. */
+  root: NodeId | null;
+  /** A subtree replica whose root was deleted (moved under TRASH) on the
+   * server: the replica keeps the root and its contents. Always false for
+   * a replica of the whole thoughtspace. */
+  rootInTrash: boolean;
 }
 
 /** How to reach the server. */
@@ -96,6 +103,15 @@ export interface OpenOptions {
   workerUrl?: string | URL;
   /** Force a replica in memory (tests, private windows). */
   memory?: boolean;
+  /** Replicate only the subtree of this node: the replica then holds
+   * exactly the root and everything below it, as the server's tree has
+   * them (nodes moved in arrive with their descendants, nodes moved out or
+   * deleted leave with theirs), and the root shows as a child of ROOT
+   * wherever it really is. It is a replica of its own: its own database
+   * file and its own owner tab, never mixed with the whole thoughtspace's
+   * replica or another subtree's. ROOT and TRASH are refused
+   * (`reserved_node`). */
+  root?: NodeId;
 }
 
 /** A local op the server refused for good (`Arbor.rejected`). */

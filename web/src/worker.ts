@@ -5,12 +5,15 @@
 // BroadcastChannel and relay its change and status events to their page.
 // When the owner's tab closes, its lock is released and the next waiting
 // worker opens the database and takes over, resending calls still open.
+// A subtree replica is another replica: its lock and channel are named
+// `<space>~<root>` (see `replicaKey`), and its database is in a pool of
+// its own, so it has an owner of its own next to the whole space's.
 
 import init, { WebReplica } from "../pkg/arbor_client_web.js";
-import type { CallMsg, WorkerMsg } from "./arbor.js";
+import { type CallMsg, type WorkerMsg, replicaKey } from "./arbor.js";
 import type { Changes, ConnectOptions, Status } from "./types.js";
 
-/** Messages between the workers of one origin and thoughtspace. */
+/** Messages between the workers of one origin and replica. */
 type PeerMsg =
   | { kind: "call"; from: string; cid: number; method: string; args: unknown[] }
   | { kind: "reply"; to: string; cid: number; ok?: unknown; err?: { code: string; message: string } }
@@ -23,6 +26,8 @@ const scope = self as unknown as DedicatedWorkerGlobalScope;
 const me = crypto.randomUUID();
 let space = "";
 let memory = false;
+/** A subtree replica's root (null: the whole space). */
+let root: string | null = null;
 let channel: BroadcastChannel | null = null;
 let replica: WebReplica | null = null;
 let lastStatus: Status | null = null;
@@ -91,7 +96,7 @@ function execute(r: WebReplica, method: string, args: unknown[]): unknown {
 
 async function becomeOwner(): Promise<void> {
   await init();
-  replica = await WebReplica.open(space, memory);
+  replica = await WebReplica.open(space, memory, root ?? undefined);
   const r = replica;
   r.onChanges((json: string) => {
     const changes = JSON.parse(json) as Changes;
@@ -174,7 +179,9 @@ function onPeer(msg: PeerMsg): void {
 async function open(id: number, args: unknown[]): Promise<void> {
   space = args[0] as string;
   memory = Boolean(args[1]);
-  channel = new BroadcastChannel(`arbor:${space}`);
+  root = (args[2] as string | null | undefined) ?? null;
+  const key = replicaKey(space, root);
+  channel = new BroadcastChannel(`arbor:${key}`);
   channel.onmessage = (e: MessageEvent<PeerMsg>) => onPeer(e.data);
   let owned: () => void = () => {};
   let failed: (e: unknown) => void = () => {};
@@ -184,7 +191,7 @@ async function open(id: number, args: unknown[]): Promise<void> {
   });
   // Held until this worker ends (its tab closes): then the next tab's
   // worker gets it and takes over.
-  void navigator.locks.request(`arbor-owner:${space}`, async () => {
+  void navigator.locks.request(`arbor-owner:${key}`, async () => {
     try {
       await becomeOwner();
       owned();

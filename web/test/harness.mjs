@@ -107,14 +107,16 @@ export async function launch() {
   };
 }
 
-/** Opens the demo for `space` as `user` and waits for its first render. */
-export async function openDemo(context, server, space, user) {
+/** Opens the demo for `space` as `user` and waits for its first render;
+ * `extra` adds URL parameters (e.g. `{ root: id }` for a subtree outline). */
+export async function openDemo(context, server, space, user, extra = {}) {
   const page = await context.newPage();
   page.on("pageerror", (e) => console.error(`[${user}] page error:`, e.message));
   page.on("console", (m) => {
     if (m.type() === "error") console.error(`[${user}] console:`, m.text());
   });
-  await page.goto(`${server.url}/demo/?space=${encodeURIComponent(space)}&user=${encodeURIComponent(user)}`);
+  const query = new URLSearchParams({ space, user, ...extra });
+  await page.goto(`${server.url}/demo/?${query}`);
   await page.waitForFunction(() => window.outline !== undefined && window.arbor !== undefined, null, { timeout: 60_000 });
   await page.evaluate(() => window.outline.ready);
   return page;

@@ -57,7 +57,8 @@ enum Command {
         /// Thoughtspace name.
         #[arg(long)]
         space: String,
-        /// Replicate only this node's subtree.
+        /// Replicate only this node's subtree (default: the token's `root`
+        /// claim, if it has one).
         #[arg(long)]
         subtree: Option<String>,
     },
@@ -166,8 +167,19 @@ fn main() -> anyhow::Result<()> {
             if let Some(t) = &cli.token {
                 replica.set_setting("token", t)?;
             }
-            if let Some(s) = subtree {
-                let root: NodeId = s.parse().context("--subtree takes a full node id")?;
+            // A token limited to a subtree can only follow that subtree.
+            let claimed = cli
+                .token
+                .as_deref()
+                .and_then(arbor_shared::auth::unverified_root);
+            let root = match (subtree, claimed) {
+                (Some(s), _) => Some(
+                    s.parse::<NodeId>()
+                        .context("--subtree takes a full node id")?,
+                ),
+                (None, claimed) => claimed,
+            };
+            if let Some(root) = root {
                 replica.bind_subtree(root)?;
             }
             println!(

@@ -223,3 +223,40 @@ fn no_mutation_of_a_token_verifies_or_panics() {
         );
     }
 }
+
+#[test]
+fn a_root_claim_is_for_read_and_write_tokens_and_can_be_read_unverified() {
+    let now = 2_000_000_000;
+    let root = arbor_shared::NodeId(0x5eed);
+    let scoped = Claims {
+        root: Some(root),
+        ..claims(now + 600)
+    };
+    let token = mint(&scoped, &key());
+    assert_eq!(verify(&token, &key(), now, 0).unwrap().root, Some(root));
+    assert_eq!(arbor_shared::auth::unverified_root(&token), Some(root));
+    assert_eq!(
+        arbor_shared::auth::unverified_root(&mint(&claims(now), &key())),
+        None
+    );
+    assert_eq!(arbor_shared::auth::unverified_root("not.a-token"), None);
+    for bad in [
+        Claims {
+            role: Role::Admin,
+            ..scoped.clone()
+        },
+        Claims {
+            role: Role::Service,
+            ..scoped.clone()
+        },
+        Claims {
+            root: Some(arbor_shared::NodeId::TRASH),
+            ..scoped.clone()
+        },
+    ] {
+        assert!(matches!(
+            verify(&mint(&bad, &key()), &key(), now, 0),
+            Err(AuthError::BadClaims(_))
+        ));
+    }
+}

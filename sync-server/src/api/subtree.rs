@@ -1,4 +1,4 @@
-//! The subtree changes endpoint (`POST .../subtree/changes`, service tokens): what changed in given subtrees since a seq, as `subtree` frames, for the Durable Object's subtree sockets.
+//! The subtree changes endpoint (`POST .../subtree/changes`): what changed in given subtrees since a seq, as `subtree` frames (the Durable Object's subtree sockets, and catch-up over HTTP for a subtree replica).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -21,8 +21,14 @@ pub(super) async fn subtree_changes(
     headers: HeaderMap,
     body: Result<Json<SubtreeChangesBody>, JsonRejection>,
 ) -> Result<Json<SubtreeChangesAnswer>, ApiError> {
-    authorize(&state, &headers, &space, Need::Service)?;
+    let claims = authorize(&state, &headers, &space, Need::Read)?;
     let Json(body) = body.map_err(json_refusal)?;
+    // A token limited to a subtree asks for that subtree only.
+    if let Some(root) = claims.root
+        && let Some(other) = body.roots.iter().find(|r| **r != root)
+    {
+        return Err(arbor_shared::auth::out_of_scope(*other).into());
+    }
     if body.roots.len() > MAX_SUBTREE_ROOTS {
         return Err(ApiError::new(
             ErrorCode::BadRequest,

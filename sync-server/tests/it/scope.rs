@@ -306,6 +306,24 @@ async fn a_scoped_token_reads_its_subtree_and_nothing_else() {
     let ops: arbor_shared::http::OpsBody = s.get_json("/v1/spaces/demo/ops?after=0", &admin).await;
     assert_eq!(ops.ops.len(), 10, "the refused push committed something");
 
+    // Catch-up over HTTP: the subtree's changes, for its own root only.
+    let changes = |roots: Vec<NodeId>| {
+        s.http
+            .post(s.url("/v1/spaces/demo/subtree/changes"))
+            .bearer_auth(&read)
+            .json(&serde_json::json!({ "after": 9, "roots": roots }))
+            .send()
+    };
+    let r = changes(vec![A]).await.unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let body: arbor_shared::http::SubtreeChangesAnswer = r.json().await.unwrap();
+    let frames = body.answers[0].frames.clone().unwrap();
+    let text = serde_json::to_string(&frames).unwrap();
+    assert!(text.contains(&NodeId(20).to_string()), "{text}");
+    assert!(!text.contains(&E.to_string()), "{text}");
+    let r = changes(vec![A, E]).await.unwrap();
+    assert_eq!(error_code(r).await, (403, "out_of_scope".into()));
+
     // A root claim only on read and write tokens, and never TRASH.
     for (role, root) in [
         (Role::Admin, A),
