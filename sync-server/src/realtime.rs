@@ -575,6 +575,8 @@ fn execute(
     let mut queue: std::collections::VecDeque<Action> = actions.into();
     // The same ops go to every live socket: encode each `ops` frame once.
     let mut last_ops: Option<((u64, u64, usize), Utf8Bytes)> = None;
+    // And one `peers` list to every socket: encode it once too.
+    let mut last_peers: Option<(Vec<arbor_shared::protocol::Peer>, Utf8Bytes)> = None;
     while let Some(action) = queue.pop_front() {
         match action {
             Action::Send { conn, msg } => {
@@ -597,6 +599,14 @@ fn execute(
                             }
                         }
                     }
+                    ServerMsg::Peers { peers } => match &last_peers {
+                        Some((seen, frame)) if seen == peers => frame.clone(),
+                        _ => {
+                            let frame = Utf8Bytes::from(msg.encode());
+                            last_peers = Some((peers.clone(), frame.clone()));
+                            frame
+                        }
+                    },
                     _ => Utf8Bytes::from(msg.encode()),
                 };
                 if out.try_send(Outbound::Text(frame)).is_err() {

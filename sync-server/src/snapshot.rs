@@ -321,14 +321,21 @@ pub async fn snapshot(
     };
     let Some(row) = conn
         .query_opt(
+            // The whole space's counts only for a whole-space file: a
+            // subtree's are counted below (counting a million rows for
+            // nothing was most of a 10k-node subtree's cold start).
             "SELECT id, head_seq, horizon_hlc, horizon_replica,
-                    (SELECT count(*) FROM nodes WHERE space = s.id),
-                    (SELECT count(*) FROM payloads WHERE space = s.id),
-                    (SELECT count(*) FROM ops o WHERE o.space = s.id
+                    CASE WHEN $3 THEN (SELECT count(*) FROM nodes WHERE space = s.id) ELSE 0 END,
+                    CASE WHEN $3 THEN (SELECT count(*) FROM payloads WHERE space = s.id) ELSE 0 END,
+                    CASE WHEN $3 THEN (SELECT count(*) FROM ops o WHERE o.space = s.id
                        AND ($2 OR s.horizon_hlc IS NULL
-                            OR (o.hlc, o.replica) > (s.horizon_hlc, s.horizon_replica)))
+                            OR (o.hlc, o.replica) > (s.horizon_hlc, s.horizon_replica))) ELSE 0 END
              FROM spaces s WHERE name = $1",
-            &[&space, &(scope == Scope::Export)],
+            &[
+                &space,
+                &(scope == Scope::Export),
+                &matches!(scope, Scope::Space | Scope::Export),
+            ],
         )
         .await?
     else {

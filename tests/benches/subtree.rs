@@ -14,7 +14,7 @@
 //!    hello, idle), five times.
 //! 2. The cost of filtering the feed: 1,000 sockets, each its own token,
 //!    and a service writer setting a register of a node inside the subtree
-//!    of socket 0's root every 5 ms (200 ops/s, 600 ops; pushes batched
+//!    of socket 0's root every 20 ms (50 ops/s, 300 ops; pushes batched
 //!    like a sync client's outbox). Latency from queueing to receipt at
 //!    socket 0. Rounds alternate the unfiltered feed (every socket gets
 //!    every op) and the subtree feed (each socket a subtree of 101 nodes,
@@ -25,8 +25,8 @@
 //!    replica loads its subtree snapshot again); then moved back out, time
 //!    until the replica no longer holds it.
 //!
-//! Postgres (durable settings), the server and every client share the
-//! machine's 2 cores.
+//! Postgres (durable settings, `shared_buffers` 2GB), the server and every
+//! client share the machine's 2 cores.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -51,8 +51,18 @@ const SECRET: &str = "subtree-bench-secret-subtree-bench!!";
 const SPACE: &str = "tree";
 /// The big section's id; its children are `BIG + 1 ..= BIG + 1_000`.
 const BIG: u128 = 10_000_000;
-const SOCKETS: u64 = 1_000;
-const OPS: usize = 600;
+/// Reader sockets in the feed rounds (`ARBOR_BENCH_SOCKETS`, default 1,000).
+fn sockets() -> u64 {
+    arbor_testkit::env::parsed("ARBOR_BENCH_SOCKETS").unwrap_or(1_000)
+}
+
+/// True if part `name` runs (`ARBOR_BENCH_ONLY=cold,feed,move`; default all).
+fn runs(name: &str) -> bool {
+    std::env::var("ARBOR_BENCH_ONLY").map_or(true, |v| v.split(',').any(|p| p == name))
+}
+const OPS: usize = 300;
+/// The writer's pace: 50 ops a second.
+const EVERY: Duration = Duration::from_millis(20);
 const ROUNDS: usize = 3;
 
 fn token(sub: &str, role: Role, root: Option<NodeId>) -> String {
@@ -183,7 +193,7 @@ async fn join(base: &str, i: u64, cursor: u64, root: Option<NodeId>) -> Ws {
 async fn feed_round(base: &str, http: &reqwest::Client, subtree: bool) -> Vec<Duration> {
     let cursor = head(http, base).await;
     let mut readers = Vec::new();
-    for i in 0..SOCKETS {
+    for i in 0..sockets() {
         // Socket i follows child i+1 of section i/100+1... spread over the
         // sections' children.
         let s = u128::from(i / 100) + 1;
@@ -232,7 +242,7 @@ async fn feed_round(base: &str, http: &reqwest::Client, subtree: bool) -> Vec<Du
     ))
     .await
     .unwrap();
-    let mut w = Writer::new(OPS, 7, target, start, Duration::from_millis(5), 8);
+    let mut w = Writer::new(OPS, 7, target, start, EVERY, 8);
     let answers = w.answers();
     let drain = tokio::spawn(async move {
         while let Some(Ok(Message::Text(t))) = stream.next().await {
@@ -254,7 +264,13 @@ async fn feed_round(base: &str, http: &reqwest::Client, subtree: bool) -> Vec<Du
 
 #[tokio::main]
 async fn main() {
-    let cluster = PgCluster::shared();
+    // Durable settings, shared_buffers sized like a database host's (as
+    // the server and apply benchmarks).
+    let cluster = &PgCluster::start(arbor_testkit::PgOptions {
+        throwaway: false,
+        shared_buffers: "2GB",
+    })
+    .unwrap();
     let db = stack::database(cluster, "subtree_bench", 4).await;
     let info = db.create_space(SPACE).await.unwrap();
     let t = Instant::now();
@@ -269,9 +285,48 @@ async fn main() {
         "# subtree benchmark: {nodes} nodes seeded in {:.1} s",
         t.elapsed().as_secs_f64()
     );
+    if std::env::var("ARBOR_BENCH_EXPLAIN").is_ok() {
+        // A profiling aid: the subtree snapshot's queries, explained.
+        c.batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
+             SELECT set_config('arbor.space', '{}', true);
+             SELECT set_config('arbor.root', '00000000-0000-0000-0000-000000000001', true);
+             SELECT set_config('arbor.scoped', 't', true);",
+            info.id
+        ))
+        .await
+        .unwrap();
+        let sub = "WITH RECURSIVE sub (id) AS (
+             SELECT current_setting('arbor.root')::uuid
+             UNION
+             SELECT n.id FROM sub JOIN nodes n
+               ON n.space = current_setting('arbor.space')::bigint AND n.parent = sub.id)";
+        for q in [
+            format!("{sub} SELECT count(*) FROM sub"),
+            format!(
+                "{sub} SELECT n.id, n.parent, n.key FROM sub JOIN nodes n ON n.space = current_setting('arbor.space')::bigint AND n.id = sub.id"
+            ),
+            format!(
+                "{sub} SELECT p.node, p.field FROM sub JOIN payloads p ON p.space = current_setting('arbor.space')::bigint AND p.node = sub.id"
+            ),
+            format!(
+                "SELECT EXISTS (SELECT 1 FROM arbor_scope_members({}, '00000000-0000-0000-0000-000000000001'::uuid, ARRAY['00000000-0000-0000-0000-000000000001'::uuid]))",
+                info.id
+            ),
+        ] {
+            for row in c
+                .query(&format!("EXPLAIN (ANALYZE, BUFFERS) {q}"), &[])
+                .await
+                .unwrap()
+            {
+                let line: String = row.get(0);
+                println!("{line}");
+            }
+        }
+        c.batch_execute("COMMIT").await.unwrap();
+    }
     let base = stack::serve(Config {
         db_pool: 8,
-        socket_queue_frames: 4096,
         limits: arbor_sync_server::limits::Limits {
             max_connections_per_addr: 100_000,
             ..arbor_sync_server::limits::Limits::for_pool(8)
@@ -286,7 +341,7 @@ async fn main() {
 
     // 1. Cold start of a 10,101-node subtree.
     let mut cold = Vec::new();
-    for i in 0..5 {
+    for i in 0..if runs("cold") { 5 } else { 0 } {
         let replica = Arc::new(Mutex::new(
             Replica::open(&dir.join(format!("cold{i}.db"))).unwrap(),
         ));
@@ -304,17 +359,42 @@ async fn main() {
         cold.push(started.elapsed());
         assert_eq!(replica.lock().unwrap().node_count().unwrap(), 10_101);
     }
-    println!(
-        "| cold start of a 10,101-node subtree in {nodes} nodes (native, sync_once) | median {:.1} ms (min {:.1}, max {:.1}) | target under 200 ms |",
-        ms(median(cold.clone())),
-        ms(*cold.iter().min().unwrap()),
-        ms(*cold.iter().max().unwrap())
-    );
+    // Where it goes: the subtree snapshot's download alone.
+    let mut download = Vec::new();
+    for _ in 0..if runs("cold") { 5 } else { 0 } {
+        let started = Instant::now();
+        let body = http
+            .get(format!(
+                "{base}/v1/spaces/{SPACE}/subtree/{}/snapshot",
+                NodeId(1)
+            ))
+            .bearer_auth(token("cold", Role::Read, Some(NodeId(1))))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        download.push(started.elapsed());
+        assert!(body.len() > 100_000);
+    }
+    if !cold.is_empty() {
+        println!(
+            "| the subtree snapshot's download alone (HTTP, read whole) | median {:.1} ms |",
+            ms(median(download))
+        );
+        println!(
+            "| cold start of a 10,101-node subtree in {nodes} nodes (native, sync_once) | median {:.1} ms (min {:.1}, max {:.1}) | target under 200 ms |",
+            ms(median(cold.clone())),
+            ms(*cold.iter().min().unwrap()),
+            ms(*cold.iter().max().unwrap())
+        );
+    }
 
     // 2. The feed's filtering.
     let (mut full, mut filtered) = (Vec::new(), Vec::new());
     let mut rounds = Vec::new();
-    for round in 0..ROUNDS {
+    for round in 0..if runs("feed") { ROUNDS } else { 0 } {
         let mut f = feed_round(&base, &http, false).await;
         let mut s = feed_round(&base, &http, true).await;
         let (pf, ps) = (percentile(&mut f, 0.99), percentile(&mut s, 0.99));
@@ -329,16 +409,22 @@ async fn main() {
         full.extend(f);
         filtered.extend(s);
     }
-    println!(
-        "| push to receipt at the subtree's socket, {SOCKETS} sockets, 200 ops/s | unfiltered p50 {:.2} / p99 {:.2} ms | subtree feed p50 {:.2} / p99 {:.2} ms | p99 ratio {:.2}x (rounds {rounds:.2?}) |",
-        ms(percentile(&mut full, 0.5)),
-        ms(percentile(&mut full, 0.99)),
-        ms(percentile(&mut filtered, 0.5)),
-        ms(percentile(&mut filtered, 0.99)),
-        ms(percentile(&mut filtered, 0.99)) / ms(percentile(&mut full, 0.99)),
-    );
+    if !full.is_empty() {
+        println!(
+            "| push to receipt at the subtree's socket, {n} sockets, 50 ops/s | unfiltered p50 {:.2} / p99 {:.2} ms | subtree feed p50 {:.2} / p99 {:.2} ms | p99 ratio {:.2}x (rounds {rounds:.2?}) |",
+            ms(percentile(&mut full, 0.5)),
+            ms(percentile(&mut full, 0.99)),
+            ms(percentile(&mut filtered, 0.5)),
+            ms(percentile(&mut filtered, 0.99)),
+            ms(percentile(&mut filtered, 0.99)) / ms(percentile(&mut full, 0.99)),
+            n = sockets(),
+        );
+    }
 
     // 3. The big section moved in and out of a live subtree replica.
+    if !runs("move") {
+        return;
+    }
     let replica = Arc::new(Mutex::new(Replica::open(&dir.join("live.db")).unwrap()));
     replica.lock().unwrap().bind_subtree(NodeId(2)).unwrap();
     let (tx, mut rx) = watch::channel(SyncStatus::default());

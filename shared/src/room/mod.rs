@@ -45,6 +45,11 @@ use frames::ops_frames;
 /// A connection's id, unique in the room while it is open.
 pub type ConnId = u64;
 
+/// Connections above which a presence change waits for the next tick: a
+/// `peers` frame to every connection costs O(n) frames of O(n) peers, so
+/// one per hello would make a room filling up cost O(n³) bytes.
+pub const PRESENCE_BATCH_ABOVE: usize = 64;
+
 /// What the host must do, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -223,9 +228,12 @@ pub struct Room {
     /// The lowest cursor catch-up can serve (`None`: any, even none); a
     /// hello below it, or with no cursor, gets `snapshot_required`.
     min_cursor: Option<u64>,
-    /// The host answers [`Action::Subtree`] (the Durable Object does not:
-    /// a hello with a root is refused there).
+    /// The host answers [`Action::Subtree`] (a room without it refuses a
+    /// hello with a root).
     subtree_feeds: bool,
+    /// A presence change is waiting for the next tick (set only while the
+    /// room holds more than [`PRESENCE_BATCH_ABOVE`] connections).
+    presence_due: bool,
 }
 
 impl Room {
@@ -244,6 +252,7 @@ impl Room {
             commits: CommitQueue::default(),
             min_cursor: None,
             subtree_feeds: false,
+            presence_due: false,
         }
     }
 
@@ -403,7 +412,18 @@ impl Room {
         out
     }
 
-    fn presence(&self, except: Option<ConnId>) -> Vec<Action> {
+    /// `peers` to every welcomed connection but `except`; in a room of more
+    /// than [`PRESENCE_BATCH_ABOVE`] connections, at the next tick instead
+    /// (to everyone).
+    fn presence(&mut self, except: Option<ConnId>) -> Vec<Action> {
+        if self.conns.len() > PRESENCE_BATCH_ABOVE {
+            self.presence_due = true;
+            return Vec::new();
+        }
+        self.presence_now(except)
+    }
+
+    fn presence_now(&self, except: Option<ConnId>) -> Vec<Action> {
         let peers = self.peers();
         self.conns
             .iter()
@@ -1016,17 +1036,22 @@ impl Room {
         }
     }
 
-    /// Time passed: connections whose token expired are closed.
-    /// A failed gap fetch is asked again.
+    /// Time passed: a presence change that waited goes out, connections
+    /// whose token expired are closed, a failed gap fetch is asked again.
     pub fn on_tick(&mut self, now_s: u64, leeway_s: u64) -> Vec<Action> {
-        let mut out: Vec<Action> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| now_s > c.claims.exp.saturating_add(leeway_s))
-            .flat_map(|(id, _)| {
-                Self::refuse_and_close(*id, ErrorCode::TokenExpired, "the token expired")
-            })
-            .collect();
+        let mut out = if std::mem::take(&mut self.presence_due) {
+            self.presence_now(None)
+        } else {
+            Vec::new()
+        };
+        out.extend(
+            self.conns
+                .iter()
+                .filter(|(_, c)| now_s > c.claims.exp.saturating_add(leeway_s))
+                .flat_map(|(id, _)| {
+                    Self::refuse_and_close(*id, ErrorCode::TokenExpired, "the token expired")
+                }),
+        );
         out.extend(self.ask_gap());
         out
     }

@@ -829,3 +829,38 @@ fn subtree_connections_get_changes_not_ops_and_acks_after_the_change_that_covers
     assert_eq!(h.closed.get(&4), Some(&1000));
     assert!(!h.closed.contains_key(&2));
 }
+
+#[test]
+fn presence_in_a_large_room_goes_out_once_per_tick() {
+    use arbor_shared::room::PRESENCE_BATCH_ABOVE;
+    let mut h = Host::new(0);
+    let n = PRESENCE_BATCH_ABOVE as u64 + 10;
+    for c in 1..=n {
+        h.connect(c, claims(Role::Read, Some(c), u64::MAX));
+        let a = h.room.on_message(c, &hello(c, Some(0)));
+        h.run(a);
+    }
+    let peers_frames = |h: &Host| -> usize {
+        h.received
+            .values()
+            .flatten()
+            .filter(|m| matches!(m, ServerMsg::Peers { .. }))
+            .count()
+    };
+    // Up to the threshold each hello told the others; past it, nobody.
+    let before = peers_frames(&h);
+    let small: usize = (1..=PRESENCE_BATCH_ABOVE).map(|k| k - 1).sum();
+    assert_eq!(before, small);
+    // The tick tells everyone once, with the full list.
+    let a = h.room.on_tick(0, 0);
+    h.run(a);
+    assert_eq!(peers_frames(&h), before + n as usize);
+    match h.received[&1].last() {
+        Some(ServerMsg::Peers { peers }) => assert_eq!(peers.len(), n as usize),
+        other => panic!("{other:?}"),
+    }
+    // Nothing more until something changes.
+    let a = h.room.on_tick(1, 0);
+    h.run(a);
+    assert_eq!(peers_frames(&h), before + n as usize);
+}
