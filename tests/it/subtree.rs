@@ -258,6 +258,21 @@ impl Recorder {
     }
 }
 
+/// The first `limit` committed ops of the space and its head (catch-up as
+/// its owner).
+async fn ops(http: &reqwest::Client, server: &str, limit: u32) -> arbor_shared::http::OpsBody {
+    http.get(format!(
+        "{server}/v1/spaces/{SPACE}/ops?after=0&limit={limit}"
+    ))
+    .bearer_auth(token("owner", Role::Admin, None))
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn subtree_replicas_stay_exact_under_random_live_edits() {
     let seed = arbor_testkit::env::seed("subtree_replicas_stay_exact_under_random_live_edits");
@@ -270,7 +285,6 @@ async fn subtree_replicas_stay_exact_under_random_live_edits() {
         ..arbor_e2e::stack::config(cluster, "subtree_diff", SECRET.as_bytes())
     })
     .await;
-    let admin = token("owner", Role::Admin, None);
     let http = reqwest::Client::new();
     let dir = replicas::temp_dir("subtree-diff");
 
@@ -337,18 +351,7 @@ async fn subtree_replicas_stay_exact_under_random_live_edits() {
             );
         }
     }
-    let seq_now = {
-        let body: arbor_shared::http::OpsBody = http
-            .get(format!("{server}/v1/spaces/{SPACE}/ops?after=0&limit=1"))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        body.head_seq.unwrap()
-    };
+    let seq_now = ops(&http, &server, 1).await.head_seq.unwrap();
     for root in &roots[..2] {
         recorders.push(Recorder::start(&server, *root, &seeded, seq_now).await);
     }
@@ -381,17 +384,7 @@ async fn subtree_replicas_stay_exact_under_random_live_edits() {
     checker.sync(&server).await;
     let truth = checker.replica.lock().unwrap().state().unwrap();
     // The whole log, for the report of a failure.
-    let log: arbor_shared::http::OpsBody = http
-        .get(format!(
-            "{server}/v1/spaces/{SPACE}/ops?after=0&limit=10000"
-        ))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let log = ops(&http, &server, 10_000).await;
     for m in &members {
         let r = m.replica.lock().unwrap();
         r.check_invariants().unwrap();
@@ -463,18 +456,7 @@ async fn subtree_replicas_stay_exact_under_random_live_edits() {
             }
         }
     }
-    let final_head = {
-        let body: arbor_shared::http::OpsBody = http
-            .get(format!("{server}/v1/spaces/{SPACE}/ops?after=0&limit=1"))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        body.head_seq.unwrap()
-    };
+    let final_head = ops(&http, &server, 1).await.head_seq.unwrap();
     for rec in &mut recorders {
         rec.catch_up(final_head).await;
         if !rec.violations.is_empty() {

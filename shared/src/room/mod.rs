@@ -292,9 +292,17 @@ impl Room {
 
     /// Who is connected (said hello).
     pub fn peers(&self) -> Vec<Peer> {
+        self.peers_seen_by(None)
+    }
+
+    /// Who a connection whose token is limited to the subtree of `scope`
+    /// sees connected: only the connections that follow that same subtree
+    /// (who else works in the space is outside it); `None`: everyone.
+    fn peers_seen_by(&self, scope: Option<NodeId>) -> Vec<Peer> {
         self.conns
             .iter()
             .filter(|(_, c)| c.phase != Phase::AwaitingHello)
+            .filter(|(_, c)| scope.is_none() || c.root == scope)
             .map(|(id, c)| Peer {
                 conn: *id,
                 sub: c.claims.sub.clone(),
@@ -424,14 +432,17 @@ impl Room {
     }
 
     fn presence_now(&self, except: Option<ConnId>) -> Vec<Action> {
-        let peers = self.peers();
+        let everyone = self.peers();
         self.conns
             .iter()
             .filter(|(id, c)| Some(**id) != except && c.phase != Phase::AwaitingHello)
-            .map(|(id, _)| Action::Send {
+            .map(|(id, c)| Action::Send {
                 conn: *id,
                 msg: ServerMsg::Peers {
-                    peers: peers.clone(),
+                    peers: match c.claims.root {
+                        None => everyone.clone(),
+                        scope => self.peers_seen_by(scope),
+                    },
                 },
             })
             .collect()
@@ -477,7 +488,7 @@ impl Room {
                 space: self.space.clone(),
                 head_seq: head,
                 horizon: self.horizon,
-                peers: self.peers(),
+                peers: self.peers_seen_by(self.conns.get(&conn).and_then(|c| c.claims.root)),
             },
         }];
         out.extend(self.start_catch_up(conn, head));

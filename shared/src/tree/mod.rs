@@ -391,13 +391,10 @@ impl<S: TreeStore> Tree<S> {
         Ok(applied)
     }
 
-    /// Undoes every logged move above `lowest`, then redoes them merged
-    /// with `fresh` (sorted, none logged). Returns (redone, skipped fresh).
-    /// Undoes every logged move above `lowest`, then redoes them merged
-    /// with `fresh` (sorted; the first not logged). A fresh move whose stamp
-    /// equals an undone entry's is a duplicate and is dropped. Returns
-    /// (redone, skipped fresh, duplicates).
-    fn undo_redo(&mut self, lowest: Stamp, fresh: &[&MoveOp]) -> Res<(usize, usize, usize), S> {
+    /// Pops every logged move above `lowest` and undoes it (newest first):
+    /// each node back to its place before, or out of the tree. Returns the
+    /// entries, newest first, their effects spent.
+    fn undo_above(&mut self, lowest: Stamp) -> Res<Vec<LogEntry<S::Node>>, S> {
         let mut undone = Vec::new();
         self.store
             .log_pop_above(lowest, &mut undone)
@@ -413,6 +410,15 @@ impl<S: TreeStore> Tree<S> {
                 }
             }
         }
+        Ok(undone)
+    }
+
+    /// Undoes every logged move above `lowest`, then redoes them merged
+    /// with `fresh` (sorted; the first not logged). A fresh move whose stamp
+    /// equals an undone entry's is a duplicate and is dropped. Returns
+    /// (redone, skipped fresh, duplicates).
+    fn undo_redo(&mut self, lowest: Stamp, fresh: &[&MoveOp]) -> Res<(usize, usize, usize), S> {
+        let mut undone = self.undo_above(lowest)?;
         let redone = undone.len();
         let (mut skipped, mut dups) = (0, 0);
         // Merge: `undone` is newest first, so pop from its end.
@@ -453,21 +459,7 @@ impl<S: TreeStore> Tree<S> {
         keep: impl Fn(Stamp) -> bool,
         write: impl FnOnce(&mut S) -> Result<(), S::Error>,
     ) -> Res<Vec<NodeId>, S> {
-        let mut undone = Vec::new();
-        self.store
-            .log_pop_above(Stamp::MIN, &mut undone)
-            .map_err(TreeError::Store)?;
-        for e in &mut undone {
-            match std::mem::replace(&mut e.effect, Effect::Skipped) {
-                Effect::Skipped => {}
-                Effect::Moved { prev: None } => {
-                    self.store.remove(e.node).map_err(TreeError::Store)?
-                }
-                Effect::Moved { prev: Some(p) } => {
-                    self.store.set_place(e.node, p).map_err(TreeError::Store)?
-                }
-            }
-        }
+        let mut undone = self.undo_above(Stamp::MIN)?;
         write(&mut self.store).map_err(TreeError::Store)?;
         let mut dropped = Vec::new();
         while let Some(e) = undone.pop() {

@@ -864,3 +864,47 @@ fn presence_in_a_large_room_goes_out_once_per_tick() {
     h.run(a);
     assert_eq!(peers_frames(&h), before + n as usize);
 }
+
+#[test]
+fn a_token_limited_to_a_subtree_sees_only_the_peers_of_that_subtree() {
+    let root = NodeId(77);
+    let mut h = Host::new(0);
+    h.room.set_subtree_feeds(true);
+    h.connect(1, claims(Role::Read, Some(1), u64::MAX));
+    h.connect(
+        2,
+        Claims {
+            root: Some(root),
+            ..claims(Role::Read, Some(2), u64::MAX)
+        },
+    );
+    h.connect(
+        3,
+        Claims {
+            root: Some(root),
+            ..claims(Role::Read, Some(3), u64::MAX)
+        },
+    );
+    for c in 1..=3 {
+        let a = h.room.on_message(c, &hello(c, Some(0)));
+        h.run(a);
+    }
+    let last_peers = |h: &Host, c: ConnId| -> Vec<ConnId> {
+        match h.received[&c]
+            .iter()
+            .rev()
+            .find(|m| matches!(m, ServerMsg::Peers { .. }))
+        {
+            Some(ServerMsg::Peers { peers }) => peers.iter().map(|p| p.conn).collect(),
+            _ => Vec::new(),
+        }
+    };
+    assert_eq!(last_peers(&h, 1), [1, 2, 3]);
+    assert_eq!(last_peers(&h, 2), [2, 3]);
+    match &h.received[&3][0] {
+        ServerMsg::Welcome { peers, .. } => {
+            assert_eq!(peers.iter().map(|p| p.conn).collect::<Vec<_>>(), [2, 3]);
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -143,3 +143,16 @@ impl Db {
         got.map_err(|e| DbError::Pool(with_sources(&e)))
     }
 }
+
+/// A `REPEATABLE READ READ ONLY` transaction on `client`: reads that must
+/// agree with each other see one snapshot (it runs on a standby too).
+pub(super) async fn read_snapshot(
+    client: &mut deadpool_postgres::Object,
+) -> Result<deadpool_postgres::Transaction<'_>, DbError> {
+    Ok(client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?)
+}

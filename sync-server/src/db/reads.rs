@@ -64,12 +64,7 @@ impl Db {
         let mut client = self.client().await?;
         let rows = match within {
             Some(root) if root != parent => {
-                let tx = client
-                    .build_transaction()
-                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                    .read_only(true)
-                    .start()
-                    .await?;
+                let tx = read_snapshot(&mut client).await?;
                 let inside: bool = tx
                     .query_one(
                         "SELECT EXISTS (SELECT 1 FROM arbor_scope_members($1, $2, ARRAY[$3::uuid]))",

@@ -32,12 +32,7 @@ impl Db {
         roots: &BTreeSet<NodeId>,
     ) -> Result<BTreeMap<NodeId, SubtreeAnswer>, DbError> {
         let mut client = self.client().await?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
+        let tx = read_snapshot(&mut client).await?;
         let row = tx
             .query_opt(
                 "SELECT id, head_seq, changes_from FROM spaces WHERE name = $1",
