@@ -87,6 +87,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0013_node_changes.sql",
         sql: include_str!("../../../migrations/0013_node_changes.sql"),
     },
+    Migration {
+        version: 14,
+        name: "0014_scoped_side_effects.sql",
+        sql: include_str!("../../../migrations/0014_scoped_side_effects.sql"),
+    },
 ];
 
 /// Key of the session advisory lock held while migrating (two-int form, so it

@@ -188,6 +188,48 @@ async fn a_scoped_push_never_restores_outside_its_subtree_and_a_repush_is_a_dupl
     );
 }
 
+/// A scoped move from the past whose undo and redo would make another
+/// user's skipped move valid again and pull an outside node into the
+/// subtree is refused (migration 0014), and writes nothing.
+#[tokio::test]
+async fn a_scoped_move_from_the_past_cannot_pull_an_outside_node_in() {
+    let db = test_db().await;
+    let t = seed(&db, "s").await;
+    let (o, p) = (NodeId(40), NodeId(41));
+    // O and P outside; P under O (t+1); O under P (t+3) is a cycle, skipped;
+    // P then moved into A (t+4).
+    db.apply(
+        "s",
+        None,
+        &[
+            mv(t, 1, o, NodeId::ROOT, &[0x90], 9),
+            mv(t + 1, 1, p, o, &[0x80], 9),
+        ],
+    )
+    .await
+    .unwrap();
+    db.apply("s", None, &[mv(t + 3, 2, o, p, &[0x80], 9)])
+        .await
+        .unwrap();
+    db.apply("s", None, &[mv(t + 4, 1, p, A, &[0x85], 9)])
+        .await
+        .unwrap();
+    let state = db.state("s").await.unwrap();
+    assert_eq!(state.nodes[&o].parent, NodeId::ROOT);
+    // A scoped move of P (inside) stamped between the two: replayed after
+    // it, O under P is no longer a cycle.
+    let err = refused(&db, "s", &[mv(t + 2, 9, p, D, &[0x80], 9)]).await;
+    assert_eq!(code(&err), Some(RejectCode::OutOfScope), "{err}");
+    // The same move by an unscoped writer does pull O in: the case is real.
+    let committed = db
+        .apply("s", None, &[mv(t + 2, 3, p, D, &[0x80], 9)])
+        .await
+        .unwrap();
+    assert!(!committed.is_empty());
+    let state = db.state("s").await.unwrap();
+    assert_eq!(state.nodes[&o].parent, p);
+}
+
 fn scoped_token(space: &str, role: Role, root: NodeId) -> String {
     let claims = Claims {
         root: Some(root),
