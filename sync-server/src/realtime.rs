@@ -615,6 +615,16 @@ fn execute(
                     queue.extend(room.on_close(conn));
                 }
             }
+            Action::Broadcast { conns, msg } => {
+                let frame = Utf8Bytes::from(msg.encode());
+                for conn in conns {
+                    let Some(out) = outs.get(&conn) else { continue };
+                    if out.try_send(Outbound::Text(frame.clone())).is_err() {
+                        outs.remove(&conn);
+                        queue.extend(room.on_close(conn));
+                    }
+                }
+            }
             Action::Close { conn, code, reason } => {
                 if let Some(out) = outs.remove(&conn) {
                     let _ = out.try_send(Outbound::Close(code, reason));

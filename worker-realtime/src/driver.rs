@@ -60,6 +60,23 @@ impl RoomObject {
                         }),
                     }
                 }
+                Action::Broadcast { conns, msg } => {
+                    let text = msg.encode();
+                    self.with_room(|l| {
+                        let mut more = Vec::new();
+                        for conn in conns {
+                            let sent = l
+                                .sockets
+                                .get(&conn)
+                                .map(|s| s.ws.send_with_str(&text).is_ok());
+                            if sent != Some(true) {
+                                l.sockets.remove(&conn);
+                                more.extend(l.room.on_close(conn));
+                            }
+                        }
+                        more
+                    })
+                }
                 Action::Close { conn, code, reason } => self.with_room(|l| {
                     if let Some(s) = l.sockets.remove(&conn) {
                         let _ = s.ws.close(Some(code), Some(reason));

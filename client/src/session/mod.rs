@@ -17,9 +17,11 @@
 //! - `window.rs`: the push window (batches in flight).
 //! - `backoff.rs`: jittered exponential backoff.
 //! - `status.rs`: [`SyncStatus`] and [`SyncState`].
+//! - `subtree.rs`: a subtree change's frames gathered until it is whole.
 
 mod backoff;
 mod status;
+mod subtree;
 mod window;
 
 use arbor_shared::protocol::{ClientMsg, ServerMsg, VERSION};
@@ -28,6 +30,7 @@ use arbor_shared::{Disposition, ErrorCode, Stamp};
 use crate::replica::{Replica, ReplicaError};
 use crate::snapshot::Progress;
 use backoff::Backoff;
+use subtree::{Added, Gathered};
 use window::PushWindow;
 
 pub use status::{SyncState, SyncStatus};
@@ -214,6 +217,9 @@ enum Phase {
         head: u64,
         window: PushWindow,
         link: Link,
+        /// The frames of a subtree change that is not whole yet (boxed:
+        /// most connections never gather any).
+        gathered: Box<Gathered>,
     },
     /// Over (idle, stopped or refused): every input is ignored.
     Over,
@@ -549,6 +555,7 @@ impl Session {
                         head: head_seq,
                         window: PushWindow::new(),
                         link,
+                        gathered: Box::default(),
                     };
                     Next::Stay
                 }
@@ -603,17 +610,34 @@ impl Session {
                 root_in_trash,
                 head_seq,
             } => {
+                let Phase::Open { gathered, .. } = &mut self.phase else {
+                    return Next::Stay;
+                };
+                let (change, head) =
+                    match gathered.add(nodes, registers, removed, root_in_trash, head_seq) {
+                        Added::Waiting => return Next::Stay,
+                        Added::Whole(change, head) => (change, head),
+                        // More than the server ever cuts one change into:
+                        // start over from the subtree snapshot.
+                        Added::TooLarge => {
+                            return match r.reset_cursor() {
+                                Ok(()) => Next::Again,
+                                Err(e) => e.into(),
+                            };
+                        }
+                    };
                 let frame = crate::replica::SubtreeFrame {
-                    nodes: &nodes,
-                    registers: &registers,
-                    removed: &removed,
-                    root_in_trash,
-                    head_seq,
+                    nodes: &change.nodes,
+                    registers: &change.registers,
+                    removed: &change.removed,
+                    root_in_trash: change.root_in_trash,
+                    head_seq: Some(head),
                 };
                 match r.apply_subtree(frame) {
                     Ok(_) => {
                         self.report.applied +=
-                            (nodes.len() + registers.len() + removed.len()) as u64;
+                            (change.nodes.len() + change.registers.len() + change.removed.len())
+                                as u64;
                         Next::Stay
                     }
                     Err(e) => e.into(),
@@ -829,7 +853,10 @@ impl Session {
             self.config.batch_ops,
             self.config.push_bytes,
         );
-        let Phase::Open { head, window, link } = &mut self.phase else {
+        let Phase::Open {
+            head, window, link, ..
+        } = &mut self.phase
+        else {
             return Next::Stay;
         };
         if self.resync_pending {

@@ -60,6 +60,15 @@ pub enum Action {
         /// The frame.
         msg: ServerMsg,
     },
+    /// Send the same frame to each of these connections, in this order:
+    /// encode it once (a subtree change goes to every connection that
+    /// follows the same root from the same cursor).
+    Broadcast {
+        /// To whom.
+        conns: Vec<ConnId>,
+        /// The frame.
+        msg: ServerMsg,
+    },
     /// Close a connection with a code and reason.
     Close {
         /// Which.
@@ -828,54 +837,62 @@ impl Room {
     ) -> Vec<Action> {
         let mut out = Vec::new();
         let mut again = Vec::new();
-        for (id, c) in self.conns.iter_mut() {
-            let Some(root) = c.root else { continue };
-            if !c.subtree_in_flight || c.cursor != after {
+        for (root, answer) in answers {
+            let conns: Vec<ConnId> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.root == Some(root) && c.subtree_in_flight && c.cursor == after)
+                .map(|(id, _)| *id)
+                .collect();
+            if conns.is_empty() {
                 continue;
             }
-            let Some(answer) = answers.get(&root) else {
-                continue;
-            };
-            c.subtree_in_flight = false;
             match answer {
                 SubtreeAnswer::Frames(frames) => {
                     let head = frames.iter().find_map(|f| match f {
                         ServerMsg::Subtree { head_seq, .. } => *head_seq,
                         _ => None,
                     });
-                    for f in frames {
-                        out.push(Action::Send {
-                            conn: *id,
-                            msg: f.clone(),
-                        });
-                    }
-                    if let Some(head) = head {
-                        c.cursor = c.cursor.max(head);
-                    }
-                    let cursor = c.cursor;
-                    c.acks_waiting.retain(|&(batch, seq)| {
-                        if seq <= cursor {
-                            out.push(Action::Send {
-                                conn: *id,
-                                msg: ServerMsg::Ack { batch },
-                            });
-                            false
-                        } else {
-                            true
+                    out.extend(frames.into_iter().map(|msg| Action::Broadcast {
+                        conns: conns.clone(),
+                        msg,
+                    }));
+                    for id in conns {
+                        let Some(c) = self.conns.get_mut(&id) else {
+                            continue;
+                        };
+                        c.subtree_in_flight = false;
+                        if let Some(head) = head {
+                            c.cursor = c.cursor.max(head);
                         }
-                    });
-                    if cursor < self.head_seq {
-                        again.push(*id);
+                        let cursor = c.cursor;
+                        c.acks_waiting.retain(|&(batch, seq)| {
+                            if seq <= cursor {
+                                out.push(Action::Send {
+                                    conn: id,
+                                    msg: ServerMsg::Ack { batch },
+                                });
+                                false
+                            } else {
+                                true
+                            }
+                        });
+                        if cursor < self.head_seq {
+                            again.push(id);
+                        }
                     }
                 }
                 SubtreeAnswer::SnapshotRequired { head_seq } => {
-                    out.push(Action::Send {
-                        conn: *id,
-                        msg: ServerMsg::SnapshotRequired {
-                            head_seq: *head_seq,
-                        },
-                    });
-                    out.push(Self::close(*id, 1000, "load a snapshot"));
+                    for id in conns {
+                        if let Some(c) = self.conns.get_mut(&id) {
+                            c.subtree_in_flight = false;
+                        }
+                        out.push(Action::Send {
+                            conn: id,
+                            msg: ServerMsg::SnapshotRequired { head_seq },
+                        });
+                        out.push(Self::close(id, 1000, "load a snapshot"));
+                    }
                 }
             }
         }
@@ -1012,17 +1029,24 @@ impl Room {
         committed.sort_by_key(|o| o.seq);
         committed.dedup_by_key(|o| o.seq);
         let mut out = self.on_committed(committed);
+        // A push of duplicates only committed nothing now: its ops were
+        // committed before, at most at the head known now.
+        let known = self.known_head.max(self.head_seq);
+        let mut behind = Vec::new();
         for (conn, batch, failure, last) in answers {
             let Some(c) = self.conns.get_mut(&conn) else {
                 continue;
             };
             c.inflight.remove(&batch);
-            if let (Some(_), None, Some(seq)) = (c.root, &failure, last)
-                && seq > c.cursor
-            {
-                // Acked once the subtree change covering it has been sent.
-                c.acks_waiting.push((batch, seq));
-                continue;
+            if let (Some(_), None) = (c.root, &failure) {
+                let seq = last.unwrap_or(known);
+                if seq > c.cursor {
+                    // Acked once the subtree change covering it has been
+                    // sent.
+                    c.acks_waiting.push((batch, seq));
+                    behind.push(conn);
+                    continue;
+                }
             }
             out.push(match failure {
                 None => Action::Send {
@@ -1032,6 +1056,7 @@ impl Room {
                 Some((code, message)) => Self::error(conn, code, message, Some(batch)),
             });
         }
+        out.extend(self.ask_subtree(&behind));
         let noticed = std::mem::take(&mut self.commits.noticed);
         out.extend(self.on_head(noticed));
         out.extend(self.next_commit());

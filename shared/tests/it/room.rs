@@ -81,6 +81,11 @@ impl Host {
         for a in actions {
             match a {
                 Action::Send { conn, msg } => self.received.entry(conn).or_default().push(msg),
+                Action::Broadcast { conns, msg } => {
+                    for conn in conns {
+                        self.received.entry(conn).or_default().push(msg.clone());
+                    }
+                }
                 Action::Close { conn, code, .. } => {
                     self.closed.insert(conn, code);
                     let more = self.room.on_close(conn);
@@ -153,9 +158,15 @@ impl Host {
         let results = group
             .into_iter()
             .map(|push| {
+                // A stamp already committed is a duplicate: left out of
+                // the answer, as the database does.
+                let new: Vec<Op> = push
+                    .ops
+                    .into_iter()
+                    .filter(|op| self.log.iter().all(|l| l.op.stamp() != op.stamp()))
+                    .collect();
                 IngestResult::Committed(
-                    push.ops
-                        .into_iter()
+                    new.into_iter()
                         .map(|op| {
                             let seq = self.log.len() as u64 + 1;
                             let s = SeqOp::new(seq, op);
@@ -828,6 +839,59 @@ fn subtree_connections_get_changes_not_ops_and_acks_after_the_change_that_covers
     assert_eq!(h.closed.get(&1), Some(&1000));
     assert_eq!(h.closed.get(&4), Some(&1000));
     assert!(!h.closed.contains_key(&2));
+}
+
+/// A push of a subtree connection whose ops were all committed before (a
+/// re-push after a lost ack) commits nothing now; its ack still waits for
+/// the change that covers the head the room knows, so the replica never
+/// drops its pending edit before the frame that holds it.
+#[test]
+fn a_duplicate_push_of_a_subtree_connection_is_acked_after_the_covering_change() {
+    let root = NodeId(77);
+    let mut h = Host::new(5);
+    h.room.set_subtree_feeds(true);
+    h.connect(
+        1,
+        Claims {
+            root: Some(root),
+            ..claims(Role::Write, Some(3), u64::MAX)
+        },
+    );
+    let a = h.room.on_message(1, &hello(3, Some(5)));
+    h.run(a);
+    // Its first push commits at 6 on another path (the ack was lost with
+    // the connection): the room knows head 6, the change is asked for.
+    let op = mv(100, 3, 50, 77);
+    let seq = h.log.len() as u64 + 1;
+    h.log.push(SeqOp::new(seq, op.clone()));
+    let a = h.room.on_committed(vec![SeqOp::new(seq, op.clone())]);
+    h.run(a);
+    assert_eq!(h.subtrees.pop_front(), Some((5, BTreeSet::from([root]))));
+    // The re-push is all duplicates: no ack before the change.
+    let a = h.room.on_message(
+        1,
+        &ClientMsg::Push {
+            batch: 8,
+            ops: vec![op],
+        }
+        .encode(),
+    );
+    h.run(a);
+    h.serve_ingest();
+    assert!(
+        !h.received[&1]
+            .iter()
+            .any(|m| matches!(m, ServerMsg::Ack { .. })),
+        "{:?}",
+        h.received[&1]
+    );
+    let a = h.room.on_subtree(
+        5,
+        BTreeMap::from([(root, SubtreeAnswer::Frames(vec![subtree_head(6)]))]),
+    );
+    h.run(a);
+    let tail: Vec<&ServerMsg> = h.received[&1].iter().rev().take(2).collect();
+    assert_eq!(tail, [&ServerMsg::Ack { batch: 8 }, &subtree_head(6)]);
 }
 
 #[test]

@@ -92,6 +92,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0014_scoped_side_effects.sql",
         sql: include_str!("../../../migrations/0014_scoped_side_effects.sql"),
     },
+    Migration {
+        version: 15,
+        name: "0015_scoped_create.sql",
+        sql: include_str!("../../../migrations/0015_scoped_create.sql"),
+    },
 ];
 
 /// Key of the session advisory lock held while migrating (two-int form, so it

@@ -39,7 +39,7 @@ pub(crate) use quotas::{claim_space_slot, set_tenant};
 pub use readers::Readers;
 pub use rows::*;
 use rows::{committed_from_row, node, stamp_from, u64_of, uuid};
-pub use subtree::MAX_ENTERED_NODES;
+pub use subtree::{MAX_CHANGED_NODES, MAX_ENTERED_NODES, MAX_REGISTER_BYTES};
 pub use tls::{PgTls, PgTlsError, RootCert, Verify, parse_database_url};
 
 /// The database: a connection pool over the schema of `migrations/`.

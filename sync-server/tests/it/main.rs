@@ -29,6 +29,7 @@ mod quotas;
 mod restore;
 mod scope;
 mod snapshot;
+mod subtree_changes;
 mod tls;
 mod validation;
 mod ws;

@@ -230,6 +230,48 @@ async fn a_scoped_move_from_the_past_cannot_pull_an_outside_node_in() {
     assert_eq!(state.nodes[&o].parent, p);
 }
 
+/// Nodes hanging under an id the space has not stored (an import allows
+/// them: a replica's snapshot taken before a parent's create arrived) are
+/// outside every subtree; a scoped create of that id inside the subtree
+/// would pull them in, so it is refused (migration 0015). The same create
+/// by an unscoped writer does pull them in: the case is real.
+#[tokio::test]
+async fn a_scoped_create_cannot_take_an_id_that_outside_nodes_hang_under() {
+    let name = test_db_name().await;
+    let cluster = arbor_testkit::PgCluster::shared();
+    let db = Db::new(cluster.config(&name), 4).unwrap();
+    let t = seed(&db, "s").await;
+    let (waited, orphan) = (NodeId(50), NodeId(51));
+    // What the import of such a snapshot leaves (docs/PROTOCOL.md, import).
+    let sql = cluster.connect(&name).await.unwrap();
+    sql.execute(
+        "INSERT INTO nodes (space, id, parent, key)
+         SELECT s.id, $1, $2, '\\x80'::bytea FROM spaces s WHERE s.name = 's'",
+        &[
+            &uuid::Uuid::from_u128(orphan.0),
+            &uuid::Uuid::from_u128(waited.0),
+        ],
+    )
+    .await
+    .unwrap();
+    let err = refused(&db, "s", &[mv(t, 9, waited, D, &[0x80], 9)]).await;
+    assert_eq!(code(&err), Some(RejectCode::OutOfScope), "{err}");
+    // A fresh id is still a create the scoped writer may make.
+    db.apply_as(
+        "s",
+        scoped("scoped"),
+        &[mv(t + 1, 9, NodeId(52), D, &[0x80], 9)],
+    )
+    .await
+    .unwrap();
+    db.apply("s", None, &[mv(t + 2, 3, waited, D, &[0x81], 9)])
+        .await
+        .unwrap();
+    let state = db.state("s").await.unwrap();
+    assert_eq!(state.nodes[&orphan].parent, waited);
+    assert_eq!(state.nodes[&waited].parent, D);
+}
+
 fn scoped_token(space: &str, role: Role, root: NodeId) -> String {
     let claims = Claims {
         root: Some(root),
