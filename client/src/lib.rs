@@ -41,5 +41,8 @@ pub use store::Changes;
 #[cfg(feature = "native")]
 pub use {
     fork::fork,
-    sync::{SharedReplica, SyncConfig, SyncError, sync_forever, sync_once},
+    sync::{
+        PresenceSender, SharedReplica, SyncConfig, SyncError, presence_channel, sync_forever,
+        sync_once,
+    },
 };

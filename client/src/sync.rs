@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use arbor_shared::ErrorCode;
 use arbor_shared::error::ErrorBody;
+use arbor_shared::protocol::{MAX_PRESENCE_BYTES, PresenceState};
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
@@ -20,8 +21,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 use crate::replica::{Replica, ReplicaError};
 use crate::session::{
-    Action, ConnectFailure, Session, SessionConfig, SnapshotFailure, Stop, SyncReport, SyncState,
-    SyncStatus,
+    Action, ConnectFailure, PresenceTooLarge, Session, SessionConfig, SnapshotFailure, Stop,
+    SyncReport, SyncState, SyncStatus,
 };
 use crate::snapshot::load_snapshot;
 
@@ -51,6 +52,37 @@ pub struct SyncConfig {
     /// Keep-alive period; a connection silent for three periods is
     /// presumed dead.
     pub keepalive: Duration,
+    /// The application's presence state, from [`presence_channel`]
+    /// (`None`: this client shows none). The others' states are in
+    /// [`SyncStatus::peers`].
+    pub presence: Option<watch::Receiver<Option<PresenceState>>>,
+}
+
+/// The application's side of a presence channel ([`SyncConfig::presence`]).
+#[derive(Debug, Clone)]
+pub struct PresenceSender(Arc<watch::Sender<Option<PresenceState>>>);
+
+impl PresenceSender {
+    /// Shows `state` to the others connected to the space (`None`: shows
+    /// nothing), from now on and after every reconnect; refused if it is
+    /// larger than the protocol allows.
+    pub fn set(&self, state: Option<PresenceState>) -> Result<(), PresenceTooLarge> {
+        if let Some(s) = &state {
+            let len = s.encoded_len();
+            if len > MAX_PRESENCE_BYTES {
+                return Err(PresenceTooLarge(len));
+            }
+        }
+        self.0.send_replace(state);
+        Ok(())
+    }
+}
+
+/// A presence channel: keep the sender, put the receiver in
+/// [`SyncConfig::presence`].
+pub fn presence_channel() -> (PresenceSender, watch::Receiver<Option<PresenceState>>) {
+    let (tx, rx) = watch::channel(None);
+    (PresenceSender(Arc::new(tx)), rx)
 }
 
 impl SyncConfig {
@@ -67,6 +99,7 @@ impl SyncConfig {
             min_backoff: Duration::from_millis(session.min_backoff_ms),
             max_backoff: Duration::from_millis(session.max_backoff_ms),
             keepalive: Duration::from_millis(session.ping_ms),
+            presence: None,
         }
     }
 
@@ -162,6 +195,24 @@ pub async fn sync_once(
         .await
 }
 
+/// Hands the application's presence state to the session (the sender
+/// checked its size already).
+fn set_presence(session: &mut Session, state: Option<PresenceState>, now: u64) -> Vec<Action> {
+    session.set_presence(state, now).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "presence state not sent");
+        Vec::new()
+    })
+}
+
+/// Resolves when the presence state changes (true) or its sender is gone
+/// (false); never without a channel.
+async fn presence_changed(rx: &mut Option<watch::Receiver<Option<PresenceState>>>) -> bool {
+    match rx {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
 fn seed() -> u64 {
     let mut b = [0u8; 8];
     // Jitter only: a fixed seed when the OS has no randomness is harmless.
@@ -176,6 +227,9 @@ type Ws =
 enum Wake {
     Socket(Incoming),
     Outbox,
+    /// The application's presence state changed (false: its sender is
+    /// gone).
+    Presence(bool),
     Timer,
     Shutdown,
 }
@@ -225,6 +279,11 @@ impl Driver {
         let mut shutdown = std::pin::pin!(shutdown);
         let notify = lock(&self.replica).outbox_notify();
         let mut todo: VecDeque<Action> = session.start(&mut lock(&self.replica), self.now()).into();
+        let mut presence = self.config.presence.take();
+        if let Some(rx) = presence.as_mut() {
+            let state = rx.borrow_and_update().clone();
+            todo.extend(set_presence(&mut session, state, self.now()));
+        }
         loop {
             while let Some(action) = todo.pop_front() {
                 let more = match action {
@@ -280,6 +339,7 @@ impl Driver {
             let event = tokio::select! {
                 incoming = next_incoming(socket) => Wake::Socket(incoming),
                 () = notify.notified() => Wake::Outbox,
+                live = presence_changed(&mut presence) => Wake::Presence(live),
                 () = sleep_until(deadline) => Wake::Timer,
                 () = &mut shutdown => Wake::Shutdown,
             };
@@ -293,6 +353,17 @@ impl Driver {
                     session.on_closed(&mut lock(&self.replica), now, code, &reason)
                 }
                 Wake::Outbox => session.on_outbox(&mut lock(&self.replica), now),
+                Wake::Presence(true) => match presence.as_mut() {
+                    Some(rx) => {
+                        let state = rx.borrow_and_update().clone();
+                        set_presence(&mut session, state, now)
+                    }
+                    None => Vec::new(),
+                },
+                Wake::Presence(false) => {
+                    presence = None;
+                    Vec::new()
+                }
                 Wake::Timer => session.on_timer(&mut lock(&self.replica), now),
                 Wake::Shutdown => {
                     let status = session.stop(&mut lock(&self.replica));

@@ -1,8 +1,9 @@
 //! The realtime wire protocol: JSON text frames tagged by `type`, version 1.
 //! Exact shapes are in `docs/PROTOCOL.md`.
 //!
-//! Client to server: `hello`, `push`, `ping`. Server to client: `welcome`,
-//! `ops`, `ack`, `error`, `snapshot_required`, `peers`, `pong`. Decoding
+//! Client to server: `hello`, `push`, `presence`, `ping`. Server to client:
+//! `welcome`, `ops`, `subtree`, `ack`, `error`, `snapshot_required`,
+//! `peers`, `presence`, `pong`. Decoding
 //! checks the frame size first and never panics; every refusal is a typed
 //! [`ProtocolError`].
 
@@ -20,6 +21,8 @@ pub const VERSION: u32 = 1;
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
 /// Most ops in one `push`.
 pub const MAX_PUSH_OPS: usize = 1_000;
+/// Largest presence state, in bytes of its JSON as the server encodes it.
+pub const MAX_PRESENCE_BYTES: usize = 2_048;
 
 /// A frame from a client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +48,12 @@ pub enum ClientMsg {
         batch: u64,
         /// The ops (at most [`MAX_PUSH_OPS`]).
         ops: Vec<Op>,
+    },
+    /// The connection's presence: relayed to the connections that see it,
+    /// never stored; `null` clears it. At most [`MAX_PRESENCE_BYTES`].
+    Presence {
+        /// The state (`None`: none).
+        state: Option<PresenceState>,
     },
     /// Keep-alive; answered by `pong`. A struct variant, not a unit one:
     /// serde's `deny_unknown_fields` does not reach a unit variant of an
@@ -114,6 +123,38 @@ impl SeqOp {
     }
 }
 
+/// What a connection shows the others of itself: ephemeral (relayed by the
+/// room, never written to the database), gone when the connection closes
+/// or when it is not set again within the room's time to live. Every
+/// field is optional; keys the server does not know are dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceState {
+    /// A display name the application chose (the token's subject is on
+    /// the peer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The node the user's cursor is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub focus: Option<NodeId>,
+    /// The nodes the user has selected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub selection: Vec<NodeId>,
+    /// Whether the user is editing `focus`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub editing: bool,
+    /// Anything else, as JSON (the whole state stays within
+    /// [`MAX_PRESENCE_BYTES`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+impl PresenceState {
+    /// Its size on the wire, in bytes.
+    pub fn encoded_len(&self) -> usize {
+        serde_json::to_string(self).map_or(usize::MAX, |s| s.len())
+    }
+}
+
 /// Someone connected to the thoughtspace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 // Server to client: unknown fields are ignored (see `SeqOp`).
@@ -127,6 +168,9 @@ pub struct Peer {
     /// its first push would let another user claim it (replica owners,
     /// docs/PROTOCOL.md).
     pub replica: Option<ReplicaId>,
+    /// Its presence, if it set one (see [`ServerMsg::Presence`] for changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<PresenceState>,
 }
 
 /// A frame from the server.
@@ -142,8 +186,12 @@ pub enum ServerMsg {
         head_seq: u64,
         /// Its log horizon.
         horizon: Option<Stamp>,
-        /// Who is connected.
+        /// Who is connected (this connection included).
         peers: Vec<Peer>,
+        /// This connection's id (as in [`Peer::conn`]), so a client can
+        /// tell itself apart in `peers`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conn: Option<u64>,
     },
     /// Committed ops in seq order, catch-up and live alike, no gap and no
     /// duplicate across frames.
@@ -203,6 +251,16 @@ pub enum ServerMsg {
     Peers {
         /// Who is connected.
         peers: Vec<Peer>,
+    },
+    /// A connection this one sees set its presence (or cleared it, or it
+    /// expired: `state` null).
+    Presence {
+        /// The connection (as in [`Peer::conn`]).
+        conn: u64,
+        /// The token's subject of that connection.
+        sub: String,
+        /// Its state now.
+        state: Option<PresenceState>,
     },
     /// Answer to `ping`.
     Pong,

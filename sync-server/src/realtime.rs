@@ -392,6 +392,12 @@ fn close_frame(code: ErrorCode, reason: &str) -> Message {
     }))
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn now_s() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -420,6 +426,7 @@ async fn run_room(
         let actions = tokio::select! {
             event = rx.recv() => {
                 let Some(event) = event else { break };
+                room.set_clock(now_ms());
                 match event {
                     Event::Connect { conn, claims, out } => {
                         outs.insert(conn, out);

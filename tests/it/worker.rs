@@ -8,7 +8,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arbor_client::{Position, Replica, SyncConfig, SyncState, SyncStatus, sync_forever};
+use arbor_client::{
+    Position, PresenceSender, Replica, SyncConfig, SyncState, SyncStatus, presence_channel,
+    sync_forever,
+};
 use arbor_e2e::stack;
 use arbor_e2e::ws::{Ws, connect, ending, hello, recv, send};
 use arbor_shared::NodeId;
@@ -56,6 +59,7 @@ async fn recv_seqs(ws: &mut Ws, n: usize) -> Vec<u64> {
 struct Synced {
     replica: Arc<Mutex<Replica>>,
     status: watch::Receiver<SyncStatus>,
+    presence: PresenceSender,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -67,6 +71,8 @@ fn start_sync(dir: &std::path::Path, name: &str, server: &str, worker: &str) -> 
     config.realtime = Some(worker.to_string());
     config.min_backoff = Duration::from_millis(50);
     config.max_backoff = Duration::from_millis(500);
+    let (presence, presence_rx) = presence_channel();
+    config.presence = Some(presence_rx);
     let (tx, rx) = watch::channel(SyncStatus::default());
     let r = replica.clone();
     let task = tokio::spawn(async move {
@@ -75,6 +81,7 @@ fn start_sync(dir: &std::path::Path, name: &str, server: &str, worker: &str) -> 
     Synced {
         replica,
         status: rx,
+        presence,
         task,
     }
 }
@@ -171,6 +178,22 @@ async fn native_clients_sync_through_the_durable_object() {
         (1..=40).collect::<Vec<_>>()
     );
     wait_for(&mut b.status, "b has a's ops", |s| caught_up(s, 40)).await;
+    // Presence goes through the object too, and never to its sender.
+    let focus = arbor_shared::protocol::PresenceState {
+        focus: Some(NodeId(40)),
+        ..Default::default()
+    };
+    a.presence.set(Some(focus.clone())).unwrap();
+    wait_for(&mut b.status, "b sees a's presence", |s| {
+        s.peers.iter().any(|p| p.state.as_ref() == Some(&focus))
+    })
+    .await;
+    assert!(a.status.borrow().peers.iter().all(|p| p.state.is_none()));
+    a.presence.set(None).unwrap();
+    wait_for(&mut b.status, "b sees a's presence cleared", |s| {
+        s.peers.iter().all(|p| p.state.is_none())
+    })
+    .await;
     let pg = db.state("s").await.unwrap();
     assert_eq!(b.replica.lock().unwrap().state().unwrap(), pg);
     // The object pushed for its client: every op names the client's token

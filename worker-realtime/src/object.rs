@@ -139,7 +139,12 @@ impl RoomObject {
 
     /// Calls `f` on the room and carries out the actions it returns.
     async fn drive(&self, f: impl FnOnce(&mut Live) -> Vec<Action>) {
-        let actions = self.with_room(f).unwrap_or_default();
+        let actions = self
+            .with_room(|l| {
+                l.room.set_clock(now_ms());
+                f(l)
+            })
+            .unwrap_or_default();
         self.run(actions).await;
     }
 

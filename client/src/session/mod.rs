@@ -18,21 +18,25 @@
 //! - `backoff.rs`: jittered exponential backoff.
 //! - `status.rs`: [`SyncStatus`] and [`SyncState`].
 //! - `subtree.rs`: a subtree change's frames gathered until it is whole.
+//! - `presence.rs`: the session's own presence state and when it is sent.
 
 mod backoff;
+mod presence;
 mod status;
 mod subtree;
 mod window;
 
-use arbor_shared::protocol::{ClientMsg, ServerMsg, VERSION};
+use arbor_shared::protocol::{ClientMsg, PresenceState, ServerMsg, VERSION};
 use arbor_shared::{Disposition, ErrorCode, Stamp};
 
 use crate::replica::{Replica, ReplicaError};
 use crate::snapshot::Progress;
 use backoff::Backoff;
+use presence::OwnPresence;
 use subtree::{Added, Gathered};
 use window::PushWindow;
 
+pub use presence::{PRESENCE_MIN_INTERVAL_MS, PRESENCE_REFRESH_MS, PresenceTooLarge};
 pub use status::{SyncState, SyncStatus};
 
 /// How a session behaves.
@@ -259,6 +263,10 @@ pub struct Session {
     resync_pending: bool,
     /// The wait the last refusal asked for (`rate_limited`), at least.
     retry_after_ms: Option<u64>,
+    /// The application's presence state and when it went out.
+    presence: OwnPresence,
+    /// This connection's id, from `welcome` (left out of `status.peers`).
+    own_conn: Option<u64>,
 }
 
 /// What a handler wants after it ran.
@@ -297,6 +305,40 @@ impl Session {
             reported_rejected: 0,
             resync_pending: false,
             retry_after_ms: None,
+            presence: OwnPresence::default(),
+            own_conn: None,
+        }
+    }
+
+    /// `peers` without this connection.
+    fn others(
+        &self,
+        mut peers: Vec<arbor_shared::protocol::Peer>,
+    ) -> Vec<arbor_shared::protocol::Peer> {
+        peers.retain(|p| Some(p.conn) != self.own_conn);
+        peers
+    }
+
+    /// The application's presence state (`None`: none), shown to the
+    /// others connected to the space while a connection is open (and sent
+    /// again after each reconnect). A state that changes often goes out at
+    /// most every [`PRESENCE_MIN_INTERVAL_MS`], the latest one winning.
+    pub fn set_presence(
+        &mut self,
+        state: Option<PresenceState>,
+        now: u64,
+    ) -> Result<Vec<Action>, PresenceTooLarge> {
+        self.presence.set(state)?;
+        let mut out = Vec::new();
+        self.send_presence(now, &mut out);
+        Ok(out)
+    }
+
+    fn send_presence(&mut self, now: u64, out: &mut Vec<Action>) {
+        if matches!(self.phase, Phase::Open { .. })
+            && let Some(msg) = self.presence.take(now)
+        {
+            out.push(Action::Send(msg));
         }
     }
 
@@ -319,8 +361,12 @@ impl Session {
     pub fn deadline(&self) -> Option<u64> {
         match &self.phase {
             Phase::Waiting { until } => Some(*until),
-            Phase::Greeting { link, .. } | Phase::Open { link, .. } => {
+            Phase::Greeting { link, .. } => {
                 Some(link.next_ping.min(link.last_frame + self.config.silence_ms))
+            }
+            Phase::Open { link, .. } => {
+                let link = link.next_ping.min(link.last_frame + self.config.silence_ms);
+                Some(self.presence.due().map_or(link, |at| at.min(link)))
             }
             _ => None,
         }
@@ -370,6 +416,7 @@ impl Session {
             }
             _ => Next::Stay,
         };
+        self.send_presence(now, &mut out);
         self.finish(r, now, next, &mut out);
         out
     }
@@ -548,15 +595,21 @@ impl Session {
             let (cursor, link) = (*cursor, *link);
             return match msg {
                 ServerMsg::Welcome {
-                    head_seq, peers, ..
+                    head_seq,
+                    peers,
+                    conn,
+                    ..
                 } => {
-                    self.status.peers = peers;
+                    self.own_conn = conn;
+                    self.status.peers = self.others(peers);
                     self.phase = Phase::Open {
                         head: head_seq,
                         window: PushWindow::new(),
                         link,
                         gathered: Box::default(),
                     };
+                    self.presence.welcomed();
+                    self.send_presence(now, out);
                     Next::Stay
                 }
                 ServerMsg::SnapshotRequired { head_seq } => {
@@ -662,7 +715,14 @@ impl Session {
                 self.refusal(r, code, message, batch)
             }
             ServerMsg::Peers { peers } => {
-                self.status.peers = peers;
+                self.status.peers = self.others(peers);
+                out.push(Action::Status(self.status.clone()));
+                Next::Stay
+            }
+            ServerMsg::Presence { conn, sub, state } => {
+                if Some(conn) != self.own_conn {
+                    presence::apply_peer_presence(&mut self.status.peers, conn, sub, state);
+                }
                 out.push(Action::Status(self.status.clone()));
                 Next::Stay
             }

@@ -43,7 +43,8 @@ pub struct SyncStatus {
     pub cursor: Option<u64>,
     /// Local ops not yet committed.
     pub outbox: u64,
-    /// Who else is connected.
+    /// Who else is connected (this connection left out), with their
+    /// presence states.
     pub peers: Vec<Peer>,
     /// Local ops the server refused for good: moved from the outbox to the
     /// replica's rejected list (`Replica::rejected`), until cleared.

@@ -12,5 +12,6 @@
 mod cli;
 mod harness;
 mod local;
+mod presence;
 mod sync;
 mod transcripts;

@@ -15,9 +15,11 @@
 //! # Layout
 //!
 //! - `mod.rs`: [`Room`]: connections, hello, catch-up and gap paging,
-//!   delivery, presence, token expiry.
+//!   delivery, the peers list, token expiry.
 //! - `commit.rs`: the commit pipeline ([`Push`], group formation).
 //! - `frames.rs`: committed ops cut into frames under the size limit.
+//! - `presence.rs`: each connection's presence state, relayed, rate-limited
+//!   and expired.
 //!
 //! Subtree connections (a hello with a `root`, or a token with a `root`
 //! claim) get no `ops`: whenever the head passes their cursor the room
@@ -28,6 +30,7 @@
 
 mod commit;
 mod frames;
+mod presence;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -41,6 +44,8 @@ pub use crate::error::close;
 use commit::CommitQueue;
 pub use commit::{GroupLimits, Push};
 use frames::ops_frames;
+use presence::ConnPresence;
+pub use presence::{PRESENCE_PER_S, PRESENCE_TTL_MS};
 
 /// A connection's id, unique in the room while it is open.
 pub type ConnId = u64;
@@ -209,6 +214,8 @@ struct Conn {
     /// A subtree connection's committed pushes, acked once its cursor
     /// reaches the seq (batch, highest seq of the push).
     acks_waiting: Vec<(u64, u64)>,
+    /// Its presence state and relay budget.
+    presence: ConnPresence,
 }
 
 /// One thoughtspace's realtime state.
@@ -243,6 +250,8 @@ pub struct Room {
     /// A presence change is waiting for the next tick (set only while the
     /// room holds more than [`PRESENCE_BATCH_ABOVE`] connections).
     presence_due: bool,
+    /// The host's clock, ms ([`Room::set_clock`], ticks): never goes back.
+    now_ms: u64,
 }
 
 impl Room {
@@ -262,6 +271,7 @@ impl Room {
             min_cursor: None,
             subtree_feeds: false,
             presence_due: false,
+            now_ms: 0,
         }
     }
 
@@ -318,6 +328,7 @@ impl Room {
                 // Not shown: another user could claim it before its first
                 // push (replica owners).
                 replica: None,
+                state: c.presence.state.clone(),
             })
             .collect()
     }
@@ -336,6 +347,7 @@ impl Room {
                 root: None,
                 subtree_in_flight: false,
                 acks_waiting: Vec::new(),
+                presence: ConnPresence::new(self.now_ms),
             },
         );
         Vec::new()
@@ -377,6 +389,7 @@ impl Room {
                 root,
                 subtree_in_flight: false,
                 acks_waiting: Vec::new(),
+                presence: ConnPresence::new(self.now_ms),
             },
         );
         self.start_catch_up(conn, head)
@@ -498,6 +511,7 @@ impl Room {
                 head_seq: head,
                 horizon: self.horizon,
                 peers: self.peers_seen_by(self.conns.get(&conn).and_then(|c| c.claims.root)),
+                conn: Some(conn),
             },
         }];
         out.extend(self.start_catch_up(conn, head));
@@ -538,6 +552,7 @@ impl Room {
                 conn,
                 msg: ServerMsg::Pong,
             }],
+            ClientMsg::Presence { state } => self.on_presence(conn, state),
             ClientMsg::Hello {
                 replica,
                 cursor,
@@ -1066,20 +1081,34 @@ impl Room {
     /// The socket closed (or the host closed it).
     pub fn on_close(&mut self, conn: ConnId) -> Vec<Action> {
         self.parked.remove(&conn);
-        match self.conns.remove(&conn) {
-            Some(c) if c.phase != Phase::AwaitingHello => self.presence(None),
+        // Its presence goes at once, even where the peers list waits for
+        // the tick.
+        let mut out = match self.conns.get_mut(&conn) {
+            Some(c) if c.presence.state.is_some() => {
+                c.presence.state = None;
+                self.relay_presence(conn)
+            }
             _ => Vec::new(),
+        };
+        match self.conns.remove(&conn) {
+            Some(c) if c.phase != Phase::AwaitingHello => out.extend(self.presence(None)),
+            _ => {}
         }
+        out
     }
 
-    /// Time passed: a presence change that waited goes out, connections
-    /// whose token expired are closed, a failed gap fetch is asked again.
+    /// Time passed (`now_s` also moves the room's clock): a peers list
+    /// and presence states that waited go out, presence states past their
+    /// time to live are cleared, connections whose token expired are
+    /// closed, a failed gap fetch is asked again.
     pub fn on_tick(&mut self, now_s: u64, leeway_s: u64) -> Vec<Action> {
+        self.set_clock(now_s.saturating_mul(1000));
         let mut out = if std::mem::take(&mut self.presence_due) {
             self.presence_now(None)
         } else {
             Vec::new()
         };
+        out.extend(self.presence_tick());
         out.extend(
             self.conns
                 .iter()

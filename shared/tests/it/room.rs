@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use arbor_shared::ErrorCode;
 use arbor_shared::auth::{Claims, Role};
-use arbor_shared::protocol::{ClientMsg, MAX_FRAME_BYTES, SeqOp, ServerMsg};
+use arbor_shared::protocol::{ClientMsg, MAX_FRAME_BYTES, PresenceState, SeqOp, ServerMsg};
 use arbor_shared::room::{
     Action, ConnId, IngestResult, Push, Room, RoomLimits, SubtreeAnswer, close,
 };
@@ -971,4 +971,137 @@ fn a_token_limited_to_a_subtree_sees_only_the_peers_of_that_subtree() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// The `presence` frames `conn` received, as (sender, state).
+fn presence_seen(h: &Host, conn: ConnId) -> Vec<(u64, Option<PresenceState>)> {
+    h.received
+        .get(&conn)
+        .into_iter()
+        .flatten()
+        .filter_map(|m| match m {
+            ServerMsg::Presence { conn, state, .. } => Some((*conn, state.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn presence(state: Option<PresenceState>) -> String {
+    ClientMsg::Presence { state }.encode()
+}
+
+fn focus(n: u128) -> PresenceState {
+    PresenceState {
+        focus: Some(NodeId(n)),
+        ..PresenceState::default()
+    }
+}
+
+#[test]
+fn presence_goes_to_who_sees_the_sender_rate_limited_expired_and_cleared_on_close() {
+    use arbor_shared::protocol::MAX_PRESENCE_BYTES;
+    use arbor_shared::room::{PRESENCE_PER_S, PRESENCE_TTL_MS};
+    let root = NodeId(77);
+    let mut h = Host::new(0);
+    h.room.set_subtree_feeds(true);
+    h.room.set_clock(1_000);
+    // 1, 2, 3 follow the whole space; 4 and 5 have tokens limited to root.
+    for c in 1..=5 {
+        let mut cl = claims(Role::Write, Some(c), u64::MAX);
+        if c >= 4 {
+            cl.root = Some(root);
+        }
+        h.connect(c, cl);
+        let a = h.room.on_message(c, &hello(c, Some(0)));
+        h.run(a);
+    }
+    // Before hello: refused and closed.
+    h.connect(9, claims(Role::Read, Some(9), u64::MAX));
+    let a = h.room.on_message(9, &presence(Some(focus(1))));
+    h.run(a);
+    assert_eq!(h.closed.get(&9), Some(&close::PROTOCOL));
+
+    // A full connection's state reaches the other full ones only.
+    let a = h.room.on_message(1, &presence(Some(focus(5))));
+    h.run(a);
+    for c in [2, 3] {
+        assert_eq!(presence_seen(&h, c), [(1, Some(focus(5)))], "conn {c}");
+    }
+    for c in [1, 4, 5] {
+        assert!(presence_seen(&h, c).is_empty(), "conn {c}");
+    }
+    // A scoped connection's state reaches its subtree's peer and the full
+    // connections.
+    let a = h.room.on_message(4, &presence(Some(focus(78))));
+    h.run(a);
+    for c in [1, 2, 3, 5] {
+        assert_eq!(
+            presence_seen(&h, c).last(),
+            Some(&(4, Some(focus(78)))),
+            "conn {c}"
+        );
+    }
+
+    // Over the rate: the burst goes out, the rest waits; the tick sends
+    // the latest.
+    let burst = PRESENCE_PER_S as u128;
+    for i in 0..burst + 5 {
+        let a = h.room.on_message(2, &presence(Some(focus(100 + i))));
+        h.run(a);
+    }
+    let from_2 = |h: &Host| -> Vec<Option<PresenceState>> {
+        presence_seen(h, 3)
+            .into_iter()
+            .filter(|(c, _)| *c == 2)
+            .map(|(_, s)| s)
+            .collect()
+    };
+    assert_eq!(from_2(&h).len(), burst as usize);
+    let a = h.room.on_tick(2, 0);
+    h.run(a);
+    assert_eq!(from_2(&h).last(), Some(&Some(focus(100 + burst + 4))));
+    assert_eq!(from_2(&h).len(), burst as usize + 1);
+
+    // A welcome shows everyone's state.
+    h.connect(6, claims(Role::Read, Some(6), u64::MAX));
+    let a = h.room.on_message(6, &hello(6, Some(0)));
+    h.run(a);
+    let Some(ServerMsg::Welcome { peers, .. }) = h.received[&6].first() else {
+        panic!("{:?}", h.received[&6])
+    };
+    let state_of = |c: u64| {
+        peers
+            .iter()
+            .find(|p| p.conn == c)
+            .and_then(|p| p.state.clone())
+    };
+    assert_eq!(state_of(1), Some(focus(5)));
+    assert_eq!(state_of(4), Some(focus(78)));
+
+    // Too large: refused and closed, nothing relayed.
+    let big = PresenceState {
+        data: Some(serde_json::Value::String("x".repeat(MAX_PRESENCE_BYTES))),
+        ..PresenceState::default()
+    };
+    let before = presence_seen(&h, 1).len();
+    let a = h.room.on_message(3, &presence(Some(big)));
+    h.run(a);
+    assert_eq!(h.closed.get(&3), Some(&close::PROTOCOL));
+    assert_eq!(presence_seen(&h, 1).len(), before);
+
+    // Not set again within the time to live: cleared at the next tick.
+    // Connection 2 sets its state again at 5 s, so it is still live at 31 s.
+    h.room.set_clock(5_000);
+    let a = h.room.on_message(2, &presence(Some(focus(200))));
+    h.run(a);
+    let a = h.room.on_tick(1 + PRESENCE_TTL_MS / 1000, 0);
+    h.run(a);
+    assert_eq!(presence_seen(&h, 2).last(), Some(&(4, None)));
+    assert!(presence_seen(&h, 2).contains(&(1, None)));
+    assert!(!presence_seen(&h, 1).contains(&(2, None)));
+
+    // Closing clears it at once.
+    let a = h.room.on_close(2);
+    h.run(a);
+    assert_eq!(presence_seen(&h, 1).last(), Some(&(2, None)));
 }
