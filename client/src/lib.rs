@@ -34,7 +34,8 @@ pub mod store;
 pub mod sync;
 
 pub use replica::{
-    NodeView, OpenOptions, Position, RejectedOp, Replica, ReplicaError, SubtreeFrame,
+    Kept, MAX_UNDO_STEPS, NodeView, OpenOptions, Position, RejectedOp, Replica, ReplicaError,
+    SubtreeFrame, UndoReport,
 };
 pub use session::{SyncReport, SyncState, SyncStatus};
 pub use store::Changes;

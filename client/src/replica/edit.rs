@@ -186,7 +186,7 @@ impl Replica {
     }
 
     /// Applies `ops` (made by this replica) and queues them, in one
-    /// transaction; persists the clock.
+    /// transaction; persists the clock; records their effects for undo.
     fn commit_local(&mut self, ops: Vec<Op>) -> Result<()> {
         for op in &ops {
             op.validate()?;
@@ -194,6 +194,7 @@ impl Replica {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let effects = super::undo::effects_of(&tx, &ops)?;
         let changes = {
             let mut tree = Tree::new(SqliteStore::new(&tx));
             tree.apply(&ops)?;
@@ -202,6 +203,7 @@ impl Replica {
         outbox_insert(&tx, &ops)?;
         meta_set(&tx, key::CLOCK, hlc_to_sql(self.clock.last().0)?)?;
         tx.commit()?;
+        self.history.record(effects);
         self.notify(changes);
         self.outbox_grew.notify_one();
         Ok(())

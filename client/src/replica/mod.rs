@@ -17,6 +17,7 @@
 //! - `subtree.rs`: a subtree replica's `subtree` frames, applied under its
 //!   pending moves.
 //! - `export.rs`: the replica copied as a new replica file.
+//! - `undo.rs`: undo and redo steps ([`UndoReport`], [`Kept`]).
 
 mod edit;
 mod error;
@@ -26,6 +27,7 @@ mod outbox;
 mod read;
 mod remote;
 mod subtree;
+mod undo;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -46,6 +48,7 @@ pub(crate) use meta::{key, meta_delete, meta_get, meta_i64, meta_set, meta_text,
 pub use outbox::RejectedOp;
 pub use read::NodeView;
 pub use subtree::SubtreeFrame;
+pub use undo::{Kept, MAX_UNDO_STEPS, UndoReport};
 
 /// Open options.
 #[derive(Debug, Clone, Copy, Default)]
@@ -67,6 +70,8 @@ pub struct Replica {
     subscribers: Vec<mpsc::Sender<Arc<Changes>>>,
     /// Woken whenever the outbox grows (the sync client waits on it).
     outbox_grew: Arc<tokio::sync::Notify>,
+    /// The undo and redo stacks (in memory, with the open replica).
+    pub(crate) history: undo::History,
 }
 
 impl std::fmt::Debug for Replica {
@@ -117,6 +122,7 @@ impl Replica {
             keys: KeyGen::new(replica.0 ^ random_u64()),
             subscribers: Vec::new(),
             outbox_grew: Arc::new(tokio::sync::Notify::new()),
+            history: undo::History::default(),
         })
     }
 

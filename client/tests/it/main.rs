@@ -15,3 +15,4 @@ mod local;
 mod presence;
 mod sync;
 mod transcripts;
+mod undo;
