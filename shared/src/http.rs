@@ -21,6 +21,37 @@ pub struct CommittedJson {
     pub author: Option<String>,
 }
 
+/// One op of a node's history (`GET .../nodes/{id}/history`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntryJson {
+    /// Its seq in the space.
+    pub seq: u64,
+    /// The op.
+    pub op: Op,
+    /// `new`, or `restore` (appended by the server's restore rule).
+    pub origin: Origin,
+    /// Who made it (absent for restores and unclaimed replica ids).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    /// For a move: whether it is in effect in the tree's history (false:
+    /// skipped as a cycle, or undone by a later restore pass); absent for a
+    /// set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<bool>,
+}
+
+/// Answer of `GET /v1/spaces/{space}/nodes/{id}/history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeHistoryBody {
+    /// The node's ops, newest first.
+    pub entries: Vec<HistoryEntryJson>,
+    /// The next page: ask again with `before` = this (absent: no more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_before: Option<u64>,
+    /// The space's head seq when the page was read.
+    pub head_seq: u64,
+}
+
 /// Body of `POST /v1/spaces/{space}/ops`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

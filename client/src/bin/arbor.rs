@@ -135,6 +135,16 @@ enum Command {
         #[arg(long)]
         clear: bool,
     },
+    /// Show a node's history from the server: its moves, restores and
+    /// field writes, newest first, with seq, stamp, author, and whether
+    /// each move took effect.
+    History {
+        /// The node.
+        node: String,
+        /// Entries at most.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
     /// Write a copy of the replica file.
     Export {
         /// Destination file.
@@ -303,6 +313,13 @@ fn main() -> anyhow::Result<()> {
             if clear {
                 let n = replica.clear_rejected()?;
                 println!("cleared {n} rejected ops");
+            }
+        }
+        Command::History { node, limit } => {
+            let node = resolve(&replica, &node)?;
+            let config = sync_config(&replica, cli.token.as_deref())?;
+            for line in history(&config, node, limit)? {
+                println!("{line}");
             }
         }
         Command::Export { file } => {
@@ -481,6 +498,56 @@ fn run_sync(
             Err(e) => Err(anyhow::Error::new(e)),
         }
     })
+}
+
+/// A node's history from the server, one line per entry, newest first.
+fn history(config: &SyncConfig, node: NodeId, limit: u32) -> anyhow::Result<Vec<String>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let url = format!(
+        "{}/v1/spaces/{}/nodes/{node}/history?limit={}",
+        config.server,
+        config.space,
+        limit.clamp(1, 1_000)
+    );
+    let body: arbor_shared::http::NodeHistoryBody = runtime.block_on(async {
+        let r = reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(&config.token)
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            let status = r.status();
+            let text = r.text().await.unwrap_or_default();
+            anyhow::bail!("the server answered {status}: {text}");
+        }
+        Ok(r.json().await?)
+    })?;
+    Ok(body
+        .entries
+        .iter()
+        .map(|e| {
+            let who = e.author.as_deref().unwrap_or(match e.origin {
+                arbor_shared::http::Origin::Restore => "(restore rule)",
+                _ => "(unknown)",
+            });
+            let what = match &e.op {
+                arbor_shared::Op::Move(m) if m.parent == NodeId::TRASH => "deleted".to_string(),
+                arbor_shared::Op::Move(m) => format!("moved under {}", short(m.parent)),
+                arbor_shared::Op::Set(s) => match &s.value {
+                    Some(v) => format!("set {} = {v:?}", s.field),
+                    None => format!("cleared {}", s.field),
+                },
+            };
+            let skipped = if e.applied == Some(false) {
+                "  (skipped: a cycle)"
+            } else {
+                ""
+            };
+            format!("{:>8}  {}  {who}  {what}{skipped}", e.seq, e.op.stamp())
+        })
+        .collect())
 }
 
 fn fork(replica: Replica, server: &str, space: &str, token: &str) -> anyhow::Result<()> {

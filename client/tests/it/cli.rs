@@ -62,11 +62,21 @@ async fn two_cli_replicas_edit_offline_and_converge() {
         let export = a.with_extension("copy.db");
         arbor(&a, &["export", export.to_str().unwrap()]);
         let exported = arbor(&export, &["tree"]);
-        (ta, tb, ls, exported)
+        // The server's history of groceries: made by a, colored and moved
+        // by b, newest first.
+        let history = arbor(&a, &["history", &groceries[..8]]);
+        (ta, tb, ls, exported, history)
     })
     .await
     .unwrap();
-    let (ta, tb, ls, exported) = out;
+    let (ta, tb, ls, exported, history) = out;
+    let lines: Vec<&str> = history.lines().collect();
+    assert_eq!(lines.len(), 4, "{history}");
+    assert!(lines[0].contains("moved under"), "{history}");
+    assert!(lines[1].contains("set color = \"green\""), "{history}");
+    assert!(lines[2].contains("set text = \"groceries\""), "{history}");
+    assert!(lines[3].contains("moved under"), "{history}");
+    assert!(lines.iter().all(|l| l.contains("client-test")), "{history}");
     assert_eq!(ta, tb);
     assert_eq!(ta, exported);
     for text in ["todo", "groceries", "milk", "bread"] {

@@ -13,6 +13,7 @@
 //! - `spaces.rs`: create, fork.
 //! - `ops.rs`: ingest, group ingest (the Durable Object's), catch-up.
 //! - `children.rs`: the children endpoint.
+//! - `history.rs`: the node history endpoint.
 //! - `websocket.rs`: the realtime upgrade.
 //! - `upstream.rs`: the Durable Object's upstream socket (group commits).
 //! - `snapshots.rs`: snapshot, subtree snapshot, export, import.
@@ -24,6 +25,7 @@ mod auth;
 mod children;
 mod error;
 mod health;
+mod history;
 mod ops;
 mod request_metrics;
 mod revocations;
@@ -190,6 +192,10 @@ fn api_routes(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route(
             "/v1/spaces/{space}/nodes/{node}/children",
             get(children::children),
+        )
+        .route(
+            "/v1/spaces/{space}/nodes/{node}/history",
+            get(history::node_history),
         )
         .route("/v1/spaces/{space}/ws", get(websocket::websocket))
         .route("/v1/spaces/{space}/upstream", get(upstream::upstream))

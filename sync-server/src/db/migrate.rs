@@ -97,6 +97,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0015_scoped_create.sql",
         sql: include_str!("../../../migrations/0015_scoped_create.sql"),
     },
+    Migration {
+        version: 16,
+        name: "0016_node_history.sql",
+        sql: include_str!("../../../migrations/0016_node_history.sql"),
+    },
 ];
 
 /// Key of the session advisory lock held while migrating (two-int form, so it

@@ -8,6 +8,7 @@
 //! - `rows.rs`: answers and encodings (rows, arrays, replica ids).
 //! - `apply.rs`: `apply_ops` calls, one batch or a group.
 //! - `reads.rs`: catch-up, children pages, state.
+//! - `history.rs`: a node's history ([`HistoryEntry`]).
 //! - `spaces.rs`: create, look up, fork, horizon.
 //! - `quotas.rs`: [`Quotas`], the tenant's count of spaces, usage.
 //! - `migrate.rs`: the embedded migration runner.
@@ -17,6 +18,7 @@
 
 mod apply;
 mod error;
+mod history;
 mod migrate;
 mod quotas;
 mod readers;
@@ -31,6 +33,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 pub use apply::{MAX_BATCH, Pusher};
 pub use error::{DbError, RejectCode};
 pub(crate) use error::{map_pg, pg_message, with_sources};
+pub use history::{HistoryEntry, MAX_HISTORY_PAGE};
 pub use migrate::{
     MIGRATIONS, Migration, apply_ops_0002, migrate, restore_pass_0002, restore_pass_reference,
 };

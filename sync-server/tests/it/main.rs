@@ -16,6 +16,7 @@ mod differential;
 mod fuzz;
 mod group;
 mod harness;
+mod history;
 mod horizon;
 mod http;
 mod import;
