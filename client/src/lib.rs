@@ -34,8 +34,8 @@ pub mod store;
 pub mod sync;
 
 pub use replica::{
-    Kept, MAX_UNDO_STEPS, NodeView, OpenOptions, Position, RejectedOp, Replica, ReplicaError,
-    SubtreeFrame, UndoReport,
+    Conflict, ConflictKind, Kept, MAX_UNDO_STEPS, NodeView, OpenOptions, Position, RejectedOp,
+    Replica, ReplicaError, SubtreeFrame, UndoReport,
 };
 pub use session::{SyncReport, SyncState, SyncStatus};
 pub use store::Changes;

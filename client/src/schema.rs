@@ -58,6 +58,31 @@ const MIGRATIONS: &[&str] = &[
          code    TEXT NOT NULL,
          message TEXT NOT NULL
      );",
+    // 3: the conflict list (what this replica's edits lost, the server's
+    // restores), newest last, trimmed to the last 1,000.
+    "CREATE TABLE conflicts (
+         ord    INTEGER PRIMARY KEY AUTOINCREMENT,
+         seq    INTEGER NOT NULL,
+         kind   TEXT NOT NULL,
+         node   BLOB NOT NULL,
+         field  TEXT,
+         lost   TEXT,
+         kept   TEXT,
+         parent BLOB,
+         by     TEXT
+     );
+     -- This replica's newest write of each node's place (field '') and of
+     -- each field that came back committed, with its stamp and seq:
+     -- another replica's op that did not know that seq was concurrent
+     -- with it.
+     CREATE TABLE own_writes (
+         node    BLOB NOT NULL,
+         field   TEXT NOT NULL,
+         seq     INTEGER NOT NULL,
+         hlc     INTEGER NOT NULL,
+         replica INTEGER NOT NULL,
+         PRIMARY KEY (node, field)
+     ) WITHOUT ROWID;",
 ];
 
 /// The schema version this build writes.

@@ -18,12 +18,19 @@ pub struct Changes {
     pub fields: BTreeSet<NodeId>,
     /// The whole replica was replaced (a cold start): reload everything.
     pub reset: bool,
+    /// What committed ops took from this replica's edits, and the server's
+    /// restores (also kept in `Replica::conflicts`).
+    pub conflicts: Vec<crate::replica::Conflict>,
 }
 
 impl Changes {
     /// True if nothing changed.
     pub fn is_empty(&self) -> bool {
-        !self.reset && self.moved.is_empty() && self.parents.is_empty() && self.fields.is_empty()
+        !self.reset
+            && self.moved.is_empty()
+            && self.parents.is_empty()
+            && self.fields.is_empty()
+            && self.conflicts.is_empty()
     }
 
     /// Adds `other`'s nodes.
@@ -32,6 +39,7 @@ impl Changes {
         self.parents.extend(other.parents);
         self.fields.extend(other.fields);
         self.reset |= other.reset;
+        self.conflicts.extend(other.conflicts);
     }
 }
 

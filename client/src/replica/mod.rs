@@ -14,11 +14,14 @@
 //! - `outbox.rs`: the outbox (pending ops, acks, requeue, re-stamp) and
 //!   the rejected list (ops refused for good, kept for the application).
 //! - `remote.rs`: committed ops applied in seq order.
+//! - `conflicts.rs`: the conflict list ([`Conflict`]): what committed ops
+//!   took from this replica's edits, and the server's restores.
 //! - `subtree.rs`: a subtree replica's `subtree` frames, applied under its
 //!   pending moves.
 //! - `export.rs`: the replica copied as a new replica file.
 //! - `undo.rs`: undo and redo steps ([`UndoReport`], [`Kept`]).
 
+mod conflicts;
 mod edit;
 mod error;
 mod export;
@@ -40,6 +43,7 @@ use rusqlite::Connection;
 use crate::schema;
 use crate::store::{Changes, id_blob, id_from_blob};
 
+pub use conflicts::{Conflict, ConflictKind, MAX_CONFLICTS};
 pub use edit::Position;
 pub use error::ReplicaError;
 pub(crate) use error::Result;

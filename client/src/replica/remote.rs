@@ -31,11 +31,14 @@ impl Replica {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let changes = {
+        let pending = super::conflicts::before_apply(&tx, self.replica, ops)?;
+        let mut changes = {
             let mut tree = Tree::new(SqliteStore::new(&tx));
             tree.apply(&plain)?;
             tree.into_store().changes
         };
+        changes.conflicts = super::conflicts::after_apply(&tx, pending)?;
+        super::conflicts::record_own_writes(&tx, self.replica, ops)?;
         outbox_delete(
             &tx,
             plain

@@ -10,6 +10,7 @@
 )]
 
 mod cli;
+mod conflicts;
 mod harness;
 mod local;
 mod presence;
