@@ -9,7 +9,8 @@
 //!
 //! - [`WebReplica`]: the exported class; the local API (create, move,
 //!   delete, restore, set, children, node, count), change and status
-//!   callbacks, `connect` / `disconnect`.
+//!   callbacks, `connect` / `disconnect`, and `setPresence` (this
+//!   replica's presence state, kept across sessions).
 //! - [`sync`]: the browser driver of `arbor_client::session` (the same
 //!   session the native client drives): the `web-sys` WebSocket, one
 //!   timer, and the streamed cold start over `fetch`.
@@ -28,7 +29,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::mpsc;
 
+use arbor_client::session::PresenceTooLarge;
 use arbor_client::{Changes, Position, Replica, ReplicaError};
+use arbor_shared::protocol::{MAX_PRESENCE_BYTES, PresenceState};
 use arbor_shared::{ErrorCode, NodeId};
 use rusqlite::params;
 use serde::{Deserialize, Serialize};
@@ -48,7 +51,8 @@ pub struct Status {
     pub cursor: Option<u64>,
     /// Local ops not yet acknowledged.
     pub outbox: u64,
-    /// Who is connected to the thoughtspace.
+    /// Who else is connected to the thoughtspace (this connection left
+    /// out), each with its presence state.
     pub peers: Vec<PeerJs>,
     /// Cold-start progress, while in `cold_start`.
     pub progress: Option<ProgressJs>,
@@ -64,15 +68,22 @@ pub struct Status {
     /// replica keeps its contents).
     #[serde(rename = "rootInTrash")]
     pub root_in_trash: bool,
+    /// This replica's own presence state, as the others see it while a
+    /// session is open (`None`: none). Kept here, not in the session: it
+    /// outlives `connect` / `disconnect`, and followers learn it from the
+    /// status, so a tab that takes ownership sends it again.
+    pub presence: Option<PresenceState>,
 }
 
 /// A peer (presence).
 #[derive(Debug, Clone, Serialize)]
 pub struct PeerJs {
-    conn: u64,
-    sub: String,
+    pub(crate) conn: u64,
+    pub(crate) sub: String,
     /// Decimal: a u64 does not fit a JS number.
-    replica: Option<String>,
+    pub(crate) replica: Option<String>,
+    /// Its presence state (`null`: none set).
+    pub(crate) state: Option<PresenceState>,
 }
 
 /// Cold-start progress.
@@ -342,6 +353,7 @@ impl WebReplica {
                 rejected,
                 root: root.map(|r| r.to_string()),
                 root_in_trash,
+                presence: None,
             }),
             generation: Cell::new(0),
             wake: RefCell::new(None),
@@ -528,6 +540,36 @@ impl WebReplica {
             keepalive_ms: (keepalive_ms > 0.0).then_some(keepalive_ms as u64),
         };
         wasm_bindgen_futures::spawn_local(sync::run(self.inner.clone(), config, generation));
+    }
+
+    /// Sets this replica's presence state (JSON: a `PresenceState` object,
+    /// or `null` to clear it): sent by the running session (at most every
+    /// 100 ms, the latest winning; again every 10 s and after each
+    /// reconnect), and by every later session until changed. Kept in the
+    /// status (`presence`). A state over 2,048 bytes as the server encodes
+    /// it is refused (`presence_too_large`) and nothing changes; malformed
+    /// JSON is `bad_presence`.
+    #[wasm_bindgen(js_name = setPresence)]
+    pub fn set_presence(&self, state: &str) -> Result<(), JsValue> {
+        let state: Option<PresenceState> =
+            serde_json::from_str(state).map_err(|e| err(ErrorCode::BadPresence, &e.to_string()))?;
+        if let Some(s) = &state {
+            let len = s.encoded_len();
+            if len > MAX_PRESENCE_BYTES {
+                return Err(err(
+                    ErrorCode::PresenceTooLarge,
+                    &PresenceTooLarge(len).to_string(),
+                ));
+            }
+        }
+        if self.inner.status.borrow().presence == state {
+            return Ok(());
+        }
+        self.inner.set_status(|s| s.presence = state);
+        if let Some(w) = self.inner.wake.borrow().as_ref() {
+            let _ = w.unbounded_send(sync::Event::Presence);
+        }
+        Ok(())
     }
 
     /// Stops syncing; local edits keep queueing.

@@ -53,6 +53,8 @@ pub enum Event {
     Socket(u64, SocketEvent),
     /// Local ops were queued.
     Wake,
+    /// The presence state in the status changed.
+    Presence,
     /// `disconnect` (or a newer `connect`).
     Stop,
     /// The session's deadline passed.
@@ -80,7 +82,7 @@ fn now() -> u64 {
 pub(crate) async fn run(inner: Rc<Inner>, config: Config, generation: u64) {
     let defaults = SessionConfig::new(&config.space);
     let ping_ms = config.keepalive_ms.unwrap_or(defaults.ping_ms);
-    let session = Session::new(
+    let mut session = Session::new(
         SessionConfig {
             min_backoff_ms: MIN_BACKOFF_MS,
             max_backoff_ms: MAX_BACKOFF_MS,
@@ -90,6 +92,12 @@ pub(crate) async fn run(inner: Rc<Inner>, config: Config, generation: u64) {
         },
         (js::random() * 2f64.powi(53)) as u64,
     );
+    // The state set before this session (or kept from the last one) goes
+    // out once it is welcomed.
+    let presence = inner.status.borrow().presence.clone();
+    if let Err(e) = session.set_presence(presence, now()) {
+        js::warn(&format!("arbor: presence not sent: {e}"));
+    }
     let (tx, rx) = unbounded();
     *inner.wake.borrow_mut() = Some(tx.clone());
     let mut driver = Driver {
@@ -213,6 +221,15 @@ impl Driver {
                 Event::Wake => {
                     let more = self.call(|s, r| s.on_outbox(r, now())).await;
                     todo.extend(more);
+                    continue;
+                }
+                Event::Presence => {
+                    let state = self.inner.status.borrow().presence.clone();
+                    match self.session.set_presence(state, now()) {
+                        Ok(more) => todo.extend(more),
+                        // `setPresence` checked the size already.
+                        Err(e) => js::warn(&format!("arbor: presence not sent: {e}")),
+                    }
                     continue;
                 }
                 Event::Timer => {
@@ -407,6 +424,7 @@ fn publish(inner: &Inner, s: &SyncStatus) {
                     conn: p.conn,
                     sub: p.sub.clone(),
                     replica: p.replica.map(|r| r.0.to_string()),
+                    state: p.state.clone(),
                 })
                 .collect(),
         };

@@ -35,7 +35,7 @@ pub mod sync;
 
 pub use replica::{
     Conflict, ConflictKind, Kept, MAX_UNDO_STEPS, NodeView, OpenOptions, Position, RejectedOp,
-    Replica, ReplicaError, SubtreeFrame, UndoReport,
+    Replica, ReplicaError, RevertReport, SubtreeFrame, UndoReport,
 };
 pub use session::{SyncReport, SyncState, SyncStatus};
 pub use store::Changes;

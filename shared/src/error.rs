@@ -257,6 +257,10 @@ codes! {
     BadMethod = "bad_method", 400, None, Refuse, Local;
     /// Local API: the browser worker failed outside the replica.
     Worker = "worker", 500, None, Refuse, Local;
+    /// Local API: a presence state over 2,048 bytes of JSON.
+    PresenceTooLarge = "presence_too_large", 413, None, Refuse, Local;
+    /// Local API: a presence state that is not a presence object.
+    BadPresence = "bad_presence", 400, None, Refuse, Local;
 }
 
 impl ErrorCode {

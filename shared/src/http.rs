@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorDetail;
-use crate::id::ReplicaId;
+use crate::id::{NodeId, ReplicaId};
 use crate::op::Op;
 pub use crate::protocol::Origin;
 
@@ -50,6 +50,36 @@ pub struct NodeHistoryBody {
     pub next_before: Option<u64>,
     /// The space's head seq when the page was read.
     pub head_seq: u64,
+}
+
+/// A node's place at a seq, or `None` if it was not in the tree then.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlaceAtJson {
+    /// The node.
+    pub id: NodeId,
+    /// Its parent and key then (absent: not in the tree then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub place: Option<(NodeId, crate::key::OrderKey)>,
+}
+
+/// Answer of `GET /v1/spaces/{space}/subtree/{id}/at?seq=N`: the subtree
+/// of `root` as it was at seq `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubtreeAtBody {
+    /// The seq.
+    pub seq: u64,
+    /// The subtree's root.
+    pub root: NodeId,
+    /// Whether the root was in the tree at `seq` (false: `nodes` is empty).
+    pub present: bool,
+    /// Every node below the root then, with its place then.
+    pub nodes: Vec<crate::protocol::SubtreeNode>,
+    /// The registers then of the root and of `nodes` (the winner among the
+    /// writes committed at or before `seq`).
+    pub registers: Vec<crate::protocol::SubtreeRegister>,
+    /// The nodes below the root now that were not below it then, with
+    /// their place then.
+    pub elsewhere: Vec<PlaceAtJson>,
 }
 
 /// Body of `POST /v1/spaces/{space}/ops`.

@@ -14,12 +14,24 @@ export interface FocusAnchor {
 
 export class RowFocus {
   readonly #o: Outline;
-  /** The row whose title has focus (it stays rendered wherever it is). */
-  focusedId: NodeId | null = null;
+  #focusedId: NodeId | null = null;
+  /** Called when `focusedId` changes (presence.ts follows it). */
+  onChange: ((id: NodeId | null) => void) | null = null;
   #pending: { id: NodeId; caret: Caret; until: number } | null = null;
 
   constructor(outline: Outline) {
     this.#o = outline;
+  }
+
+  /** The row whose title has focus (it stays rendered wherever it is). */
+  get focusedId(): NodeId | null {
+    return this.#focusedId;
+  }
+
+  set focusedId(id: NodeId | null) {
+    if (id === this.#focusedId) return;
+    this.#focusedId = id;
+    this.onChange?.(id);
   }
 
   /** Asks for focus on `id`'s title; it happens as soon as the row is in

@@ -11,9 +11,12 @@
 //
 // Tests drive the page through the DOM (data-testid attributes) and through
 // `window.arbor` (the Arbor handle) and `window.outline` (see OutlineApi).
+// The others' cursors are chips in their rows ([data-testid=cursor], with
+// data-sub), from presence.ts.
 
 import { Arbor, type NodeId, ROOT, type Status, type SyncState } from "../src/arbor.js";
 import { Outline, type RowInfo } from "./outline.js";
+import { Presence } from "./presence.js";
 import { SyncStatus } from "./sync-status.js";
 import { TrashPanel } from "./trash.js";
 import { byTestId, showError } from "./ui.js";
@@ -200,6 +203,9 @@ async function main(): Promise<void> {
 
   const view = new Outline(arbor, space, top, scroller, spacer);
   outline = view;
+  // Who this page is and where its cursor is, shown to the others; their
+  // cursors on the rows.
+  new Presence(arbor, view, user);
   view.onRender = (n) => {
     rowCount = n;
     renderEmpty();

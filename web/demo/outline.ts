@@ -49,6 +49,9 @@ export class Outline {
   onTrashChanged: (() => void) | null = null;
   /** Called after every render (once started) with the number of rows. */
   onRender: ((rows: number) => void) | null = null;
+  /** Called for each row element brought up to date by a render (presence
+   * markers are drawn into it). */
+  onRowPainted: ((id: NodeId, el: HTMLDivElement) => void) | null = null;
 
   readonly expanded: ExpandedSet;
   readonly model: Model;

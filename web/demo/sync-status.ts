@@ -66,7 +66,10 @@ export class SyncStatus {
   #renderPeers(s: Status): void {
     const peersEl = this.#peersEl;
     const user = this.#user;
-    const subs = [...new Set(s.peers.map((p) => p.sub))].sort();
+    // `peers` leaves this browser's own connection out: add this user
+    // while connected.
+    const connected = s.state === "catching_up" || s.state === "pushing" || s.state === "live";
+    const subs = [...new Set([...s.peers.map((p) => p.sub), ...(connected ? [user] : [])])].sort();
     peersEl.dataset.count = String(subs.length);
     peersEl.title = subs.length === 0 ? "Nobody connected" : `Connected: ${subs.join(", ")}`;
     const key = subs.join("\n");

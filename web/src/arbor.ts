@@ -10,7 +10,9 @@ import {
   type NodeId,
   type NodeView,
   type OpenOptions,
+  type Peer,
   type Position,
+  type PresenceState,
   type RejectedOp,
   type Status,
 } from "./types.js";
@@ -58,6 +60,9 @@ export class Arbor {
   #pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
   #changes = new Set<(c: Changes) => void>();
   #statusListeners = new Set<(s: Status) => void>();
+  #peersListeners = new Set<(peers: Peer[]) => void>();
+  /** The peers as last given to `onPeers` listeners (JSON, to compare). */
+  #peersKey = "[]";
   #status: Status;
 
   private constructor(worker: Worker, status: Status) {
@@ -85,23 +90,21 @@ export class Arbor {
       rejected: 0,
       root,
       rootInTrash: false,
+      presence: null,
     });
     worker.onmessage = (e: MessageEvent<WorkerMsg>) => arbor.#receive(e.data);
     worker.onerror = (e) => {
       for (const p of arbor.#pending.values()) p.reject(new ArborError("worker", e.message));
       arbor.#pending.clear();
     };
-    arbor.#status = (await arbor.#call("open", options.space, options.memory ?? false, root)) as Status;
+    arbor.#setStatus((await arbor.#call("open", options.space, options.memory ?? false, root)) as Status);
     return arbor;
   }
 
   #receive(msg: WorkerMsg): void {
     if ("event" in msg) {
       if (msg.event === "changes") for (const f of this.#changes) f(msg.changes);
-      else {
-        this.#status = msg.status;
-        for (const f of this.#statusListeners) f(msg.status);
-      }
+      else this.#setStatus(msg.status);
       return;
     }
     const p = this.#pending.get(msg.id);
@@ -109,6 +112,15 @@ export class Arbor {
     this.#pending.delete(msg.id);
     if ("err" in msg) p.reject(new ArborError(msg.err.code, msg.err.message));
     else p.resolve(msg.ok);
+  }
+
+  #setStatus(status: Status): void {
+    this.#status = status;
+    for (const f of this.#statusListeners) f(status);
+    const key = JSON.stringify(status.peers);
+    if (key === this.#peersKey) return;
+    this.#peersKey = key;
+    for (const f of this.#peersListeners) f(status.peers);
   }
 
   #call(method: string, ...args: unknown[]): Promise<unknown> {
@@ -196,6 +208,32 @@ export class Arbor {
   onStatus(f: (s: Status) => void): () => void {
     this.#statusListeners.add(f);
     return () => this.#statusListeners.delete(f);
+  }
+
+  /** Shows `state` to the others connected to the thoughtspace (null
+   * clears it), until it is set again: the running sync session sends it
+   * at once, or at most every 100 ms when it changes faster (the latest
+   * wins), again every 10 s while set, and again after every reconnect;
+   * while offline it waits for the next connection. The tabs of this
+   * browser share one connection and so one state: the last one any of
+   * them set (it survives a change of owner tab). Rejects with
+   * `ArborError` `presence_too_large` (and changes nothing) when the state
+   * is over `MAX_PRESENCE_BYTES` of JSON, `bad_presence` when it is not a
+   * presence state. Never stored. */
+  async setPresence(state: PresenceState | null): Promise<void> {
+    await this.#call("setPresence", state);
+  }
+
+  /** The other connections and their presence states (`status().peers`). */
+  peers(): Peer[] {
+    return this.#status.peers;
+  }
+
+  /** Calls `f` whenever the other connections or their presence states
+   * change (a subset of the status changes); returns the unsubscribe. */
+  onPeers(f: (peers: Peer[]) => void): () => void {
+    this.#peersListeners.add(f);
+    return () => this.#peersListeners.delete(f);
   }
 
   /** Closes the worker (this tab's share of the replica). */

@@ -35,13 +35,39 @@ export interface Changes {
   fields: NodeId[];
 }
 
-/** A connection to the same thoughtspace (presence). */
+/** What a connection shows the others of itself (`Arbor.setPresence`):
+ * ephemeral, relayed by the server and never stored. Every key is
+ * optional; the whole state is at most `MAX_PRESENCE_BYTES` of JSON as the
+ * server encodes it (other keys are dropped). */
+export interface PresenceState {
+  /** A display name the application chose (the token's subject is the
+   * peer's `sub`). */
+  user?: string;
+  /** The node the user's cursor is on. */
+  focus?: NodeId;
+  /** The nodes the user has selected. */
+  selection?: NodeId[];
+  /** Whether the user is editing `focus`. */
+  editing?: boolean;
+  /** Anything else (JSON). */
+  data?: unknown;
+}
+
+/** The largest presence state, in bytes of JSON as the server encodes it
+ * (a larger one is refused with `presence_too_large`). */
+export const MAX_PRESENCE_BYTES = 2048;
+
+/** Another connection to the same thoughtspace (presence). */
 export interface Peer {
+  /** The connection's id in the server's room (unique while it is open). */
   conn: number;
   /** The token's subject (the user). */
   sub: string;
   /** The replica id, as a decimal string. */
   replica: string | null;
+  /** Its presence state, or null if it set none (or cleared it, or it
+   * expired). */
+  state: PresenceState | null;
 }
 
 /** What the sync client is doing. */
@@ -63,6 +89,9 @@ export interface Status {
   cursor: number | null;
   /** Local ops not yet acknowledged by the server. */
   outbox: number;
+  /** The other connections to the thoughtspace, with their presence
+   * states. This browser's own connection (shared by its tabs) is left
+   * out. Empty while offline. */
   peers: Peer[];
   /** Cold-start progress (rows loaded of total), while in `cold_start`. */
   progress: { rows: number; total: number; bytes: number } | null;
@@ -80,6 +109,10 @@ export interface Status {
    * server: the replica keeps the root and its contents. Always false for
    * a replica of the whole thoughtspace. */
   rootInTrash: boolean;
+  /** This browser's own presence state for this replica, as the others
+   * see it while connected (the last one any of its tabs set with
+   * `setPresence`); null: none. */
+  presence: PresenceState | null;
 }
 
 /** How to reach the server. */
@@ -124,7 +157,8 @@ export interface RejectedOp {
   message: string;
 }
 
-/** An error from the replica or the worker, with a stable code. */
+/** An error from the replica or the worker, with a stable code
+ * (`presence_too_large` and `bad_presence` for `setPresence`). */
 export class ArborError extends Error {
   constructor(
     public readonly code: string,

@@ -8,6 +8,13 @@
 // A subtree replica is another replica: its lock and channel are named
 // `<space>~<root>` (see `replicaKey`), and its database is in a pool of
 // its own, so it has an owner of its own next to the whole space's.
+//
+// Presence: the tabs share the owner's connection, so they share one
+// presence state, the last one any tab set (`setPresence` is a call like
+// the others, run by the owner). The owner's status carries it
+// (`Status.presence`), so every follower knows it, and a worker that takes
+// ownership sets it on its new replica before connecting: the others keep
+// seeing it across the handover.
 
 import init, { WebReplica } from "../pkg/arbor_client_web.js";
 import { type CallMsg, type WorkerMsg, replicaKey } from "./arbor.js";
@@ -78,6 +85,9 @@ function execute(r: WebReplica, method: string, args: unknown[]): unknown {
       return JSON.parse(r.rejected());
     case "clearRejected":
       return r.clear_rejected();
+    case "setPresence":
+      r.setPresence(s(args[0] ?? null));
+      return null;
     case "connect": {
       wanted = args[0] as ConnectOptions;
       r.connect(wanted.server, wanted.realtime ?? "", wanted.token, wanted.keepaliveMs ?? 0);
@@ -98,6 +108,16 @@ async function becomeOwner(): Promise<void> {
   await init();
   replica = await WebReplica.open(space, memory, root ?? undefined);
   const r = replica;
+  // The presence state the last owner showed (from its status), shown
+  // again by this one.
+  const presence = lastStatus?.presence ?? null;
+  if (presence) {
+    try {
+      r.setPresence(JSON.stringify(presence));
+    } catch (e) {
+      console.warn("arbor: the presence state was not kept:", error(e).message);
+    }
+  }
   r.onChanges((json: string) => {
     const changes = JSON.parse(json) as Changes;
     post({ event: "changes", changes });

@@ -145,6 +145,15 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Bring a subtree back to how it was at a seq (the server says what
+    /// it was): new ops, sent by the next `sync`.
+    Revert {
+        /// The subtree's root.
+        node: String,
+        /// The seq (see `history`).
+        #[arg(long)]
+        to: u64,
+    },
     /// Write a copy of the replica file.
     Export {
         /// Destination file.
@@ -321,6 +330,23 @@ fn main() -> anyhow::Result<()> {
             for line in history(&config, node, limit)? {
                 println!("{line}");
             }
+        }
+        Command::Revert { node, to } => {
+            let node = resolve(&replica, &node)?;
+            let config = sync_config(&replica, cli.token.as_deref())?;
+            let past: arbor_shared::http::SubtreeAtBody =
+                get_json(&config, &format!("/subtree/{node}/at?seq={to}"))?;
+            let report = replica.revert_subtree(&past)?;
+            println!(
+                "moved {} nodes, wrote {} fields back to seq {to}{}; `arbor sync` sends them",
+                report.moved,
+                report.set,
+                if report.skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({} left where they are: a cycle)", report.skipped.len())
+                }
+            );
         }
         Command::Export { file } => {
             replica.export(&file)?;
@@ -500,18 +526,13 @@ fn run_sync(
     })
 }
 
-/// A node's history from the server, one line per entry, newest first.
-fn history(config: &SyncConfig, node: NodeId, limit: u32) -> anyhow::Result<Vec<String>> {
+/// `GET {server}/v1/spaces/{space}{path}` as JSON.
+fn get_json<T: serde::de::DeserializeOwned>(config: &SyncConfig, path: &str) -> anyhow::Result<T> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let url = format!(
-        "{}/v1/spaces/{}/nodes/{node}/history?limit={}",
-        config.server,
-        config.space,
-        limit.clamp(1, 1_000)
-    );
-    let body: arbor_shared::http::NodeHistoryBody = runtime.block_on(async {
+    let url = format!("{}/v1/spaces/{}{path}", config.server, config.space);
+    runtime.block_on(async {
         let r = reqwest::Client::new()
             .get(&url)
             .bearer_auth(&config.token)
@@ -523,7 +544,15 @@ fn history(config: &SyncConfig, node: NodeId, limit: u32) -> anyhow::Result<Vec<
             anyhow::bail!("the server answered {status}: {text}");
         }
         Ok(r.json().await?)
-    })?;
+    })
+}
+
+/// A node's history from the server, one line per entry, newest first.
+fn history(config: &SyncConfig, node: NodeId, limit: u32) -> anyhow::Result<Vec<String>> {
+    let body: arbor_shared::http::NodeHistoryBody = get_json(
+        config,
+        &format!("/nodes/{node}/history?limit={}", limit.clamp(1, 1_000)),
+    )?;
     Ok(body
         .entries
         .iter()

@@ -20,6 +20,7 @@
 //!   pending moves.
 //! - `export.rs`: the replica copied as a new replica file.
 //! - `undo.rs`: undo and redo steps ([`UndoReport`], [`Kept`]).
+//! - `revert.rs`: a subtree brought back to a past seq ([`RevertReport`]).
 
 mod conflicts;
 mod edit;
@@ -29,6 +30,7 @@ pub(crate) mod meta;
 mod outbox;
 mod read;
 mod remote;
+mod revert;
 mod subtree;
 mod undo;
 
@@ -51,6 +53,7 @@ use meta::random_u64;
 pub(crate) use meta::{key, meta_delete, meta_get, meta_i64, meta_set, meta_text, now_ms};
 pub use outbox::RejectedOp;
 pub use read::NodeView;
+pub use revert::RevertReport;
 pub use subtree::SubtreeFrame;
 pub use undo::{Kept, MAX_UNDO_STEPS, UndoReport};
 

@@ -340,23 +340,10 @@ impl Replica {
                             }
                             // A create undone: the node is deleted (last
                             // under TRASH).
-                            None => {
-                                let last: Option<Vec<u8>> = tx
-                                    .prepare_cached(
-                                        "SELECT key FROM nodes WHERE parent = ?1 AND id <> ?2
-                                         ORDER BY key DESC, id DESC LIMIT 1",
-                                    )?
-                                    .query_row(
-                                        rusqlite::params![id_blob(NodeId::TRASH), id_blob(node)],
-                                        |r| r.get(0),
-                                    )
-                                    .optional()?;
-                                let last = last.map(|k| key_from_blob(&k)).transpose()?;
-                                Place {
-                                    parent: NodeId::TRASH,
-                                    key: self.keys.between(last.as_ref(), None)?,
-                                }
-                            }
+                            None => Place {
+                                parent: NodeId::TRASH,
+                                key: key_last(&tx, &mut self.keys, NodeId::TRASH, node)?,
+                            },
                         };
                         Op::Move(MoveOp {
                             stamp: self.clock.tick(now_ms())?,
@@ -411,4 +398,25 @@ impl Replica {
         self.outbox_grew.notify_one();
         Ok(report)
     }
+}
+
+/// A key after every child of `parent` but `node`, read in `conn`'s
+/// transaction.
+pub(super) fn key_last(
+    conn: &rusqlite::Connection,
+    keys: &mut arbor_shared::KeyGen,
+    parent: NodeId,
+    node: NodeId,
+) -> Result<arbor_shared::OrderKey> {
+    let last: Option<Vec<u8>> = conn
+        .prepare_cached(
+            "SELECT key FROM nodes WHERE parent = ?1 AND id <> ?2
+             ORDER BY key DESC, id DESC LIMIT 1",
+        )?
+        .query_row(rusqlite::params![id_blob(parent), id_blob(node)], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    let last = last.map(|k| key_from_blob(&k)).transpose()?;
+    Ok(keys.between(last.as_ref(), None)?)
 }

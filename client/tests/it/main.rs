@@ -14,6 +14,7 @@ mod conflicts;
 mod harness;
 mod local;
 mod presence;
+mod revert;
 mod sync;
 mod transcripts;
 mod undo;

@@ -13,7 +13,7 @@
 //! - `spaces.rs`: create, fork.
 //! - `ops.rs`: ingest, group ingest (the Durable Object's), catch-up.
 //! - `children.rs`: the children endpoint.
-//! - `history.rs`: the node history endpoint.
+//! - `history.rs`: a node's history, a subtree at a seq.
 //! - `websocket.rs`: the realtime upgrade.
 //! - `upstream.rs`: the Durable Object's upstream socket (group commits).
 //! - `snapshots.rs`: snapshot, subtree snapshot, export, import.
@@ -211,6 +211,10 @@ fn api_routes(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route(
             "/v1/spaces/{space}/subtree/changes",
             post(subtree::subtree_changes),
+        )
+        .route(
+            "/v1/spaces/{space}/subtree/{node}/at",
+            get(history::subtree_at),
         )
         .route("/v1/spaces/{space}/fork", post(spaces::fork))
         .route("/v1/spaces/{space}/export", get(snapshots::export))

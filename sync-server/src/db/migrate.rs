@@ -102,6 +102,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0016_node_history.sql",
         sql: include_str!("../../../migrations/0016_node_history.sql"),
     },
+    Migration {
+        version: 17,
+        name: "0017_subtree_at.sql",
+        sql: include_str!("../../../migrations/0017_subtree_at.sql"),
+    },
 ];
 
 /// Key of the session advisory lock held while migrating (two-int form, so it

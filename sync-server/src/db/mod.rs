@@ -33,7 +33,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 pub use apply::{MAX_BATCH, Pusher};
 pub use error::{DbError, RejectCode};
 pub(crate) use error::{map_pg, pg_message, with_sources};
-pub use history::{HistoryEntry, MAX_HISTORY_PAGE};
+pub use history::{HistoryEntry, MAX_HISTORY_PAGE, MAX_SUBTREE_AT, SubtreeAt, SubtreeAtRefusal};
 pub use migrate::{
     MIGRATIONS, Migration, apply_ops_0002, migrate, restore_pass_0002, restore_pass_reference,
 };
