@@ -35,8 +35,11 @@ if ((${#missing[@]})); then
 fi
 
 cd "$repo_root/web"
-if [[ ! -x node_modules/.bin/esbuild || ! -d node_modules/playwright-core ]]; then
-  log "npm ci (esbuild, typescript, playwright-core)"
+# npm ci when node_modules is missing or older than the lockfile (npm keeps
+# its own copy of what it installed in node_modules/.package-lock.json).
+if [[ ! -x node_modules/.bin/esbuild || ! -d node_modules/playwright-core ||
+      package-lock.json -nt node_modules/.package-lock.json ]]; then
+  log "npm ci (esbuild, typescript, playwright-core, React types)"
   npm ci --no-audit --no-fund --loglevel=error </dev/null
 fi
 

@@ -11,6 +11,8 @@
 //!   delete, restore, set, children, node, count), change and status
 //!   callbacks, `connect` / `disconnect`, and `setPresence` (this
 //!   replica's presence state, kept across sessions).
+//! - [`history`]: undo and redo, the conflict list, a node's history
+//!   from the server and reverting a subtree to a past seq.
 //! - [`sync`]: the browser driver of `arbor_client::session` (the same
 //!   session the native client drives): the `web-sys` WebSocket, one
 //!   timer, and the streamed cold start over `fetch`.
@@ -20,6 +22,7 @@
 //! Values cross the boundary as JSON strings (parsed by the worker), which
 //! keeps the binding small and the types in one place (`web/src/types.ts`).
 
+pub mod history;
 pub mod js;
 pub mod sync;
 
@@ -110,6 +113,9 @@ pub(crate) struct Inner {
     /// Bumped by `connect` and `disconnect`: a sync loop whose generation
     /// is no longer current stops at its next step.
     pub(crate) generation: Cell<u64>,
+    /// The server and token of the last `connect` (none after
+    /// `disconnect`): history and revert read the server with them.
+    pub(crate) http: RefCell<Option<history::Http>>,
     /// Wakes the running session (a local write queued ops; a disconnect).
     pub(crate) wake: RefCell<Option<futures_channel::mpsc::UnboundedSender<sync::Event>>>,
 }
@@ -132,6 +138,7 @@ impl Inner {
             "parents": ids(&all.parents),
             "moved": ids(&all.moved),
             "fields": ids(&all.fields),
+            "conflicts": all.conflicts.iter().map(history::conflict_json).collect::<Vec<_>>(),
         })
         .to_string();
         if let Some(f) = self.on_changes.borrow().as_ref() {
@@ -356,6 +363,7 @@ impl WebReplica {
                 presence: None,
             }),
             generation: Cell::new(0),
+            http: RefCell::new(None),
             wake: RefCell::new(None),
         });
         Ok(WebReplica { inner })
@@ -531,6 +539,10 @@ impl WebReplica {
         if let Some(w) = self.inner.wake.borrow_mut().take() {
             let _ = w.unbounded_send(sync::Event::Stop);
         }
+        *self.inner.http.borrow_mut() = Some(history::Http {
+            server: server.clone(),
+            token: token.clone(),
+        });
         let config = sync::Config {
             server,
             realtime: (!realtime.is_empty()).then_some(realtime),
@@ -575,6 +587,7 @@ impl WebReplica {
     /// Stops syncing; local edits keep queueing.
     pub fn disconnect(&self) {
         self.inner.generation.set(self.inner.generation.get() + 1);
+        *self.inner.http.borrow_mut() = None;
         if let Some(w) = self.inner.wake.borrow_mut().take() {
             let _ = w.unbounded_send(sync::Event::Stop);
         }

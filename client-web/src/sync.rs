@@ -432,7 +432,7 @@ fn publish(inner: &Inner, s: &SyncStatus) {
 }
 
 /// A GET with the bearer token, from the worker's global scope.
-async fn fetch(url: &str, token: &str) -> Result<web_sys::Response, String> {
+pub(crate) async fn fetch(url: &str, token: &str) -> Result<web_sys::Response, String> {
     let headers = web_sys::Headers::new().map_err(|e| js::message(&e))?;
     headers
         .set("authorization", &format!("Bearer {token}"))
@@ -450,7 +450,7 @@ async fn fetch(url: &str, token: &str) -> Result<web_sys::Response, String> {
 }
 
 /// The typed error body of a refusal, if it has one.
-async fn read_error(response: &web_sys::Response) -> Option<ErrorBody> {
+pub(crate) async fn read_error(response: &web_sys::Response) -> Option<ErrorBody> {
     let text = JsFuture::from(response.text().ok()?)
         .await
         .ok()?

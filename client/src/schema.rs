@@ -83,6 +83,28 @@ const MIGRATIONS: &[&str] = &[
          replica INTEGER NOT NULL,
          PRIMARY KEY (node, field)
      ) WITHOUT ROWID;",
+    // 4: local history: every committed op this replica has seen (the
+    // snapshot's log section and every op applied since), by seq, for a
+    // node's history without the server (`replica/history.rs`). A move has
+    // `parent` and `key`, a set `field` (and `value`, NULL: cleared).
+    "CREATE TABLE history (
+         seq       INTEGER PRIMARY KEY,
+         hlc       INTEGER NOT NULL,
+         replica   INTEGER NOT NULL,
+         known_seq INTEGER NOT NULL,
+         node      BLOB NOT NULL,
+         parent    BLOB,
+         key       BLOB,
+         field     TEXT,
+         value     TEXT,
+         restore   INTEGER NOT NULL,
+         author    TEXT,
+         applied   INTEGER
+     );
+     CREATE INDEX history_node ON history (node, seq);
+     -- The last applied move of a node (conflict detection, per remote
+     -- move): without it, a scan of the log per op.
+     CREATE INDEX ops_node ON ops (node, hlc, replica);",
 ];
 
 /// The schema version this build writes.

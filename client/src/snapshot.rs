@@ -6,7 +6,7 @@
 use arbor_shared::snapshot::copy::{Reader, Writer};
 use arbor_shared::snapshot::field::{replica_from_stored, replica_to_stored};
 use arbor_shared::snapshot::{Decoder, Encoder, Event, SnapshotHeader};
-use arbor_shared::{Hlc, Op, Stamp, Tree};
+use arbor_shared::{Hlc, Op, ReplicaId, Stamp, Tree};
 use rusqlite::params;
 
 use crate::replica::{Replica, ReplicaError, key, meta_delete, meta_set};
@@ -68,9 +68,33 @@ const SECTION_FIELDS: [i16; 3] = [3, 5, 13];
 pub fn load_snapshot<E: std::fmt::Display>(
     replica: &mut Replica,
     chunks: impl IntoIterator<Item = Result<bytes::Bytes, E>>,
+    progress: impl FnMut(Progress),
+) -> Result<Loaded, ReplicaError> {
+    load(SnapshotLoad::begin(replica)?, chunks, progress)
+}
+
+/// [`load_snapshot`] for a space's export (or any file whose log section
+/// should become history): every op of the log section also goes into the
+/// replica's history record, with its author from the file's `owners`. A
+/// cold start does not do this: its log section can hold millions of ops,
+/// and the server answers history for them.
+pub fn load_export<E: std::fmt::Display>(
+    replica: &mut Replica,
+    chunks: impl IntoIterator<Item = Result<bytes::Bytes, E>>,
+    progress: impl FnMut(Progress),
+) -> Result<Loaded, ReplicaError> {
+    load(
+        SnapshotLoad::begin(replica)?.with_history(),
+        chunks,
+        progress,
+    )
+}
+
+fn load<E: std::fmt::Display>(
+    mut load: SnapshotLoad<'_>,
+    chunks: impl IntoIterator<Item = Result<bytes::Bytes, E>>,
     mut progress: impl FnMut(Progress),
 ) -> Result<Loaded, ReplicaError> {
-    let mut load = SnapshotLoad::begin(replica)?;
     for chunk in chunks {
         let chunk = chunk.map_err(|e| bad(format!("stream failed: {e}")))?;
         progress(load.push(&chunk)?);
@@ -103,6 +127,8 @@ pub struct SnapshotLoad<'r> {
     done: bool,
     /// The transaction is still open (rolled back on drop).
     open: bool,
+    /// The log section's ops also go into the history record.
+    history: bool,
 }
 
 impl Drop for SnapshotLoad<'_> {
@@ -132,12 +158,20 @@ impl<'r> SnapshotLoad<'r> {
             mine_committed: Vec::new(),
             done: false,
             open: true,
+            history: false,
         };
         load.replica.conn.execute_batch(
-            "DROP INDEX IF EXISTS nodes_children;
+            "DROP INDEX IF EXISTS nodes_children; DROP INDEX IF EXISTS ops_node;
              DELETE FROM nodes; DELETE FROM payloads; DELETE FROM ops;",
         )?;
         Ok(load)
+    }
+
+    /// Also puts the log section's ops into the replica's history record
+    /// ([`load_export`]; unless the replica was opened without one).
+    pub fn with_history(mut self) -> Self {
+        self.history = self.replica.record_history;
+        self
     }
 
     /// Feeds the next bytes of the stream; returns the progress so far.
@@ -160,6 +194,8 @@ impl<'r> SnapshotLoad<'r> {
             "INSERT INTO ops (hlc, replica, node, parent, key, applied, prev_parent, prev_key)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
+        let record_history = self.history;
+        let mut ins_history = tx.prepare_cached(crate::replica::history::INSERT_HISTORY)?;
         decoder.push(chunk);
         while let Some(event) = decoder.next_event().map_err(bad)? {
             match event {
@@ -210,8 +246,38 @@ impl<'r> SnapshotLoad<'r> {
                                     if rep == me {
                                         mine_committed.push((hlc, rep));
                                     }
-                                    if f[3] == Some(b"m") {
-                                        let applied = f[10] == Some(&[1u8][..]);
+                                    // Every logged op is history (a move
+                                    // or a set), with who made it.
+                                    let author = header.as_ref().and_then(|h| {
+                                        h.owners.get(&ReplicaId(replica_from_stored(rep)))
+                                    });
+                                    let is_move = f[3] == Some(b"m");
+                                    let applied = f[10] == Some(&[1u8][..]);
+                                    if record_history {
+                                        ins_history.execute(params![
+                                            int8(f[0])?,
+                                            hlc,
+                                            rep,
+                                            int8(f[9])?,
+                                            blob(f[4], "node")?,
+                                            if is_move {
+                                                Some(blob(f[5], "parent")?)
+                                            } else {
+                                                None
+                                            },
+                                            if is_move {
+                                                Some(blob(f[6], "key")?)
+                                            } else {
+                                                None
+                                            },
+                                            if is_move { None } else { text(f[7])? },
+                                            if is_move { None } else { text(f[8])? },
+                                            rep == replica_to_stored(0),
+                                            author,
+                                            is_move.then_some(applied),
+                                        ])?;
+                                    }
+                                    if is_move {
                                         ins_op.execute(params![
                                             hlc,
                                             rep,
@@ -270,7 +336,10 @@ impl<'r> SnapshotLoad<'r> {
         let mine_committed = std::mem::take(&mut self.mine_committed);
         let replica = &mut *self.replica;
         let tx = &replica.conn;
-        tx.execute_batch("CREATE INDEX nodes_children ON nodes (parent, key, id);")?;
+        tx.execute_batch(
+            "CREATE INDEX nodes_children ON nodes (parent, key, id);
+             CREATE INDEX ops_node ON ops (node, hlc, replica);",
+        )?;
         meta_set(
             tx,
             key::CURSOR,
@@ -296,6 +365,8 @@ impl<'r> SnapshotLoad<'r> {
             // feed is state: `replica/subtree.rs`); the snapshot's state
             // stands without the snapshot's log.
             tx.execute("DELETE FROM ops", [])?;
+            // Nor does it keep history (its feed carries no ops).
+            tx.execute("DELETE FROM history", [])?;
             meta_delete(tx, key::ROOT_IN_TRASH)?;
         }
         // Rebase the outbox.

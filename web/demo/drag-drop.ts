@@ -3,9 +3,10 @@
 // The upper quarter of a row drops before it, the lower quarter after it,
 // the middle makes the dragged node its last child; below the last row is
 // the end of the outline's top (ROOT, or a subtree outline's root). A drop
-// into the dragged node's own subtree is refused.
+// into the dragged node's own subtree is refused. Dragging a selected row
+// moves every selected row, in order (selection.ts).
 
-import type { NodeId } from "../src/arbor.js";
+import type { NodeId, Position } from "../src/arbor.js";
 import { TEMP_PREFIX } from "./edit-queue.js";
 import type { Outline } from "./outline.js";
 import { rowOf } from "./row-element.js";
@@ -104,14 +105,18 @@ export class DragDrop {
     this.#endDrag();
     if (!id || !drop) return;
     e.preventDefault();
+    // A selected row drags every selected row along (one undo step).
+    const many = o.selection.size > 1 && o.selection.has(id) ? o.selection.ids() : null;
+    const move = (parent: NodeId, pos: Position) => (many ? o.edits.moveMany(many, parent, pos) : o.edits.move(id, parent, pos));
     if (drop.kind === "end") {
-      void o.edits.move(id, o.top, "last");
+      void move(o.top, "last");
       return;
     }
     const target = o.model.row(drop.target);
     if (!target || o.model.isAncestorOrSelf(id, drop.target)) return;
-    if (drop.kind === "inside") void o.edits.move(id, drop.target, "last");
-    else void o.edits.move(id, target.parent, drop.kind === "before" ? { before: drop.target } : { after: drop.target });
+    if (many?.some((m) => o.model.isAncestorOrSelf(m, drop.target))) return;
+    if (drop.kind === "inside") void move(drop.target, "last");
+    else void move(target.parent, drop.kind === "before" ? { before: drop.target } : { after: drop.target });
   }
 
   /** Shows where a drop would go (drop-before/-after/-inside on the row,

@@ -1,7 +1,8 @@
 // The tree edits the outline offers: create, indent, outdent, move, delete and restore.
 //
 // Each one is shown at once and then made by the worker, in order (see
-// edit-queue.ts).
+// edit-queue.ts), and each is one undo step (a create together with the
+// title typed into the new row; see undo.ts).
 
 import { type NodeId, type NodeView, type Position, TRASH } from "../src/arbor.js";
 import { TEMP_PREFIX } from "./edit-queue.js";
@@ -38,8 +39,10 @@ export class Edits {
     if (!sibs || k <= 0) return Promise.resolve();
     const prev = sibs[k - 1];
     const reload = this.#openForDrop(prev.id, prev.hasChildren);
-    const done = queue.structural("Could not indent", { view: row.view, from: row.parent, to: prev.id, pos: "last", resolvedSeq: null }, () =>
-      arbor.move(queue.must(row.id), queue.must(prev.id), "last"),
+    const done = this.#o.steps.action(() =>
+      queue.structural("Could not indent", { view: row.view, from: row.parent, to: prev.id, pos: "last", resolvedSeq: null }, () =>
+        arbor.move(queue.must(row.id), queue.must(prev.id), "last"),
+      ),
     );
     if (reload) void this.#o.loader.reload(prev.id);
     return done.then(() => undefined);
@@ -54,9 +57,11 @@ export class Edits {
     const parentRow = model.row(row.parent);
     if (!parentRow) return Promise.resolve();
     const pos: Position = { after: parentRow.id };
-    return queue
-      .structural("Could not outdent", { view: row.view, from: row.parent, to: parentRow.parent, pos, resolvedSeq: null }, () =>
-        arbor.move(queue.must(row.id), queue.must(parentRow.parent), queue.mustPos(pos)),
+    return this.#o.steps
+      .action(() =>
+        queue.structural("Could not outdent", { view: row.view, from: row.parent, to: parentRow.parent, pos, resolvedSeq: null }, () =>
+          arbor.move(queue.must(row.id), queue.must(parentRow.parent), queue.mustPos(pos)),
+        ),
       )
       .then(() => undefined);
   }
@@ -72,15 +77,48 @@ export class Edits {
     const row = model.row(id);
     if (!row) {
       // Not on screen (dragged from another tab): just ask the replica.
-      return queue.enqueue("Could not move", () => arbor.move(queue.must(id), queue.must(parent), queue.mustPos(pos))).then(() => undefined);
+      return this.#o.steps
+        .action(() => queue.enqueue("Could not move", () => arbor.move(queue.must(id), queue.must(parent), queue.mustPos(pos))))
+        .then(() => undefined);
     }
     const target = model.row(parent);
     const reload = target ? this.#openForDrop(parent, target.view.hasChildren) : false;
-    const done = queue.structural("Could not move", { view: row.view, from: row.parent, to: parent, pos, resolvedSeq: null }, () =>
-      arbor.move(queue.must(id), queue.must(parent), queue.mustPos(pos)),
+    const done = this.#o.steps.action(() =>
+      queue.structural("Could not move", { view: row.view, from: row.parent, to: parent, pos, resolvedSeq: null }, () =>
+        arbor.move(queue.must(id), queue.must(parent), queue.mustPos(pos)),
+      ),
     );
     if (reload) void this.#o.loader.reload(parent);
     return done.then(() => undefined);
+  }
+
+  /** Moves the nodes `ids` (in this order) to `parent` at `pos`, one after
+   * the other, as one undo step (a multi-select drag). */
+  moveMany(ids: NodeId[], parent: NodeId, pos: Position): Promise<void> {
+    const { model, queue } = this.#o;
+    parent = queue.real(parent);
+    const ref = typeof pos === "object" ? queue.real("before" in pos ? pos.before : pos.after) : null;
+    const moving = ids.map((id) => queue.real(id)).filter((id) => id !== ref && !model.isAncestorOrSelf(id, parent));
+    return this.#o.steps
+      .action(async () => {
+        let at = pos;
+        const done: Promise<void>[] = [];
+        for (const id of moving) {
+          done.push(this.move(id, parent, at));
+          at = { after: id };
+        }
+        await Promise.all(done);
+      })
+      .then(() => undefined);
+  }
+
+  /** Moves the nodes `ids` to TRASH as one undo step (a multi-select delete). */
+  removeMany(ids: NodeId[]): Promise<void> {
+    return this.#o.steps
+      .action(async () => {
+        await Promise.all(ids.map((id) => this.remove(id)));
+      })
+      .then(() => undefined);
   }
 
   /** Moves `id` to TRASH; with `focusNext`, focus goes to the next row. */
@@ -97,23 +135,29 @@ export class Edits {
       const next = j < rows.length ? rows[j].id : i > 0 ? rows[i - 1].id : null;
       if (next) o.rowFocus.want(next, "end");
     }
-    return queue
-      .structural("Could not delete", { view: row.view, from: row.parent, to: TRASH, pos: "last", resolvedSeq: null }, async () => {
-        const real = queue.must(row.view.id);
-        await o.titles.saveNow(real);
-        await o.arbor.delete(real);
-        o.onTrashChanged?.();
-      })
+    return o.steps
+      .action(() =>
+        queue.structural("Could not delete", { view: row.view, from: row.parent, to: TRASH, pos: "last", resolvedSeq: null }, async () => {
+          const real = queue.must(row.view.id);
+          await o.titles.saveNow(real);
+          await o.arbor.delete(real);
+          o.onTrashChanged?.();
+        }),
+      )
       .then(() => undefined);
   }
 
   /** Brings a deleted node back (to where it was deleted from). */
   restore(id: NodeId): Promise<void> {
     const o = this.#o;
-    return o.queue.enqueue("Could not restore", async () => {
-      await o.arbor.restore(id);
-      o.onTrashChanged?.();
-    });
+    return o.steps
+      .action(() =>
+        o.queue.enqueue("Could not restore", async () => {
+          await o.arbor.restore(id);
+          o.onTrashChanged?.();
+        }),
+      )
+      .then(() => undefined);
   }
 
   /** Shows a placeholder row right away (focused, so typing goes into it
@@ -127,6 +171,9 @@ export class Edits {
     // (binary searches step over it) until a read places it by its real key.
     const view: NodeView = { id: temp, key: "", fields: { title: "" }, hasChildren: false };
     o.rowFocus.want(temp, "start");
+    // One undo step with the title typed into it: open until the row's
+    // editing ends (undo.ts).
+    o.steps.beginFor(temp);
     return queue.structural("Could not create a node", { view, from: null, to: parent, pos, resolvedSeq: null }, async () => {
       const id = await o.arbor.create(queue.must(parent), queue.mustPos(pos), { title: "" });
       queue.adopt(temp, view, id);

@@ -1,4 +1,6 @@
-// Keyboard commands: Enter, Tab, Shift+Tab, arrows, Delete, Ctrl+Backspace and Escape in a title.
+// Keyboard commands: Enter, Tab, Shift+Tab, arrows, Delete, Ctrl+Backspace and Escape in a title
+// (Shift+arrows extend the selection; Delete and Ctrl+Backspace on a
+// selected row delete every selected row). Undo and redo keys: undo.ts.
 
 import type { Outline } from "./outline.js";
 import { rowOf } from "./row-element.js";
@@ -39,7 +41,19 @@ function onTitleKey(o: Outline, e: KeyboardEvent): void {
       break;
     case "ArrowUp":
     case "ArrowDown": {
-      if (e.altKey || e.shiftKey) return;
+      if (e.altKey) return;
+      if (e.shiftKey) {
+        if (mod) return;
+        // Extend the selection to the next row up or down.
+        e.preventDefault();
+        const i = o.model.pos(id);
+        const rows = o.model.rows;
+        const j = i === undefined ? -1 : i + (e.key === "ArrowDown" ? 1 : -1);
+        if (j < 0 || j >= rows.length) break;
+        o.selection.extendTo(rows[j].id);
+        o.focus(rows[j].id, input.selectionStart ?? "end");
+        break;
+      }
       e.preventDefault();
       const down = e.key === "ArrowDown";
       if (mod) {
@@ -57,16 +71,28 @@ function onTitleKey(o: Outline, e: KeyboardEvent): void {
     case "Backspace":
       if (!mod) return;
       e.preventDefault();
-      void o.edits.remove(id, true);
+      removeRowOrSelection(o, id);
       break;
     case "Delete":
       // Delete removes the node unless text is selected (then it deletes the text).
       if (input.selectionStart !== input.selectionEnd) return;
       e.preventDefault();
-      void o.edits.remove(id, true);
+      removeRowOrSelection(o, id);
       break;
     case "Escape":
-      input.blur();
+      if (o.selection.size > 0) o.selection.clear();
+      else input.blur();
       break;
+  }
+}
+
+/** Deletes the selected rows if `id` is one of several selected, else `id`. */
+function removeRowOrSelection(o: Outline, id: string): void {
+  if (o.selection.size > 1 && o.selection.has(id)) {
+    const ids = o.selection.ids();
+    o.selection.clear();
+    void o.edits.removeMany(ids);
+  } else {
+    void o.edits.remove(id, true);
   }
 }

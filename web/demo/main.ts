@@ -1,5 +1,5 @@
 // Arbor's demo outliner: startup, the header's buttons (offline toggle,
-// add, trash), the empty-outline hint and `window.outline`. The sync status
+// add, history, trash, the conflicts badge), the empty-outline hint and `window.outline`. The sync status
 // (state, peers, cold-start progress, storage warning) is in sync-status.ts,
 // the outline itself in outline.ts.
 //
@@ -15,6 +15,8 @@
 // data-sub), from presence.ts.
 
 import { Arbor, type NodeId, ROOT, type Status, type SyncState } from "../src/arbor.js";
+import { ConflictsIndicator } from "./conflicts.js";
+import { HistoryPanel } from "./history-panel.js";
 import { Outline, type RowInfo } from "./outline.js";
 import { Presence } from "./presence.js";
 import { SyncStatus } from "./sync-status.js";
@@ -210,6 +212,11 @@ async function main(): Promise<void> {
     rowCount = n;
     renderEmpty();
   };
+  // The conflicts badge next to the status (conflicts.ts); undo and redo
+  // keys are the outline's (undo.ts).
+  new ConflictsIndicator(arbor);
+  // The focused row's history from the server, with "Revert to here".
+  new HistoryPanel(arbor, view);
   const trash = new TrashPanel(arbor, view, byTestId("trash"), byTestId("trash-list"), trashBtn);
   view.onTrashChanged = () => void trash.reload();
   byTestId("trash-close").addEventListener("click", () => trash.setOpen(false));

@@ -12,6 +12,8 @@
 //   focus.ts          which row has keyboard focus
 //   keyboard.ts       keyboard commands
 //   drag-drop.ts      drag and drop of rows
+//   undo.ts           which edits make one undo step; Ctrl+Z, Ctrl+Shift+Z, Ctrl+Y
+//   selection.ts      multi-select (Ctrl+click, Shift+click, Shift+arrows)
 //
 // The parts reach each other through the Outline instance they are given.
 
@@ -25,8 +27,10 @@ import { wireKeyboard } from "./keyboard.js";
 import { Loader } from "./loader.js";
 import { Model } from "./model.js";
 import { rowOf } from "./row-element.js";
+import { Selection } from "./selection.js";
 import { Titles } from "./titles.js";
 import { onNextFrame } from "./ui.js";
+import { UndoSteps } from "./undo.js";
 import { Viewport } from "./virtual-scroll.js";
 
 /** A visible row as `rows()` reports it. */
@@ -62,6 +66,8 @@ export class Outline {
   readonly viewport: Viewport;
   readonly rowFocus: RowFocus;
   readonly dragDrop: DragDrop;
+  readonly steps: UndoSteps;
+  readonly selection: Selection;
 
   #loaded = false;
   #rebuildScheduled = false;
@@ -80,6 +86,8 @@ export class Outline {
     this.titles = new Titles(this);
     this.rowFocus = new RowFocus(this);
     this.viewport = new Viewport(this, scroller, spacer);
+    this.steps = new UndoSteps(this);
+    this.selection = new Selection(this);
     this.#wireRows();
     wireKeyboard(this, scroller);
     this.dragDrop = new DragDrop(this, scroller);
@@ -234,6 +242,13 @@ export class Outline {
       const id = rowEl?.dataset.id;
       if (!rowEl || !id) return;
       const t = e.target as Element;
+      if ((e.ctrlKey || e.metaKey || e.shiftKey) && !t.closest("button")) {
+        // Multi-select (selection.ts).
+        e.preventDefault();
+        if (e.shiftKey) this.selection.extendTo(id);
+        else this.selection.toggle(id);
+        return;
+      }
       if (t.closest('[data-testid="toggle"]')) this.toggle(id);
       else if (t.closest('[data-testid="delete"]')) void this.edits.remove(id, this.rowFocus.focusedId === id);
       else if (!t.closest("input")) this.focus(id, "end");
@@ -243,7 +258,9 @@ export class Outline {
       const t = e.target;
       if (!(t instanceof HTMLInputElement) || !t.classList.contains("title")) return;
       const id = rowOf(t)?.dataset.id;
-      if (id) this.titles.onInput(id, t.value);
+      if (!id) return;
+      this.steps.beginFor(id); // typing into a title: one step until the row's editing ends
+      this.titles.onInput(id, t.value);
     });
 
     sc.addEventListener("focusin", (e) => {
@@ -255,6 +272,7 @@ export class Outline {
       const id = rowOf(e.target)?.dataset.id;
       if (!id) return;
       if (e.target instanceof HTMLInputElement) void this.titles.saveNow(id);
+      if (rowOf(e.relatedTarget)?.dataset.id !== id) this.steps.endFor(id);
       if (rowOf(e.relatedTarget)?.dataset.id !== id && this.rowFocus.focusedId === id) this.rowFocus.focusedId = null;
     });
   }

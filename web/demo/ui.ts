@@ -40,11 +40,25 @@ export function showError(e: unknown, context?: string): void {
   const el = document.querySelector<HTMLElement>('[data-testid="error"]');
   if (!el) return;
   el.textContent = context ? `${context}: ${describe(e)}` : describe(e);
+  el.classList.remove("notice");
   el.hidden = false;
   window.clearTimeout(toastTimer);
   toastTimer = window.setTimeout(() => {
     el.hidden = true;
   }, 8000);
+}
+
+/** Shows a message that is not an error in the toast for a few seconds. */
+export function showNotice(text: string): void {
+  const el = document.querySelector<HTMLElement>('[data-testid="error"]');
+  if (!el) return;
+  el.textContent = text;
+  el.classList.add("notice");
+  el.hidden = false;
+  window.clearTimeout(toastTimer);
+  toastTimer = window.setTimeout(() => {
+    el.hidden = true;
+  }, 5000);
 }
 
 /** Runs `fn` once on the next animation frame, or after 50 ms if frames are

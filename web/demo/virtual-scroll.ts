@@ -148,6 +148,7 @@ export class Viewport {
       title: titles.of(row),
       typed: titles.isTyped(row.id),
     });
+    this.#o.selection.paint(row.id, r.el);
     this.#o.onRowPainted?.(row.id, r.el);
     return r.el;
   }

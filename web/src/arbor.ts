@@ -6,7 +6,9 @@
 import {
   ArborError,
   type Changes,
+  type Conflict,
   type ConnectOptions,
+  type HistoryPage,
   type NodeId,
   type NodeView,
   type OpenOptions,
@@ -14,7 +16,9 @@ import {
   type Position,
   type PresenceState,
   type RejectedOp,
+  type RevertReport,
   type Status,
+  type UndoReport,
 } from "./types.js";
 
 export * from "./types.js";
@@ -183,7 +187,89 @@ export class Arbor {
     return (await this.#call("clearRejected")) as number;
   }
 
-  /** Calls `f` after every change (local or remote); returns the unsubscribe. */
+  // ---------------------------------------------------------------- undo and redo
+
+  /** Opens an undo step: the edits until the matching `endStep` are undone
+   * together (a create with its title, a multi-select move). Steps nest;
+   * the outermost counts. Every write outside a step is a step of its own.
+   * The replica (and so its undo history) is shared by the tabs of this
+   * browser: an edit made in another tab while a step is open joins it. */
+  async beginStep(): Promise<void> {
+    await this.#call("beginStep");
+  }
+
+  /** Closes the step `beginStep` opened. */
+  async endStep(): Promise<void> {
+    await this.#call("endStep");
+  }
+
+  /** Undoes the last step (closing an open one first) as new ops that sync
+   * like any edit; resolves to what it did, or null if there was nothing
+   * to undo. What others changed since is left as they made it
+   * (`UndoReport.kept`). */
+  async undo(): Promise<UndoReport | null> {
+    return (await this.#call("undo")) as UndoReport | null;
+  }
+
+  /** Redoes the last undone step (while nothing new was edited since); null
+   * if there is none. */
+  async redo(): Promise<UndoReport | null> {
+    return (await this.#call("redo")) as UndoReport | null;
+  }
+
+  /** Whether there is a step to undo. */
+  async canUndo(): Promise<boolean> {
+    return (await this.#call("canUndo")) as boolean;
+  }
+
+  /** Whether there is a step to redo. */
+  async canRedo(): Promise<boolean> {
+    return (await this.#call("canRedo")) as boolean;
+  }
+
+  // ---------------------------------------------------------------- conflicts
+
+  /** The conflict list, newest first, at most `limit` (default 100; the
+   * replica keeps the last 1,000). New conflicts also arrive with change
+   * events (`Changes.conflicts`, see `subscribe`). */
+  async conflicts(limit = 100): Promise<Conflict[]> {
+    return (await this.#call("conflicts", limit)) as Conflict[];
+  }
+
+  /** Empties the conflict list; resolves to how many it held. */
+  async clearConflicts(): Promise<number> {
+    return (await this.#call("clearConflicts")) as number;
+  }
+
+  // ---------------------------------------------------------------- history
+
+  /** A page of `node`'s history from the server, newest first: its moves,
+   * the restore rule's moves of it and its field writes, with seq below
+   * `before` (default: from the newest), at most `limit` (1 to 1,000,
+   * default 100). Read with the connection's server and token: rejects
+   * with `unavailable` while not connected, and with the server's code
+   * otherwise (`out_of_scope` for a token limited to a subtree).
+   * `local: true` reads this replica's own record instead: no network,
+   * works offline, holds the seqs since this replica's first sync (or the
+   * whole log after loading an export); `headSeq` is the replica's cursor. */
+  async history(
+    node: NodeId,
+    opts: { before?: number; limit?: number; local?: boolean } = {},
+  ): Promise<HistoryPage> {
+    const method = opts.local ? "localHistory" : "history";
+    return (await this.#call(method, node, opts.before ?? null, opts.limit ?? 100)) as HistoryPage;
+  }
+
+  /** Brings the subtree of `node` back to how it was at `seq` (the server
+   * says what it was: `GET .../subtree/{node}/at?seq=`) as new ops, in one
+   * undo step: they sync like any edit, so every replica ends with the
+   * subtree as it was. Needs the connection, like `history`. */
+  async revertSubtree(node: NodeId, seq: number): Promise<RevertReport> {
+    return (await this.#call("revertSubtree", node, seq)) as RevertReport;
+  }
+
+  /** Calls `f` after every change (local or remote); returns the unsubscribe.
+   * A change carries the conflicts its ops caused (`Changes.conflicts`). */
   subscribe(f: (c: Changes) => void): () => void {
     this.#changes.add(f);
     return () => this.#changes.delete(f);

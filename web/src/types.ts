@@ -33,6 +33,115 @@ export interface Changes {
   moved: NodeId[];
   /** Nodes whose fields changed. */
   fields: NodeId[];
+  /** What the ops applied in this change took from this replica's edits,
+   * and the server's restores, newest last (also kept in the conflict list,
+   * `Arbor.conflicts`). Empty for most changes. */
+  conflicts: Conflict[];
+}
+
+/** An op in the JSON shape of docs/PROTOCOL.md ("Ops"): a move (create,
+ * move, delete = a move under TRASH, restore) or a field write. */
+export type OpJson =
+  | { kind: "move"; stamp: string; known_seq: number; node: NodeId; parent: NodeId; key: string }
+  | { kind: "set"; stamp: string; known_seq: number; node: NodeId; field: string; value: string | null };
+
+/** Something this replica wrote that did not stand, or a node the server
+ * brought back (docs/CLIENT.md, "The conflict list"). */
+export type Conflict = {
+  /** The seq of the committed op that caused it. */
+  seq: number;
+  /** The node. */
+  node: NodeId;
+  /** Who made that op (the token subject the server names as its author);
+   * null for the server's restore rule, a skipped move, or an unclaimed
+   * replica. */
+  by: string | null;
+} & (
+  | {
+      /** A value this replica wrote lost last-writer-wins to a concurrent
+       * write of another replica. */
+      kind: "field_overwritten";
+      field: string;
+      /** This replica's value (null: it had cleared the field). */
+      lost: string | null;
+      /** The value that won. */
+      kept: string | null;
+    }
+  | {
+      /** A move this replica made is not in effect: with moves it did not
+       * know of, it would have made a cycle. `parent`: the parent it asked for. */
+      kind: "move_skipped";
+      parent: NodeId;
+    }
+  | {
+      /** A node this replica placed last was moved elsewhere by a
+       * concurrent move that won. `parent`: its parent now. */
+      kind: "move_overridden";
+      parent: NodeId;
+    }
+  | {
+      /** The server's restore rule brought a deleted node back (an edit
+       * inside it was concurrent with the delete). `parent`: where it went. */
+      kind: "restored";
+      parent: NodeId;
+    }
+);
+
+/** An effect an undo or a redo left as someone else made it. */
+export type KeptEffect =
+  /** Someone else moved the node since: their move stands. */
+  | { kind: "moved_since"; node: NodeId }
+  /** Its old parent is deleted or gone: it stays visible where it is. */
+  | { kind: "parent_gone"; node: NodeId; parent: NodeId }
+  /** Its old parent is now below it: moving it back would be a cycle. */
+  | { kind: "would_cycle"; node: NodeId; parent: NodeId }
+  /** Someone else wrote the field since: their value stands. */
+  | { kind: "overwritten"; node: NodeId; field: string };
+
+/** What an undo or a redo did (`Arbor.undo`, `Arbor.redo`). */
+export interface UndoReport {
+  /** Nodes moved back (or deleted, for a create undone) and fields set back. */
+  reverted: number;
+  /** Effects already as they were: nothing written for them. */
+  unchanged: number;
+  /** Effects left as others made them, and why. */
+  kept: KeptEffect[];
+}
+
+/** One op of a node's history on the server (`Arbor.history`). */
+export interface HistoryEntry {
+  /** Its seq in the thoughtspace. */
+  seq: number;
+  /** The op: the node's moves (under TRASH: a delete) and field writes. */
+  op: OpJson;
+  /** `new`, or `restore` (a move appended by the server's restore rule). */
+  origin: "new" | "restore";
+  /** Who made it (the token subject); null for restores and unclaimed replicas. */
+  author: string | null;
+  /** For a move, whether it is in effect (false: skipped as a cycle);
+   * null for a field write. */
+  applied: boolean | null;
+}
+
+/** A page of a node's history, newest first. */
+export interface HistoryPage {
+  entries: HistoryEntry[];
+  /** Ask again with `before` = this for the next (older) page; null: no more. */
+  nextBefore: number | null;
+  /** The thoughtspace's head seq when the page was read. */
+  headSeq: number;
+}
+
+/** What `Arbor.revertSubtree` wrote. */
+export interface RevertReport {
+  /** The seq the subtree was brought back to. */
+  seq: number;
+  /** Nodes moved back to their place then (or to the trash: created since). */
+  moved: number;
+  /** Fields written back (or cleared: set since). */
+  set: number;
+  /** Nodes left where they are: their place then is now below them. */
+  skipped: NodeId[];
 }
 
 /** What a connection shows the others of itself (`Arbor.setPresence`):
@@ -157,8 +266,10 @@ export interface RejectedOp {
   message: string;
 }
 
-/** An error from the replica or the worker, with a stable code
- * (`presence_too_large` and `bad_presence` for `setPresence`). */
+/** An error from the replica, the worker or (for `history` and
+ * `revertSubtree`) the server, with a stable code (`presence_too_large`
+ * and `bad_presence` for `setPresence`; `unavailable` when the server
+ * cannot be reached, or the replica is not connected). */
 export class ArborError extends Error {
   constructor(
     public readonly code: string,

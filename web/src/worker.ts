@@ -15,6 +15,12 @@
 // (`Status.presence`), so every follower knows it, and a worker that takes
 // ownership sets it on its new replica before connecting: the others keep
 // seeing it across the handover.
+//
+// Undo and redo, steps and the conflict list are calls like the others
+// (the undo history lives with the owner's open replica). `history` and
+// `revertSubtree` read the server with the owner's connection (its server
+// and token, from `connect`), so their answer is a promise: the owner
+// replies when it settles (`settle`).
 
 import init, { WebReplica } from "../pkg/arbor_client_web.js";
 import { type CallMsg, type WorkerMsg, replicaKey } from "./arbor.js";
@@ -61,9 +67,12 @@ function error(e: unknown): { code: string; message: string } {
   return { code: "worker", message: e instanceof Error ? e.message : String(e) };
 }
 
-/** Runs a call against the replica this worker owns. */
+/** Runs a call against the replica this worker owns: its answer, or a
+ * promise of it for the calls that read the server (`history`,
+ * `revertSubtree`). The replica sees the calls in the order they came. */
 function execute(r: WebReplica, method: string, args: unknown[]): unknown {
   const s = (v: unknown) => JSON.stringify(v);
+  const parse = (p: Promise<unknown>) => p.then((json) => JSON.parse(json as string) as unknown);
   switch (method) {
     case "create":
       return r.create(args[0] as string, s(args[1] ?? "last"), s(args[2] ?? {}));
@@ -88,6 +97,30 @@ function execute(r: WebReplica, method: string, args: unknown[]): unknown {
     case "setPresence":
       r.setPresence(s(args[0] ?? null));
       return null;
+    case "beginStep":
+      r.beginStep();
+      return null;
+    case "endStep":
+      r.endStep();
+      return null;
+    case "undo":
+      return JSON.parse(r.undo());
+    case "redo":
+      return JSON.parse(r.redo());
+    case "canUndo":
+      return r.canUndo();
+    case "canRedo":
+      return r.canRedo();
+    case "conflicts":
+      return JSON.parse(r.conflicts((args[0] as number | undefined) ?? 100));
+    case "clearConflicts":
+      return r.clearConflicts();
+    case "history":
+      return parse(r.history(args[0] as string, (args[1] as number | null) ?? undefined, (args[2] as number | undefined) ?? 100));
+    case "localHistory":
+      return JSON.parse(r.localHistory(args[0] as string, (args[1] as number | null) ?? undefined, (args[2] as number | undefined) ?? 100));
+    case "revertSubtree":
+      return parse(r.revertSubtree(args[0] as string, args[1] as number));
     case "connect": {
       wanted = args[0] as ConnectOptions;
       r.connect(wanted.server, wanted.realtime ?? "", wanted.token, wanted.keepaliveMs ?? 0);
@@ -140,12 +173,22 @@ async function becomeOwner(): Promise<void> {
   }
 }
 
-function answer(page: number, f: () => unknown): void {
+/** Runs `f` now and hands its answer (awaited, if it is a promise) or its
+ * error to `done`. */
+function settle(f: () => unknown, done: (ok: unknown, err?: { code: string; message: string }) => void): void {
+  let v: unknown;
   try {
-    post({ id: page, ok: f() });
+    v = f();
   } catch (e) {
-    post({ id: page, err: error(e) });
+    done(null, error(e));
+    return;
   }
+  if (v instanceof Promise) v.then((ok: unknown) => done(ok ?? null), (e: unknown) => done(null, error(e)));
+  else done(v);
+}
+
+function answer(page: number, f: () => unknown): void {
+  settle(f, (ok, err) => post(err ? { id: page, err } : { id: page, ok }));
 }
 
 function onPeer(msg: PeerMsg): void {
@@ -153,13 +196,10 @@ function onPeer(msg: PeerMsg): void {
     case "call": {
       if (!replica) return;
       const r = replica;
-      let reply: PeerMsg;
-      try {
-        reply = { kind: "reply", to: msg.from, cid: msg.cid, ok: execute(r, msg.method, msg.args) };
-      } catch (e) {
-        reply = { kind: "reply", to: msg.from, cid: msg.cid, err: error(e) };
-      }
-      channel?.postMessage(reply);
+      settle(
+        () => execute(r, msg.method, msg.args),
+        (ok, err) => channel?.postMessage((err ? { kind: "reply", to: msg.from, cid: msg.cid, err } : { kind: "reply", to: msg.from, cid: msg.cid, ok }) satisfies PeerMsg),
+      );
       return;
     }
     case "reply": {

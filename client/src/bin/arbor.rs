@@ -118,6 +118,10 @@ enum Command {
         /// number (`[depth]`).
         #[arg(long, default_value_t = 32)]
         max_indent: usize,
+        /// Show the subtree as it was at this seq (the server says what it
+        /// was: `GET .../subtree/{id}/at`).
+        #[arg(long)]
+        at: Option<u64>,
     },
     /// Sync with the server: once (until caught up and pushed), or keep
     /// syncing with `--watch`.
@@ -144,6 +148,10 @@ enum Command {
         /// Entries at most.
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Read this replica's own record instead of asking the server
+        /// (offline; it holds the seqs from its first snapshot's log on).
+        #[arg(long)]
+        local: bool,
     },
     /// Bring a subtree back to how it was at a seq (the server says what
     /// it was): new ops, sent by the next `sync`.
@@ -251,7 +259,32 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Tree { node, max_indent } => {
+        Command::Tree {
+            node,
+            max_indent,
+            at: Some(seq),
+        } => {
+            let root = match node {
+                Some(n) => resolve(&replica, &n)?,
+                None => NodeId::ROOT,
+            };
+            let config = sync_config(&replica, cli.token.as_deref())?;
+            let past: arbor_shared::http::SubtreeAtBody =
+                get_json(&config, &format!("/subtree/{root}/at?seq={seq}"))?;
+            if !past.present {
+                anyhow::bail!("{} was not in the tree at seq {seq}", short(root));
+            }
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for line in tree_at_lines(&past, max_indent) {
+                use std::io::Write as _;
+                writeln!(out, "{line}")?;
+            }
+        }
+        Command::Tree {
+            node,
+            max_indent,
+            at: None,
+        } => {
             let root = match node {
                 Some(n) => resolve(&replica, &n)?,
                 None => NodeId::ROOT,
@@ -324,10 +357,16 @@ fn main() -> anyhow::Result<()> {
                 println!("cleared {n} rejected ops");
             }
         }
-        Command::History { node, limit } => {
+        Command::History { node, limit, local } => {
             let node = resolve(&replica, &node)?;
-            let config = sync_config(&replica, cli.token.as_deref())?;
-            for line in history(&config, node, limit)? {
+            let limit = limit.clamp(1, 1_000);
+            let body = if local {
+                replica.history(node, None, limit as usize)?
+            } else {
+                let config = sync_config(&replica, cli.token.as_deref())?;
+                get_json(&config, &format!("/nodes/{node}/history?limit={limit}"))?
+            };
+            for line in history_lines(&body) {
                 println!("{line}");
             }
         }
@@ -547,14 +586,50 @@ fn get_json<T: serde::de::DeserializeOwned>(config: &SyncConfig, path: &str) -> 
     })
 }
 
-/// A node's history from the server, one line per entry, newest first.
-fn history(config: &SyncConfig, node: NodeId, limit: u32) -> anyhow::Result<Vec<String>> {
-    let body: arbor_shared::http::NodeHistoryBody = get_json(
-        config,
-        &format!("/nodes/{node}/history?limit={}", limit.clamp(1, 1_000)),
-    )?;
-    Ok(body
-        .entries
+/// A subtree as it was at a seq, printed as `tree` prints the replica's:
+/// pre-order, children in key order, root excluded.
+fn tree_at_lines(past: &arbor_shared::http::SubtreeAtBody, max_indent: usize) -> Vec<String> {
+    use std::collections::{BTreeMap, HashMap};
+    let mut children: HashMap<NodeId, Vec<(&arbor_shared::OrderKey, NodeId)>> = HashMap::new();
+    for n in &past.nodes {
+        children.entry(n.parent).or_default().push((&n.key, n.id));
+    }
+    for list in children.values_mut() {
+        list.sort();
+    }
+    let mut fields: HashMap<NodeId, BTreeMap<String, String>> = HashMap::new();
+    for r in &past.registers {
+        if let Some(v) = &r.value {
+            fields
+                .entry(r.node)
+                .or_default()
+                .insert(r.field.clone(), v.clone());
+        }
+    }
+    let none = BTreeMap::new();
+    let mut lines = Vec::new();
+    // An explicit stack: chains deeper than 100 must not recurse.
+    let mut stack: Vec<(NodeId, usize)> = children
+        .get(&past.root)
+        .map(|l| l.iter().rev().map(|(_, id)| (*id, 1)).collect())
+        .unwrap_or_default();
+    while let Some((id, depth)) = stack.pop() {
+        lines.push(format!(
+            "{}{}  {}",
+            indent(depth, max_indent),
+            short(id),
+            describe(fields.get(&id).unwrap_or(&none))
+        ));
+        if let Some(l) = children.get(&id) {
+            stack.extend(l.iter().rev().map(|(_, c)| (*c, depth + 1)));
+        }
+    }
+    lines
+}
+
+/// A node's history, one line per entry, newest first.
+fn history_lines(body: &arbor_shared::http::NodeHistoryBody) -> Vec<String> {
+    body.entries
         .iter()
         .map(|e| {
             let who = e.author.as_deref().unwrap_or(match e.origin {
@@ -576,7 +651,7 @@ fn history(config: &SyncConfig, node: NodeId, limit: u32) -> anyhow::Result<Vec<
             };
             format!("{:>8}  {}  {who}  {what}{skipped}", e.seq, e.op.stamp())
         })
-        .collect())
+        .collect()
 }
 
 fn fork(replica: Replica, server: &str, space: &str, token: &str) -> anyhow::Result<()> {

@@ -203,7 +203,7 @@ impl Replica {
         outbox_insert(&tx, &ops)?;
         meta_set(&tx, key::CLOCK, hlc_to_sql(self.clock.last().0)?)?;
         tx.commit()?;
-        self.history.record(effects);
+        self.undo_steps.record(effects);
         self.notify(changes);
         self.outbox_grew.notify_one();
         Ok(())

@@ -19,6 +19,8 @@
 //! - `subtree.rs`: a subtree replica's `subtree` frames, applied under its
 //!   pending moves.
 //! - `export.rs`: the replica copied as a new replica file.
+//! - `history.rs`: local history (every committed op seen, by seq) and a
+//!   node's history read from it.
 //! - `undo.rs`: undo and redo steps ([`UndoReport`], [`Kept`]).
 //! - `revert.rs`: a subtree brought back to a past seq ([`RevertReport`]).
 
@@ -26,6 +28,7 @@ mod conflicts;
 mod edit;
 mod error;
 mod export;
+pub(crate) mod history;
 pub(crate) mod meta;
 mod outbox;
 mod read;
@@ -49,6 +52,7 @@ pub use conflicts::{Conflict, ConflictKind, MAX_CONFLICTS};
 pub use edit::Position;
 pub use error::ReplicaError;
 pub(crate) use error::Result;
+pub use history::MAX_HISTORY_PAGE;
 use meta::random_u64;
 pub(crate) use meta::{key, meta_delete, meta_get, meta_i64, meta_set, meta_text, now_ms};
 pub use outbox::RejectedOp;
@@ -63,6 +67,9 @@ pub struct OpenOptions {
     /// `synchronous=FULL`: every commit survives power loss (an fsync per
     /// local op). Default NORMAL: survives process crashes.
     pub synchronous_full: bool,
+    /// Do not keep the local history record (`history.rs`): committed ops
+    /// are applied without it, one insert less each. Default: kept.
+    pub no_history: bool,
 }
 
 /// A full local replica of one thoughtspace (or one subtree of it).
@@ -77,8 +84,11 @@ pub struct Replica {
     subscribers: Vec<mpsc::Sender<Arc<Changes>>>,
     /// Woken whenever the outbox grows (the sync client waits on it).
     outbox_grew: Arc<tokio::sync::Notify>,
+    /// Whether applied committed ops go into the history record
+    /// ([`OpenOptions::no_history`]).
+    pub(crate) record_history: bool,
     /// The undo and redo stacks (in memory, with the open replica).
-    pub(crate) history: undo::History,
+    pub(crate) undo_steps: undo::UndoStacks,
 }
 
 impl std::fmt::Debug for Replica {
@@ -129,7 +139,8 @@ impl Replica {
             keys: KeyGen::new(replica.0 ^ random_u64()),
             subscribers: Vec::new(),
             outbox_grew: Arc::new(tokio::sync::Notify::new()),
-            history: undo::History::default(),
+            record_history: !options.no_history,
+            undo_steps: undo::UndoStacks::default(),
         })
     }
 

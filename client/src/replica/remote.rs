@@ -39,6 +39,9 @@ impl Replica {
         };
         changes.conflicts = super::conflicts::after_apply(&tx, pending)?;
         super::conflicts::record_own_writes(&tx, self.replica, ops)?;
+        if self.record_history {
+            super::history::record(&tx, ops)?;
+        }
         outbox_delete(
             &tx,
             plain

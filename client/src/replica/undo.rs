@@ -104,7 +104,7 @@ enum Mode {
 
 /// The undo and redo stacks of an open replica.
 #[derive(Debug, Default)]
-pub(crate) struct History {
+pub(crate) struct UndoStacks {
     undo: VecDeque<Step>,
     redo: Vec<Step>,
     /// The step [`Replica::begin_step`] opened, and how deep.
@@ -112,7 +112,7 @@ pub(crate) struct History {
     mode: Mode,
 }
 
-impl History {
+impl UndoStacks {
     /// A committed batch's effects.
     pub(crate) fn record(&mut self, effects: Vec<Effect>) {
         if effects.is_empty() {
@@ -230,32 +230,32 @@ impl Replica {
     /// fields, a multi-select move, an import). Steps nest; the outermost
     /// one counts.
     pub fn begin_step(&mut self) {
-        match &mut self.history.open {
+        match &mut self.undo_steps.open {
             Some((depth, _)) => *depth += 1,
-            None => self.history.open = Some((1, Step::default())),
+            None => self.undo_steps.open = Some((1, Step::default())),
         }
     }
 
     /// Closes the step [`Replica::begin_step`] opened.
     pub fn end_step(&mut self) {
-        let Some((depth, step)) = self.history.open.take() else {
+        let Some((depth, step)) = self.undo_steps.open.take() else {
             return;
         };
         if depth > 1 {
-            self.history.open = Some((depth - 1, step));
+            self.undo_steps.open = Some((depth - 1, step));
         } else if !step.effects.is_empty() {
-            self.history.push_undo(step);
+            self.undo_steps.push_undo(step);
         }
     }
 
     /// Whether there is a step to undo.
     pub fn can_undo(&self) -> bool {
-        !self.history.undo.is_empty()
+        !self.undo_steps.undo.is_empty()
     }
 
     /// Whether there is a step to redo.
     pub fn can_redo(&self) -> bool {
-        !self.history.redo.is_empty()
+        !self.undo_steps.redo.is_empty()
     }
 
     /// Undoes the last step as new ops (they sync like any edit); `None`
@@ -263,7 +263,7 @@ impl Replica {
     /// and reported.
     pub fn undo(&mut self) -> Result<Option<UndoReport>> {
         self.end_open_step();
-        let Some(step) = self.history.undo.pop_back() else {
+        let Some(step) = self.undo_steps.undo.pop_back() else {
             return Ok(None);
         };
         self.revert(step, Mode::Undoing).map(Some)
@@ -273,14 +273,14 @@ impl Replica {
     /// `None` if there is none.
     pub fn redo(&mut self) -> Result<Option<UndoReport>> {
         self.end_open_step();
-        let Some(step) = self.history.redo.pop() else {
+        let Some(step) = self.undo_steps.redo.pop() else {
             return Ok(None);
         };
         self.revert(step, Mode::Redoing).map(Some)
     }
 
     fn end_open_step(&mut self) {
-        while self.history.open.is_some() {
+        while self.undo_steps.open.is_some() {
             self.end_step();
         }
     }
@@ -391,9 +391,9 @@ impl Replica {
         outbox_insert(&tx, &ops)?;
         meta_set(&tx, key::CLOCK, hlc_to_sql(self.clock.last().0)?)?;
         tx.commit()?;
-        self.history.mode = mode;
-        self.history.record(effects);
-        self.history.mode = Mode::Edit;
+        self.undo_steps.mode = mode;
+        self.undo_steps.record(effects);
+        self.undo_steps.mode = Mode::Edit;
         self.notify(changes);
         self.outbox_grew.notify_one();
         Ok(report)

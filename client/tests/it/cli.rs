@@ -65,6 +65,39 @@ async fn two_cli_replicas_edit_offline_and_converge() {
         // The server's history of groceries: made by a, colored and moved
         // by b, newest first.
         let history = arbor(&a, &["history", &groceries[..8]]);
+        // The tree as it was at the head is the tree now; as it was when
+        // groceries was made (a's push, before b colored it), it differs.
+        let status = arbor(&a, &["status"]);
+        let head: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("cursor"))
+            .and_then(|c| c.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no cursor in\n{status}"));
+        assert_eq!(
+            arbor(&a, &["tree", "--at", &head.to_string()]),
+            arbor(&a, &["tree"])
+        );
+        let made: u64 = history
+            .lines()
+            .last()
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|s| s.parse().ok())
+            .unwrap();
+        let then = arbor(&a, &["tree", "--at", &made.to_string()]);
+        // (Places are per push, registers per seq: docs/PROTOCOL.md.)
+        assert!(then.contains(&groceries[..8]), "{then}");
+        assert!(!then.contains("color=green"), "{then}");
+        // The same from each replica's own record, offline, for the seqs
+        // it holds: the newest lines (a replica whose first sync was a
+        // cold start records from that snapshot on).
+        for r in [&a, &b] {
+            let local = arbor(r, &["history", "--local", &groceries[..8]]);
+            assert!(!local.is_empty());
+            assert!(
+                history.starts_with(&local),
+                "{local}\nis not the start of\n{history}"
+            );
+        }
         (ta, tb, ls, exported, history)
     })
     .await

@@ -12,6 +12,7 @@
 mod cli;
 mod conflicts;
 mod harness;
+mod history;
 mod local;
 mod presence;
 mod revert;
