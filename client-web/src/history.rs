@@ -176,16 +176,26 @@ async fn history(
     Ok(history_json(&body))
 }
 
-async fn revert(inner: Rc<Inner>, node: String, seq: f64) -> JsResult<String> {
-    let node = node_id(&node)?;
+/// The subtree of `node` as it was at `seq`, from the server.
+async fn read_subtree_at(inner: &Inner, node: &str, seq: f64) -> JsResult<SubtreeAtBody> {
+    let node = node_id(node)?;
     if !(seq.is_finite() && seq >= 0.0) {
         return Err(err(
             ErrorCode::BadRequest,
             &format!("seq must be a seq, not {seq}"),
         ));
     }
-    let seq = seq as u64;
-    let past: SubtreeAtBody = get_json(&inner, &format!("/subtree/{node}/at?seq={seq}")).await?;
+    get_json(inner, &format!("/subtree/{node}/at?seq={}", seq as u64)).await
+}
+
+async fn subtree_at(inner: Rc<Inner>, node: String, seq: f64) -> JsResult<String> {
+    let past = read_subtree_at(&inner, &node, seq).await?;
+    serde_json::to_string(&past).map_err(|e| err(ErrorCode::Worker, &e.to_string()))
+}
+
+async fn revert(inner: Rc<Inner>, node: String, seq: f64) -> JsResult<String> {
+    let past = read_subtree_at(&inner, &node, seq).await?;
+    let seq = past.seq;
     let report = inner
         .replica_mut()?
         .revert_subtree(&past)
@@ -299,6 +309,14 @@ impl WebReplica {
             .history(node, before, limit.clamp(1, MAX_HISTORY_PAGE) as usize)
             .map_err(replica_err)?;
         Ok(history_json(&body))
+    }
+
+    /// The subtree of `node` as it was at `seq`, read from the server
+    /// (`GET .../subtree/{id}/at?seq=N`): a promise of the server's JSON
+    /// answer as it is (docs/PROTOCOL.md).
+    #[wasm_bindgen(js_name = subtreeAt)]
+    pub fn subtree_at(&self, node: String, seq: f64) -> js_sys::Promise {
+        promise(subtree_at(self.inner.clone(), node, seq))
     }
 
     /// Brings the subtree of `node` back to how it was at `seq` (the server

@@ -321,8 +321,13 @@ async fn main() {
     // The cost of recording place changes (migration 0013): the same
     // batches on a fork, through `apply_ops` with no change tag.
     db.fork("main", "untracked").await.unwrap();
+    // The cost of the node-history index (migration 0016): the same
+    // batches through `Db::apply` on a fork, with the index dropped for
+    // that run only.
+    db.fork("main", "unindexed").await.unwrap();
     setup.batch_execute("VACUUM ANALYZE").await.unwrap();
     let mut tracking = Vec::new();
+    let mut indexing = Vec::new();
     let client = db.client().await.unwrap();
     for (size, count) in plan {
         let mut head = db.space("main").await.unwrap().unwrap().head_seq;
@@ -376,6 +381,31 @@ async fn main() {
             untracked.lat.push(t.elapsed());
             untracked.ops += b.len();
         }
+        setup
+            .batch_execute("DROP INDEX ops_node_seq")
+            .await
+            .unwrap();
+        let mut unindexed = Run::default();
+        for b in &batches {
+            let t = Instant::now();
+            db.apply("unindexed", Some(ReplicaId(REPLICA)), b)
+                .await
+                .unwrap();
+            unindexed.lat.push(t.elapsed());
+            unindexed.ops += b.len();
+        }
+        setup
+            .batch_execute("CREATE INDEX ops_node_seq ON ops (space, node, seq)")
+            .await
+            .unwrap();
+        indexing.push(format!(
+            "| {size} | {:.0} | {:.2} | {:.0} | {:.2} | {:.2}x |",
+            ours.ops_per_s(),
+            ms(ours.pct(0.99)),
+            unindexed.ops_per_s(),
+            ms(unindexed.pct(0.99)),
+            unindexed.ops_per_s() / ours.ops_per_s()
+        ));
         tracking.push(format!(
             "| {size} | {:.0} | {:.2} | {:.0} | {:.2} | {:.2}x |",
             ours.ops_per_s(),
@@ -402,6 +432,14 @@ async fn main() {
     );
     println!("|---|---|---|---|---|---|");
     for line in tracking {
+        println!("{line}");
+    }
+    println!();
+    println!(
+        "| in-order batch | with `ops_node_seq` ops/s | p99 ms | without ops/s | p99 ms | cost of the index |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for line in indexing {
         println!("{line}");
     }
 

@@ -17,6 +17,7 @@ import {
   type PresenceState,
   type RejectedOp,
   type RevertReport,
+  type SubtreeAt,
   type Status,
   type UndoReport,
 } from "./types.js";
@@ -258,6 +259,14 @@ export class Arbor {
   ): Promise<HistoryPage> {
     const method = opts.local ? "localHistory" : "history";
     return (await this.#call(method, node, opts.before ?? null, opts.limit ?? 100)) as HistoryPage;
+  }
+
+  /** The subtree of `node` (ROOT: the whole space) as it was at `seq`,
+   * read from the server with the connection's token (whole-space tokens:
+   * else `out_of_scope`). Needs the connection, like `history`; a seq
+   * outside the server's recorded history is `bad_request`. */
+  async subtreeAt(node: NodeId, seq: number): Promise<SubtreeAt> {
+    return (await this.#call("subtreeAt", node, seq)) as SubtreeAt;
   }
 
   /** Brings the subtree of `node` back to how it was at `seq` (the server

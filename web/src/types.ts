@@ -132,6 +132,26 @@ export interface HistoryPage {
   headSeq: number;
 }
 
+/** A subtree as it was at a seq (`Arbor.subtreeAt`): the server's answer
+ * to `GET .../subtree/{id}/at?seq=N` as it is (docs/PROTOCOL.md). */
+export interface SubtreeAt {
+  /** The seq. */
+  seq: number;
+  /** The subtree's root. */
+  root: NodeId;
+  /** Whether the root was in the tree then (false: `nodes` is empty). */
+  present: boolean;
+  /** Every node below the root then, with its place then (`key`: the order
+   * key in hex; siblings sort by key, then id). */
+  nodes: { id: NodeId; parent: NodeId; key: string }[];
+  /** The registers then of the root and of `nodes` (`value` null: cleared;
+   * `stamp` of the winning write). */
+  registers: { node: NodeId; field: string; value: string | null; stamp: string }[];
+  /** The nodes below the root now that were not below it then, with their
+   * place then as `[parent, key]` (absent: not in the tree then). */
+  elsewhere: { id: NodeId; place?: [NodeId, string] }[];
+}
+
 /** What `Arbor.revertSubtree` wrote. */
 export interface RevertReport {
   /** The seq the subtree was brought back to. */

@@ -119,6 +119,8 @@ function execute(r: WebReplica, method: string, args: unknown[]): unknown {
       return parse(r.history(args[0] as string, (args[1] as number | null) ?? undefined, (args[2] as number | undefined) ?? 100));
     case "localHistory":
       return JSON.parse(r.localHistory(args[0] as string, (args[1] as number | null) ?? undefined, (args[2] as number | undefined) ?? 100));
+    case "subtreeAt":
+      return parse(r.subtreeAt(args[0] as string, args[1] as number));
     case "revertSubtree":
       return parse(r.revertSubtree(args[0] as string, args[1] as number));
     case "connect": {

@@ -260,7 +260,7 @@ test("history lists a node's ops newest first, in pages, from the server or offl
   }
 });
 
-test("revertSubtree brings a subtree back to a past seq, in both browsers", async () => {
+test("subtreeAt reads a subtree at a past seq, and revertSubtree brings it back, in both browsers", async () => {
   const [r, x, y] = await a.evaluate(async (root) => {
     const r = await window.arbor.create(root, "last", { title: "revert root" });
     const x = await window.arbor.create(r, "last", { title: "x" });
@@ -284,6 +284,20 @@ test("revertSubtree brings a subtree back to a past seq, in both browsers", asyn
   );
   await drained(a, "alice");
   await until("bob sees the edits", async () => (await nodeIn(b, z))?.parent === r && (await nodeIn(b, y))?.deleted === true);
+
+  // What the subtree was then, read without changing anything: x and y
+  // under r with their titles, z not yet, the root's title then.
+  const past = await a.evaluate(([r, seq]) => window.arbor.subtreeAt(r, seq), [r, seq]);
+  assert.equal(past.seq, seq);
+  assert.equal(past.root, r);
+  assert.equal(past.present, true);
+  assert.deepEqual(past.nodes.map((n) => n.id).sort(), [x, y].sort());
+  assert.ok(past.nodes.every((n) => n.parent === r && typeof n.key === "string"));
+  const titleThen = (id) => past.registers.find((g) => g.node === id && g.field === "title")?.value;
+  assert.deepEqual([titleThen(r), titleThen(x), titleThen(y)], ["revert root", "x", "y"]);
+  assert.deepEqual(past.elsewhere.map((e) => e.id), [z]);
+  assert.equal(past.elsewhere[0].place, undefined);
+  assert.equal((await nodeIn(a, z))?.parent, r, "reading the past changed nothing");
 
   const report = await a.evaluate(([r, seq]) => window.arbor.revertSubtree(r, seq), [r, seq]);
   assert.equal(report.seq, seq);

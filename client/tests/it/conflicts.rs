@@ -3,18 +3,10 @@
 //! another replica, and the server's restore of a deleted node reach the
 //! replica whose edit did not stand, in the list and in the change events.
 
-use arbor_client::{Conflict, ConflictKind, Position, SharedReplica, SyncStatus, sync_once};
+use arbor_client::{Conflict, ConflictKind, Position, SharedReplica};
 use arbor_shared::NodeId;
-use tokio::sync::watch;
 
 use crate::harness::*;
-
-async fn sync(server: &TestServer, r: &SharedReplica) {
-    let (tx, _rx) = watch::channel(SyncStatus::default());
-    sync_once(r.clone(), server.sync_config("s"), tx, 3)
-        .await
-        .unwrap();
-}
 
 fn kinds(r: &SharedReplica) -> Vec<(NodeId, ConflictKind)> {
     let mut v: Vec<(NodeId, ConflictKind)> = r

@@ -124,3 +124,12 @@ pub fn seed(name: &str) -> u64 {
     eprintln!("{name}: ARBOR_SEED={seed}");
     seed
 }
+
+/// One sync of `r` with space `s` of `server` (until caught up and
+/// pushed), three attempts at most.
+pub async fn sync(server: &TestServer, r: &SharedReplica) {
+    let (tx, _rx) = tokio::sync::watch::channel(SyncStatus::default());
+    arbor_client::sync_once(r.clone(), server.sync_config("s"), tx, 3)
+        .await
+        .unwrap();
+}

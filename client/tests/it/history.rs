@@ -6,20 +6,12 @@
 //! space's export holds it all; trimming forgets the old part only.
 
 use arbor_client::snapshot::load_export;
-use arbor_client::{Position, SharedReplica, SyncStatus, sync_once};
+use arbor_client::{Position, SharedReplica};
 use arbor_shared::NodeId;
 use arbor_shared::auth::Role;
 use arbor_shared::http::{HistoryEntryJson, NodeHistoryBody, Origin};
-use tokio::sync::watch;
 
 use crate::harness::*;
-
-async fn sync(server: &TestServer, r: &SharedReplica) {
-    let (tx, _rx) = watch::channel(SyncStatus::default());
-    sync_once(r.clone(), server.sync_config("s"), tx, 3)
-        .await
-        .unwrap();
-}
 
 async fn server_history(server: &TestServer, node: NodeId) -> Vec<HistoryEntryJson> {
     let body: NodeHistoryBody = reqwest::Client::new()

@@ -5,20 +5,12 @@
 
 use std::collections::BTreeMap;
 
-use arbor_client::{Position, Replica, SharedReplica, SyncStatus, sync_once};
+use arbor_client::{Position, Replica};
 use arbor_shared::auth::Role;
 use arbor_shared::http::SubtreeAtBody;
 use arbor_shared::{NodeId, OrderKey};
-use tokio::sync::watch;
 
 use crate::harness::*;
-
-async fn sync(server: &TestServer, r: &SharedReplica) {
-    let (tx, _rx) = watch::channel(SyncStatus::default());
-    sync_once(r.clone(), server.sync_config("s"), tx, 3)
-        .await
-        .unwrap();
-}
 
 /// The subtree of `root` as a user sees it: every node below it with its
 /// place and fields, and the root's fields.
