@@ -4,7 +4,7 @@ use arbor_shared::http::{HistoryEntryJson, NodeHistoryBody, Origin};
 use arbor_shared::protocol::SeqOp;
 use arbor_shared::snapshot::field::{replica_from_stored, replica_to_stored};
 use arbor_shared::{MoveOp, NodeId, Op, OrderKey, SetOp, Stamp};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::{Replica, Result};
 use crate::store::{hlc_to_sql, id_blob, id_from_blob};
@@ -34,11 +34,7 @@ pub(super) fn record(tx: &Connection, ops: &[SeqOp]) -> Result<()> {
             Op::Move(m) => {
                 let took: Option<bool> = applied
                     .query_row(params![hlc, rep], |r| r.get(0))
-                    .map(Some)
-                    .or_else(|e| match e {
-                        rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                        e => Err(e),
-                    })?;
+                    .optional()?;
                 ins.execute(params![
                     seq,
                     hlc,
