@@ -193,13 +193,23 @@ async fn subtree_at(inner: Rc<Inner>, node: String, seq: f64) -> JsResult<String
     serde_json::to_string(&past).map_err(|e| err(ErrorCode::Worker, &e.to_string()))
 }
 
-async fn revert(inner: Rc<Inner>, node: String, seq: f64) -> JsResult<String> {
+async fn revert(
+    inner: Rc<Inner>,
+    node: String,
+    seq: f64,
+    call_key: Option<String>,
+) -> JsResult<String> {
     let past = read_subtree_at(&inner, &node, seq).await?;
     let seq = past.seq;
-    let report = inner
-        .replica_mut()?
-        .revert_subtree(&past)
-        .map_err(replica_err)?;
+    // The key is set here, right before the write, not when the call came:
+    // other calls ran while the server was read.
+    let report = {
+        let mut r = inner.replica_mut()?;
+        r.set_call_key(call_key.as_deref());
+        let report = r.revert_subtree(&past);
+        r.set_call_key(None);
+        report.map_err(replica_err)?
+    };
     inner.wrote();
     Ok(revert_json(seq, &report))
 }
@@ -321,9 +331,15 @@ impl WebReplica {
 
     /// Brings the subtree of `node` back to how it was at `seq` (the server
     /// says what it was), as new ops in one undo step: a promise of JSON
-    /// `{seq, moved, set, skipped}`.
+    /// `{seq, moved, set, skipped}`. `callKey`: the key its write records
+    /// (see `setCallKey`), set when the write happens.
     #[wasm_bindgen(js_name = revertSubtree)]
-    pub fn revert_subtree(&self, node: String, seq: f64) -> js_sys::Promise {
-        promise(revert(self.inner.clone(), node, seq))
+    pub fn revert_subtree(
+        &self,
+        node: String,
+        seq: f64,
+        call_key: Option<String>,
+    ) -> js_sys::Promise {
+        promise(revert(self.inner.clone(), node, seq, call_key))
     }
 }

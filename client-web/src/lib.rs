@@ -11,8 +11,12 @@
 //!   delete, restore, set, children, node, count), change and status
 //!   callbacks, `connect` / `disconnect`, and `setPresence` (this
 //!   replica's presence state, kept across sessions).
+//! - [`calls`]: the key of a call forwarded by a follower tab, recorded
+//!   with its edit, so a call resent after a handover is not made twice.
 //! - [`history`]: undo and redo, the conflict list, a node's history
 //!   from the server and reverting a subtree to a past seq.
+//! - [`inspect`]: the inspector's reads (outbox, recent ops, restores,
+//!   sizes).
 //! - [`sync`]: the browser driver of `arbor_client::session` (the same
 //!   session the native client drives): the `web-sys` WebSocket, one
 //!   timer, and the streamed cold start over `fetch`.
@@ -22,7 +26,9 @@
 //! Values cross the boundary as JSON strings (parsed by the worker), which
 //! keeps the binding small and the types in one place (`web/src/types.ts`).
 
+pub mod calls;
 pub mod history;
+pub mod inspect;
 pub mod js;
 pub mod sync;
 

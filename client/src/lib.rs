@@ -34,8 +34,8 @@ pub mod store;
 pub mod sync;
 
 pub use replica::{
-    Conflict, ConflictKind, Kept, MAX_UNDO_STEPS, NodeView, OpenOptions, Position, RejectedOp,
-    Replica, ReplicaError, RevertReport, SubtreeFrame, UndoReport,
+    CallDone, Conflict, ConflictKind, Kept, MAX_CALLS, MAX_UNDO_STEPS, NodeView, OpenOptions,
+    Position, RejectedOp, Replica, ReplicaError, RevertReport, SubtreeFrame, UndoReport,
 };
 pub use session::{SyncReport, SyncState, SyncStatus};
 pub use store::Changes;

@@ -105,6 +105,14 @@ const MIGRATIONS: &[&str] = &[
      -- The last applied move of a node (conflict detection, per remote
      -- move): without it, a scan of the log per op.
      CREATE INDEX ops_node ON ops (node, hlc, replica);",
+    // 5: the calls record (`replica/calls.rs`): application calls whose
+    // edit was committed, by the caller's key, with the node a create
+    // made; the last 1,000.
+    "CREATE TABLE calls (
+         ord     INTEGER PRIMARY KEY AUTOINCREMENT,
+         key     TEXT NOT NULL UNIQUE,
+         created BLOB
+     );",
 ];
 
 /// The schema version this build writes.

@@ -69,7 +69,21 @@ impl KillableServer {
     /// Starts it again on the same address (after a kill).
     pub fn restart(&mut self) -> std::io::Result<()> {
         self.kill();
-        let listener = std::net::TcpListener::bind(self.addr)?;
+        // The killed runtime's threads close its listener on their own time
+        // (`shutdown_background` does not wait): retry for a bounded while.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let listener = loop {
+            match std::net::TcpListener::bind(self.addr) {
+                Ok(l) => break l,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(e),
+            }
+        };
         self.serve(listener)
     }
 }

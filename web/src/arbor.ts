@@ -331,6 +331,14 @@ export class Arbor {
     return () => this.#peersListeners.delete(f);
   }
 
+  /** Test hook: while this tab owns the replica, it runs the calls other
+   * tabs forward but never answers them, as an owner that dies between a
+   * call's edit and its reply would (the handover test).
+   * @internal */
+  async _holdReplies(): Promise<void> {
+    await this.#call("holdReplies");
+  }
+
   /** Closes the worker (this tab's share of the replica). */
   close(): void {
     this.#worker.terminate();

@@ -16,6 +16,14 @@
 // ownership sets it on its new replica before connecting: the others keep
 // seeing it across the handover.
 //
+// A call forwarded to the owner has a key, the follower's id and the
+// call's number, and every write it makes records that key with its edit
+// (`WebReplica.setCallKey`). When an owner dies after a call's edit but
+// before its reply, the follower resends the call to the next owner, which
+// finds the key and answers without writing again (`runKeyed`): a handover
+// never repeats an edit, and never loses one (a call is resent until it is
+// answered).
+//
 // Undo and redo, steps and the conflict list are calls like the others
 // (the undo history lives with the owner's open replica). `history` and
 // `revertSubtree` read the server with the owner's connection (its server
@@ -50,6 +58,9 @@ let wanted: ConnectOptions | null = null;
 const forwarded = new Map<number, { page: number; method: string; args: unknown[] }>();
 let nextCid = 1;
 let ownerReady: Promise<void> | null = null;
+/** Test hook (`Arbor._holdReplies`): this owner runs forwarded calls but
+ * never replies, as one that dies between a call's edit and its reply. */
+let holdReplies = false;
 let statusSeen: (() => void) | null = null;
 
 function post(msg: WorkerMsg): void {
@@ -139,6 +150,33 @@ function execute(r: WebReplica, method: string, args: unknown[]): unknown {
   }
 }
 
+/** The calls that write to the replica: run once per key. */
+const WRITES = new Set(["create", "move", "delete", "restore", "set", "undo", "redo", "revertSubtree"]);
+
+/** Runs a forwarded call (`key`: its forwarder's id and number) once: a
+ * write whose key the replica holds already happened, and is answered
+ * from the record (a create with the node it made; an undo, redo or revert
+ * whose report went with the old owner with `null`, or a report of no
+ * change) instead of being made again. */
+function runKeyed(r: WebReplica, method: string, args: unknown[], key: string): unknown {
+  if (!WRITES.has(method)) return execute(r, method, args);
+  const done = r.callDone(key) as string | null | undefined;
+  if (done !== undefined) {
+    if (method === "create") return done;
+    if (method === "revertSubtree") return { seq: args[1], moved: 0, set: 0, skipped: 0 };
+    return null;
+  }
+  if (method === "revertSubtree") {
+    return r.revertSubtree(args[0] as string, args[1] as number, key).then((json) => JSON.parse(json as string) as unknown);
+  }
+  r.setCallKey(key);
+  try {
+    return execute(r, method, args);
+  } finally {
+    r.setCallKey(null);
+  }
+}
+
 async function becomeOwner(): Promise<void> {
   await init();
   replica = await WebReplica.open(space, memory, root ?? undefined);
@@ -171,7 +209,7 @@ async function becomeOwner(): Promise<void> {
   // Calls this tab had forwarded to the old owner run here now.
   for (const [cid, c] of forwarded) {
     forwarded.delete(cid);
-    answer(c.page, () => execute(r, c.method, c.args));
+    answer(c.page, () => runKeyed(r, c.method, c.args, `${me}:${cid}`));
   }
 }
 
@@ -199,8 +237,8 @@ function onPeer(msg: PeerMsg): void {
       if (!replica) return;
       const r = replica;
       settle(
-        () => execute(r, msg.method, msg.args),
-        (ok, err) => channel?.postMessage((err ? { kind: "reply", to: msg.from, cid: msg.cid, err } : { kind: "reply", to: msg.from, cid: msg.cid, ok }) satisfies PeerMsg),
+        () => runKeyed(r, msg.method, msg.args, `${msg.from}:${msg.cid}`),
+        (ok, err) => holdReplies || channel?.postMessage((err ? { kind: "reply", to: msg.from, cid: msg.cid, err } : { kind: "reply", to: msg.from, cid: msg.cid, ok }) satisfies PeerMsg),
       );
       return;
     }
@@ -282,6 +320,11 @@ scope.onmessage = (e: MessageEvent<CallMsg>) => {
   const { id, method, args } = e.data;
   if (method === "open") {
     void open(id, args);
+    return;
+  }
+  if (method === "holdReplies") {
+    holdReplies = true;
+    post({ id, ok: null });
     return;
   }
   if (method === "connect") wanted = args[0] as ConnectOptions;

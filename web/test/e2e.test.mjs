@@ -225,3 +225,30 @@ test("tabs of one browser share one replica, and ownership moves when the owner'
   await second.close();
   await b.close();
 });
+
+test("a call whose owner dies between its edit and its reply is answered by the next owner, not made again", async () => {
+  const first = await openDemo(alice.context, server, "handover", "alice");
+  await until("first tab owns", () => first.evaluate(() => window.arbor.status().role === "owner"));
+  const second = await openDemo(alice.context, server, "handover", "alice");
+  assert.equal(await second.evaluate(() => window.arbor.status().role), "follower");
+  // The owner runs what the follower forwards but never replies, as if its
+  // tab died right after the edit.
+  await first.evaluate(() => window.arbor._holdReplies());
+  await second.evaluate((root) => {
+    window.pendingCreate = window.arbor.create(root, "last", { title: "made once" });
+    window.pendingSet = window.pendingCreate.then((id) => window.arbor.set(id, "note", "set once"));
+  }, ROOT);
+  await until("the owner made it", async () => (await titles(first)).includes("made once"));
+  await first.close();
+  // The follower takes over, resends the open call, and finds it done.
+  const id = await second.evaluate(() => window.pendingCreate);
+  await second.evaluate(() => window.pendingSet);
+  assert.equal(await second.evaluate(() => window.arbor.status().role), "owner");
+  const made = await second.evaluate(async (root) => {
+    const kids = await window.arbor.children(root);
+    return kids.filter((k) => k.fields.title === "made once").map((k) => k.id);
+  }, ROOT);
+  assert.deepEqual(made, [id], "one node, the one the call answered with");
+  assert.equal(await second.evaluate((id) => window.arbor.node(id).then((n) => n?.fields.note), id), "set once");
+  await second.close();
+});

@@ -187,7 +187,9 @@ impl Replica {
 
     /// Applies `ops` (made by this replica) and queues them, in one
     /// transaction; persists the clock; records their effects for undo.
-    fn commit_local(&mut self, ops: Vec<Op>) -> Result<()> {
+    /// `created`: the node a create made (what its call answers, recorded
+    /// with the call's key when one is set).
+    fn commit_local(&mut self, ops: Vec<Op>, created: Option<NodeId>) -> Result<()> {
         for op in &ops {
             op.validate()?;
         }
@@ -202,6 +204,9 @@ impl Replica {
         };
         outbox_insert(&tx, &ops)?;
         meta_set(&tx, key::CLOCK, hlc_to_sql(self.clock.last().0)?)?;
+        if let Some(k) = self.call_key.take() {
+            super::calls::record(&tx, &k, created)?;
+        }
         tx.commit()?;
         self.undo_steps.record(effects);
         self.notify(changes);
@@ -267,7 +272,7 @@ impl Replica {
                 value: Some((*value).to_string()),
             }));
         }
-        self.commit_local(ops)?;
+        self.commit_local(ops, Some(node))?;
         Ok(node)
     }
 
@@ -292,7 +297,7 @@ impl Replica {
             parent,
             key,
         }));
-        self.commit_local(ops)
+        self.commit_local(ops, None)
     }
 
     /// Deletes `node` (and so its subtree): moves it under TRASH.
@@ -307,7 +312,7 @@ impl Replica {
             parent: NodeId::TRASH,
             key,
         });
-        self.commit_local(vec![op])
+        self.commit_local(vec![op], None)
     }
 
     /// Restores a deleted node to where it was before its newest delete
@@ -353,7 +358,7 @@ impl Replica {
             parent,
             key,
         });
-        self.commit_local(vec![op])
+        self.commit_local(vec![op], None)
     }
 
     /// Sets (`Some`) or clears (`None`) a field.
@@ -366,6 +371,6 @@ impl Replica {
             field: field.to_string(),
             value: value.map(str::to_string),
         });
-        self.commit_local(vec![op])
+        self.commit_local(vec![op], None)
     }
 }

@@ -23,7 +23,14 @@
 //!   node's history read from it.
 //! - `undo.rs`: undo and redo steps ([`UndoReport`], [`Kept`]).
 //! - `revert.rs`: a subtree brought back to a past seq ([`RevertReport`]).
+//! - `checkpoint.rs`: WAL checkpoints on a thread of their own, off the
+//!   edit path (native builds).
+//! - `calls.rs`: the calls record (application calls committed, by key:
+//!   a call resent after a lost answer is found done, [`CallDone`]).
 
+mod calls;
+#[cfg(not(target_arch = "wasm32"))]
+mod checkpoint;
 mod conflicts;
 mod edit;
 mod error;
@@ -48,6 +55,7 @@ use rusqlite::Connection;
 use crate::schema;
 use crate::store::{Changes, id_blob, id_from_blob};
 
+pub use calls::{CallDone, MAX_CALLS};
 pub use conflicts::{Conflict, ConflictKind, MAX_CONFLICTS};
 pub use edit::Position;
 pub use error::ReplicaError;
@@ -89,6 +97,22 @@ pub struct Replica {
     pub(crate) record_history: bool,
     /// The undo and redo stacks (in memory, with the open replica).
     pub(crate) undo_steps: undo::UndoStacks,
+    /// The key of the application call the next local write belongs to
+    /// ([`Replica::set_call_key`]). Invariant: taken by the next write
+    /// transaction, which records it in `calls` with the edit.
+    pub(crate) call_key: Option<String>,
+    /// The checkpoint thread of a file replica (native builds).
+    #[cfg(not(target_arch = "wasm32"))]
+    checkpointer: Option<checkpoint::Checkpointer>,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(c) = self.checkpointer.take() {
+            c.stop(&mut self.conn);
+        }
+    }
 }
 
 impl std::fmt::Debug for Replica {
@@ -132,6 +156,8 @@ impl Replica {
             }
         };
         let last = meta_i64(&conn, key::CLOCK)?.unwrap_or(0).max(0) as u64;
+        #[cfg(not(target_arch = "wasm32"))]
+        let checkpointer = checkpoint::Checkpointer::start(&mut conn)?;
         Ok(Replica {
             conn,
             replica,
@@ -141,6 +167,9 @@ impl Replica {
             outbox_grew: Arc::new(tokio::sync::Notify::new()),
             record_history: !options.no_history,
             undo_steps: undo::UndoStacks::default(),
+            call_key: None,
+            #[cfg(not(target_arch = "wasm32"))]
+            checkpointer,
         })
     }
 

@@ -390,6 +390,9 @@ impl Replica {
         }
         outbox_insert(&tx, &ops)?;
         meta_set(&tx, key::CLOCK, hlc_to_sql(self.clock.last().0)?)?;
+        if let Some(k) = self.call_key.take() {
+            super::calls::record(&tx, &k, None)?;
+        }
         tx.commit()?;
         self.undo_steps.mode = mode;
         self.undo_steps.record(effects);

@@ -9,6 +9,7 @@
     unreachable_pub
 )]
 
+mod calls;
 mod cli;
 mod conflicts;
 mod harness;
