@@ -13,6 +13,8 @@
 //!   replica's presence state, kept across sessions).
 //! - [`calls`]: the key of a call forwarded by a follower tab, recorded
 //!   with its edit, so a call resent after a handover is not made twice.
+//! - [`checkpoint`]: WAL checkpoints run when the worker is idle, not in
+//!   an edit's commit.
 //! - [`history`]: undo and redo, the conflict list, a node's history
 //!   from the server and reverting a subtree to a past seq.
 //! - [`inspect`]: the inspector's reads (outbox, recent ops, restores,
@@ -27,6 +29,7 @@
 //! keeps the binding small and the types in one place (`web/src/types.ts`).
 
 pub mod calls;
+pub mod checkpoint;
 pub mod history;
 pub mod inspect;
 pub mod js;
@@ -124,6 +127,10 @@ pub(crate) struct Inner {
     pub(crate) http: RefCell<Option<history::Http>>,
     /// Wakes the running session (a local write queued ops; a disconnect).
     pub(crate) wake: RefCell<Option<futures_channel::mpsc::UnboundedSender<sync::Event>>>,
+    /// When the next idle checkpoint runs (`checkpoint.rs`).
+    pub(crate) checkpoint: checkpoint::IdleCheckpoint,
+    /// This `Inner` itself (for the tasks it spawns).
+    me: std::rc::Weak<Inner>,
 }
 
 impl Inner {
@@ -136,6 +143,7 @@ impl Inner {
         if all.is_empty() {
             return;
         }
+        checkpoint::wrote(self);
         let ids = |s: &std::collections::BTreeSet<NodeId>| -> Vec<String> {
             s.iter().map(ToString::to_string).collect()
         };
@@ -347,7 +355,14 @@ impl WebReplica {
         let outbox = replica.outbox_len().unwrap_or(0);
         let cursor = replica.cursor().ok().flatten();
         let rejected = replica.rejected_len().unwrap_or(0);
-        let inner = Rc::new(Inner {
+        if durable {
+            checkpoint::configure(replica.connection()).map_err(|e| {
+                err(ErrorCode::Storage, &format!("the replica file: {e}"))
+            })?;
+        }
+        let inner = Rc::new_cyclic(|me| Inner {
+            me: me.clone(),
+            checkpoint: checkpoint::IdleCheckpoint::default(),
             replica: RefCell::new(replica),
             space,
             root,

@@ -135,6 +135,12 @@ pub fn migrate(conn: &mut Connection, synchronous_full: bool) -> Result<(), Sche
     // WAL: readers never block the writer, and a commit is one append.
     // synchronous=NORMAL keeps the file consistent across crashes; a power
     // loss can drop the last few commits (FULL is the option for that).
+    // In the browser the VFS (OPFS sync access handles) has no shared
+    // memory, and SQLite uses WAL there only in exclusive locking mode; one
+    // worker owns the file anyway. Without it the journal stays a rollback
+    // journal: several OPFS flushes per commit instead of none.
+    #[cfg(target_arch = "wasm32")]
+    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(
         None,

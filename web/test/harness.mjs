@@ -20,8 +20,10 @@ function cleanEnv() {
   return env;
 }
 
-/** Starts `arbor-server dev` on free ports; resolves once its banner is out. */
-export async function startServer() {
+/** Starts `arbor-server dev` on free ports; resolves once its banner is out.
+ * It serves `webDir` (default: the built `web/dist`; the benchmark passes
+ * copies of two builds to compare them in one run). */
+export async function startServer(webDir = join(repo, "web/dist")) {
   const bin = process.env.ARBOR_SERVER_BIN ?? join(targetDir, "debug/arbor-server");
   const dir = mkdtempSync(join(tmpdir(), "arbor-web-"));
   // As root, Postgres runs as `postgres`, which must reach its data folder.
@@ -33,7 +35,7 @@ export async function startServer() {
       "--data-dir", dir,
       "--listen", "127.0.0.1:0",
       "--admin-listen", "127.0.0.1:0",
-      "--web-dir", join(repo, "web/dist"),
+      "--web-dir", webDir,
     ],
     { stdio: ["ignore", "pipe", "inherit"], env: cleanEnv() },
   );
