@@ -53,7 +53,9 @@ pub(crate) fn wrote(inner: &Inner) {
                 continue;
             }
             // Busy (a snapshot loading, a call running): try again later.
-            let Ok(r) = inner.replica.try_borrow() else { continue };
+            let Ok(r) = inner.replica.try_borrow() else {
+                continue;
+            };
             if let Err(e) = r
                 .connection()
                 .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))

@@ -82,7 +82,17 @@ fn revert_json(seq: u64, r: &RevertReport) -> String {
 }
 
 /// A history page as JSON: `{entries, nextBefore, headSeq}`.
-fn history_json(body: &NodeHistoryBody) -> String {
+/// An op's origin as `HistoryEntry.origin` says it.
+pub(crate) fn origin(o: Origin) -> &'static str {
+    match o {
+        Origin::Restore => "restore",
+        _ => "new",
+    }
+}
+
+/// A page of committed ops as `HistoryPage`: `{entries, nextBefore,
+/// headSeq}`, each entry `{seq, op, origin, author, applied}`.
+pub(crate) fn history_json(body: &NodeHistoryBody) -> String {
     let entries: Vec<Value> = body
         .entries
         .iter()
@@ -90,10 +100,7 @@ fn history_json(body: &NodeHistoryBody) -> String {
             json!({
                 "seq": e.seq,
                 "op": e.op,
-                "origin": match e.origin {
-                    Origin::Restore => "restore",
-                    _ => "new",
-                },
+                "origin": origin(e.origin),
                 "author": e.author,
                 "applied": e.applied,
             })

@@ -356,9 +356,8 @@ impl WebReplica {
         let cursor = replica.cursor().ok().flatten();
         let rejected = replica.rejected_len().unwrap_or(0);
         if durable {
-            checkpoint::configure(replica.connection()).map_err(|e| {
-                err(ErrorCode::Storage, &format!("the replica file: {e}"))
-            })?;
+            checkpoint::configure(replica.connection())
+                .map_err(|e| err(ErrorCode::Storage, &format!("the replica file: {e}")))?;
         }
         let inner = Rc::new_cyclic(|me| Inner {
             me: me.clone(),

@@ -34,8 +34,9 @@ pub mod store;
 pub mod sync;
 
 pub use replica::{
-    CallDone, Conflict, ConflictKind, Kept, MAX_CALLS, MAX_UNDO_STEPS, NodeView, OpenOptions,
-    Position, RejectedOp, Replica, ReplicaError, RevertReport, SubtreeFrame, UndoReport,
+    CallDone, Conflict, ConflictKind, Kept, LastMove, MAX_CALLS, MAX_UNDO_STEPS, NodeView,
+    OpenOptions, OutboxEntry, Position, RejectedOp, Replica, ReplicaError, ReplicaSize,
+    RevertReport, RowCount, SubtreeFrame, UndoReport,
 };
 pub use session::{SyncReport, SyncState, SyncStatus};
 pub use store::Changes;

@@ -1,5 +1,5 @@
 // Arbor's demo outliner: startup, the header's buttons (offline toggle,
-// add, history, trash, the conflicts badge), the empty-outline hint and `window.outline`. The sync status
+// add, history, trash, inspect, the conflicts badge), the empty-outline hint and `window.outline`. The sync status
 // (state, peers, cold-start progress, storage warning) is in sync-status.ts,
 // the outline itself in outline.ts.
 //
@@ -17,6 +17,7 @@
 import { Arbor, type NodeId, ROOT, type Status, type SyncState } from "../src/arbor.js";
 import { ConflictsIndicator } from "./conflicts.js";
 import { HistoryPanel } from "./history-panel.js";
+import { InspectorPanel } from "./inspector.js";
 import { Outline, type RowInfo } from "./outline.js";
 import { Presence } from "./presence.js";
 import { SyncStatus } from "./sync-status.js";
@@ -217,6 +218,9 @@ async function main(): Promise<void> {
   new ConflictsIndicator(arbor);
   // The focused row's history from the server, with "Revert to here".
   new HistoryPanel(arbor, view);
+  // The inspector: status, outbox, recent ops, restores, rejected ops,
+  // sizes, and why a node is where it is (inspector.ts).
+  new InspectorPanel(arbor, view);
   const trash = new TrashPanel(arbor, view, byTestId("trash"), byTestId("trash-list"), trashBtn);
   view.onTrashChanged = () => void trash.reload();
   byTestId("trash-close").addEventListener("click", () => trash.setOpen(false));

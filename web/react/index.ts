@@ -7,8 +7,11 @@
 // its value really changed (compared as JSON). Components subscribe with
 // `useSyncExternalStore`, so a change to node X re-renders the components
 // reading X (or a list holding X), never a `useNode(Y)`.
+//
+// The provider and `useArbor` are in context.ts; the `Inspector`
+// component and its `useInspection` hook in inspector.ts.
 
-import { createContext, createElement, useCallback, useContext, useSyncExternalStore, type ReactNode } from "react";
+import { useCallback, useSyncExternalStore } from "react";
 import type {
   Arbor,
   Changes,
@@ -20,6 +23,10 @@ import type {
   RejectedOp,
   Status,
 } from "../src/arbor.js";
+import { useArbor } from "./context.js";
+
+export { ArborProvider, useArbor } from "./context.js";
+export { Inspector, type InspectorProps, type Inspection, type InspectionOptions, useInspection } from "./inspector.js";
 
 type Listener = () => void;
 
@@ -229,21 +236,6 @@ function storeOf(arbor: Arbor): Store {
     stores.set(arbor, s);
   }
   return s;
-}
-
-const ArborContext = createContext<Arbor | null>(null);
-
-/** Makes `arbor` (from `Arbor.open`) the handle of the hooks below it. */
-export function ArborProvider(props: { arbor: Arbor; children?: ReactNode }): ReactNode {
-  return createElement(ArborContext.Provider, { value: props.arbor }, props.children);
-}
-
-/** The `Arbor` handle of the nearest `ArborProvider`, for writes
- * (`create`, `move`, `set`, `delete`, ...) and everything else. */
-export function useArbor(): Arbor {
-  const arbor = useContext(ArborContext);
-  if (!arbor) throw new Error("useArbor: no <ArborProvider arbor={...}> above this component");
-  return arbor;
 }
 
 function useStore(): Store {

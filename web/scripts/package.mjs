@@ -6,10 +6,10 @@
 //
 // The package (see README.md, which it ships):
 //   dist/arbor.js                   the API (src/arbor.ts, src/types.ts), ESM
-//   dist/react.js                   the React hooks (react/index.ts); imports react
+//   dist/react.js                   the React hooks and the Inspector (react/); imports react
 //   dist/arbor-worker.js            the Web Worker (src/worker.ts with the wasm-bindgen glue)
 //   dist/arbor_client_web_bg.wasm   the replica, loaded by the worker from next to itself
-//   types/src/*.d.ts, types/react/index.d.ts
+//   types/src/*.d.ts, types/react/{index,context,inspector}.d.ts
 // It is built from the same sources as web/dist (build.mjs), not copied
 // from it, so the API and the worker always match.
 import { build } from "esbuild";

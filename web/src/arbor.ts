@@ -12,10 +12,13 @@ import {
   type NodeId,
   type NodeView,
   type OpenOptions,
+  type OutboxEntry,
   type Peer,
+  type PlaceReport,
   type Position,
   type PresenceState,
   type RejectedOp,
+  type ReplicaSize,
   type RevertReport,
   type SubtreeAt,
   type Status,
@@ -275,6 +278,51 @@ export class Arbor {
    * subtree as it was. Needs the connection, like `history`. */
   async revertSubtree(node: NodeId, seq: number): Promise<RevertReport> {
     return (await this.#call("revertSubtree", node, seq)) as RevertReport;
+  }
+
+  // ---------------------------------------------------------------- inspector
+
+  /** The first `limit` (1 to 1,000, default 100) local ops the server has
+   * not acknowledged, oldest first (the order they are pushed in), each
+   * with its effect here (`OutboxEntry.applied`: false for a write that
+   * lost or a move skipped as a cycle). `status().outbox` counts them all. */
+  async outbox(limit = 100): Promise<OutboxEntry[]> {
+    return (await this.#call("outboxEntries", limit)) as OutboxEntry[];
+  }
+
+  /** Committed ops of every node from this replica's history record,
+   * newest first, with seq below `before` (default: from the newest), at
+   * most `limit` (1 to 1,000, default 100): entries as `history` gives
+   * them for one node (seq, op, origin, author, applied). No network;
+   * `headSeq` is the replica's cursor. */
+  async recentOps(opts: { before?: number; limit?: number } = {}): Promise<HistoryPage> {
+    return (await this.#call("recentOps", opts.before ?? null, opts.limit ?? 100)) as HistoryPage;
+  }
+
+  /** The server's restores (moves with origin `restore`: a deleted node
+   * brought back because an edit inside it was concurrent with the
+   * delete) among the newest 10,000 committed ops below `before`, newest
+   * first, at most `limit` (default 100). The record has no index on
+   * restores, so one call reads a bounded window: `nextBefore` (non-null
+   * while older ops remain) is where the next call looks on. */
+  async restores(opts: { before?: number; limit?: number } = {}): Promise<HistoryPage> {
+    return (await this.#call("restores", opts.before ?? null, opts.limit ?? 100)) as HistoryPage;
+  }
+
+  /** Where `node` is (parent, key, ancestors, deleted) and the move that
+   * put it there (`lastMove`: who made it, at which seq, from where, or
+   * pending here); null if the replica does not have the node. Its whole
+   * record: `history(node, {local: true})`. */
+  async place(node: NodeId): Promise<PlaceReport | null> {
+    return (await this.#call("place", node)) as PlaceReport | null;
+  }
+
+  /** What the replica holds and how big it is: the database's bytes, the
+   * rows of its tables (counted up to 10,000 each, `RowCount.exact`: a
+   * full count reads every row; `count()` counts the nodes exactly), the
+   * outbox, rejected and conflict counts, cursor and horizon. */
+  async size(): Promise<ReplicaSize> {
+    return (await this.#call("size")) as ReplicaSize;
   }
 
   /** Calls `f` after every change (local or remote); returns the unsubscribe.

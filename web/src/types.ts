@@ -286,6 +286,109 @@ export interface RejectedOp {
   message: string;
 }
 
+/** A node's place: its parent and its order key among the siblings
+ * (lowercase hex; siblings sort by key, then id). */
+export interface PlaceJson {
+  parent: NodeId;
+  key: string;
+}
+
+/** A local op not yet acknowledged by the server, with what it does in
+ * this replica (`Arbor.outbox`). */
+export interface OutboxEntry {
+  /** The op, as it will be pushed. */
+  op: OpJson;
+  /** Whether it is in effect here now. A move: false when it is skipped
+   * (with moves applied since, it would make a cycle); null when the move
+   * log does not hold it (stamped at or below the horizon, waiting to be
+   * re-stamped, and not shown). A field write: false when a write with a
+   * greater stamp won. */
+  applied: boolean | null;
+  /** A move in effect: where it took the node from; null when it created
+   * the node, and for field writes and moves not in effect. */
+  from: PlaceJson | null;
+}
+
+/** The move that put a node where it is: the applied move with the
+ * greatest stamp among its moves (the tree CRDT's rule). */
+export interface LastMove {
+  /** The move's stamp ("<hlc hex>-<replica hex>": which replica, and when). */
+  stamp: string;
+  /** The parent it put the node under. */
+  parent: NodeId;
+  /** The order key it gave the node (hex). */
+  key: string;
+  /** Where it took the node from; null when it created the node, or when
+   * `inLog` is false (the log no longer keeps the move's effect). */
+  from: PlaceJson | null;
+  /** Whether the move log holds it (above the horizon); false: found in
+   * the history record. */
+  inLog: boolean;
+  /** This replica's own move, not acknowledged yet (in the outbox). */
+  pending: boolean;
+  /** Its seq, when the history record holds it (null: pending, or made
+   * before the record starts). */
+  seq: number | null;
+  /** `new` or `restore` (the server's restore rule); null as `seq`. */
+  origin: "new" | "restore" | null;
+  /** Who made it (the token subject); null for restores, unclaimed
+   * replicas, or when `seq` is null. */
+  author: string | null;
+}
+
+/** Where a node is and why (`Arbor.place`). */
+export interface PlaceReport {
+  id: NodeId;
+  /** Its parent (a subtree replica's root shows under ROOT). */
+  parent: NodeId | null;
+  /** Its order key among its siblings (hex). */
+  key: string | null;
+  /** Its ancestors, parent first, ending at ROOT or TRASH. */
+  ancestors: NodeId[];
+  /** True if it is (under) TRASH. */
+  deleted: boolean;
+  /** The move that put it there; null when the replica has no record of
+   * one (placed before this replica's history record starts, or by a
+   * subtree replica's feed, which carries state, not ops). */
+  lastMove: LastMove | null;
+}
+
+/** A count of rows, exact up to 10,000 (`ReplicaSize`). */
+export interface RowCount {
+  /** The rows counted (10,000 when `exact` is false). */
+  rows: number;
+  /** False: the table holds more than `rows` (counting them all would
+   * hold the worker up on a large replica). */
+  exact: boolean;
+}
+
+/** What the replica holds and how big it is (`Arbor.size`). */
+export interface ReplicaSize {
+  /** The database's size as of its last commit (page_count × page_size;
+   * pages not yet checkpointed from the WAL included). */
+  databaseBytes: number;
+  /** Nodes in the tree (ROOT and TRASH excluded). */
+  nodes: RowCount;
+  /** Field registers (cleared ones included). */
+  fields: RowCount;
+  /** Moves in the move log (above the horizon). */
+  log: RowCount;
+  /** Committed ops in the replica's history record. */
+  history: RowCount;
+  /** The lowest seq the history record holds (null: empty). */
+  historyStart: number | null;
+  /** Local ops not acknowledged yet. */
+  outbox: number;
+  /** Local ops the server refused for good. */
+  rejected: number;
+  /** Entries in the conflict list (at most 1,000). */
+  conflicts: number;
+  /** The last server seq applied (null: never synced). */
+  cursor: number | null;
+  /** The log horizon from the last snapshot (a stamp; null: none). */
+  horizon: string | null;
+}
+
 /** An error from the replica, the worker or (for `history` and
  * `revertSubtree`) the server, with a stable code (`presence_too_large`
  * and `bad_presence` for `setPresence`; `unavailable` when the server

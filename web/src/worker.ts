@@ -25,7 +25,9 @@
 // answered).
 //
 // Undo and redo, steps and the conflict list are calls like the others
-// (the undo history lives with the owner's open replica). `history` and
+// (the undo history lives with the owner's open replica), and so are the
+// inspector's reads (outbox, recent ops, restores, a node's place, the
+// size): reads, so a follower's are simply run again by a new owner. `history` and
 // `revertSubtree` read the server with the owner's connection (its server
 // and token, from `connect`), so their answer is a promise: the owner
 // replies when it settles (`settle`).
@@ -134,6 +136,16 @@ function execute(r: WebReplica, method: string, args: unknown[]): unknown {
       return parse(r.subtreeAt(args[0] as string, args[1] as number));
     case "revertSubtree":
       return parse(r.revertSubtree(args[0] as string, args[1] as number));
+    case "outboxEntries":
+      return JSON.parse(r.outboxEntries((args[0] as number | undefined) ?? 100));
+    case "recentOps":
+      return JSON.parse(r.recentOps((args[0] as number | null) ?? undefined, (args[1] as number | undefined) ?? 100));
+    case "restores":
+      return JSON.parse(r.restores((args[0] as number | null) ?? undefined, (args[1] as number | undefined) ?? 100));
+    case "place":
+      return JSON.parse(r.place(args[0] as string));
+    case "size":
+      return JSON.parse(r.size());
     case "connect": {
       wanted = args[0] as ConnectOptions;
       r.connect(wanted.server, wanted.realtime ?? "", wanted.token, wanted.keepaliveMs ?? 0);

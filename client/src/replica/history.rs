@@ -2,12 +2,12 @@
 
 use arbor_shared::http::{HistoryEntryJson, NodeHistoryBody, Origin};
 use arbor_shared::protocol::SeqOp;
-use arbor_shared::snapshot::field::{replica_from_stored, replica_to_stored};
-use arbor_shared::{MoveOp, NodeId, Op, OrderKey, SetOp, Stamp};
-use rusqlite::{Connection, OptionalExtension as _, params};
+use arbor_shared::snapshot::field::replica_to_stored;
+use arbor_shared::{MoveOp, NodeId, Op, SetOp};
+use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
 use super::{Replica, Result};
-use crate::store::{hlc_to_sql, id_blob, id_from_blob};
+use crate::store::{hlc_to_sql, id_blob, id_from_blob, key_from_blob, stamp_from_sql};
 
 /// Most entries of one history page (as the server's).
 pub const MAX_HISTORY_PAGE: usize = 1_000;
@@ -93,52 +93,17 @@ impl Replica {
     ) -> Result<NodeHistoryBody> {
         let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
         let limit = limit.clamp(1, MAX_HISTORY_PAGE);
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT h.seq, h.hlc, h.replica, h.known_seq, h.parent, h.key, h.field, h.value,
-                    h.restore, h.author, COALESCE(o.applied, h.applied)
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS}
              FROM history h LEFT JOIN ops o ON o.hlc = h.hlc AND o.replica = h.replica
              WHERE h.node = ?1 AND h.seq < ?2
-             ORDER BY h.seq DESC LIMIT ?3",
-        )?;
+             ORDER BY h.seq DESC LIMIT ?3"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
         let mut rows = stmt.query(params![id_blob(node), before, limit as i64 + 1])?;
         let mut entries = Vec::new();
         while let Some(r) = rows.next()? {
-            let seq: i64 = r.get(0)?;
-            let hlc: i64 = r.get(1)?;
-            let stamp = Stamp::new(hlc as u64, replica_from_stored(r.get(2)?));
-            let known_seq = r.get::<_, i64>(3)? as u64;
-            let parent: Option<Vec<u8>> = r.get(4)?;
-            let op = match parent {
-                Some(parent) => {
-                    let key: Vec<u8> = r.get(5)?;
-                    Op::Move(MoveOp {
-                        stamp,
-                        known_seq,
-                        node,
-                        parent: id_from_blob(&parent)?,
-                        key: OrderKey::new(&key)?,
-                    })
-                }
-                None => Op::Set(SetOp {
-                    stamp,
-                    known_seq,
-                    node,
-                    field: r.get(6)?,
-                    value: r.get(7)?,
-                }),
-            };
-            let applied: Option<bool> = r.get(10)?;
-            entries.push(HistoryEntryJson {
-                seq: seq as u64,
-                applied: matches!(op, Op::Move(_)).then_some(applied.unwrap_or(true)),
-                op,
-                origin: if r.get(8)? {
-                    Origin::Restore
-                } else {
-                    Origin::New
-                },
-                author: r.get(9)?,
-            });
+            entries.push(entry_from_row(r)?);
         }
         let next_before = if entries.len() > limit {
             entries.truncate(limit);
@@ -173,4 +138,45 @@ impl Replica {
             .conn
             .execute("DELETE FROM history WHERE seq < ?1", [before])? as u64)
     }
+}
+
+/// The columns [`entry_from_row`] reads, from `history h` joined with the
+/// move log `o` (whose `applied` is the view now, where it holds the move).
+pub(super) const ENTRY_COLUMNS: &str =
+    "h.seq, h.hlc, h.replica, h.known_seq, h.node, h.parent, h.key,
+     h.field, h.value, h.restore, h.author, COALESCE(o.applied, h.applied)";
+
+/// A history row (selected as [`ENTRY_COLUMNS`]) as the server's entry.
+pub(super) fn entry_from_row(r: &Row<'_>) -> Result<HistoryEntryJson> {
+    let stamp = stamp_from_sql(r.get(1)?, r.get(2)?);
+    let known_seq = r.get::<_, i64>(3)?.max(0) as u64;
+    let node = id_from_blob(&r.get::<_, Vec<u8>>(4)?)?;
+    let op = match r.get::<_, Option<Vec<u8>>>(5)? {
+        Some(parent) => Op::Move(MoveOp {
+            stamp,
+            known_seq,
+            node,
+            parent: id_from_blob(&parent)?,
+            key: key_from_blob(&r.get::<_, Vec<u8>>(6)?)?,
+        }),
+        None => Op::Set(SetOp {
+            stamp,
+            known_seq,
+            node,
+            field: r.get(7)?,
+            value: r.get(8)?,
+        }),
+    };
+    let applied: Option<bool> = r.get(11)?;
+    Ok(HistoryEntryJson {
+        seq: r.get::<_, i64>(0)?.max(0) as u64,
+        applied: matches!(op, Op::Move(_)).then_some(applied.unwrap_or(true)),
+        op,
+        origin: if r.get(9)? {
+            Origin::Restore
+        } else {
+            Origin::New
+        },
+        author: r.get(10)?,
+    })
 }

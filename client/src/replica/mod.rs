@@ -27,6 +27,9 @@
 //!   edit path (native builds).
 //! - `calls.rs`: the calls record (application calls committed, by key:
 //!   a call resent after a lost answer is found done, [`CallDone`]).
+//! - `inspect.rs`: the inspector's reads, each indexed or bounded (the
+//!   outbox with each op's effect [`OutboxEntry`], recent ops, restores,
+//!   the move that placed a node [`LastMove`], [`ReplicaSize`]).
 
 mod calls;
 #[cfg(not(target_arch = "wasm32"))]
@@ -36,6 +39,7 @@ mod edit;
 mod error;
 mod export;
 pub(crate) mod history;
+mod inspect;
 pub(crate) mod meta;
 mod outbox;
 mod read;
@@ -61,6 +65,7 @@ pub use edit::Position;
 pub use error::ReplicaError;
 pub(crate) use error::Result;
 pub use history::MAX_HISTORY_PAGE;
+pub use inspect::{LastMove, OutboxEntry, RESTORE_SCAN, ReplicaSize, RowCount, SIZE_COUNT_CAP};
 use meta::random_u64;
 pub(crate) use meta::{key, meta_delete, meta_get, meta_i64, meta_set, meta_text, now_ms};
 pub use outbox::RejectedOp;
