@@ -140,3 +140,16 @@ export async function until(what, f, timeoutMs = 30_000) {
     await new Promise((ok) => setTimeout(ok, 50));
   }
 }
+
+/** Alice and bob, each in a browser of their own (`launch`) with the demo
+ * open on `space` (default `demo`, the one `arbor-server dev` creates),
+ * once both are live. */
+export async function aliceAndBob(server, space = "demo") {
+  const alice = await launch();
+  const bob = await launch();
+  const a = await openDemo(alice.context, server, space, "alice");
+  const b = await openDemo(bob.context, server, space, "bob");
+  await until("alice live", () => a.evaluate(() => window.arbor.status().state === "live"));
+  await until("bob live", () => b.evaluate(() => window.arbor.status().state === "live"));
+  return { alice, bob, a, b };
+}

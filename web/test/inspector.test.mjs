@@ -29,7 +29,7 @@ import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { extname, join, normalize } from "node:path";
 import { build } from "esbuild";
-import { launch, openDemo, repo, startServer, until } from "./harness.mjs";
+import { aliceAndBob, launch, openDemo, repo, startServer, until } from "./harness.mjs";
 
 const ROOT = "00000000-0000-0000-0000-000000000000";
 const TRASH = "ffffffff-ffff-ffff-ffff-ffffffffffff";
@@ -42,12 +42,7 @@ let b;
 
 before(async () => {
   server = await startServer();
-  alice = await launch();
-  bob = await launch();
-  a = await openDemo(alice.context, server, SPACE, "alice");
-  b = await openDemo(bob.context, server, SPACE, "bob");
-  await until("alice live", () => a.evaluate(() => window.arbor.status().state === "live"));
-  await until("bob live", () => b.evaluate(() => window.arbor.status().state === "live"));
+  ({ alice, bob, a, b } = await aliceAndBob(server, SPACE));
   await openInspector(a);
 });
 

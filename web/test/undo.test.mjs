@@ -16,7 +16,7 @@
 //   (after scripts/build-web.sh and cargo build -p arbor-sync-server)
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { launch, openDemo, startServer, titles, until } from "./harness.mjs";
+import { aliceAndBob, openDemo, startServer, titles, until } from "./harness.mjs";
 
 const ROOT = "00000000-0000-0000-0000-000000000000";
 const TRASH = "ffffffff-ffff-ffff-ffff-ffffffffffff";
@@ -29,12 +29,7 @@ let b;
 
 before(async () => {
   server = await startServer();
-  alice = await launch();
-  bob = await launch();
-  a = await openDemo(alice.context, server, SPACE, "alice");
-  b = await openDemo(bob.context, server, SPACE, "bob");
-  await until("alice live", () => a.evaluate(() => window.arbor.status().state === "live"));
-  await until("bob live", () => b.evaluate(() => window.arbor.status().state === "live"));
+  ({ alice, bob, a, b } = await aliceAndBob(server, SPACE));
 });
 
 after(async () => {

@@ -78,6 +78,31 @@ impl TestServer {
         self.server.url()
     }
 
+    /// `GET {url}{path}` with a read token for `s`, its JSON body as `T`.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        reqwest::Client::new()
+            .get(format!("{}{path}", self.url()))
+            .bearer_auth(token("s", Role::Read))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Raises `space`'s horizon to now: every op made before is below it.
+    pub async fn raise_horizon_to_now(&self, space: &str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        self.db
+            .raise_horizon(space, arbor_shared::Stamp::new(now << 16, u64::MAX))
+            .await
+            .unwrap();
+    }
+
     pub fn sync_config(&self, space: &str) -> SyncConfig {
         let mut c = SyncConfig::new(&self.url(), space, &token(space, Role::Write));
         c.min_backoff = Duration::from_millis(20);

@@ -14,18 +14,9 @@ use arbor_shared::http::{HistoryEntryJson, NodeHistoryBody, Origin};
 use crate::harness::*;
 
 async fn server_history(server: &TestServer, node: NodeId) -> Vec<HistoryEntryJson> {
-    let body: NodeHistoryBody = reqwest::Client::new()
-        .get(format!(
-            "{}/v1/spaces/s/nodes/{node}/history?limit=1000",
-            server.url()
-        ))
-        .bearer_auth(token("s", Role::Read))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: NodeHistoryBody = server
+        .get_json(&format!("/v1/spaces/s/nodes/{node}/history?limit=1000"))
+        .await;
     body.entries
 }
 

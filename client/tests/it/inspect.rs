@@ -9,7 +9,6 @@
 
 use arbor_client::replica::{RESTORE_SCAN, SIZE_COUNT_CAP};
 use arbor_client::{Position, SharedReplica};
-use arbor_shared::auth::Role;
 use arbor_shared::http::{NodeHistoryBody, OpsBody, Origin};
 use arbor_shared::protocol::SeqOp;
 use arbor_shared::{NodeId, Op, Place, Stamp};
@@ -19,18 +18,9 @@ use crate::harness::*;
 /// The server's log after `after`, in seq order (catch-up, as the sync
 /// client reads it).
 async fn server_log(server: &TestServer, after: u64) -> Vec<SeqOp> {
-    let body: OpsBody = reqwest::Client::new()
-        .get(format!(
-            "{}/v1/spaces/s/ops?after={after}&limit=10000",
-            server.url()
-        ))
-        .bearer_auth(token("s", Role::Read))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: OpsBody = server
+        .get_json(&format!("/v1/spaces/s/ops?after={after}&limit=10000"))
+        .await;
     body.ops
         .into_iter()
         .map(|c| SeqOp {
@@ -304,15 +294,7 @@ async fn recent_ops_restores_last_move_and_size_match_the_record() {
     // horizon passes it; a cold-starts from a snapshot whose log is empty,
     // and the move that placed p is found in the history record.
     a.lock().unwrap().set(q, "text", Some("late")).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    server
-        .db
-        .raise_horizon("s", Stamp::new(now << 16, u64::MAX))
-        .await
-        .unwrap();
+    server.raise_horizon_to_now("s").await;
     sync(&server, &a).await;
     let size = a.lock().unwrap().size().unwrap();
     assert_eq!(size.log.rows, 0, "the snapshot's log is above its horizon");

@@ -275,15 +275,7 @@ async fn a_replica_offline_past_the_horizon_restamps_and_converges() {
 /// The server's horizon is raised to now; `a` syncs (it must cold-start),
 /// then `b`; both end equal to the server.
 async fn horizon_passes_then_both_sync(server: &TestServer, a: &SharedReplica, b: &SharedReplica) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    server
-        .db
-        .raise_horizon("s", Stamp::new(now << 16, u64::MAX))
-        .await
-        .unwrap();
+    server.raise_horizon_to_now("s").await;
     let (tx, _rx) = watch::channel(SyncStatus::default());
     let report = sync_once(a.clone(), server.sync_config("s"), tx, 3)
         .await
