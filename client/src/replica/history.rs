@@ -105,6 +105,16 @@ impl Replica {
         while let Some(r) = rows.next()? {
             entries.push(entry_from_row(r)?);
         }
+        self.history_page(entries, limit)
+    }
+
+    /// A page of `entries` (read with one more than `limit`, newest first):
+    /// `next_before` is set when that extra one says older entries remain.
+    pub(super) fn history_page(
+        &self,
+        mut entries: Vec<HistoryEntryJson>,
+        limit: usize,
+    ) -> Result<NodeHistoryBody> {
         let next_before = if entries.len() > limit {
             entries.truncate(limit);
             entries.last().map(|e| e.seq)

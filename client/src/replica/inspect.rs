@@ -197,17 +197,7 @@ impl Replica {
         while let Some(r) = rows.next()? {
             entries.push(entry_from_row(r)?);
         }
-        let next_before = if entries.len() > limit {
-            entries.truncate(limit);
-            entries.last().map(|e| e.seq)
-        } else {
-            None
-        };
-        Ok(NodeHistoryBody {
-            entries,
-            next_before,
-            head_seq: self.cursor()?.unwrap_or(0),
-        })
+        self.history_page(entries, limit)
     }
 
     /// The moves the server's restore rule made (origin `restore`: a
