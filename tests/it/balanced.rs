@@ -88,8 +88,14 @@ impl Client {
         }
     }
 
+    /// Connected and caught up: `Live`, or `Pushing` while the editor keeps
+    /// its outbox from ever emptying (under load a push's ack can trail the
+    /// next edit every time; quiescence checks that every outbox drains).
     fn live(&self) -> bool {
-        self.status.borrow().state == SyncState::Live
+        matches!(
+            self.status.borrow().state,
+            SyncState::Live | SyncState::Pushing
+        )
     }
 }
 
