@@ -26,14 +26,58 @@ fn parse(payload: &str) -> Option<(&str, u64)> {
 /// path. Only the newest head per space waits: a slow Worker coalesces
 /// notices instead of queueing them. A notice the space's Durable Object
 /// already knows (it committed those seqs itself, over its upstream
-/// socket) is not forwarded.
+/// socket) is not forwarded; one that comes while the object has a commit
+/// in flight waits for that commit's answer, since it is most likely that
+/// commit's own (Postgres delivers the notice and the commit's reply at
+/// once, on two connections).
 #[derive(Debug, Clone)]
 pub struct Forwarder {
-    waiting: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
-    /// Per space, the highest seq its object committed over its upstream
-    /// socket (the object saw those commits' answers).
-    edge_knows: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+    /// Per space, the newest head to forward, and how many of the object's
+    /// commits had been answered when it came.
+    waiting: Arc<std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>>,
+    edges: Arc<std::sync::Mutex<std::collections::HashMap<String, Edge>>>,
     wake: Arc<tokio::sync::Notify>,
+}
+
+/// What the forwarder knows of a space's object's upstream commits.
+#[derive(Debug, Default)]
+struct Edge {
+    /// The highest seq its object committed over its upstream socket (the
+    /// object saw those commits' answers).
+    knows: u64,
+    /// Its commits in flight.
+    busy: usize,
+    /// Its commits answered so far.
+    answered: u64,
+}
+
+/// What becomes of a waiting notice.
+enum Fate {
+    Forward,
+    Drop,
+    /// Wait for the object's commit in flight.
+    Hold,
+}
+
+/// Held while an object's commit is in flight (from [`Forwarder::edge_commit`]).
+#[derive(Debug)]
+pub struct EdgeCommit {
+    forwarder: Forwarder,
+    space: String,
+}
+
+impl Drop for EdgeCommit {
+    fn drop(&mut self) {
+        {
+            let mut edges = self.forwarder.edges();
+            if let Some(e) = edges.get_mut(&self.space) {
+                e.busy = e.busy.saturating_sub(1);
+                e.answered += 1;
+            }
+        }
+        // Notices held for this commit are looked at again.
+        self.forwarder.wake.notify_one();
+    }
 }
 
 impl Forwarder {
@@ -41,7 +85,7 @@ impl Forwarder {
     pub fn start(url: String, key: arbor_shared::auth::Hs256Key) -> Forwarder {
         let f = Forwarder {
             waiting: Arc::default(),
-            edge_knows: Arc::default(),
+            edges: Arc::default(),
             wake: Arc::default(),
         };
         let me = f.clone();
@@ -50,15 +94,14 @@ impl Forwarder {
             let url = url.trim_end_matches('/').to_string();
             loop {
                 me.wake.notified().await;
-                let batch: Vec<(String, u64)> = {
-                    let mut w = me.waiting.lock().unwrap_or_else(|p| p.into_inner());
-                    w.drain().collect()
-                };
-                for (space, head) in batch {
+                let batch: Vec<(String, (u64, u64))> = me.waiting().drain().collect();
+                for (space, (head, seen)) in batch {
                     // Looked at when sending: the object's own commit is
                     // usually answered by then.
-                    if !me.edge_has(&space, head) {
-                        forward_one(&http, &url, &key, &space, head).await;
+                    match me.fate(&space, head, seen) {
+                        Fate::Forward => forward_one(&http, &url, &key, &space, head).await,
+                        Fate::Drop => {}
+                        Fate::Hold => me.queue(&space, head, seen),
                     }
                 }
             }
@@ -66,31 +109,57 @@ impl Forwarder {
         f
     }
 
-    /// The space's object committed up to `head` itself (it has the ops).
-    pub fn edge_committed(&self, space: &str, head: u64) {
-        let mut k = self.edge_knows.lock().unwrap_or_else(|p| p.into_inner());
-        let e = k.entry(space.to_string()).or_insert(head);
-        *e = (*e).max(head);
+    fn edges(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Edge>> {
+        self.edges.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn edge_has(&self, space: &str, head: u64) -> bool {
-        self.edge_knows
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(space)
-            .is_some_and(|&k| k >= head)
+    fn waiting(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u64, u64)>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The space's object is committing over its upstream socket until the
+    /// returned guard is dropped (after [`Forwarder::edge_committed`]).
+    pub fn edge_commit(&self, space: &str) -> EdgeCommit {
+        self.edges().entry(space.to_string()).or_default().busy += 1;
+        EdgeCommit {
+            forwarder: self.clone(),
+            space: space.to_string(),
+        }
+    }
+
+    /// The space's object committed up to `head` itself (it has the ops).
+    pub fn edge_committed(&self, space: &str, head: u64) {
+        let mut edges = self.edges();
+        let e = edges.entry(space.to_string()).or_default();
+        e.knows = e.knows.max(head);
+    }
+
+    /// A notice of `head`, which came when `seen` of the object's commits
+    /// had been answered.
+    fn fate(&self, space: &str, head: u64, seen: u64) -> Fate {
+        match self.edges().get(space) {
+            Some(e) if e.knows >= head => Fate::Drop,
+            // Held for the commits in flight when it came, no longer: a
+            // notice of another path waits for one answer at most.
+            Some(e) if e.busy > 0 && e.answered == seen => Fate::Hold,
+            _ => Fate::Forward,
+        }
+    }
+
+    fn queue(&self, space: &str, head: u64, seen: u64) {
+        let mut w = self.waiting();
+        let e = w.entry(space.to_string()).or_insert((head, seen));
+        *e = (e.0.max(head), e.1.min(seen));
     }
 
     /// Queues `space`'s head for forwarding, unless its object has it.
     pub fn push(&self, space: &str, head: u64) {
-        if self.edge_has(space, head) {
-            return;
-        }
-        {
-            let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-            let e = w.entry(space.to_string()).or_insert(head);
-            *e = (*e).max(head);
-        }
+        let seen = match self.edges().get(space) {
+            Some(e) if e.knows >= head => return,
+            Some(e) => e.answered,
+            None => 0,
+        };
+        self.queue(space, head, seen);
         self.wake.notify_one();
     }
 }
@@ -222,7 +291,60 @@ async fn listen_once(
 
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::{Fate, Forwarder, parse};
+
+    /// A forwarder without its sending task: what it would do with each
+    /// waiting notice.
+    fn forwarder() -> Forwarder {
+        Forwarder {
+            waiting: Default::default(),
+            edges: Default::default(),
+            wake: Default::default(),
+        }
+    }
+
+    fn fate_of(f: &Forwarder, space: &str) -> Option<&'static str> {
+        let (head, seen) = *f.waiting().get(space)?;
+        Some(match f.fate(space, head, seen) {
+            Fate::Forward => "forward",
+            Fate::Drop => "drop",
+            Fate::Hold => "hold",
+        })
+    }
+
+    #[test]
+    fn a_notice_waits_for_the_objects_commit_in_flight() {
+        let f = forwarder();
+        // No object commits: forwarded.
+        f.push("a", 3);
+        assert_eq!(fate_of(&f, "a"), Some("forward"));
+        f.waiting().clear();
+        // Its own commit's notice comes before the commit's answer.
+        let busy = f.edge_commit("a");
+        f.push("a", 4);
+        assert_eq!(fate_of(&f, "a"), Some("hold"));
+        f.edge_committed("a", 4);
+        drop(busy);
+        assert_eq!(fate_of(&f, "a"), Some("drop"));
+        // Later notices it already has are not even queued.
+        f.waiting().clear();
+        f.push("a", 4);
+        assert_eq!(fate_of(&f, "a"), None);
+    }
+
+    #[test]
+    fn another_paths_notice_waits_for_one_answer_at_most() {
+        let f = forwarder();
+        let first = f.edge_commit("a");
+        // Committed by another path while the object's commit runs.
+        f.push("a", 7);
+        assert_eq!(fate_of(&f, "a"), Some("hold"));
+        f.edge_committed("a", 6);
+        drop(first);
+        // The next commit is in flight already: the notice goes anyway.
+        let _second = f.edge_commit("a");
+        assert_eq!(fate_of(&f, "a"), Some("forward"));
+    }
 
     #[test]
     fn parses_notices() {

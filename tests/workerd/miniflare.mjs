@@ -1,7 +1,10 @@
 // Runs the built Worker (worker-realtime/build) in one workerd process
 // through Miniflare's API, as Cloudflare runs it: requests reach the
-// Worker's own socket. (`wrangler dev` puts a second, proxying workerd in
-// front, which adds a hop production does not have.)
+// Worker's own socket (a direct socket: Miniflare's own entry socket goes
+// through its `core:entry` Worker, a JavaScript dev router that production
+// does not have).
+// (`wrangler dev` puts a second, proxying workerd in front, which adds a
+// hop production does not have.)
 //
 //   node tests/workerd/miniflare.mjs PORT SERVER_URL SECRET BUILD_DIR
 //
@@ -18,7 +21,9 @@ const { Miniflare } = await import(
 );
 const mf = new Miniflare({
   host: "127.0.0.1",
-  port: Number(port),
+  // The entry socket, unused: clients connect to the direct socket.
+  port: 0,
+  unsafeDirectSockets: [{ host: "127.0.0.1", port: Number(port) }],
   modules: true,
   modulesRoot: build,
   scriptPath: join(build, "index.js"),

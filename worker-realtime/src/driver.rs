@@ -4,11 +4,19 @@
 //! run while a commit or a page is in flight. They only reach the room,
 //! which queues pushes behind the group in flight and asks for the next
 //! group when this one is answered ([`arbor_shared::room::Room::on_commit`]).
+//!
+//! A group's commit is started (its frame sent upstream) when its action
+//! comes, and answered once the actions after it are carried out: the room
+//! asks for the next group before the frames of the group just answered, so
+//! the sync server commits it while this object writes those frames.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 
 use arbor_shared::protocol::ServerMsg;
-use arbor_shared::room::{Action, ConnId};
+use arbor_shared::room::{Action, ConnId, IngestResult};
 
 use crate::object::RoomObject;
 
@@ -25,7 +33,22 @@ impl RoomObject {
         // The same ops go to every live socket: encode each frame once
         // (seqs name ops, so equal (first, last, len) is the same frame).
         let mut last_ops: Option<((u64, u64, usize), String)> = None;
-        while let Some(action) = todo.pop_front() {
+        // The group commit in flight (the room asks for one at a time; any
+        // more would be answered in the order asked).
+        let mut commits: VecDeque<Pin<Box<dyn Future<Output = Vec<IngestResult>>>>> =
+            VecDeque::new();
+        loop {
+            let Some(action) = todo.pop_front() else {
+                let Some(in_flight) = commits.pop_front() else {
+                    break;
+                };
+                let results = in_flight.await;
+                todo.extend(
+                    self.with_room(|l| l.room.on_commit(results))
+                        .unwrap_or_default(),
+                );
+                continue;
+            };
             let more = match action {
                 Action::Send { conn, msg } => {
                     let text = match &msg {
@@ -87,8 +110,26 @@ impl RoomObject {
                     let Some(upstream) = self.upstream() else {
                         continue;
                     };
-                    let results = upstream.commit_group(pushes).await;
-                    self.with_room(|l| l.room.on_commit(results))
+                    let mut in_flight: Pin<Box<dyn Future<Output = Vec<IngestResult>>>> =
+                        Box::pin(async move { upstream.commit_group(pushes).await });
+                    // One poll, with this task's waker, sends the group's
+                    // frame on an open link and starts listening for its
+                    // answer, which is awaited once the other actions are
+                    // carried out.
+                    let polled = std::future::poll_fn(|cx| {
+                        Poll::Ready(match in_flight.as_mut().poll(cx) {
+                            Poll::Ready(results) => Some(results),
+                            Poll::Pending => None,
+                        })
+                    })
+                    .await;
+                    match polled {
+                        Some(results) => self.with_room(|l| l.room.on_commit(results)),
+                        None => {
+                            commits.push_back(in_flight);
+                            None
+                        }
+                    }
                 }
                 Action::CatchUp {
                     conn,

@@ -37,6 +37,28 @@ pub(crate) struct Attachment {
     pub(crate) root: Option<arbor_shared::NodeId>,
 }
 
+impl Attachment {
+    /// Writes it to `ws` as one JSON string. This runs for every socket sent
+    /// ops, after every commit: a string crosses from wasm to JS in one call
+    /// and is stored as bytes, where an object is built field by field
+    /// (`serde_wasm_bindgen`) and then walked again by the runtime's
+    /// serializer.
+    pub(crate) fn store(&self, ws: &WebSocket) -> Result<()> {
+        let text =
+            serde_json::to_string(self).map_err(|e| worker::Error::RustError(e.to_string()))?;
+        ws.serialize_attachment(text)
+    }
+
+    /// What `ws` keeps, if anything: the JSON string of [`Attachment::store`],
+    /// or an object as earlier versions wrote it.
+    pub(crate) fn load(ws: &WebSocket) -> Option<Attachment> {
+        match ws.deserialize_attachment::<String>() {
+            Ok(Some(text)) => serde_json::from_str(&text).ok(),
+            _ => ws.deserialize_attachment::<Attachment>().ok().flatten(),
+        }
+    }
+}
+
 /// A socket and what its attachment holds (kept here too, so a cursor
 /// write needs no read of the attachment).
 pub(crate) struct Socket {
@@ -91,7 +113,7 @@ impl RoomObject {
         let sockets = self.state.get_websockets();
         let mut restored = Vec::new();
         for ws in &sockets {
-            if let Ok(Some(a)) = ws.deserialize_attachment::<Attachment>() {
+            if let Some(a) = Attachment::load(ws) {
                 restored.push((a, ws.clone()));
             }
         }
@@ -159,7 +181,7 @@ impl RoomObject {
             {
                 s.attachment.hello = hello;
                 s.attachment.root = root;
-                let _ = s.ws.serialize_attachment(&s.attachment);
+                let _ = s.attachment.store(&s.ws);
             }
         });
     }
@@ -238,7 +260,7 @@ impl RoomObject {
             hello: None,
             root: None,
         };
-        server.serialize_attachment(&attachment)?;
+        attachment.store(&server)?;
         let _ = self.with_room(|l| {
             l.sockets.insert(
                 conn,
@@ -292,7 +314,7 @@ impl RoomObject {
     }
 
     fn conn_of(ws: &WebSocket) -> Option<Attachment> {
-        ws.deserialize_attachment::<Attachment>().ok().flatten()
+        Attachment::load(ws)
     }
 }
 

@@ -1015,9 +1015,11 @@ impl Room {
     }
 
     /// The host committed the group of the last [`Action::Commit`]:
-    /// `results` has one entry per push, in push order. Every socket gets
-    /// the group's new ops in one frame, then each author its acks and
-    /// errors; then the next group is asked for.
+    /// `results` has one entry per push, in push order. The next group, if
+    /// pushes wait, is asked for first (a host that starts its actions in
+    /// order then has the database commit it while it writes this group's
+    /// frames); then every socket gets the group's new ops in one frame,
+    /// then each author its acks and errors.
     pub fn on_commit(&mut self, results: Vec<IngestResult>) -> Vec<Action> {
         let pushes = self.commits.finish();
         let mut committed = Vec::new();
@@ -1074,7 +1076,11 @@ impl Room {
         out.extend(self.ask_subtree(&behind));
         let noticed = std::mem::take(&mut self.commits.noticed);
         out.extend(self.on_head(noticed));
-        out.extend(self.next_commit());
+        // After the notice: one that came during this commit is looked at
+        // now, not held for the next.
+        if let Some(next) = self.next_commit() {
+            out.insert(0, next);
+        }
         out
     }
 

@@ -626,6 +626,41 @@ fn pushes_wait_behind_the_group_in_flight_and_commit_together_in_arrival_order()
 }
 
 #[test]
+fn the_next_group_is_asked_for_before_the_answered_groups_frames() {
+    // A host that starts its actions in order has the next group committed
+    // while it writes the frames of the one just answered.
+    let mut h = Host::new(0);
+    h.connect(1, claims(Role::Write, Some(1), u64::MAX));
+    let a = h.room.on_message(1, &hello(1, None));
+    h.run(a);
+    for (batch, node) in [(10, 1), (11, 2)] {
+        let push = ClientMsg::Push {
+            batch,
+            ops: vec![mv(batch, 1, node, 0)],
+        };
+        let a = h.room.on_message(1, &push.encode());
+        h.run(a);
+    }
+    let group = h.commits.pop_front().unwrap();
+    let committed = SeqOp::new(1, group[0].ops[0].clone());
+    h.log.push(committed.clone());
+    let a = h
+        .room
+        .on_commit(vec![IngestResult::Committed(vec![committed])]);
+    assert!(
+        matches!(&a[..], [
+            Action::Commit { pushes },
+            Action::Send { msg: ServerMsg::Ops { .. }, .. },
+            Action::Send { msg: ServerMsg::Ack { batch: 10 }, .. },
+        ] if pushes.len() == 1 && pushes[0].batch == 11),
+        "{a:?}"
+    );
+    h.run(a);
+    h.serve_ingest();
+    assert_eq!(h.seqs(1), [1, 2]);
+}
+
+#[test]
 fn a_group_is_bounded_by_pushes_and_ops() {
     let mut h = Host::new(0);
     h.room = Room::new(

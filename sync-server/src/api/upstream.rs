@@ -51,6 +51,9 @@ async fn serve_frames(state: &AppState, space: &str, socket: &mut WebSocket) {
         };
         let answer = match serde_json::from_str::<UpstreamMsg>(text.as_str()) {
             Ok(UpstreamMsg::Commit { id, pushes }) => {
+                // Commit notices wait for this answer (they are most likely
+                // this commit's, which the object gets here).
+                let _busy = state.forwarder.as_ref().map(|f| f.edge_commit(space));
                 match commit_group(state, space, pushes).await {
                     Ok(results) => {
                         // The object sees these seqs in this answer: no
