@@ -52,10 +52,14 @@ pub(crate) fn wrote(inner: &Inner) {
             if quiet < f64::from(IDLE_MS) {
                 continue;
             }
-            // Busy (a snapshot loading, a call running): try again later.
+            // Busy (a snapshot loading, a call running), or edits not saved
+            // yet (`save.rs` commits them first): try again later.
             let Ok(r) = inner.replica.try_borrow() else {
                 continue;
             };
+            if r.has_held() {
+                continue;
+            }
             if let Err(e) = r
                 .connection()
                 .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))

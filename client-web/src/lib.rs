@@ -15,6 +15,8 @@
 //!   with its edit, so a call resent after a handover is not made twice.
 //! - [`checkpoint`]: WAL checkpoints run when the worker is idle, not in
 //!   an edit's commit.
+//! - [`save`]: held edits (write-behind: shown when applied) committed
+//!   once edits pause; `saved()` resolves then.
 //! - [`history`]: undo and redo, the conflict list, a node's history
 //!   from the server and reverting a subtree to a past seq.
 //! - [`inspect`]: the inspector's reads (outbox, recent ops, restores,
@@ -33,6 +35,7 @@ pub mod checkpoint;
 pub mod history;
 pub mod inspect;
 pub mod js;
+pub mod save;
 pub mod sync;
 
 use std::cell::{Cell, RefCell};
@@ -129,6 +132,8 @@ pub(crate) struct Inner {
     pub(crate) wake: RefCell<Option<futures_channel::mpsc::UnboundedSender<sync::Event>>>,
     /// When the next idle checkpoint runs (`checkpoint.rs`).
     pub(crate) checkpoint: checkpoint::IdleCheckpoint,
+    /// When held edits are committed (`save.rs`).
+    pub(crate) save: save::SaveTimer,
     /// This `Inner` itself (for the tasks it spawns).
     me: std::rc::Weak<Inner>,
 }
@@ -147,14 +152,39 @@ impl Inner {
         let ids = |s: &std::collections::BTreeSet<NodeId>| -> Vec<String> {
             s.iter().map(ToString::to_string).collect()
         };
-        let json = serde_json::json!({
+        let mut json = serde_json::json!({
             "reset": all.reset,
             "parents": ids(&all.parents),
             "moved": ids(&all.moved),
             "fields": ids(&all.fields),
             "conflicts": all.conflicts.iter().map(history::conflict_json).collect::<Vec<_>>(),
-        })
-        .to_string();
+        });
+        // The view's data for a few nodes, so it need not read them back: a
+        // moved node's place (its `deleted` walks its ancestors), a node
+        // that only changed fields its fields (one read).
+        if !all.reset
+            && all.moved.len() + all.fields.len() <= CHANGE_NODES_MAX
+            && let Ok(r) = self.replica.try_borrow()
+        {
+            let nodes: Option<serde_json::Map<String, serde_json::Value>> = all
+                .moved
+                .iter()
+                .map(|&id| node_json(&r, id).ok().map(|v| (id.to_string(), v)))
+                .collect();
+            let values: Option<serde_json::Map<String, serde_json::Value>> = all
+                .fields
+                .difference(&all.moved)
+                .map(|&id| {
+                    let fields = r.fields(id).ok()?;
+                    Some((id.to_string(), serde_json::json!(fields)))
+                })
+                .collect();
+            if let (Some(nodes), Some(values)) = (nodes, values) {
+                json["nodes"] = serde_json::Value::Object(nodes);
+                json["values"] = serde_json::Value::Object(values);
+            }
+        }
+        let json = json.to_string();
         if let Some(f) = self.on_changes.borrow().as_ref() {
             let _ = f.call1(&JsValue::NULL, &JsValue::from_str(&json));
         }
@@ -195,13 +225,20 @@ impl Inner {
             .map_err(|_| err(ErrorCode::Busy, "the replica is loading a snapshot"))
     }
 
-    /// After a local write: notify, wake the sync loop, report the outbox.
+    /// After a local write: notify (the edit is shown), have it saved soon
+    /// (the sync loop is woken then: only saved ops are pushed), report the
+    /// outbox.
     fn wrote(&self) {
         self.flush_changes();
+        save::edited(self);
+        self.set_status(|_| {});
+    }
+
+    /// Wakes the running sync session (local ops to push).
+    pub(crate) fn wake_sync(&self) {
         if let Some(w) = self.wake.borrow().as_ref() {
             let _ = w.unbounded_send(sync::Event::Wake);
         }
-        self.set_status(|_| {});
     }
 }
 
@@ -219,6 +256,26 @@ pub(crate) fn replica_err(e: ReplicaError) -> JsValue {
     };
     err(code, &e.to_string())
 }
+
+/// A node as `node()` answers it (`{id, parent, key, fields, deleted}`),
+/// or `null` when the replica does not hold it.
+fn node_json(r: &Replica, id: NodeId) -> Result<serde_json::Value, ReplicaError> {
+    if !r.contains(id)? {
+        return Ok(serde_json::Value::Null);
+    }
+    let place = r.place(id)?;
+    Ok(serde_json::json!({
+        "id": id.to_string(),
+        "parent": place.as_ref().map(|p| p.parent.to_string()),
+        "key": place.as_ref().map(|p| hex(p.key.as_bytes())),
+        "fields": r.fields(id)?,
+        "deleted": r.is_deleted(id)?,
+    }))
+}
+
+/// The most nodes a change event carries the data of (`Changes.nodes`):
+/// an edit's few at once, a big batch's left for the view to read.
+pub const CHANGE_NODES_MAX: usize = 64;
 
 /// Lowercase hex: ordering hex strings orders the bytes (what sibling
 /// order is: key bytes, then id), so the page can place a moved node
@@ -351,6 +408,9 @@ impl WebReplica {
             .subtree_root_in_trash()
             .map_err(replica_err)?
             .unwrap_or(false);
+        // Edits are shown when applied and committed together once they
+        // pause (`save.rs`).
+        replica.set_write_behind(true).map_err(replica_err)?;
         let changes = replica.subscribe();
         let outbox = replica.outbox_len().unwrap_or(0);
         let cursor = replica.cursor().ok().flatten();
@@ -362,6 +422,7 @@ impl WebReplica {
         let inner = Rc::new_cyclic(|me| Inner {
             me: me.clone(),
             checkpoint: checkpoint::IdleCheckpoint::default(),
+            save: save::SaveTimer::default(),
             replica: RefCell::new(replica),
             space,
             root,
@@ -387,6 +448,16 @@ impl WebReplica {
             wake: RefCell::new(None),
         });
         Ok(WebReplica { inner })
+    }
+
+    /// Resolves once every edit made so far is saved (committed to the
+    /// replica file); rejects with `storage` if the commit failed (the
+    /// held edits are gone, and a `reset` change went out).
+    pub fn saved(&self) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            save::saved(&inner).await.map(|()| JsValue::UNDEFINED)
+        })
     }
 
     /// The status as JSON.
@@ -506,20 +577,7 @@ impl WebReplica {
     pub fn node(&self, id: &str) -> Result<String, JsValue> {
         let id = node_id(id)?;
         let r = self.inner.replica()?;
-        if !r.contains(id).map_err(replica_err)? {
-            return Ok("null".into());
-        }
-        let place = r.place(id).map_err(replica_err)?;
-        let fields = r.fields(id).map_err(replica_err)?;
-        let deleted = r.is_deleted(id).map_err(replica_err)?;
-        Ok(serde_json::json!({
-            "id": id.to_string(),
-            "parent": place.as_ref().map(|p| p.parent.to_string()),
-            "key": place.as_ref().map(|p| hex(p.key.as_bytes())),
-            "fields": fields,
-            "deleted": deleted,
-        })
-        .to_string())
+        Ok(node_json(&r, id).map_err(replica_err)?.to_string())
     }
 
     /// Nodes in the tree (ROOT and TRASH excluded).

@@ -144,6 +144,7 @@ impl<'r> SnapshotLoad<'r> {
     pub fn begin(replica: &'r mut Replica) -> Result<SnapshotLoad<'r>, ReplicaError> {
         let me = replica_to_stored(replica.replica.0);
         let space = replica.space()?;
+        replica.commit_held()?;
         replica.conn.execute_batch("BEGIN IMMEDIATE")?;
         let load = SnapshotLoad {
             replica,

@@ -51,6 +51,11 @@ export class EditQueue {
     this.#o = outline;
   }
 
+  /** Whether a create is in flight (its placeholder has no real id yet). */
+  creating(): boolean {
+    return this.#edits.some((e) => e.from === null && e.resolvedSeq === null);
+  }
+
   /** The last queued call (resolves once every call queued so far has run). */
   get tail(): Promise<void> {
     return this.#ops;

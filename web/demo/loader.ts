@@ -1,7 +1,8 @@
 // Keeps the model in step with the replica: loads child lists and applies change events to them.
 //
 // Changes events are collected and handled once per animation frame,
-// incrementally: every node in `moved` is read with `node(id)` and taken out
+// incrementally: every node in `moved` is read with `node(id)` (or taken
+// from the event's own `nodes`, for a change of a few nodes) and taken out
 // of the loaded list that held it and put into its new parent's loaded list
 // (if that is loaded) at its place by (key, id); its rows (its whole visible
 // subtree) are spliced out and back in, so a change costs a few small reads,
@@ -53,6 +54,13 @@ export class Loader implements ListLoads {
   #resetMark = 0;
   /** One per reload pass in flight. */
   #loadLogs = new Set<LoadLog>();
+  /** Node data the change events carried (`Changes.nodes`), the newest per
+   * node, until a flush uses it: such a node is not read back. (Every
+   * change sends an event before any later reply, so this is never older
+   * than what a read would return.) */
+  #known = new Map<NodeId, NodeInfo | null>();
+  /** The same for nodes whose fields alone changed (`Changes.values`). */
+  #knownFields = new Map<NodeId, Record<string, string>>();
 
   constructor(outline: Outline) {
     this.#o = outline;
@@ -145,6 +153,23 @@ export class Loader implements ListLoads {
     if (c.reset) {
       this.#reset = true;
       this.#resetMark = this.#o.queue.nextSeq();
+      this.#known.clear();
+      this.#knownFields.clear();
+    }
+    for (const id of c.moved) {
+      const info = c.nodes?.[id];
+      if (info === undefined) this.#known.delete(id);
+      else this.#known.set(id, info);
+    }
+    for (const id of c.fields) {
+      if (c.moved.includes(id)) continue; // in `nodes`, fields and all
+      const fields = c.values?.[id];
+      const had = this.#known.get(id);
+      if (fields === undefined) {
+        this.#known.delete(id);
+        this.#knownFields.delete(id);
+      } else if (had) this.#known.set(id, { ...had, fields });
+      else this.#knownFields.set(id, fields);
     }
     for (const p of c.parents) this.#dirtyParents.add(p);
     for (const m of c.moved) this.#dirtyMoved.add(m);
@@ -169,6 +194,13 @@ export class Loader implements ListLoads {
   }
 
   #flush(): void {
+    // A create's change event comes before its call answers (the call
+    // answers once the edit is saved): placing the new node now would show
+    // it next to its placeholder. Wait for the queue, keeping the changes.
+    if (this.#o.queue.creating()) {
+      void this.#o.queue.tail.then(() => this.#scheduleFlush());
+      return;
+    }
     const reset = this.#reset;
     const parents = [...this.#dirtyParents];
     const moved = [...this.#dirtyMoved];
@@ -184,6 +216,9 @@ export class Loader implements ListLoads {
     const trash = parents.includes(TRASH);
     if (moved.length > MOVE_PATCH_MAX) this.#reloadParents(parents, fields);
     else this.#readChanged(parents, moved, fields);
+    // Used by the reads above (taken at once), or for nodes not shown.
+    this.#known.clear();
+    this.#knownFields.clear();
     if (trash) this.#o.onTrashChanged?.();
   }
 
@@ -249,7 +284,16 @@ export class Loader implements ListLoads {
     const ids = [...moved, ...patch];
     const seq = queue.beginRead();
     this.#busy++;
-    Promise.all(ids.map((id) => o.arbor.node(id).then((info) => ({ info }), (e: unknown) => ({ error: e }))))
+    // What the change events carried, else a read: a moved node's whole
+    // info, a patched node's fields.
+    const read = (id: NodeId, k: number): Promise<{ info: Pick<NodeInfo, "fields"> | null } | { error: unknown }> => {
+      const info = this.#known.get(id);
+      if (info !== undefined) return Promise.resolve({ info });
+      const fields = k >= moved.length ? this.#knownFields.get(id) : undefined;
+      if (fields !== undefined) return Promise.resolve({ info: { fields } });
+      return o.arbor.node(id).then((info) => ({ info }), (e: unknown) => ({ error: e }));
+    };
+    Promise.all(ids.map(read))
       .then((reads) => {
         const failed = reads.find((r): r is { error: unknown } => "error" in r);
         if (failed) {
@@ -259,7 +303,8 @@ export class Loader implements ListLoads {
           return;
         }
         const infos = reads.map((r) => ("info" in r ? r.info : null));
-        this.#place(moved, infos.slice(0, moved.length), seq, parents);
+        // The moved nodes' entries are whole infos (never a patch's fields).
+        this.#place(moved, infos.slice(0, moved.length) as (NodeInfo | null)[], seq, parents);
         let patched = false;
         for (let k = moved.length; k < ids.length; k++) {
           const info = infos[k];

@@ -148,19 +148,25 @@ class Store {
     return new Promise((ok) => this.#idle.push(ok));
   }
 
+  /** `value` from a change event (`Changes.nodes`): no read; a read still
+   * in flight is older, and dropped. */
+  #settle<T>(r: Read<T>, value: T): void {
+    r.seq++;
+    r.failed = false;
+    const json = JSON.stringify(value);
+    if (json === r.json) return;
+    r.value = value;
+    r.json = json;
+    notify(r.listeners);
+  }
+
   #refresh<T>(r: Read<T>): void {
     const seq = ++r.seq;
     this.#inFlight++;
     r.load()
       .then(
         (value) => {
-          if (seq !== r.seq) return;
-          r.failed = false;
-          const json = JSON.stringify(value);
-          if (json === r.json) return;
-          r.value = value;
-          r.json = json;
-          notify(r.listeners);
+          if (seq === r.seq) this.#settle(r, value);
         },
         () => {
           if (seq === r.seq) r.failed = true;
@@ -196,7 +202,18 @@ class Store {
         this.#nodes.delete(id);
         continue;
       }
-      if (c.reset || r.failed || anyMove || touched.has(id)) this.#refresh(r);
+      // What the event carried (its place unchanged if only its fields were).
+      const fields = c.values?.[id];
+      const moved = c.nodes?.[id];
+      const carried = c.reset
+        ? undefined
+        : moved !== undefined
+          ? moved
+          : fields && r.value && !anyMove
+            ? { ...r.value, fields }
+            : undefined;
+      if (carried !== undefined) this.#settle(r, carried);
+      else if (c.reset || r.failed || anyMove || touched.has(id)) this.#refresh(r);
     }
     if (this.#rejected && (c.reset || this.#rejected.failed)) this.#refresh(this.#rejected);
   }

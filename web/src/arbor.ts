@@ -10,6 +10,7 @@ import {
   type ConnectOptions,
   type HistoryPage,
   type NodeId,
+  type NodeInfo,
   type NodeView,
   type OpenOptions,
   type OutboxEntry,
@@ -48,17 +49,6 @@ export type WorkerMsg =
  * @internal Shared with the worker. */
 export function replicaKey(space: string, root: NodeId | null): string {
   return root === null ? space : `${space}~${root}`;
-}
-
-/** Node details as `node` returns them. */
-export interface NodeInfo {
-  id: NodeId;
-  parent: NodeId | null;
-  /** The order key among its siblings (lowercase hex), null for ROOT/TRASH. */
-  key: string | null;
-  fields: Record<string, string>;
-  /** True if the node is (under) TRASH. */
-  deleted: boolean;
 }
 
 /** A replica of one thoughtspace, opened in this tab. */
@@ -162,6 +152,15 @@ export class Arbor {
   /** Sets a field (`null` clears it). */
   async set(node: NodeId, field: string, value: string | null): Promise<void> {
     await this.#call("set", node, field, value);
+  }
+
+  /** Resolves once every edit made so far (by any tab of this replica) is
+   * saved in the replica file. Edits are shown (change events, reads) as
+   * soon as they are applied and saved together once edits pause for 2 ms,
+   * at most 25 ms after the first (docs/BROWSER.md, "Durability"); each
+   * write call also resolves only once its edit is saved. */
+  async saved(): Promise<void> {
+    await this.#call("saved");
   }
 
   /** A page of `parent`'s children in order, after the child `after`. */

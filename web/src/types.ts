@@ -24,6 +24,17 @@ export interface NodeView {
 }
 
 /** What a write touched (local or remote). */
+/** Node details as `node` returns them. */
+export interface NodeInfo {
+  id: NodeId;
+  parent: NodeId | null;
+  /** The order key among its siblings (lowercase hex), null for ROOT/TRASH. */
+  key: string | null;
+  fields: Record<string, string>;
+  /** True if the node is (under) TRASH. */
+  deleted: boolean;
+}
+
 export interface Changes {
   /** The whole replica was replaced (cold start): reload everything. */
   reset: boolean;
@@ -33,6 +44,14 @@ export interface Changes {
   moved: NodeId[];
   /** Nodes whose fields changed. */
   fields: NodeId[];
+  /** Each node of `moved` as `node()` reads it right after this change
+   * (`null`: no longer in the replica). Present when `moved` and `fields`
+   * together hold at most 64 nodes (otherwise absent: read what you show),
+   * so a view patches its rows without a call back to the worker. */
+  nodes?: Record<NodeId, NodeInfo | null>;
+  /** With `nodes`: the fields of each node of `fields` that did not move
+   * (its place is unchanged). */
+  values?: Record<NodeId, Record<string, string>>;
   /** What the ops applied in this change took from this replica's edits,
    * and the server's restores, newest last (also kept in the conflict list,
    * `Arbor.conflicts`). Empty for most changes. */

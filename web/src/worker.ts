@@ -81,9 +81,21 @@ function error(e: unknown): { code: string; message: string } {
 }
 
 /** Runs a call against the replica this worker owns: its answer, or a
- * promise of it for the calls that read the server (`history`,
- * `revertSubtree`). The replica sees the calls in the order they came. */
+ * promise of it. The replica sees the calls in the order they came. A
+ * write is applied (and its change event sent) at once, and answered once
+ * it is saved (`saved()`: the replica commits held edits when edits pause,
+ * see docs/BROWSER.md). */
 function execute(r: WebReplica, method: string, args: unknown[]): unknown {
+  const v = run(r, method, args);
+  return WRITES.has(method) ? afterSaved(r, v) : v;
+}
+
+/** `v` (or what it resolves to), once every edit made so far is saved. */
+function afterSaved(r: WebReplica, v: unknown): Promise<unknown> {
+  return Promise.resolve(v).then((x) => (r.saved() as Promise<void>).then(() => x));
+}
+
+function run(r: WebReplica, method: string, args: unknown[]): unknown {
   const s = (v: unknown) => JSON.stringify(v);
   const parse = (p: Promise<unknown>) => p.then((json) => JSON.parse(json as string) as unknown);
   switch (method) {
@@ -103,6 +115,8 @@ function execute(r: WebReplica, method: string, args: unknown[]): unknown {
       return JSON.parse(r.node(args[0] as string));
     case "count":
       return r.count();
+    case "saved":
+      return r.saved();
     case "rejected":
       return JSON.parse(r.rejected());
     case "clearRejected":
@@ -174,12 +188,13 @@ function runKeyed(r: WebReplica, method: string, args: unknown[], key: string): 
   if (!WRITES.has(method)) return execute(r, method, args);
   const done = r.callDone(key) as string | null | undefined;
   if (done !== undefined) {
-    if (method === "create") return done;
-    if (method === "revertSubtree") return { seq: args[1], moved: 0, set: 0, skipped: 0 };
-    return null;
+    // Found: made already (and answered once saved, as when it was made).
+    if (method === "create") return afterSaved(r, done);
+    if (method === "revertSubtree") return afterSaved(r, { seq: args[1], moved: 0, set: 0, skipped: 0 });
+    return afterSaved(r, null);
   }
   if (method === "revertSubtree") {
-    return r.revertSubtree(args[0] as string, args[1] as number, key).then((json) => JSON.parse(json as string) as unknown);
+    return afterSaved(r, r.revertSubtree(args[0] as string, args[1] as number, key).then((json) => JSON.parse(json as string) as unknown));
   }
   r.setCallKey(key);
   try {

@@ -6,7 +6,7 @@ use rusqlite::{OptionalExtension as _, TransactionBehavior, params};
 use super::meta::{key, meta_set, now_ms, random_u128};
 use super::outbox::outbox_insert;
 use super::{Replica, ReplicaError, Result};
-use crate::store::{SqliteStore, hlc_to_sql, id_blob, id_from_blob, key_from_blob};
+use crate::store::{Changes, SqliteStore, hlc_to_sql, id_blob, id_from_blob, key_from_blob};
 
 /// Where a new or moved node goes among its new siblings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,21 +193,23 @@ impl Replica {
         for op in &ops {
             op.validate()?;
         }
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let effects = super::undo::effects_of(&tx, &ops)?;
-        let changes = {
-            let mut tree = Tree::new(SqliteStore::new(&tx));
-            tree.apply(&ops)?;
-            tree.into_store().changes
+        let clock = hlc_to_sql(self.clock.last().0)?;
+        let call_key = self.call_key.take();
+        // Write-behind: a savepoint in the held transaction, committed
+        // later; otherwise a transaction of its own.
+        let (effects, changes) = if self.hold()? {
+            let sp = self.conn.savepoint()?;
+            let done = write_local(&sp, &ops, clock, call_key.as_deref(), created)?;
+            sp.commit()?;
+            done
+        } else {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let done = write_local(&tx, &ops, clock, call_key.as_deref(), created)?;
+            tx.commit()?;
+            done
         };
-        outbox_insert(&tx, &ops)?;
-        meta_set(&tx, key::CLOCK, hlc_to_sql(self.clock.last().0)?)?;
-        if let Some(k) = self.call_key.take() {
-            super::calls::record(&tx, &k, created)?;
-        }
-        tx.commit()?;
         self.undo_steps.record(effects);
         self.notify(changes);
         self.outbox_grew.notify_one();
@@ -373,4 +375,28 @@ impl Replica {
         });
         self.commit_local(vec![op], None)
     }
+}
+
+/// A local edit's writes (inside the caller's transaction or savepoint):
+/// applied, queued in the outbox, the clock persisted, the call recorded.
+/// Returns its undo effects and changes.
+fn write_local(
+    conn: &rusqlite::Connection,
+    ops: &[Op],
+    clock: i64,
+    call_key: Option<&str>,
+    created: Option<NodeId>,
+) -> Result<(Vec<super::undo::Effect>, Changes)> {
+    let effects = super::undo::effects_of(conn, ops)?;
+    let changes = {
+        let mut tree = Tree::new(SqliteStore::new(conn));
+        tree.apply(ops)?;
+        tree.into_store().changes
+    };
+    outbox_insert(conn, ops)?;
+    meta_set(conn, key::CLOCK, clock)?;
+    if let Some(k) = call_key {
+        super::calls::record(conn, k, created)?;
+    }
+    Ok((effects, changes))
 }

@@ -15,8 +15,10 @@ impl Replica {
     /// one id would issue equal stamps), no cursor (its first sync loads a
     /// snapshot) and an empty outbox (the unacknowledged ops stay this
     /// file's to push; the copy shows their effects until it syncs, and a
-    /// fork of it includes them).
-    pub fn export(&self, path: &Path) -> Result<()> {
+    /// fork of it includes them). Held edits (write-behind) are committed
+    /// first: `VACUUM INTO` runs outside a transaction.
+    pub fn export(&mut self, path: &Path) -> Result<()> {
+        self.commit_held()?;
         let text = path
             .to_str()
             .ok_or_else(|| ReplicaError::Snapshot("export path is not UTF-8".into()))?;

@@ -30,6 +30,8 @@
 //! - `inspect.rs`: the inspector's reads, each indexed or bounded (the
 //!   outbox with each op's effect [`OutboxEntry`], recent ops, restores,
 //!   the move that placed a node [`LastMove`], [`ReplicaSize`]).
+//! - `write_behind.rs`: local edits held in one open write transaction,
+//!   shown at once and committed together later (browser replicas).
 
 mod calls;
 #[cfg(not(target_arch = "wasm32"))]
@@ -47,6 +49,7 @@ mod remote;
 mod revert;
 mod subtree;
 mod undo;
+mod write_behind;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -109,10 +112,19 @@ pub struct Replica {
     /// The checkpoint thread of a file replica (native builds).
     #[cfg(not(target_arch = "wasm32"))]
     checkpointer: Option<checkpoint::Checkpointer>,
+    /// Whether local edits are held in an open transaction
+    /// ([`Replica::set_write_behind`]).
+    write_behind: bool,
+    /// The held write transaction. Invariant: `Some` exactly while the
+    /// connection is inside the transaction `hold` began; every other
+    /// write transaction calls [`Replica::commit_held`] before it begins.
+    held: Option<write_behind::Held>,
 }
 
 impl Drop for Replica {
     fn drop(&mut self) {
+        // A replica closed in order saves what it holds.
+        let _ = self.commit_held();
         #[cfg(not(target_arch = "wasm32"))]
         if let Some(c) = self.checkpointer.take() {
             c.stop(&mut self.conn);
@@ -175,6 +187,8 @@ impl Replica {
             call_key: None,
             #[cfg(not(target_arch = "wasm32"))]
             checkpointer,
+            write_behind: false,
+            held: None,
         })
     }
 

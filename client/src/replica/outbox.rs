@@ -57,14 +57,27 @@ pub struct RejectedOp {
 }
 
 impl Replica {
-    /// The unacknowledged local ops, oldest first (at most `limit`).
+    /// The unacknowledged local ops, oldest first (at most `limit`), held
+    /// ones (write-behind) included.
     pub fn outbox(&self, limit: usize) -> Result<Vec<Op>> {
+        self.outbox_upto(i64::MAX, limit)
+    }
+
+    /// The ops to push: the outbox without held ops (an op goes to the
+    /// server only once it is committed here, so the server never has an op
+    /// a crash could take from this replica).
+    pub fn outbox_to_push(&self, limit: usize) -> Result<Vec<Op>> {
+        self.outbox_upto(self.held.map_or(i64::MAX, |h| h.outbox_committed), limit)
+    }
+
+    fn outbox_upto(&self, last_ord: i64, limit: usize) -> Result<Vec<Op>> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT op FROM outbox ORDER BY ord LIMIT ?1")?;
-        let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-            r.get::<_, String>(0)
-        })?;
+            .prepare_cached("SELECT op FROM outbox WHERE ord <= ?1 ORDER BY ord LIMIT ?2")?;
+        let rows = stmt.query_map(
+            params![last_ord, i64::try_from(limit).unwrap_or(i64::MAX)],
+            |r| r.get::<_, String>(0),
+        )?;
         let mut out = Vec::new();
         for text in rows {
             let text = text?;
@@ -89,7 +102,10 @@ impl Replica {
         if self.subtree_root()?.is_some() {
             return self.acknowledge_in_subtree(stamps);
         }
-        let tx = self.conn.transaction()?;
+        self.commit_held()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)?;
         outbox_delete(&tx, stamps.iter().copied())?;
         tx.commit()?;
         Ok(())
@@ -100,7 +116,10 @@ impl Replica {
     /// effects go away at the next cold start, which the caller triggers).
     /// They are never pushed again.
     pub fn reject(&mut self, stamps: &[Stamp], code: ErrorCode, message: &str) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        self.commit_held()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)?;
         {
             let mut keep = tx.prepare_cached(
                 "INSERT INTO rejected (hlc, replica, op, code, message)
@@ -169,6 +188,7 @@ impl Replica {
     /// many were queued again.
     pub fn requeue_own_ops(&mut self) -> Result<u64> {
         let me = replica_to_stored(self.replica.0);
+        self.commit_held()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -244,7 +264,10 @@ impl Replica {
     /// op holds its stamp), whichever comes first; later ops are re-stamped
     /// too, so they keep their order.
     pub fn request_restamp(&mut self, from: Option<Stamp>) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        self.commit_held()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)?;
         meta_set(&tx, key::RESTAMP, 1i64)?;
         if let Some(from) = from {
             let earlier = meta_i64(&tx, key::RESTAMP_FROM_HLC)?

@@ -28,6 +28,7 @@ impl Replica {
             self.clock.observe(o.op.stamp().hlc);
         }
         let plain: Vec<Op> = ops.iter().map(|o| o.op.clone()).collect();
+        self.commit_held()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;

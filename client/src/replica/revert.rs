@@ -78,6 +78,7 @@ impl Replica {
 
         let mut report = RevertReport::default();
         let known_seq = self.cursor()?.unwrap_or(0);
+        self.commit_held()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;

@@ -40,6 +40,7 @@ impl Replica {
         for r in frame.registers {
             self.clock.observe(r.stamp.hlc);
         }
+        self.commit_held()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -113,6 +114,7 @@ impl Replica {
     /// on top of (the frames sent before the ack hold their effect, or what
     /// beat them).
     pub(crate) fn acknowledge_in_subtree(&mut self, stamps: &[Stamp]) -> Result<()> {
+        self.commit_held()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;

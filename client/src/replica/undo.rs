@@ -293,6 +293,7 @@ impl Replica {
     fn revert(&mut self, step: Step, mode: Mode) -> Result<UndoReport> {
         let mut report = UndoReport::default();
         let known_seq = self.cursor()?.unwrap_or(0);
+        self.commit_held()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;

@@ -47,7 +47,7 @@ impl PushWindow {
         let mut bytes = 0usize;
         let mut count = 0usize;
         let ops: Vec<Op> = r
-            .outbox(self.sent.len() + batch_ops)?
+            .outbox_to_push(self.sent.len() + batch_ops)?
             .into_iter()
             .filter(|o| !self.sent.contains(&o.stamp()))
             .take(batch_ops)

@@ -21,3 +21,4 @@ mod revert;
 mod sync;
 mod transcripts;
 mod undo;
+mod write_behind;
