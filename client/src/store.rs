@@ -141,6 +141,10 @@ fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogEntry> {
 
 const LOG_COLUMNS: &str = "hlc, replica, node, parent, key, applied, prev_parent, prev_key";
 
+/// The levels [`SqliteStore`]'s ancestor query climbs before it hands the
+/// walk to the bounded default.
+const ANCESTOR_QUERY_DEPTH: i64 = 4_096;
+
 impl TreeStore for SqliteStore<'_> {
     type Error = rusqlite::Error;
     type Node = NodeId;
@@ -178,6 +182,39 @@ impl TreeStore for SqliteStore<'_> {
             return Ok(None);
         }
         self.old_parent(node)
+    }
+
+    /// One recursive query for the first [`ANCESTOR_QUERY_DEPTH`] levels
+    /// instead of one query per level: the browser build pays a call into
+    /// SQLite per statement, and outlines hold chains hundreds deep (every
+    /// local move checks one for a cycle). A walk that goes deeper (a very
+    /// deep chain, or a damaged store's loop) continues as the default one.
+    fn is_ancestor(&self, a: NodeId, b: NodeId) -> rusqlite::Result<Option<bool>> {
+        if a == b {
+            return Ok(Some(true));
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "WITH RECURSIVE up(id, depth) AS (
+                 SELECT ?2, 0
+                 UNION ALL
+                 SELECT n.parent, up.depth + 1 FROM up JOIN nodes n ON n.id = up.id
+                 WHERE up.id <> ?1 AND up.depth < ?3
+             )
+             SELECT coalesce(max(id = ?1), 0), max(depth) FROM up",
+        )?;
+        let (found, depth): (bool, i64) = stmt
+            .query_row(params![id_blob(a), id_blob(b), ANCESTOR_QUERY_DEPTH], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        if found {
+            Ok(Some(true))
+        } else if depth < ANCESTOR_QUERY_DEPTH {
+            // The walk reached a node with no parent row: ROOT, TRASH or
+            // a node not in the tree.
+            Ok(Some(false))
+        } else {
+            arbor_shared::walk_is_ancestor(self, a, b)
+        }
     }
 
     fn contains(&self, node: NodeId) -> rusqlite::Result<bool> {

@@ -63,5 +63,5 @@ pub use key::{KeyGen, OrderKey};
 pub use op::{MoveOp, Op, OpError, SetOp};
 pub use tree::{
     Applied, Child, Effect, LogEntry, MemoryStore, Payload, Place, Tree, TreeError, TreeStore,
-    WalkBudget,
+    WalkBudget, walk_is_ancestor,
 };

@@ -348,3 +348,51 @@ fn a_damaged_file_with_a_cycle_is_reported_not_looped_over() {
     assert_eq!(r.outbox_len().unwrap(), outbox, "an op was queued");
     assert_eq!(r.parent(child).unwrap(), Some(other));
 }
+
+#[test]
+fn the_ancestor_query_answers_as_the_walk_does_below_and_past_its_depth() {
+    use arbor_client::store::SqliteStore;
+    use arbor_shared::{TreeStore as _, walk_is_ancestor};
+
+    let dir = TempDir::new("ancestors");
+    let mut r = Replica::open(&dir.0.join("r.db")).unwrap();
+    // A chain past the query's 4,096 levels, a branch off it, and a node
+    // in TRASH.
+    let mut chain = vec![NodeId::ROOT];
+    for _ in 0..4_200 {
+        let parent = *chain.last().unwrap();
+        chain.push(r.create(parent, Position::Last).unwrap());
+    }
+    let branch = r.create(chain[10], Position::Last).unwrap();
+    let trashed = r.create(chain[3], Position::Last).unwrap();
+    r.delete(trashed).unwrap();
+    let store = SqliteStore::new(r.connection());
+    let mut nodes = vec![NodeId::TRASH, branch, trashed, NodeId::from_random_bits(9)];
+    nodes.extend([0, 1, 2, 10, 11, 500, 4_095, 4_096, 4_097, 4_199, 4_200].map(|i| chain[i]));
+    for &a in &nodes {
+        for &b in &nodes {
+            assert_eq!(
+                store.is_ancestor(a, b).unwrap(),
+                walk_is_ancestor(&store, a, b).unwrap(),
+                "is {a} an ancestor of {b}"
+            );
+        }
+    }
+    assert_eq!(
+        store.is_ancestor(NodeId::ROOT, chain[4_200]).unwrap(),
+        Some(true)
+    );
+    assert_eq!(
+        store.is_ancestor(chain[4_200], NodeId::ROOT).unwrap(),
+        Some(false)
+    );
+    assert_eq!(
+        store.is_ancestor(NodeId::TRASH, trashed).unwrap(),
+        Some(true)
+    );
+    assert!(matches!(
+        r.move_node(chain[1], chain[4_200], Position::Last),
+        Err(ReplicaError::Cycle { .. })
+    ));
+    r.check_invariants().unwrap();
+}

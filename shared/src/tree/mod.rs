@@ -112,20 +112,7 @@ pub trait TreeStore {
     /// cycle). The default walks [`TreeStore::parent`] up from `b`, as deep
     /// as the tree goes, bounded by [`WalkBudget`].
     fn is_ancestor(&self, a: Self::Node, b: Self::Node) -> Result<Option<bool>, Self::Error> {
-        let mut cur = b;
-        let mut budget = WalkBudget::default();
-        loop {
-            if cur == a {
-                return Ok(Some(true));
-            }
-            match self.parent(cur)? {
-                Some(p) => cur = p,
-                None => return Ok(Some(false)),
-            }
-            if !budget.step(self)? {
-                return Ok(None);
-            }
-        }
+        walk_is_ancestor(self, a, b)
     }
     /// True if ROOT, TRASH, or a node in the tree.
     fn contains(&self, node: Self::Node) -> Result<bool, Self::Error>;
@@ -258,6 +245,30 @@ impl WalkBudget {
         }
         self.check_at = len.saturating_mul(2);
         Ok(len <= store.node_count()?.saturating_add(2))
+    }
+}
+
+/// [`TreeStore::is_ancestor`]'s default: walks [`TreeStore::parent`] up
+/// from `b`, bounded by [`WalkBudget`] (a store that answers some walks
+/// another way falls back to it for the rest).
+pub fn walk_is_ancestor<S: TreeStore + ?Sized>(
+    store: &S,
+    a: S::Node,
+    b: S::Node,
+) -> Result<Option<bool>, S::Error> {
+    let mut cur = b;
+    let mut budget = WalkBudget::default();
+    loop {
+        if cur == a {
+            return Ok(Some(true));
+        }
+        match store.parent(cur)? {
+            Some(p) => cur = p,
+            None => return Ok(Some(false)),
+        }
+        if !budget.step(store)? {
+            return Ok(None);
+        }
     }
 }
 
