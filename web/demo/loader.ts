@@ -161,8 +161,9 @@ export class Loader implements ListLoads {
       if (info === undefined) this.#known.delete(id);
       else this.#known.set(id, info);
     }
+    const moved = new Set(c.moved);
     for (const id of c.fields) {
-      if (c.moved.includes(id)) continue; // in `nodes`, fields and all
+      if (moved.has(id)) continue; // in `nodes`, fields and all
       const fields = c.values?.[id];
       const had = this.#known.get(id);
       if (fields === undefined) {
