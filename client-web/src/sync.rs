@@ -88,6 +88,7 @@ pub(crate) async fn run(inner: Rc<Inner>, config: Config, generation: u64) {
             max_backoff_ms: MAX_BACKOFF_MS,
             ping_ms,
             silence_ms: 3 * ping_ms,
+            token_root: arbor_shared::auth::unverified_root(&config.token),
             ..defaults
         },
         (js::random() * 2f64.powi(53)) as u64,

@@ -111,6 +111,7 @@ impl SyncConfig {
             max_backoff_ms: self.max_backoff.as_millis() as u64,
             ping_ms: self.keepalive.as_millis() as u64,
             silence_ms: 3 * self.keepalive.as_millis() as u64,
+            token_root: arbor_shared::auth::unverified_root(&self.token),
             ..SessionConfig::new(&self.space)
         }
     }

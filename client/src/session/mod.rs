@@ -27,7 +27,7 @@ mod subtree;
 mod window;
 
 use arbor_shared::protocol::{ClientMsg, PresenceState, ServerMsg, VERSION};
-use arbor_shared::{Disposition, ErrorCode, Stamp};
+use arbor_shared::{Disposition, ErrorCode, NodeId, Stamp};
 
 use crate::replica::{Replica, ReplicaError};
 use crate::snapshot::Progress;
@@ -67,6 +67,12 @@ pub struct SessionConfig {
     /// Give up after this many consecutive transient failures (`None`:
     /// never).
     pub max_failures: Option<u32>,
+    /// The `root` claim of the token the driver connects with, read
+    /// without checking it (`arbor_shared::auth::unverified_root`). Such a
+    /// token gets that root's subtree feed whatever the replica is, so a
+    /// replica that follows anything else stops `out_of_scope` before it
+    /// asks the server for anything.
+    pub token_root: Option<NodeId>,
 }
 
 impl SessionConfig {
@@ -84,6 +90,7 @@ impl SessionConfig {
             silence_ms: 60_000,
             until_idle: false,
             max_failures: None,
+            token_root: None,
         }
     }
 }
@@ -822,6 +829,21 @@ impl Session {
         }
         if let Err(e) = r.bind_space(&self.config.space) {
             return e.into();
+        }
+        if let (Some(claim), Ok(root)) = (self.config.token_root, r.subtree_root())
+            && root != Some(claim)
+        {
+            let follows = match root {
+                Some(root) => format!("the subtree of {root}"),
+                None => "the whole space".to_string(),
+            };
+            return Next::Stop(Stop::Refused {
+                code: ErrorCode::OutOfScope,
+                message: format!(
+                    "the token is limited to the subtree of {claim} and this replica \
+                     follows {follows}: open a replica of {claim}"
+                ),
+            });
         }
         match (r.cursor(), r.subtree_root()) {
             (Ok(None), Ok(root)) => {

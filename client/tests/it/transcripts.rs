@@ -723,3 +723,43 @@ async fn the_native_driver_follows_every_transcript() {
         play_native(&t).await;
     }
 }
+
+/// A token with a `root` claim gets that root's subtree feed whatever the
+/// replica asks for, so the session refuses to start with it on a replica
+/// of the whole space or of another root, before it asks for anything.
+#[test]
+fn a_token_limited_to_another_subtree_stops_the_session_before_it_connects() {
+    let claim = NodeId::from_random_bits(0x1234_5678_9abc_def0_1122_3344_5566_7788);
+    let other = NodeId::from_random_bits(0x0fed_cba9_8765_4321_8899_aabb_ccdd_eeff);
+    for follows in [None, Some(other), Some(claim)] {
+        let mut replica = Replica::open_in_memory().unwrap();
+        if let Some(root) = follows {
+            replica.bind_subtree(root).unwrap();
+        }
+        let mut session = Session::new(
+            SessionConfig {
+                token_root: Some(claim),
+                ..SessionConfig::new("s")
+            },
+            7,
+        );
+        let actions = session.start(&mut replica, 0);
+        let stopped = actions.iter().find_map(|a| match a {
+            Action::Stopped(arbor_client::session::Stop::Refused { code, message }) => {
+                Some((*code, message.clone()))
+            }
+            _ => None,
+        });
+        let asked = actions
+            .iter()
+            .any(|a| matches!(a, Action::LoadSnapshot { .. } | Action::Connect));
+        if follows == Some(claim) {
+            assert!(stopped.is_none() && asked, "{actions:?}");
+        } else {
+            let (code, message) = stopped.unwrap_or_else(|| panic!("{follows:?}: {actions:?}"));
+            assert_eq!(code, ErrorCode::OutOfScope);
+            assert!(message.contains(&claim.to_string()), "{message}");
+            assert!(!asked && session.is_over(), "{actions:?}");
+        }
+    }
+}
