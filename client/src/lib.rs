@@ -15,6 +15,9 @@
 //! - [`snapshot`]: cold start from a snapshot stream (one transaction,
 //!   indexes built after, outbox rebased) and the replica encoded as a
 //!   snapshot file (fork).
+//! - [`image`]: cold start from a replica image (the server's finished
+//!   SQLite file of the space): its headers, the streaming zstd decoder
+//!   and its checks, building one (the server), installing one.
 //! - [`session`]: the sync session, the client side of the protocol with no
 //!   I/O (cold-start decision, hello, push window, acks, what each error
 //!   code means, backoff), shared by the native and the browser driver.
@@ -25,6 +28,7 @@
 
 #[cfg(feature = "native")]
 pub mod fork;
+pub mod image;
 pub mod replica;
 pub mod schema;
 pub mod session;

@@ -21,6 +21,9 @@ pub struct Progress {
     pub rows: u64,
     /// Rows the header announces.
     pub total_rows: u64,
+    /// A replica image's size (its `bytes` are the decoded ones so far,
+    /// and it has no rows); 0 for a row snapshot.
+    pub total_bytes: u64,
 }
 
 /// What a cold start loaded.

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
+use crate::image::{ImageDecoder, ImageInfo};
 use crate::replica::{Replica, ReplicaError};
 use crate::session::{
     Action, ConnectFailure, PresenceTooLarge, Session, SessionConfig, SnapshotFailure, Stop,
@@ -56,6 +57,9 @@ pub struct SyncConfig {
     /// (`None`: this client shows none). The others' states are in
     /// [`SyncStatus::peers`].
     pub presence: Option<watch::Receiver<Option<PresenceState>>>,
+    /// A cold start tries the server's replica image first (default), and
+    /// loads rows when there is none or it does not check out.
+    pub images: bool,
 }
 
 /// The application's side of a presence channel ([`SyncConfig::presence`]).
@@ -100,6 +104,7 @@ impl SyncConfig {
             max_backoff: Duration::from_millis(session.max_backoff_ms),
             keepalive: Duration::from_millis(session.ping_ms),
             presence: None,
+            images: true,
         }
     }
 
@@ -112,6 +117,7 @@ impl SyncConfig {
             ping_ms: self.keepalive.as_millis() as u64,
             silence_ms: 3 * self.keepalive.as_millis() as u64,
             token_root: arbor_shared::auth::unverified_root(&self.token),
+            images: self.images,
             ..SessionConfig::new(&self.space)
         }
     }
@@ -297,6 +303,15 @@ impl Driver {
                             Some(f) => session.on_snapshot_failed(&mut r, now, f),
                         }
                     }
+                    Action::LoadImage { path } => {
+                        let loaded = self.load_image(&path).await;
+                        let now = self.now();
+                        let mut r = lock(&self.replica);
+                        match loaded {
+                            Ok(()) => session.on_image_loaded(&mut r, now),
+                            Err(why) => session.on_image_failed(&mut r, now, &why),
+                        }
+                    }
                     Action::Connect => {
                         let opened = self.connect().await;
                         let now = self.now();
@@ -427,6 +442,85 @@ impl Driver {
     /// Downloads the snapshot at `path` and loads it as it streams: decoded
     /// and inserted on a blocking thread, in one transaction (a cut rolls
     /// back).
+    /// Downloads the replica image at `path`, decoding it into a file
+    /// beside the replica's as it streams (on a blocking thread, through a
+    /// bounded channel), and installs it once it checks out. The file goes
+    /// whatever happens. Any failure is the reason to load rows instead.
+    async fn load_image(&mut self, path: &str) -> Result<(), String> {
+        let url = format!(
+            "{}?schema={}",
+            self.config.url(path),
+            crate::schema::VERSION
+        );
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(&self.config.token)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("HTTP {}", response.status()));
+        }
+        let info = ImageInfo::from_headers(|name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        })
+        .map_err(|e| e.to_string())?;
+        let temp = image_file(&lock(&self.replica));
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+        let replica = self.replica.clone();
+        let progress_to = self.status.clone();
+        let size = info.size;
+        let installer = tokio::task::spawn_blocking(move || {
+            let decoded = decode_image_file(
+                &temp,
+                &info,
+                || rx.blocking_recv(),
+                |bytes| {
+                    progress_to.send_modify(|s| {
+                        s.state = SyncState::ColdStart(crate::snapshot::Progress {
+                            bytes,
+                            total_bytes: info.size,
+                            ..Default::default()
+                        })
+                    });
+                },
+            );
+            let installed = decoded.and_then(|()| lock(&replica).install_image(&temp, &info));
+            let _ = std::fs::remove_file(&temp);
+            installed
+        });
+        let mut body = response.bytes_stream();
+        let mut cut = None;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                // The installer hung up: it failed; its error is the one.
+                Ok(chunk) => {
+                    if tx.send(chunk).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    cut = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let installed = installer.await.map_err(|e| e.to_string())?;
+        if let Some(cut) = cut {
+            // The installer saw the end of a cut stream and refused it.
+            return Err(format!("the image download failed: {cut}"));
+        }
+        let seq = installed.map_err(|e| e.to_string())?;
+        tracing::info!(seq, bytes = size, "cold start from the replica image done");
+        Ok(())
+    }
+
     async fn load_snapshot(&mut self, path: &str) -> Result<(), SnapshotFailure> {
         let response = self
             .http
@@ -482,6 +576,41 @@ impl Driver {
         );
         Ok(())
     }
+}
+
+/// Where an image is decoded: beside the replica's file (the same disk,
+/// so the copy into it is local), or in the temp folder for a replica in
+/// memory. A leftover of a crash is overwritten by the next download.
+fn image_file(replica: &Replica) -> std::path::PathBuf {
+    match replica.connection().path() {
+        Some(path) if !path.is_empty() => std::path::PathBuf::from(format!("{path}.image")),
+        _ => std::env::temp_dir().join(format!("arbor-{}.image", replica.replica_id())),
+    }
+}
+
+/// Decodes the compressed chunks `next` gives into a new file at `path`,
+/// reporting the decoded bytes; the file is complete and checked when this
+/// returns `Ok`.
+fn decode_image_file(
+    path: &std::path::Path,
+    info: &ImageInfo,
+    mut next: impl FnMut() -> Option<bytes::Bytes>,
+    mut progress: impl FnMut(u64),
+) -> Result<(), ReplicaError> {
+    use std::io::Write as _;
+    let io = |e: std::io::Error| ReplicaError::Image(format!("the image file: {e}"));
+    let _ = std::fs::remove_file(path);
+    let mut file =
+        std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create_new(path).map_err(io)?);
+    let mut decoder = ImageDecoder::new(info);
+    let mut sink = |bytes: &[u8]| file.write_all(bytes).map_err(io);
+    while let Some(chunk) = next() {
+        decoder.push(&chunk, &mut sink)?;
+        progress(decoder.decoded());
+    }
+    decoder.finish(&mut sink)?;
+    file.flush().map_err(io)?;
+    Ok(())
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -118,6 +118,17 @@ pub struct ServeArgs {
     /// Seconds a new realtime socket has to say `hello`.
     #[arg(long, env = "ARBOR_HELLO_TIMEOUT_S", default_value_t = 10)]
     pub hello_timeout_s: u64,
+    /// Keep replica images (cold start by file, `GET .../image`) in this
+    /// folder; without it the server keeps none and clients load rows.
+    #[arg(long, env = "ARBOR_IMAGE_DIR")]
+    pub image_dir: Option<PathBuf>,
+    /// Rebuild an image once it is this many ops behind the head.
+    #[arg(long, env = "ARBOR_IMAGE_REBUILD_OPS", default_value_t = 10_000)]
+    pub image_rebuild_ops: u64,
+    /// zstd level of images (1 to 19).
+    #[arg(long, env = "ARBOR_IMAGE_ZSTD_LEVEL", default_value_t = 3,
+          value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub image_zstd_level: i32,
     /// Seconds a realtime socket may send nothing (clients ping every 20 s).
     #[arg(long, env = "ARBOR_IDLE_TIMEOUT_S", default_value_t = 75)]
     pub idle_timeout_s: u64,
@@ -235,6 +246,8 @@ pub struct Config {
     pub horizon_keep: Option<Duration>,
     /// Scheduled backups to object storage (`None`: off).
     pub backup: Option<crate::backup::Schedule>,
+    /// Replica images (`None`: off).
+    pub images: Option<crate::image::ImageConfig>,
 }
 
 impl Config {
@@ -264,6 +277,7 @@ impl Config {
             quotas: crate::db::Quotas::DEFAULT,
             horizon_keep: Some(Duration::from_secs(30 * 24 * 3600)),
             backup: None,
+            images: None,
         }
     }
 }
@@ -371,6 +385,11 @@ impl ServeArgs {
             horizon_keep: (self.horizon_keep_s > 0)
                 .then(|| Duration::from_secs(self.horizon_keep_s)),
             backup: self.backup.schedule(self.backup_interval_s)?,
+            images: self.image_dir.map(|dir| crate::image::ImageConfig {
+                dir,
+                rebuild_ops: self.image_rebuild_ops,
+                level: self.image_zstd_level,
+            }),
         })
     }
 }

@@ -16,6 +16,8 @@
 //!   thoughtspace driving the shared room state machine.
 //! - [`snapshot`]: whole-space snapshots streamed from `COPY ... (FORMAT
 //!   binary)` with backpressure.
+//! - [`image`]: replica images, the cache of each space's finished client
+//!   replica file (built in the background, sent as a file).
 //! - [`notify`]: commit notices (`LISTEN arbor_head`) so several server
 //!   processes relay each other's ops.
 //! - [`import`]: a snapshot file streamed into a new thoughtspace.
@@ -40,6 +42,7 @@ pub mod backup;
 pub mod config;
 pub mod db;
 pub mod horizon;
+pub mod image;
 pub mod import;
 pub mod keys;
 pub mod limits;
@@ -69,6 +72,9 @@ pub enum ServerError {
     /// A JWKS or revocation file is missing or bad.
     #[error("keys: {0}")]
     Keys(String),
+    /// The image folder cannot be created.
+    #[error("images: {0}")]
+    Images(String),
 }
 
 /// Serves the API on `listener` until `shutdown` resolves (no admin
@@ -159,6 +165,13 @@ pub async fn serve_with(
         ),
         requests: limits::RateLimiter::new(limits.requests_per_s, limits.burst_s),
         stall_timeout: limits.stall_timeout,
+        images: match &config.images {
+            Some(c) => Some(Arc::new(
+                image::Images::new(c.clone(), readers.clone())
+                    .map_err(|e| ServerError::Images(e.to_string()))?,
+            )),
+            None => None,
+        },
     });
     let app = api::only_hosts(
         api::router(state.clone(), config.max_body_bytes, &config.cors_origins).merge(extra),

@@ -11,6 +11,12 @@ pub const OPS_APPLIED: &str = "arbor_ops_applied_total";
 pub const OPS_REJECTED: &str = "arbor_ops_rejected_total";
 /// Time to commit one batch, seconds.
 pub const INGEST_SECONDS: &str = "arbor_ingest_seconds";
+/// Replica image builds, by `outcome` (`built`, `failed`).
+pub const IMAGE_BUILDS: &str = "arbor_image_builds_total";
+/// Time to build a replica image, seconds.
+pub const IMAGE_BUILD_SECONDS: &str = "arbor_image_build_seconds";
+/// Replica images sent.
+pub const IMAGES_SENT: &str = "arbor_images_sent_total";
 /// Snapshot bytes streamed.
 pub const SNAPSHOT_BYTES: &str = "arbor_snapshot_bytes_total";
 /// Streams dropped because their reader (or writer) stalled.

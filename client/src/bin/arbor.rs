@@ -504,11 +504,28 @@ fn run_sync(
         // Progress bar while a snapshot loads; state changes on stderr.
         let printer = tokio::spawn(async move {
             let mut bar: Option<indicatif::ProgressBar> = None;
+            let mut image_bar: Option<indicatif::ProgressBar> = None;
             let mut last = None;
             while rx.changed().await.is_ok() {
                 let status = rx.borrow_and_update().clone();
                 match status.state {
+                    SyncState::ColdStart(p) if p.total_bytes > 0 => {
+                        let b = image_bar.get_or_insert_with(|| {
+                            let b = indicatif::ProgressBar::new(p.total_bytes);
+                            b.set_style(
+                                indicatif::ProgressStyle::with_template(
+                                    "downloading replica image {bar:40} {bytes}/{total_bytes}",
+                                )
+                                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                            );
+                            b
+                        });
+                        b.set_position(p.bytes);
+                    }
                     SyncState::ColdStart(p) => {
+                        if let Some(b) = image_bar.take() {
+                            b.finish_and_clear();
+                        }
                         let b = bar.get_or_insert_with(|| {
                             let b = indicatif::ProgressBar::new(p.total_rows.max(1));
                             b.set_style(
@@ -525,6 +542,9 @@ fn run_sync(
                     }
                     ref s => {
                         if let Some(b) = bar.take() {
+                            b.finish();
+                        }
+                        if let Some(b) = image_bar.take() {
                             b.finish();
                         }
                         let line = format!("{s:?}");

@@ -63,6 +63,10 @@ pub enum ReplicaError {
         /// The one asked for.
         want: String,
     },
+    /// A replica image could not be used (nothing changed): the row
+    /// snapshot is the way instead.
+    #[error("image: {0}")]
+    Image(String),
     /// A snapshot could not be loaded (nothing changed).
     #[error("snapshot: {0}")]
     Snapshot(String),

@@ -73,6 +73,9 @@ pub struct SessionConfig {
     /// replica that follows anything else stops `out_of_scope` before it
     /// asks the server for anything.
     pub token_root: Option<NodeId>,
+    /// Try the replica image (`Action::LoadImage`) before the row snapshot
+    /// on a cold start the image can serve ([`Replica::can_take_image`]).
+    pub images: bool,
 }
 
 impl SessionConfig {
@@ -91,6 +94,7 @@ impl SessionConfig {
             until_idle: false,
             max_failures: None,
             token_root: None,
+            images: false,
         }
     }
 }
@@ -147,6 +151,17 @@ pub enum Action {
         /// `/snapshot`, or `/subtree/{root}/snapshot` for a subtree replica.
         path: String,
     },
+    /// Download the replica image at `path` (below `/v1/spaces/{space}`,
+    /// with `?schema=` this build's [`crate::schema::VERSION`]), decode and
+    /// check it ([`crate::image::ImageDecoder`]) and install it
+    /// ([`Replica::install_image`]), then call
+    /// [`Session::on_image_loaded`]. Any failure, whatever it is:
+    /// [`Session::on_image_failed`], and the session asks for the row
+    /// snapshot instead.
+    LoadImage {
+        /// `/image`, or `/subtree/{root}/image` for a subtree replica.
+        path: String,
+    },
     /// Open the realtime socket, then call [`Session::on_open`] (or
     /// [`Session::on_connect_failed`]).
     Connect,
@@ -162,6 +177,15 @@ pub enum Action {
     Idle,
     /// The session is over (see [`Stop`]); nothing more will happen.
     Stopped(Stop),
+}
+
+/// The path of a cold start's download (`snapshot` or `image`), below
+/// `/v1/spaces/{space}`: the whole space's, or the subtree's of `root`.
+fn cold_start_path(root: Option<NodeId>, what: &str) -> String {
+    match root {
+        Some(root) => format!("/subtree/{root}/{what}"),
+        None => format!("/{what}"),
+    }
 }
 
 /// Why a snapshot download failed.
@@ -208,6 +232,8 @@ pub struct SyncReport {
     pub pushed: u64,
     /// Cold starts done.
     pub cold_starts: u64,
+    /// Of those, the ones done from a replica image.
+    pub image_starts: u64,
 }
 
 #[derive(Debug)]
@@ -449,6 +475,36 @@ impl Session {
             out.push(Action::Connect);
             self.finish(r, now, Next::Stay, &mut out);
         }
+        out
+    }
+
+    /// The image was installed: the cold start is done.
+    pub fn on_image_loaded(&mut self, r: &mut Replica, now: u64) -> Vec<Action> {
+        if matches!(self.phase, Phase::LoadingSnapshot) {
+            self.report.image_starts += 1;
+        }
+        self.on_snapshot_loaded(r, now)
+    }
+
+    /// The image could not be used (absent, refused, cut, corrupt, of
+    /// another schema or space: `why`); nothing of it was kept. The row
+    /// snapshot is next, which reports what the server refuses.
+    pub fn on_image_failed(&mut self, r: &mut Replica, now: u64, why: &str) -> Vec<Action> {
+        let mut out = Vec::new();
+        if !matches!(self.phase, Phase::LoadingSnapshot) {
+            return out;
+        }
+        tracing::info!(why, "no replica image: loading rows");
+        let next = match r.subtree_root() {
+            Ok(root) => {
+                out.push(Action::LoadSnapshot {
+                    path: cold_start_path(root, "snapshot"),
+                });
+                Next::Stay
+            }
+            Err(e) => e.into(),
+        };
+        self.finish(r, now, next, &mut out);
         out
     }
 
@@ -848,11 +904,18 @@ impl Session {
         match (r.cursor(), r.subtree_root()) {
             (Ok(None), Ok(root)) => {
                 self.phase = Phase::LoadingSnapshot;
+                match r.can_take_image() {
+                    Ok(true) if self.config.images => {
+                        out.push(Action::LoadImage {
+                            path: cold_start_path(root, "image"),
+                        });
+                        return Next::Stay;
+                    }
+                    Ok(_) => {}
+                    Err(e) => return e.into(),
+                }
                 out.push(Action::LoadSnapshot {
-                    path: match root {
-                        Some(root) => format!("/subtree/{root}/snapshot"),
-                        None => "/snapshot".to_string(),
-                    },
+                    path: cold_start_path(root, "snapshot"),
                 });
                 Next::Stay
             }

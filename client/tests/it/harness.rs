@@ -49,14 +49,20 @@ pub struct TestServer {
 impl TestServer {
     /// A server with the space `space` created.
     pub async fn start(space: &str) -> TestServer {
+        TestServer::start_with(space, |_| {}).await
+    }
+
+    /// [`TestServer::start`] with `configure` applied to its config.
+    pub async fn start_with(space: &str, configure: impl FnOnce(&mut Config)) -> TestServer {
         let db_name = fresh_db().await;
         let db = Db::new(PgCluster::shared().config(&db_name), 4).unwrap();
         db.create_space(space).await.unwrap();
-        let server = KillableServer::start(Config {
+        let mut config = Config {
             socket_queue_frames: 4096,
             ..stack::config(PgCluster::shared(), &db_name, SECRET)
-        })
-        .unwrap();
+        };
+        configure(&mut config);
+        let server = KillableServer::start(config).unwrap();
         TestServer {
             server,
             db,

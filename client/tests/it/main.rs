@@ -14,6 +14,7 @@ mod cli;
 mod conflicts;
 mod harness;
 mod history;
+mod image;
 mod inspect;
 mod local;
 mod presence;

@@ -26,6 +26,7 @@ mod children;
 mod error;
 mod health;
 mod history;
+mod images;
 mod ops;
 mod request_metrics;
 mod revocations;
@@ -79,6 +80,8 @@ pub struct AppState {
     pub requests: crate::limits::RateLimiter,
     /// How long a stream may stall before it is dropped.
     pub stall_timeout: std::time::Duration,
+    /// The replica image cache (`None`: no images; `--image-dir`).
+    pub images: Option<Arc<crate::image::Images>>,
 }
 
 /// The admin routes: `/metrics` (Prometheus text), `/livez`, `/readyz`.
@@ -204,6 +207,11 @@ fn api_routes(state: Arc<AppState>, max_body_bytes: usize) -> Router {
             get(revocations::revocations),
         )
         .route("/v1/spaces/{space}/snapshot", get(snapshots::snapshot))
+        .route("/v1/spaces/{space}/image", get(images::image))
+        .route(
+            "/v1/spaces/{space}/subtree/{node}/image",
+            get(images::subtree_image),
+        )
         .route(
             "/v1/spaces/{space}/subtree/{node}/snapshot",
             get(snapshots::subtree_snapshot),

@@ -91,6 +91,22 @@ impl Db {
         }))
     }
 
+    /// The head of `space` and the lowest seq a replica image must hold to
+    /// be served: catch-up must cover everything after it (for a subtree
+    /// image, the subtree feed too, from `changes_from`).
+    pub async fn image_window(&self, name: &str, subtree: bool) -> Result<(u64, u64), DbError> {
+        let info = self.space_id(name).await?;
+        let mut floor = info.min_cursor.unwrap_or(0);
+        if subtree {
+            let client = self.client().await?;
+            let row = client
+                .query_one("SELECT changes_from FROM spaces WHERE id = $1", &[&info.id])
+                .await?;
+            floor = floor.max(u64_of(row.try_get(0)?, "changes_from")?);
+        }
+        Ok((info.head_seq, floor))
+    }
+
     pub(super) async fn space_id(&self, name: &str) -> Result<SpaceInfo, DbError> {
         self.space(name).await?.ok_or_else(|| {
             DbError::rejected(RejectCode::UnknownSpace, format!("unknown_space: {name}"))
