@@ -107,6 +107,9 @@ pub struct ProgressJs {
     rows: u64,
     total: u64,
     bytes: u64,
+    /// A replica image's size (`bytes` are those decoded); 0 for rows.
+    #[serde(rename = "totalBytes")]
+    total_bytes: u64,
 }
 
 /// Shared by the exported handle and the sync loop (one thread: `Rc`).
@@ -134,6 +137,9 @@ pub(crate) struct Inner {
     pub(crate) checkpoint: checkpoint::IdleCheckpoint,
     /// When held edits are committed (`save.rs`).
     pub(crate) save: save::SaveTimer,
+    /// The OPFS pool the replica file lives in (`None`: in memory), and
+    /// the file's name in it: a replica image is imported beside it.
+    pub(crate) pool: Option<(sqlite_wasm_vfs::sahpool::OpfsSAHPoolUtil, String)>,
     /// This `Inner` itself (for the tasks it spawns).
     me: std::rc::Weak<Inner>,
 }
@@ -251,7 +257,7 @@ pub(crate) fn replica_err(e: ReplicaError) -> JsValue {
         ReplicaError::Cycle { .. } => ErrorCode::Cycle,
         ReplicaError::Op(_) => ErrorCode::BadOp,
         ReplicaError::WrongSpace { .. } => ErrorCode::WrongSpace,
-        ReplicaError::Snapshot(_) => ErrorCode::Snapshot,
+        ReplicaError::Snapshot(_) | ReplicaError::Image(_) => ErrorCode::Snapshot,
         _ => ErrorCode::Replica,
     };
     err(code, &e.to_string())
@@ -318,19 +324,21 @@ pub struct WebReplica {
 
 /// Installs the OPFS pool in `directory` (retrying while another worker
 /// of this origin still holds it: ownership is moving between tabs).
-/// `Ok(false)`: this browser has no OPFS sync access handles.
-async fn install_opfs(directory: &str) -> Result<bool, String> {
+/// `Ok(None)`: this browser has no OPFS sync access handles.
+async fn install_opfs(
+    directory: &str,
+) -> Result<Option<sqlite_wasm_vfs::sahpool::OpfsSAHPoolUtil>, String> {
     use sqlite_wasm_vfs::sahpool::{OpfsSAHPoolCfgBuilder, install};
     let cfg = OpfsSAHPoolCfgBuilder::new().directory(directory).build();
     let mut last = String::new();
     for attempt in 0..40u32 {
         match install::<sqlite_wasm_rs::WasmOsCallback>(&cfg, true).await {
-            Ok(_) => return Ok(true),
+            Ok(util) => return Ok(Some(util)),
             Err(e) => {
                 last = e.to_string();
                 let unsupported = !js::has_opfs();
                 if unsupported {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 js::sleep_ms(50 + 25 * attempt).await;
             }
@@ -376,15 +384,17 @@ impl WebReplica {
             name = format!("{name}~{r}");
             directory = format!("arbor/{name}");
         }
-        let durable = if memory {
-            false
+        let pool = if memory {
+            None
         } else {
             install_opfs(&directory)
                 .await
                 .map_err(|e| err(ErrorCode::Storage, &e))?
         };
+        let durable = pool.is_some();
+        let file = format!("/{name}.arbor");
         let mut replica = if durable {
-            Replica::open(std::path::Path::new(&format!("/{name}.arbor"))).map_err(replica_err)?
+            Replica::open(std::path::Path::new(&file)).map_err(replica_err)?
         } else {
             Replica::open_in_memory().map_err(replica_err)?
         };
@@ -446,6 +456,7 @@ impl WebReplica {
             generation: Cell::new(0),
             http: RefCell::new(None),
             wake: RefCell::new(None),
+            pool: pool.map(|p| (p, file)),
         });
         Ok(WebReplica { inner })
     }

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 
 use arbor_client::ReplicaError;
+use arbor_client::image::{ImageDecoder, ImageInfo};
 use arbor_client::session::{
     Action, ConnectFailure, Session, SessionConfig, SnapshotFailure, SyncState, SyncStatus,
 };
@@ -89,6 +90,9 @@ pub(crate) async fn run(inner: Rc<Inner>, config: Config, generation: u64) {
             ping_ms,
             silence_ms: 3 * ping_ms,
             token_root: arbor_shared::auth::unverified_root(&config.token),
+            // Images are imported into the OPFS pool beside the replica
+            // file: a replica in memory loads rows.
+            images: inner.pool.is_some(),
             ..defaults
         },
         (js::random() * 2f64.powi(53)) as u64,
@@ -171,6 +175,11 @@ impl Driver {
                             })
                             .await
                         }
+                    },
+                    Action::LoadImage { path } => match self.load_image(&path).await {
+                        Ok(true) => self.call(|s, r| s.on_image_loaded(r, now())).await,
+                        Ok(false) => return,
+                        Err(why) => self.call(|s, r| s.on_image_failed(r, now(), &why)).await,
                     },
                     Action::Connect => self.connect().await,
                     Action::Send(msg) => {
@@ -323,6 +332,93 @@ impl Driver {
         }
     }
 
+    /// Downloads the replica image with `fetch`, decodes it as it streams
+    /// into a new file of the OPFS pool beside the replica's (the pool's
+    /// streaming import), and installs it once it checks out; the file goes
+    /// whatever happens. The replica stays borrowed throughout (the pool
+    /// wants its connections idle during an import; other callers get
+    /// `busy`, as during a row cold start). `Ok(false)`: a newer generation
+    /// took over. `Err`: why rows are loaded instead.
+    #[allow(clippy::await_holding_refcell_ref)]
+    async fn load_image(&mut self, path: &str) -> Result<bool, String> {
+        use rsqlite_vfs::VfsFilesManager as _;
+        use rsqlite_vfs::transfer::DbTransfer as _;
+        let inner = self.inner.clone();
+        let Some((pool, file)) = inner.pool.as_ref() else {
+            return Err("a replica in memory loads rows".into());
+        };
+        let url = format!(
+            "{}/v1/spaces/{}{path}?schema={}",
+            self.config.server.trim_end_matches('/'),
+            self.config.space,
+            arbor_client::schema::VERSION
+        );
+        let response = fetch(&url, &self.config.token).await?;
+        if !response.ok() {
+            return Err(format!("HTTP {}", response.status()));
+        }
+        let headers = response.headers();
+        let info = ImageInfo::from_headers(|name| headers.get(name).ok().flatten())
+            .map_err(|e| e.to_string())?;
+        let reader: web_sys::ReadableStreamDefaultReader = response
+            .body()
+            .ok_or("no body")?
+            .get_reader()
+            .dyn_into()
+            .map_err(|_| "no reader")?;
+        let mut guard = inner
+            .replica
+            .try_borrow_mut()
+            .map_err(|_| "the replica is busy")?;
+        let name = format!("{file}.image");
+        let _ = pool.remove(&name);
+        let outcome = async {
+            let image_err = |e: &dyn std::fmt::Display| ReplicaError::Image(e.to_string());
+            let mut import = pool
+                .begin_import(&name, info.size)
+                .map_err(|e| image_err(&e))?;
+            let mut decoder = ImageDecoder::new(&info);
+            let mut sink = |bytes: &[u8]| import.write(bytes).map_err(|e| image_err(&e));
+            loop {
+                if !self.current() {
+                    return Ok(false);
+                }
+                let chunk = JsFuture::from(reader.read())
+                    .await
+                    .map_err(|e| ReplicaError::Image(js::message(&e)))?;
+                let done = js_sys::Reflect::get(&chunk, &"done".into())
+                    .ok()
+                    .and_then(|d| d.as_bool())
+                    .unwrap_or(true);
+                if done {
+                    break;
+                }
+                let value = js_sys::Reflect::get(&chunk, &"value".into())
+                    .map_err(|e| ReplicaError::Image(js::message(&e)))?;
+                decoder.push(&js_sys::Uint8Array::new(&value).to_vec(), &mut sink)?;
+                let progress = arbor_client::snapshot::Progress {
+                    bytes: decoder.decoded(),
+                    total_bytes: info.size,
+                    ..Default::default()
+                };
+                for action in self.session.on_snapshot_progress(progress) {
+                    if let Action::Status(s) = action {
+                        publish(&self.inner, &s);
+                    }
+                }
+            }
+            decoder.finish(&mut sink)?;
+            import.finish().map_err(|e| image_err(&e))?;
+            guard.install_image(std::path::Path::new(&name), &info)?;
+            Ok(true)
+        }
+        .await;
+        let _ = pool.remove(&name);
+        drop(guard);
+        self.inner.flush_changes();
+        outcome.map_err(|e: ReplicaError| e.to_string())
+    }
+
     /// Downloads the snapshot with `fetch` and loads it as it streams, in
     /// one transaction (a cut rolls back; the next attempt starts over).
     /// `Ok(false)`: a newer generation took over (the load was dropped).
@@ -411,6 +507,7 @@ fn publish(inner: &Inner, s: &SyncStatus) {
                 rows: p.rows,
                 total: p.total_rows,
                 bytes: p.bytes,
+                total_bytes: p.total_bytes,
             }),
             _ => None,
         };

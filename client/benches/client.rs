@@ -15,6 +15,13 @@
 //!   queries into `/dev/null`, plus a plain bulk insert of the same rows
 //!   (already in memory) into a SQLite file with the replica's schema, the
 //!   index built after. Medians of 3.
+//! - Cold start by replica image (issue 23), side by side with the row
+//!   cold start in the same rounds: the server keeps images
+//!   (`ImageConfig`); the image is built once first (the cold cache: its
+//!   build time and the server's CPU for it), then each round cold-starts
+//!   one fresh replica by rows and one by image. Server CPU per cold start
+//!   is this process's CPU time (the server runs in it; Postgres is
+//!   another process) while the child loads.
 //! - Local ops on the loaded replica: create (last under a parent with
 //!   ~1,000 children), move (to another such parent), and a children page
 //!   of 100: p50/p99 over 1,000 of each.
@@ -51,8 +58,22 @@ fn peak_rss() -> u64 {
         * 1024
 }
 
-/// Child mode: cold-start `db` from the server, print seconds and peak RSS.
-fn child(server: &str, space: &str, db: &Path) {
+/// This process's CPU time (user + system), from `/proc/self/stat`.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command's closing parenthesis: utime and stime are
+    // the 12th and 13th, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    Duration::from_millis((f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0)) * 10)
+}
+
+/// Child mode: cold-start `db` from the server (by image when `images`),
+/// print seconds, peak RSS and whether the image was used.
+fn child(server: &str, space: &str, db: &Path, images: bool) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -62,27 +83,35 @@ fn child(server: &str, space: &str, db: &Path) {
     let t = Instant::now();
     runtime.block_on(async {
         let (tx, _rx) = tokio::sync::watch::channel(SyncStatus::default());
-        sync_once(
+        let report = sync_once(
             replica,
-            SyncConfig::new(server, space, &token(space)),
+            SyncConfig {
+                images,
+                ..SyncConfig::new(server, space, &token(space))
+            },
             tx,
             1,
         )
         .await
         .unwrap();
+        assert_eq!(
+            report.image_starts,
+            u64::from(images),
+            "image used as asked"
+        );
     });
     println!("{} {}", t.elapsed().as_secs_f64(), peak_rss());
 }
 
 /// Cold start in a child process; returns (time, peak client RSS).
-fn cold_start(server: &str, space: &str, db: &Path) -> (Duration, u64) {
+fn cold_start(server: &str, space: &str, db: &Path, images: bool) -> (Duration, u64) {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .env(
             "ARBOR_BENCH_CHILD",
-            format!("{server}|{space}|{}", db.display()),
+            format!("{server}|{space}|{}|{images}", db.display()),
         )
         .output()
         .unwrap();
@@ -167,8 +196,8 @@ fn rusqlite_open(path: &Path) -> rusqlite::Connection {
 
 fn main() {
     if let Ok(args) = std::env::var("ARBOR_BENCH_CHILD") {
-        let parts: Vec<&str> = args.splitn(3, '|').collect();
-        child(parts[0], parts[1], Path::new(parts[2]));
+        let parts: Vec<&str> = args.splitn(4, '|').collect();
+        child(parts[0], parts[1], Path::new(parts[2]), parts[3] == "true");
         return;
     }
     let nodes: usize = arbor_testkit::env::parsed("ARBOR_BENCH_NODES").unwrap_or(1_000_000);
@@ -184,7 +213,7 @@ fn main() {
     .unwrap();
     let dir = std::env::temp_dir().join(format!("arbor-client-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (base, db_id) = runtime.block_on(async {
+    let (base, db_id, db) = runtime.block_on(async {
         let db = stack::database(&cluster, "bench", 4).await;
         let info = db.create_space("big").await.unwrap();
         let t = Instant::now();
@@ -200,10 +229,15 @@ fn main() {
         let base = stack::serve(Config {
             max_import_bytes: 4 << 30,
             drain: Duration::from_secs(5),
+            images: Some(arbor_sync_server::image::ImageConfig {
+                dir: dir.join("images"),
+                rebuild_ops: 10_000,
+                level: 3,
+            }),
             ..stack::config(&cluster, "bench", SECRET)
         })
         .await;
-        (base, info.id)
+        (base, info.id, db)
     });
 
     // The floor's rows, fetched once (not timed).
@@ -273,11 +307,39 @@ fn main() {
     let queries = snapshot_copies(db_id);
     let replica_path: PathBuf = dir.join("cold.db");
     let floor_path = dir.join("floor.db");
+    // The image, built once in the same folder the server reads (the cold
+    // cache: what the first request after a change costs the server).
+    let images = arbor_sync_server::image::Images::new(
+        arbor_sync_server::image::ImageConfig {
+            dir: dir.join("images"),
+            rebuild_ops: 10_000,
+            level: 3,
+        },
+        Arc::new(arbor_sync_server::db::Readers::new(
+            db.clone(),
+            Vec::new(),
+            Duration::from_secs(5),
+        )),
+    )
+    .unwrap();
+    let (cpu, t) = (cpu_time(), Instant::now());
+    let built = runtime.block_on(images.build("big", None)).unwrap();
+    let (build_wall, build_cpu) = (t.elapsed(), cpu_time() - cpu);
+    let image_path = dir.join("image.db");
     let (mut ours, mut copies, mut inserts, mut rss) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    let (mut by_image, mut image_rss) = (Vec::new(), 0);
+    let (mut rows_cpu, mut image_cpu) = (Vec::new(), Vec::new());
     for _ in 0..3 {
-        let (t, r) = cold_start(&base, "big", &replica_path);
+        let cpu = cpu_time();
+        let (t, r) = cold_start(&base, "big", &replica_path, false);
+        rows_cpu.push(cpu_time() - cpu);
         ours.push(t);
         rss = rss.max(r);
+        let cpu = cpu_time();
+        let (t, r) = cold_start(&base, "big", &image_path, true);
+        image_cpu.push(cpu_time() - cpu);
+        by_image.push(t);
+        image_rss = image_rss.max(r);
         let t = Instant::now();
         psql_discard(&cluster, "bench", &queries).unwrap();
         copies.push(t.elapsed());
@@ -312,6 +374,38 @@ fn main() {
     println!(
         "| peak client RSS (target: under 200 MiB) | {} MiB |",
         rss >> 20
+    );
+    let img = median(by_image);
+    println!();
+    println!(
+        "| cold start of {nodes} nodes, rows vs image (image {:.1} MB, {:.1} MB compressed) | rows | image |",
+        built.size as f64 / 1e6,
+        built.compressed as f64 / 1e6
+    );
+    println!("|---|---|---|");
+    println!(
+        "| fresh replica to fully usable (`sync_once`), median s | {:.2} | {:.2} |",
+        o.as_secs_f64(),
+        img.as_secs_f64()
+    );
+    println!(
+        "| peak client RSS | {} MiB | {} MiB |",
+        rss >> 20,
+        image_rss >> 20
+    );
+    println!(
+        "| server CPU per cold start (this process; warm image cache), median s | {:.2} | {:.2} |",
+        median(rows_cpu).as_secs_f64(),
+        median(image_cpu).as_secs_f64()
+    );
+    println!(
+        "| image build (cold cache): wall s, server CPU s | - | {:.2}, {:.2} |",
+        build_wall.as_secs_f64(),
+        build_cpu.as_secs_f64()
+    );
+    println!(
+        "| image / rows | | {:.2}x |",
+        img.as_secs_f64() / o.as_secs_f64()
     );
 
     // Local ops on the loaded replica.

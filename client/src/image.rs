@@ -11,7 +11,6 @@
 use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
-use sha2::{Digest as _, Sha256};
 
 use crate::replica::{Replica, ReplicaError, key, meta_get, meta_i64, meta_set};
 use crate::schema;
@@ -22,8 +21,9 @@ pub const SEQ_HEADER: &str = "arbor-image-seq";
 pub const SCHEMA_HEADER: &str = "arbor-image-schema";
 /// The header with the size of the SQLite file, decompressed, in bytes.
 pub const SIZE_HEADER: &str = "arbor-image-size";
-/// The header with the SHA-256 of the SQLite file, decompressed, in hex.
-pub const SHA256_HEADER: &str = "arbor-image-sha256";
+/// The header with the CRC-32 (IEEE, as the snapshot trailer's) of the
+/// SQLite file, decompressed, in 8 lowercase hex digits.
+pub const CRC32_HEADER: &str = "arbor-image-crc32";
 
 /// The largest image a client takes (64 GiB): a size header beyond it is
 /// refused before anything is written.
@@ -38,8 +38,8 @@ pub struct ImageInfo {
     pub schema: i64,
     /// Its size in bytes, decompressed.
     pub size: u64,
-    /// The SHA-256 of its bytes, decompressed.
-    pub sha256: [u8; 32],
+    /// The CRC-32 of its bytes, decompressed.
+    pub crc32: u32,
 }
 
 fn bad(m: impl std::fmt::Display) -> ReplicaError {
@@ -57,21 +57,18 @@ impl ImageInfo {
                 .parse()
                 .map_err(|_| bad(format!("{name} is not a number")))
         };
-        let hex = field(SHA256_HEADER)?;
-        let hex = hex.trim();
-        let mut sha256 = [0u8; 32];
-        if hex.len() != 64 || !hex.is_ascii() {
-            return Err(bad(format!("{SHA256_HEADER} is not 64 hex digits")));
+        let crc = field(CRC32_HEADER)?;
+        let crc = crc.trim();
+        if crc.len() != 8 || !crc.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad(format!("{CRC32_HEADER} is not 8 hex digits")));
         }
-        for (i, byte) in sha256.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                .map_err(|_| bad(format!("{SHA256_HEADER} is not 64 hex digits")))?;
-        }
+        let crc32 = u32::from_str_radix(crc, 16)
+            .map_err(|_| bad(format!("{CRC32_HEADER} is not 8 hex digits")))?;
         let info = ImageInfo {
             seq: number(SEQ_HEADER)?,
             schema: i64::try_from(number(SCHEMA_HEADER)?).unwrap_or(i64::MAX),
             size: number(SIZE_HEADER)?,
-            sha256,
+            crc32,
         };
         if info.size == 0 || info.size > MAX_IMAGE_BYTES {
             return Err(bad(format!("an image of {} bytes", info.size)));
@@ -79,9 +76,9 @@ impl ImageInfo {
         Ok(info)
     }
 
-    /// The SHA-256 in lowercase hex (the header's form).
-    pub fn sha256_hex(&self) -> String {
-        hex(&self.sha256)
+    /// The CRC-32 as the header has it.
+    pub fn crc32_hex(&self) -> String {
+        format!("{:08x}", self.crc32)
     }
 }
 
@@ -97,7 +94,7 @@ const MAX_FRAME_HEADER: usize = 18;
 /// Decompresses an image's body as it arrives, in any chunks, handing the
 /// decoded bytes on in order, and checks them: never more than the size
 /// the headers announced, and at the end exactly that size with that
-/// SHA-256. Its memory is the zstd window plus one block, whatever the
+/// CRC-32. Its memory is the zstd window plus one block, whatever the
 /// image's size.
 pub struct ImageDecoder {
     frame: ruzstd::decoding::FrameDecoder,
@@ -105,7 +102,7 @@ pub struct ImageDecoder {
     pending: Vec<u8>,
     started: bool,
     out: Vec<u8>,
-    hasher: Sha256,
+    hasher: crc32fast::Hasher,
     /// Decoded bytes so far.
     decoded: u64,
     expected: ImageInfo,
@@ -128,7 +125,7 @@ impl ImageDecoder {
             pending: Vec::new(),
             started: false,
             out: vec![0; 256 * 1024],
-            hasher: Sha256::new(),
+            hasher: crc32fast::Hasher::new(),
             decoded: 0,
             expected: info.clone(),
         }
@@ -185,7 +182,7 @@ impl ImageDecoder {
     }
 
     /// The body ended: the last bytes go to `sink`, then the image must be
-    /// one whole frame of exactly the announced size and SHA-256.
+    /// one whole frame of exactly the announced size and CRC-32.
     pub fn finish(
         mut self,
         sink: &mut dyn FnMut(&[u8]) -> Result<(), ReplicaError>,
@@ -203,9 +200,8 @@ impl ImageDecoder {
                 self.decoded, self.expected.size
             )));
         }
-        let sum: [u8; 32] = self.hasher.finalize().into();
-        if sum != self.expected.sha256 {
-            return Err(bad("the image's SHA-256 does not match"));
+        if self.hasher.finalize() != self.expected.crc32 {
+            return Err(bad("the image's CRC-32 does not match"));
         }
         Ok(())
     }
@@ -276,7 +272,7 @@ impl Replica {
             ReplicaError::Sqlite(e) => bad(format!("the image is not a replica: {e}")),
             e => e,
         })?;
-        // What is this replica's own, kept across the copy.
+        // What is this replica's own, kept across the install.
         let own: Vec<(String, rusqlite::types::Value)> = {
             let mut stmt = self.conn.prepare(
                 "SELECT key, value FROM meta
@@ -285,8 +281,29 @@ impl Replica {
             stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?
         };
+        self.clock
+            .observe(arbor_shared::Hlc(checked.max_hlc.max(0) as u64));
+        let clock = i64::try_from(self.clock.last().0).unwrap_or(i64::MAX);
+        self.put_in_place(path, image, &own, &checked.space, clock)?;
+        self.notify_changes(crate::Changes {
+            reset: true,
+            ..crate::Changes::default()
+        });
+        Ok(info.seq)
+    }
+
+    /// Copies the image's pages into this replica's database in one write
+    /// transaction (SQLite's backup; the browser's pool has no rename),
+    /// then writes back this replica's own rows.
+    fn copy_in(
+        &mut self,
+        image: &Connection,
+        own: &[(String, rusqlite::types::Value)],
+        space: &str,
+        clock: i64,
+    ) -> Result<(), ReplicaError> {
         {
-            let backup = rusqlite::backup::Backup::new(&image, &mut self.conn)?;
+            let backup = rusqlite::backup::Backup::new(image, &mut self.conn)?;
             // All pages in one step: one write transaction on the replica,
             // committed when the last page is in (no sleeps between steps,
             // which the browser's worker cannot do).
@@ -295,33 +312,72 @@ impl Replica {
                 other => return Err(bad(format!("copying the image stopped: {other:?}"))),
             }
         }
-        drop(image);
-        let tx = self.conn.transaction()?;
-        tx.execute(
-            "DELETE FROM meta WHERE key IN ('replica', 'clock', 'space') OR key LIKE 'setting.%'",
-            [],
-        )?;
-        for (k, v) in &own {
-            tx.execute(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2)",
-                rusqlite::params![k, v],
-            )?;
-        }
-        meta_set(&tx, key::SPACE, checked.space.as_str())?;
-        self.clock
-            .observe(arbor_shared::Hlc(checked.max_hlc.max(0) as u64));
-        meta_set(
-            &tx,
-            key::CLOCK,
-            i64::try_from(self.clock.last().0).unwrap_or(i64::MAX),
-        )?;
-        tx.commit()?;
-        self.notify_changes(crate::Changes {
-            reset: true,
-            ..crate::Changes::default()
-        });
-        Ok(info.seq)
+        write_own(&mut self.conn, own, space, clock)
     }
+
+    /// Makes the checked image at `path` this replica's database, with its
+    /// own rows written back. A replica with a file: the image becomes the
+    /// file (its own rows written into it first, then a rename), so nothing
+    /// is copied, and a crash leaves the old file or the new one whole. In
+    /// memory, or in the browser (whose pool has no rename): its pages are
+    /// copied in.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn put_in_place(
+        &mut self,
+        path: &Path,
+        image: Connection,
+        own: &[(String, rusqlite::types::Value)],
+        space: &str,
+        clock: i64,
+    ) -> Result<(), ReplicaError> {
+        match self.file_path() {
+            Some(target) => {
+                drop(image);
+                let mut file = Connection::open(path)?;
+                write_own(&mut file, own, space, clock)?;
+                file.close().map_err(|(_, e)| e)?;
+                self.replace_file(path, &target)
+            }
+            None => self.copy_in(&image, own, space, clock),
+        }
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    fn put_in_place(
+        &mut self,
+        _path: &Path,
+        image: Connection,
+        own: &[(String, rusqlite::types::Value)],
+        space: &str,
+        clock: i64,
+    ) -> Result<(), ReplicaError> {
+        self.copy_in(&image, own, space, clock)
+    }
+}
+
+/// Writes a replica's own `meta` rows (`own`: its id, clock, settings)
+/// over what an image has, with `space` and `clock`, in one transaction.
+fn write_own(
+    conn: &mut Connection,
+    own: &[(String, rusqlite::types::Value)],
+    space: &str,
+    clock: i64,
+) -> Result<(), ReplicaError> {
+    let tx = conn.transaction()?;
+    tx.execute(
+        "DELETE FROM meta WHERE key IN ('replica', 'clock', 'space') OR key LIKE 'setting.%'",
+        [],
+    )?;
+    for (k, v) in own {
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+            rusqlite::params![k, v],
+        )?;
+    }
+    meta_set(&tx, key::SPACE, space)?;
+    meta_set(&tx, key::CLOCK, clock)?;
+    tx.commit()?;
+    Ok(())
 }
 
 /// What [`check_image`] read from a good image.

@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use arbor_shared::NodeId;
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
 
 use crate::db::Readers;
@@ -46,8 +45,8 @@ pub struct ImageMeta {
     pub schema: i64,
     /// Its size, decompressed.
     pub size: u64,
-    /// SHA-256 of its decompressed bytes, lowercase hex.
-    pub sha256: String,
+    /// CRC-32 of its decompressed bytes, 8 lowercase hex digits.
+    pub crc32: String,
     /// The compressed file's name in the cache folder.
     pub file: String,
     /// The compressed file's size.
@@ -301,7 +300,7 @@ fn compress(
     let mut input = std::fs::File::open(sqlite)?;
     let out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
     let mut encoder = zstd::stream::Encoder::new(out, level)?;
-    let mut hasher = Sha256::new();
+    let mut hasher = crc32fast::Hasher::new();
     let mut size = 0u64;
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -319,13 +318,13 @@ fn compress(
     out.sync_all()?;
     let compressed = out.metadata()?.len();
     std::fs::rename(&tmp, &path)?;
-    let sha256: [u8; 32] = hasher.finalize().into();
+    let crc32 = hasher.finalize();
     Ok((
         ImageMeta {
             seq,
             schema: arbor_client::schema::VERSION,
             size,
-            sha256: arbor_client::image::hex(&sha256),
+            crc32: format!("{crc32:08x}"),
             file,
             compressed,
             build_s: 0.0,

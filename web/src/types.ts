@@ -241,8 +241,10 @@ export interface Status {
    * states. This browser's own connection (shared by its tabs) is left
    * out. Empty while offline. */
   peers: Peer[];
-  /** Cold-start progress (rows loaded of total), while in `cold_start`. */
-  progress: { rows: number; total: number; bytes: number } | null;
+  /** Cold-start progress, while in `cold_start`: rows loaded of `total`
+   * for a row snapshot; for a replica image (docs/PROTOCOL.md, "Replica
+   * images") `bytes` decoded of `totalBytes`, with no rows. */
+  progress: { rows: number; total: number; bytes: number; totalBytes: number } | null;
   /** Where the replica lives: OPFS (durable) or memory (lost on reload). */
   storage: "opfs" | "memory";
   /** This tab's worker owns the database, or forwards to the tab that does. */

@@ -57,6 +57,10 @@ export async function startServer(webDir = join(repo, "web/dist")) {
   return {
     url: banner.api,
     postgres: banner.postgres,
+    /** The dev token (admin of the dev space). */
+    token: banner.token,
+    /** The admin listener's metrics URL. */
+    metrics: banner.admin,
     async stop() {
       child.kill("SIGTERM");
       await new Promise((ok) => (child.exitCode !== null ? ok() : child.on("exit", ok)));

@@ -112,6 +112,10 @@ pub struct Replica {
     /// The checkpoint thread of a file replica (native builds).
     #[cfg(not(target_arch = "wasm32"))]
     checkpointer: Option<checkpoint::Checkpointer>,
+    /// `OpenOptions::synchronous_full`, for a connection opened again
+    /// (`replace_file`).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    synchronous_full: bool,
     /// Whether local edits are held in an open transaction
     /// ([`Replica::set_write_behind`]).
     write_behind: bool,
@@ -187,9 +191,51 @@ impl Replica {
             call_key: None,
             #[cfg(not(target_arch = "wasm32"))]
             checkpointer,
+            synchronous_full: options.synchronous_full,
             write_behind: false,
             held: None,
         })
+    }
+
+    /// The replica's file, unless it lives in memory.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn file_path(&self) -> Option<std::path::PathBuf> {
+        self.conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .map(std::path::PathBuf::from)
+    }
+
+    /// Puts the file at `image` in place of this replica's file at
+    /// `target` (a rename, after closing every connection to it), and opens
+    /// it as this replica's database. The file is whole either way; if
+    /// opening it fails, this handle is unusable and must be opened again.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn replace_file(&mut self, image: &Path, target: &Path) -> Result<()> {
+        if let Some(c) = self.checkpointer.take() {
+            c.stop(&mut self.conn);
+        }
+        let old = std::mem::replace(&mut self.conn, Connection::open_in_memory()?);
+        old.close().map_err(|(_, e)| e)?;
+        // Closed cleanly, SQLite has folded the WAL in and removed it; a
+        // leftover would be replayed onto the new file.
+        for suffix in ["-wal", "-shm"] {
+            let side = format!("{}{suffix}", target.display());
+            match std::fs::remove_file(&side) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(ReplicaError::Image(format!("{side}: {e}")));
+                }
+                _ => {}
+            }
+        }
+        std::fs::rename(image, target)
+            .map_err(|e| ReplicaError::Image(format!("putting the image in place: {e}")))?;
+        let mut conn = Connection::open(target)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        schema::migrate(&mut conn, self.synchronous_full)?;
+        self.checkpointer = checkpoint::Checkpointer::start(&mut conn)?;
+        self.conn = conn;
+        Ok(())
     }
 
     /// This replica's id (random, fixed for the file).

@@ -81,7 +81,7 @@ async fn a_cold_start_takes_the_image_and_catches_up_from_its_seq() {
     assert_eq!(headers["arbor-image-seq"], built.seq.to_string().as_str());
     // (The server's own build, started by the 404, may have finished
     // after this one: same seq, its own bytes.)
-    assert_eq!(headers["arbor-image-sha256"].len(), 64);
+    assert_eq!(headers["arbor-image-crc32"].len(), 8);
     // Another schema version never gets it.
     let (status, _) = head_of(&server, &format!("/image?schema={}", v + 1)).await;
     assert_eq!(status, 404);
@@ -110,6 +110,13 @@ async fn a_cold_start_takes_the_image_and_catches_up_from_its_seq() {
         !dir.0.join("b.db.image").exists(),
         "the decoded file is gone"
     );
+    // The file on disk is the replica: opened again, it is the same one.
+    {
+        let again = Replica::open(&dir.0.join("b.db")).unwrap();
+        assert_eq!(again.replica_id(), b_id);
+        assert_eq!(again.state().unwrap(), b.lock().unwrap().state().unwrap());
+        assert_eq!(again.cursor().unwrap(), b.lock().unwrap().cursor().unwrap());
+    }
 
     // B edits and pushes as any replica does; A sees it.
     let made = {
@@ -153,15 +160,11 @@ async fn sync(server: &TestServer, r: &SharedReplica) {
 /// The cached image of the space as the server would send it: its info
 /// and compressed bytes.
 fn cached(cache: &Path, meta: &ImageMeta) -> (ImageInfo, Vec<u8>) {
-    let mut sha256 = [0u8; 32];
-    for (i, b) in sha256.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&meta.sha256[2 * i..2 * i + 2], 16).unwrap();
-    }
     let info = ImageInfo {
         seq: meta.seq,
         schema: meta.schema,
         size: meta.size,
-        sha256,
+        crc32: u32::from_str_radix(&meta.crc32, 16).unwrap(),
     };
     (info, std::fs::read(cache.join(&meta.file)).unwrap())
 }
@@ -214,7 +217,7 @@ async fn a_corrupt_cut_or_foreign_image_is_refused_and_changes_nothing() {
     let mid = flipped.len() / 2;
     flipped[mid] ^= 0x5a;
     let mut wrong_sum = info.clone();
-    wrong_sum.sha256[0] ^= 1;
+    wrong_sum.crc32 ^= 1;
     let mut wrong_schema = info.clone();
     wrong_schema.schema += 1;
     let mut wrong_seq = info.clone();

@@ -123,7 +123,7 @@ async fn send(
         (i::SEQ_HEADER, meta.seq.to_string()),
         (i::SCHEMA_HEADER, meta.schema.to_string()),
         (i::SIZE_HEADER, meta.size.to_string()),
-        (i::SHA256_HEADER, meta.sha256.clone()),
+        (i::CRC32_HEADER, meta.crc32.clone()),
     ] {
         if let Ok(value) = HeaderValue::from_str(&value) {
             h.insert(HeaderName::from_static(name), value);

@@ -359,6 +359,13 @@ async fn dev(
             .map(String::from)
             .to_vec(),
         database_tls,
+        // Replica images in the data folder: a fresh client (another
+        // browser, `arbor init`) cold-starts from the space's file.
+        images: Some(arbor_sync_server::image::ImageConfig {
+            dir: data_dir.join("images"),
+            rebuild_ops: 10_000,
+            level: 3,
+        }),
         ..arbor_sync_server::Config::new(database, key)
     };
     let served = arbor_sync_server::serve_with(
