@@ -621,8 +621,16 @@ impl WebReplica {
 
     /// Starts syncing with `server` (HTTP base), `realtime` (WebSocket
     /// base, empty: the server's) and `token`, until `disconnect`;
-    /// `keepalive_ms` is the ping period (0: the default).
-    pub fn connect(&self, server: String, realtime: String, token: String, keepalive_ms: f64) {
+    /// `keepalive_ms` is the ping period (0: the default); `images`: a
+    /// cold start tries the server's replica image first.
+    pub fn connect(
+        &self,
+        server: String,
+        realtime: String,
+        token: String,
+        keepalive_ms: f64,
+        images: bool,
+    ) {
         let generation = self.inner.generation.get() + 1;
         self.inner.generation.set(generation);
         if let Some(w) = self.inner.wake.borrow_mut().take() {
@@ -638,6 +646,7 @@ impl WebReplica {
             space: self.inner.space.clone(),
             root: self.inner.root,
             token,
+            images,
             keepalive_ms: (keepalive_ms > 0.0).then_some(keepalive_ms as u64),
         };
         wasm_bindgen_futures::spawn_local(sync::run(self.inner.clone(), config, generation));

@@ -44,6 +44,9 @@ pub struct Config {
     pub token: String,
     /// Keep-alive period, ms (`None`: the session's default).
     pub keepalive_ms: Option<u64>,
+    /// A cold start tries the server's replica image first (a replica on
+    /// OPFS only).
+    pub images: bool,
 }
 
 /// What wakes the driver.
@@ -92,7 +95,7 @@ pub(crate) async fn run(inner: Rc<Inner>, config: Config, generation: u64) {
             token_root: arbor_shared::auth::unverified_root(&config.token),
             // Images are imported into the OPFS pool beside the replica
             // file: a replica in memory loads rows.
-            images: inner.pool.is_some(),
+            images: config.images && inner.pool.is_some(),
             ..defaults
         },
         (js::random() * 2f64.powi(53)) as u64,
@@ -179,7 +182,12 @@ impl Driver {
                     Action::LoadImage { path } => match self.load_image(&path).await {
                         Ok(true) => self.call(|s, r| s.on_image_loaded(r, now())).await,
                         Ok(false) => return,
-                        Err(why) => self.call(|s, r| s.on_image_failed(r, now(), &why)).await,
+                        Err(why) => {
+                            // Rows come next; say why in the console (the
+                            // session's own log is native only).
+                            js::warn(&format!("arbor: no replica image ({why}): loading rows"));
+                            self.call(|s, r| s.on_image_failed(r, now(), &why)).await
+                        }
                     },
                     Action::Connect => self.connect().await,
                     Action::Send(msg) => {

@@ -25,6 +25,13 @@ pub const SIZE_HEADER: &str = "arbor-image-size";
 /// SQLite file, decompressed, in 8 lowercase hex digits.
 pub const CRC32_HEADER: &str = "arbor-image-crc32";
 
+/// The page size of images (8 KiB). The browser's SQLite
+/// (`sqlite-wasm-rs`) makes 8 KiB pages, and a browser replica takes an
+/// image by copying its pages in (its OPFS pool has no rename), which
+/// SQLite allows only between equal page sizes. A native replica takes the
+/// image's file as it is, whatever the page size.
+pub const IMAGE_PAGE_SIZE: i64 = 8192;
+
 /// The largest image a client takes (64 GiB): a size header beyond it is
 /// refused before anything is written.
 pub const MAX_IMAGE_BYTES: u64 = 64 << 30;
@@ -215,6 +222,12 @@ pub fn build_image<E: std::fmt::Display>(
     path: &Path,
     chunks: impl IntoIterator<Item = Result<bytes::Bytes, E>>,
 ) -> Result<u64, ReplicaError> {
+    {
+        // The page size is fixed by the first write of an empty file.
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "page_size", IMAGE_PAGE_SIZE)?;
+        conn.execute_batch("VACUUM")?;
+    }
     let seq = {
         let mut replica = Replica::open_with(
             path,
@@ -247,7 +260,7 @@ impl Replica {
     /// Replaces this replica's contents with the verified image at `path`
     /// (a file in the same SQLite VFS, decoded by [`ImageDecoder`]): first
     /// every check (this replica may take an image, the file is a SQLite
-    /// database of this build's schema and page size, of this replica's
+    /// database of this build's schema, of this replica's
     /// space and subtree, at `info.seq`), then its pages are copied in one
     /// write transaction (SQLite's backup), and this replica's id, clock
     /// and settings are written back. Any failure leaves the replica as it
@@ -302,6 +315,12 @@ impl Replica {
         space: &str,
         clock: i64,
     ) -> Result<(), ReplicaError> {
+        let page_size = |c: &Connection| -> rusqlite::Result<i64> {
+            c.pragma_query_value(None, "page_size", |r| r.get(0))
+        };
+        if page_size(image)? != page_size(&self.conn)? {
+            return Err(bad("the image's page size differs from the replica's"));
+        }
         {
             let backup = rusqlite::backup::Backup::new(image, &mut self.conn)?;
             // All pages in one step: one write transaction on the replica,
@@ -398,12 +417,6 @@ fn check_image(
             "the image's schema is {version}, this build's {}",
             schema::VERSION
         )));
-    }
-    let page_size = |c: &Connection| -> rusqlite::Result<i64> {
-        c.pragma_query_value(None, "page_size", |r| r.get(0))
-    };
-    if page_size(image)? != page_size(&replica.conn)? {
-        return Err(bad("the image's page size differs from the replica's"));
     }
     let space = match meta_get(image, key::SPACE)? {
         Some(rusqlite::types::Value::Text(s)) => s,

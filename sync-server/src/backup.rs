@@ -45,6 +45,11 @@ pub struct BackupArgs {
     #[arg(long, env = "ARBOR_BACKUP_PART_MIB", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(5..=5120))]
     pub backup_part_mib: u32,
+    /// Also store each backed-up space's replica image beside its export
+    /// (docs/PROTOCOL.md, "Replica images"): a finished client replica a
+    /// device can start from without any server.
+    #[arg(long, env = "ARBOR_BACKUP_IMAGES")]
+    pub backup_images: bool,
 }
 
 impl BackupArgs {
@@ -53,6 +58,7 @@ impl BackupArgs {
         RunOptions {
             keep: self.backup_keep as usize,
             part_bytes: (self.backup_part_mib as usize) << 20,
+            images: self.backup_images,
             ..RunOptions::default()
         }
     }
@@ -273,6 +279,22 @@ impl Target {
         }
     }
 
+    /// The bytes of an object of `space`, as a stream, if it exists (an
+    /// export, or a replica image a client decodes as it arrives).
+    pub async fn read(
+        &self,
+        space: &str,
+        object: &str,
+    ) -> Result<Option<impl Stream<Item = Result<Bytes, object_store::Error>> + use<>>, BackupError>
+    {
+        let path = self.object_path(space, object);
+        match self.store.get(&path).await {
+            Ok(got) => Ok(Some(got.into_stream())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(BackupError::store("get", &path, e)),
+        }
+    }
+
     /// The URL of an object of `space` (`s3://bucket/prefix/space/object`).
     pub fn object_url(&self, space: &str, object: &str) -> String {
         format!("s3://{}/{}", self.bucket, self.object_path(space, object))
@@ -382,6 +404,29 @@ pub struct Entry {
     /// them back so the rule stays idempotent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub restores: Vec<[i64; 3]>,
+    /// The space's replica image stored with this backup
+    /// ([`RunOptions::images`]), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageEntry>,
+}
+
+/// A replica image stored with a backup: the body and headers of
+/// `GET .../image` (docs/PROTOCOL.md, "Replica images"), as an object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageEntry {
+    /// The object's name in the space's folder (one zstd frame).
+    pub object: String,
+    /// The seq the image holds (its own snapshot: it may be above the
+    /// export's).
+    pub seq: u64,
+    /// Its client schema version.
+    pub schema: i64,
+    /// Its size decompressed.
+    pub size: u64,
+    /// The CRC-32 of its decompressed bytes, 8 lowercase hex digits.
+    pub crc32: String,
+    /// The object's size.
+    pub bytes: u64,
 }
 
 /// What a backup run does.
@@ -397,6 +442,9 @@ pub struct RunOptions {
     /// Wait for another run to finish (the command) instead of returning
     /// [`BackupError::Busy`] (the schedule).
     pub wait_for_lock: bool,
+    /// Also store each space's replica image (built for the run, in a
+    /// temporary folder) beside its export.
+    pub images: bool,
 }
 
 impl Default for RunOptions {
@@ -406,6 +454,7 @@ impl Default for RunOptions {
             part_bytes: 8 << 20,
             spaces: Vec::new(),
             wait_for_lock: true,
+            images: false,
         }
     }
 }
@@ -581,8 +630,17 @@ async fn run_locked(
                 continue;
             }
         }
-        let Some(uploaded) =
-            back_up_space(db, target, &name, id, tenant, part_bytes, &mut manifest).await?
+        let Some(uploaded) = back_up_space(
+            db,
+            target,
+            &name,
+            id,
+            tenant,
+            part_bytes,
+            options.images,
+            &mut manifest,
+        )
+        .await?
         else {
             report.missing.push(name);
             continue;
@@ -594,10 +652,18 @@ async fn run_locked(
         target.put_manifest(&manifest).await?;
         let mut deleted = 0;
         for old in &dropped {
-            let path = target.object_path(&name, &old.object);
-            match target.store.delete(&path).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
-                Err(e) => return Err(BackupError::store("delete", &path, e)),
+            let image = old.image.as_ref().map(|i| i.object.as_str());
+            for (i, object) in std::iter::once(old.object.as_str())
+                .chain(image)
+                .enumerate()
+            {
+                let path = target.object_path(&name, object);
+                match target.store.delete(&path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                        deleted += usize::from(i == 0)
+                    }
+                    Err(e) => return Err(BackupError::store("delete", &path, e)),
+                }
             }
         }
         metrics::counter!(crate::metrics::BACKUP_SPACES).increment(1);
@@ -636,6 +702,7 @@ async fn back_up_space(
     id: i64,
     tenant: Option<String>,
     part_bytes: usize,
+    images: bool,
     manifest: &mut Manifest,
 ) -> Result<Option<(Entry, usize)>, BackupError> {
     let taken_at_ms = now_ms();
@@ -672,6 +739,11 @@ async fn back_up_space(
         .collect::<Result<Vec<[i64; 3]>, tokio_postgres::Error>>()
         .map_err(DbError::from)?
     };
+    let image = if images {
+        Some(back_up_image(db, target, name, &object, part_bytes).await?)
+    } else {
+        None
+    };
     let entry = Entry {
         object,
         head_seq: header.head_seq,
@@ -683,9 +755,77 @@ async fn back_up_space(
         payloads: header.payloads,
         log: header.log,
         restores,
+        image,
     };
     manifest.backups.push(entry.clone());
     Ok(Some((entry, parts)))
+}
+
+/// Builds the replica image of `name` in a temporary folder and uploads
+/// it as `<export object>.image.zst`.
+async fn back_up_image(
+    db: &Db,
+    target: &Target,
+    name: &str,
+    export: &str,
+    part_bytes: usize,
+) -> Result<ImageEntry, BackupError> {
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "arbor-backup-image-{}-{}",
+        std::process::id(),
+        RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let failed = |e: &dyn std::fmt::Display| BackupError::Export {
+        space: name.to_string(),
+        message: format!("its replica image: {e}"),
+    };
+    let result = async {
+        let images = crate::image::Images::new(
+            crate::image::ImageConfig {
+                dir: dir.clone(),
+                rebuild_ops: 0,
+                level: 3,
+            },
+            Arc::new(crate::db::Readers::new(
+                db.clone(),
+                Vec::new(),
+                Duration::from_secs(5),
+            )),
+        )
+        .map_err(|e| failed(&e))?;
+        let meta = images.build(name, None).await.map_err(|e| failed(&e))?;
+        let object = format!("{}.image.zst", export.trim_end_matches(".arbor"));
+        let path = target.object_path(name, &object);
+        let file = tokio::fs::File::open(dir.join(&meta.file))
+            .await
+            .map_err(|e| failed(&e))?;
+        let body = futures_util::stream::unfold(file, |mut file| async move {
+            use tokio::io::AsyncReadExt as _;
+            let mut buf = bytes::BytesMut::with_capacity(1 << 20);
+            match file.read_buf(&mut buf).await {
+                Ok(0) => None,
+                Ok(_) => Some((Ok(buf.freeze()), file)),
+                Err(e) => Some((Err(e), file)),
+            }
+        });
+        let (bytes, _) = match upload(&target.store, &path, body, part_bytes).await {
+            Ok(done) => done,
+            Err(Failed::Export(e)) => return Err(failed(&e)),
+            Err(Failed::Store(e)) => return Err(BackupError::store("upload", &path, e)),
+        };
+        Ok(ImageEntry {
+            object,
+            seq: meta.seq,
+            schema: meta.schema,
+            size: meta.size,
+            crc32: meta.crc32,
+            bytes,
+        })
+    }
+    .await;
+    let _ = tokio::fs::remove_dir_all(&dir).await;
+    result
 }
 
 /// Why an upload failed: its source or the store.

@@ -570,3 +570,78 @@ async fn the_schedule_in_serve_backs_up_what_changes() {
     let _ = std::fs::remove_dir_all(&dir);
     cluster.stop();
 }
+
+/// `--backup-images`: each backup also stores the space's replica image; a
+/// fresh replica decodes it straight from the bucket (no server) and holds
+/// the space; retention deletes it with its export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_stores_the_replica_image_and_a_replica_starts_from_it() {
+    use arbor_client::image::{ImageDecoder, ImageInfo};
+    let moto = Moto::start();
+    moto.create_bucket(BUCKET).await;
+    let target = Target::open(&format!("s3://{BUCKET}/images"), moto.settings()).unwrap();
+    let cluster = PgCluster::start(PgOptions::default()).unwrap();
+    let db = arbor_e2e::stack::database(&cluster, "arbor", 4).await;
+    db.create_space("s").await.unwrap();
+    let server = serve(&cluster, SECRET).await;
+    let dir = replicas::temp_dir("s3-image");
+    let a = replicas::open(&dir, "a.db");
+    edit(&a, 30, "a");
+    sync(&a, &server, S).await;
+
+    let options = RunOptions {
+        keep: 1,
+        images: true,
+        ..RunOptions::default()
+    };
+    let run = backup::run(&db, &target, &options, &mut Known::default())
+        .await
+        .unwrap();
+    let entry = run.uploaded[0].entry.clone();
+    let image = entry.image.clone().expect("the image is in the manifest");
+    assert_eq!(image.seq, entry.head_seq);
+    assert_eq!(
+        target.manifest("s").await.unwrap().unwrap().backups,
+        [entry.clone()]
+    );
+
+    let info = ImageInfo {
+        seq: image.seq,
+        schema: image.schema,
+        size: image.size,
+        crc32: u32::from_str_radix(&image.crc32, 16).unwrap(),
+    };
+    let mut decoded = Vec::new();
+    let mut decoder = ImageDecoder::new(&info);
+    let mut sink = |b: &[u8]| {
+        decoded.extend_from_slice(b);
+        Ok(())
+    };
+    let mut stream = target.read("s", &image.object).await.unwrap().unwrap();
+    let mut fetched = 0u64;
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        let chunk = chunk.unwrap();
+        fetched += chunk.len() as u64;
+        decoder.push(&chunk, &mut sink).unwrap();
+    }
+    decoder.finish(&mut sink).unwrap();
+    assert_eq!(fetched, image.bytes);
+    let file = dir.join("from-backup.db.image");
+    std::fs::write(&file, &decoded).unwrap();
+    let mut replica = arbor_client::Replica::open(&dir.join("from-backup.db")).unwrap();
+    assert_eq!(replica.install_image(&file, &info).unwrap(), image.seq);
+    assert_eq!(replica.state().unwrap(), db.state("s").await.unwrap());
+
+    // A newer backup replaces it (one kept): the old image goes too.
+    edit(&a, 3, "a2-");
+    sync(&a, &server, S).await;
+    let again = backup::run(&db, &target, &options, &mut Known::default())
+        .await
+        .unwrap();
+    assert_eq!(again.uploaded[0].deleted, 1);
+    assert_eq!(target.size_of("s", &image.object).await.unwrap(), None);
+    assert_eq!(target.size_of("s", &entry.object).await.unwrap(), None);
+    let newer = again.uploaded[0].entry.image.as_ref().unwrap();
+    assert!(target.size_of("s", &newer.object).await.unwrap().is_some());
+    cluster.stop();
+}

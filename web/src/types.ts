@@ -276,6 +276,11 @@ export interface ConnectOptions {
   /** Keep-alive period in ms (default 20,000); a connection silent for
    * three periods is presumed dead and reopened. */
   keepaliveMs?: number;
+  /** A cold start first asks for the server's replica image (default
+   * true): the space's finished SQLite file, imported into OPFS instead of
+   * inserted row by row (docs/PROTOCOL.md, "Replica images"). Without one,
+   * or for a replica in memory, it loads the snapshot's rows. */
+  images?: boolean;
 }
 
 /** How to open a replica. */

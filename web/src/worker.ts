@@ -162,7 +162,7 @@ function run(r: WebReplica, method: string, args: unknown[]): unknown {
       return JSON.parse(r.size());
     case "connect": {
       wanted = args[0] as ConnectOptions;
-      r.connect(wanted.server, wanted.realtime ?? "", wanted.token, wanted.keepaliveMs ?? 0);
+      r.connect(wanted.server, wanted.realtime ?? "", wanted.token, wanted.keepaliveMs ?? 0, wanted.images ?? true);
       return null;
     }
     case "disconnect":
@@ -230,7 +230,7 @@ async function becomeOwner(): Promise<void> {
     channel?.postMessage({ kind: "status", status } satisfies PeerMsg);
   });
   lastStatus = JSON.parse(r.status()) as Status;
-  if (wanted) r.connect(wanted.server, wanted.realtime ?? "", wanted.token, wanted.keepaliveMs ?? 0);
+  if (wanted) r.connect(wanted.server, wanted.realtime ?? "", wanted.token, wanted.keepaliveMs ?? 0, wanted.images ?? true);
   channel?.postMessage({ kind: "owner" } satisfies PeerMsg);
   post({ event: "status", status: toPage(lastStatus, "owner") });
   // Calls this tab had forwarded to the old owner run here now.

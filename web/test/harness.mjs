@@ -106,6 +106,8 @@ export async function launch() {
   });
   return {
     context,
+    /** Its profile folder (its processes' command lines name it). */
+    profile,
     async close() {
       await context.close();
       rmSync(profile, { recursive: true, force: true });

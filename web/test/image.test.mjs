@@ -16,11 +16,14 @@ after(async () => {
   await server?.stop();
 });
 
-/** `arbor_images_sent_total` from the server's metrics (0 before any). */
-async function imagesSent() {
+/** A counter from the server's metrics (0 before any): the sum of its
+ * series whose labels include `label`. */
+async function counter(name, label = "") {
   const text = await (await fetch(server.metrics)).text();
-  const line = text.split("\n").find((l) => l.startsWith("arbor_images_sent_total"));
-  return line ? Number(line.split(/\s+/)[1]) : 0;
+  return text
+    .split("\n")
+    .filter((l) => (l.startsWith(`${name} `) || l.startsWith(`${name}{`)) && l.includes(label))
+    .reduce((sum, l) => sum + Number(l.split(/\s+/).at(-1)), 0);
 }
 
 /** The status of `GET /v1/spaces/demo/image` (the client's schema is
@@ -68,10 +71,19 @@ test("a fresh browser cold-starts from the replica image and catches up after it
     }, ids);
     await until("alice pushed again", () => a.evaluate(() => window.arbor.status().outbox === 0));
 
-    const sentBefore = await imagesSent();
+    const sent = () => counter("arbor_images_sent_total");
+    const rows = () => counter("arbor_snapshots_total", 'scope="space"');
+    const [sentBefore, rowsBefore] = [await sent(), await rows()];
+    // (Alice's cold start loaded rows: there was no image yet.)
+    assert.ok(rowsBefore >= 1, "the row snapshots are counted");
+    // The worker says in the console when it falls back to rows.
+    const warnings = [];
+    bob.context.on("console", (m) => warnings.push(m.text()));
     const b = await openDemo(bob.context, server, "demo", "bob");
     await until("bob live", () => b.evaluate(() => window.arbor.status().state === "live"), 60_000);
-    assert.equal(await imagesSent(), sentBefore + 1, "bob's cold start took the image");
+    assert.equal(await sent(), sentBefore + 1, "the image was sent to bob");
+    assert.equal(await rows(), rowsBefore, "bob loaded no row snapshot");
+    assert.deepEqual(warnings.filter((w) => w.includes("no replica image")), []);
     await until("bob caught up", async () => JSON.stringify(await rootRows(b)) === JSON.stringify(await rootRows(a)));
     const moved = await b.evaluate((id) => window.arbor.node(id), ids[1]);
     assert.equal(moved.parent, ids[2]);
