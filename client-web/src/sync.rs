@@ -340,19 +340,25 @@ impl Driver {
         }
     }
 
-    /// Downloads the replica image with `fetch`, decodes it as it streams
-    /// into a new file of the OPFS pool beside the replica's (the pool's
-    /// streaming import), and installs it once it checks out; the file goes
-    /// whatever happens. The replica stays borrowed throughout (the pool
-    /// wants its connections idle during an import; other callers get
-    /// `busy`, as during a row cold start). `Ok(false)`: a newer generation
-    /// took over. `Err`: why rows are loaded instead.
+    /// Downloads the replica image with `fetch` and decodes it as it
+    /// streams straight into the replica's own file in the OPFS pool: the
+    /// replica (which holds nothing of its own) closes its file, the pool's
+    /// streaming import writes the image under its name, and the replica
+    /// opens it once it checks out (`Replica::close_for_image`,
+    /// `open_image`). The pool has no rename, and copying the pages in would
+    /// write the whole file twice more through the WAL. Any failure: the
+    /// file goes and the replica is opened empty again with its own id and
+    /// settings, as it was (`reopen_empty`). A crash meanwhile leaves no
+    /// file (an import is named only when it finishes): the next open makes
+    /// a fresh replica. The replica stays borrowed throughout (other callers
+    /// get `busy`, as during a row cold start). `Ok(false)`: a newer
+    /// generation took over. `Err`: why rows are loaded instead.
     #[allow(clippy::await_holding_refcell_ref)]
     async fn load_image(&mut self, path: &str) -> Result<bool, String> {
         use rsqlite_vfs::VfsFilesManager as _;
         use rsqlite_vfs::transfer::DbTransfer as _;
         let inner = self.inner.clone();
-        let Some((pool, file)) = inner.pool.as_ref() else {
+        let Some((pool, _)) = inner.pool.as_ref() else {
             return Err("a replica in memory loads rows".into());
         };
         let url = format!(
@@ -378,10 +384,15 @@ impl Driver {
             .replica
             .try_borrow_mut()
             .map_err(|_| "the replica is busy")?;
-        let name = format!("{file}.image");
-        let _ = pool.remove(&name);
-        let outcome = async {
-            let image_err = |e: &dyn std::fmt::Display| ReplicaError::Image(e.to_string());
+        let swap = guard.close_for_image().map_err(|e| e.to_string())?;
+        let name = swap.path.to_string_lossy().into_owned();
+        let image_err = |e: &dyn std::fmt::Display| ReplicaError::Image(e.to_string());
+        let imported = async {
+            // The closed replica's file (and any sidecar) makes way.
+            for suffix in ["", "-journal", "-wal"] {
+                pool.remove(&format!("{name}{suffix}"))
+                    .map_err(|e| image_err(&e))?;
+            }
             let mut import = pool
                 .begin_import(&name, info.size)
                 .map_err(|e| image_err(&e))?;
@@ -417,11 +428,24 @@ impl Driver {
             }
             decoder.finish(&mut sink)?;
             import.finish().map_err(|e| image_err(&e))?;
-            guard.install_image(std::path::Path::new(&name), &info)?;
             Ok(true)
         }
         .await;
-        let _ = pool.remove(&name);
+        let outcome = match imported {
+            Ok(true) => guard.open_image(&swap, &info).map(|_| true),
+            other => other,
+        };
+        if !matches!(outcome, Ok(true)) {
+            // Not this replica's file: the replica as it was, empty.
+            for suffix in ["", "-journal", "-wal"] {
+                let _ = pool.remove(&format!("{name}{suffix}"));
+            }
+            guard
+                .reopen_empty(&swap)
+                .map_err(|e| format!("reopening the replica: {e}"))?;
+        }
+        crate::checkpoint::configure(guard.connection())
+            .map_err(|e| format!("the replica file: {e}"))?;
         drop(guard);
         self.inner.flush_changes();
         outcome.map_err(|e: ReplicaError| e.to_string())

@@ -12,6 +12,8 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
 
+use arbor_shared::NodeId;
+
 use crate::replica::{Replica, ReplicaError, key, meta_get, meta_i64, meta_set};
 use crate::schema;
 
@@ -25,11 +27,10 @@ pub const SIZE_HEADER: &str = "arbor-image-size";
 /// SQLite file, decompressed, in 8 lowercase hex digits.
 pub const CRC32_HEADER: &str = "arbor-image-crc32";
 
-/// The page size of images (8 KiB). The browser's SQLite
-/// (`sqlite-wasm-rs`) makes 8 KiB pages, and a browser replica takes an
-/// image by copying its pages in (its OPFS pool has no rename), which
-/// SQLite allows only between equal page sizes. A native replica takes the
-/// image's file as it is, whatever the page size.
+/// The page size of images (8 KiB): the browser's SQLite
+/// (`sqlite-wasm-rs`) makes 8 KiB pages, so a browser replica born from an
+/// image is the file one born from rows would be. (A replica takes the
+/// image's file as it is, whatever its page size.)
 pub const IMAGE_PAGE_SIZE: i64 = 8192;
 
 /// The largest image a client takes (64 GiB): a size header beyond it is
@@ -248,23 +249,29 @@ pub fn build_image<E: std::fmt::Display>(
 }
 
 impl Replica {
-    /// Whether an image may replace this replica: it has never loaded
-    /// anything (no cursor) and holds nothing of its own (no outbox, no
-    /// refused ops). Anything else takes the row snapshot, whose load keeps
-    /// and rebases local edits.
+    /// Whether an image may replace this replica: it has a file (an image
+    /// replaces the file), has never loaded anything (no cursor) and holds
+    /// nothing of its own (no outbox, no refused ops). Anything else takes
+    /// the row snapshot, whose load keeps and rebases local edits.
     pub fn can_take_image(&mut self) -> Result<bool, ReplicaError> {
         self.commit_held()?;
-        Ok(self.cursor()?.is_none() && self.outbox_len()? == 0 && self.rejected_len()? == 0)
+        let on_file = self.conn.path().is_some_and(|p| !p.is_empty());
+        Ok(on_file
+            && self.cursor()?.is_none()
+            && self.outbox_len()? == 0
+            && self.rejected_len()? == 0)
     }
 
-    /// Replaces this replica's contents with the verified image at `path`
-    /// (a file in the same SQLite VFS, decoded by [`ImageDecoder`]): first
-    /// every check (this replica may take an image, the file is a SQLite
-    /// database of this build's schema, of this replica's
-    /// space and subtree, at `info.seq`), then its pages are copied in one
-    /// write transaction (SQLite's backup), and this replica's id, clock
-    /// and settings are written back. Any failure leaves the replica as it
-    /// was. Returns the seq it now holds.
+    /// Replaces this replica's file with the verified image at `path` (a
+    /// file decoded by [`ImageDecoder`], on the same disk): first every
+    /// check (this replica may take an image, the file is a SQLite
+    /// database of this build's schema, of this replica's space and
+    /// subtree, at `info.seq`), then this replica's id, clock and settings
+    /// are written into it and it is renamed over the replica's file. Any
+    /// failure before the rename leaves the replica as it was. Returns the
+    /// seq it now holds. (The browser's pool has no rename:
+    /// [`Replica::close_for_image`].)
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn install_image(&mut self, path: &Path, info: &ImageInfo) -> Result<u64, ReplicaError> {
         if !self.can_take_image()? {
             return Err(bad("the replica holds state of its own: it loads rows"));
@@ -280,24 +287,13 @@ impl Replica {
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        let checked = check_image(&image, self, info).map_err(|e| match e {
-            // A file SQLite cannot read as a database is a bad image.
-            ReplicaError::Sqlite(e) => bad(format!("the image is not a replica: {e}")),
-            e => e,
-        })?;
-        // What is this replica's own, kept across the install.
-        let own: Vec<(String, rusqlite::types::Value)> = {
-            let mut stmt = self.conn.prepare(
-                "SELECT key, value FROM meta
-                 WHERE key IN ('replica', 'clock', 'space') OR key LIKE 'setting.%'",
-            )?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?
-        };
+        let checked = check_image(&image, self.space()?, self.subtree_root()?, info)?;
+        image.close().map_err(|(_, e)| e)?;
+        let own = self.own_rows()?;
         self.clock
             .observe(arbor_shared::Hlc(checked.max_hlc.max(0) as u64));
         let clock = i64::try_from(self.clock.last().0).unwrap_or(i64::MAX);
-        self.put_in_place(path, image, &own, &checked.space, clock)?;
+        self.put_in_place(path, &own, &checked.space, clock)?;
         self.notify_changes(crate::Changes {
             reset: true,
             ..crate::Changes::default()
@@ -305,72 +301,110 @@ impl Replica {
         Ok(info.seq)
     }
 
-    /// Copies the image's pages into this replica's database in one write
-    /// transaction (SQLite's backup; the browser's pool has no rename),
-    /// then writes back this replica's own rows.
-    fn copy_in(
-        &mut self,
-        image: &Connection,
-        own: &[(String, rusqlite::types::Value)],
-        space: &str,
-        clock: i64,
-    ) -> Result<(), ReplicaError> {
-        let page_size = |c: &Connection| -> rusqlite::Result<i64> {
-            c.pragma_query_value(None, "page_size", |r| r.get(0))
-        };
-        if page_size(image)? != page_size(&self.conn)? {
-            return Err(bad("the image's page size differs from the replica's"));
-        }
-        {
-            let backup = rusqlite::backup::Backup::new(image, &mut self.conn)?;
-            // All pages in one step: one write transaction on the replica,
-            // committed when the last page is in (no sleeps between steps,
-            // which the browser's worker cannot do).
-            match backup.step(-1)? {
-                rusqlite::backup::StepResult::Done => {}
-                other => return Err(bad(format!("copying the image stopped: {other:?}"))),
-            }
-        }
-        write_own(&mut self.conn, own, space, clock)
+    /// What is this replica's own in `meta`, kept across an install: its
+    /// id, clock, space and settings.
+    fn own_rows(&self) -> Result<Vec<(String, rusqlite::types::Value)>, ReplicaError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT key, value FROM meta
+             WHERE key IN ('replica', 'clock', 'space') OR key LIKE 'setting.%'",
+        )?;
+        Ok(stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?)
     }
 
-    /// Makes the checked image at `path` this replica's database, with its
-    /// own rows written back. A replica with a file: the image becomes the
-    /// file (its own rows written into it first, then a rename), so nothing
-    /// is copied, and a crash leaves the old file or the new one whole. In
-    /// memory, or in the browser (whose pool has no rename): its pages are
-    /// copied in.
+    /// The browser's way to take an image (its OPFS pool has no rename, and
+    /// a copy of the pages costs a second write of the whole file through
+    /// the WAL): closes this replica's file, which may then be replaced,
+    /// and returns what [`Replica::open_image`] and [`Replica::reopen_empty`]
+    /// need. Refused unless the replica may take an image. Until one of
+    /// those two, the replica is an empty database in memory.
+    pub fn close_for_image(&mut self) -> Result<ImageSwap, ReplicaError> {
+        if !self.can_take_image()? {
+            return Err(bad("the replica holds state of its own: it loads rows"));
+        }
+        let path = match self.conn.path() {
+            Some(p) if !p.is_empty() => std::path::PathBuf::from(p),
+            _ => return Err(bad("a replica in memory has no file to replace")),
+        };
+        let swap = ImageSwap {
+            path,
+            own: self.own_rows()?,
+            space: self.space()?,
+            root: self.subtree_root()?,
+        };
+        let old = std::mem::replace(&mut self.conn, Connection::open_in_memory()?);
+        old.close().map_err(|(_, e)| e)?;
+        Ok(swap)
+    }
+
+    /// Opens the file now at the closed replica's path (an image, put there
+    /// whole) as this replica, once it checks out against what the replica
+    /// was (space, subtree) and `info`, and writes the replica's own rows
+    /// into it. On an error the file is not this replica's: delete it and
+    /// call [`Replica::reopen_empty`].
+    pub fn open_image(&mut self, swap: &ImageSwap, info: &ImageInfo) -> Result<u64, ReplicaError> {
+        let image = Connection::open_with_flags(
+            &swap.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        let checked = check_image(&image, swap.space.clone(), swap.root, info)?;
+        image.close().map_err(|(_, e)| e)?;
+        self.clock
+            .observe(arbor_shared::Hlc(checked.max_hlc.max(0) as u64));
+        let clock = i64::try_from(self.clock.last().0).unwrap_or(i64::MAX);
+        let mut conn = Connection::open(&swap.path)?;
+        crate::schema::migrate(&mut conn, self.synchronous_full)?;
+        write_own(&mut conn, &swap.own, &checked.space, clock)?;
+        self.conn = conn;
+        self.notify_changes(crate::Changes {
+            reset: true,
+            ..crate::Changes::default()
+        });
+        Ok(info.seq)
+    }
+
+    /// Opens a new, empty file at the closed replica's path (the caller
+    /// deleted whatever was there) as this replica, with its own rows and
+    /// subtree root back: the replica is as it was before
+    /// [`Replica::close_for_image`].
+    pub fn reopen_empty(&mut self, swap: &ImageSwap) -> Result<(), ReplicaError> {
+        let mut conn = Connection::open(&swap.path)?;
+        crate::schema::migrate(&mut conn, self.synchronous_full)?;
+        let tx = conn.transaction()?;
+        for (k, v) in &swap.own {
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+                rusqlite::params![k, v],
+            )?;
+        }
+        if let Some(root) = swap.root {
+            meta_set(&tx, key::ROOT, root.to_bytes().to_vec())?;
+        }
+        tx.commit()?;
+        self.conn = conn;
+        Ok(())
+    }
+
+    /// Writes this replica's own rows into the checked image at `path`,
+    /// then makes it this replica's file: a rename over the file, after
+    /// closing every connection to it (`Replica::replace_file`). Nothing is
+    /// copied, and a crash leaves the old file or the new one whole.
     #[cfg(not(target_arch = "wasm32"))]
     fn put_in_place(
         &mut self,
         path: &Path,
-        image: Connection,
         own: &[(String, rusqlite::types::Value)],
         space: &str,
         clock: i64,
     ) -> Result<(), ReplicaError> {
-        match self.file_path() {
-            Some(target) => {
-                drop(image);
-                let mut file = Connection::open(path)?;
-                write_own(&mut file, own, space, clock)?;
-                file.close().map_err(|(_, e)| e)?;
-                self.replace_file(path, &target)
-            }
-            None => self.copy_in(&image, own, space, clock),
-        }
-    }
-
-    #[cfg(target_arch = "wasm32")]
-    fn put_in_place(
-        &mut self,
-        _path: &Path,
-        image: Connection,
-        own: &[(String, rusqlite::types::Value)],
-        space: &str,
-        clock: i64,
-    ) -> Result<(), ReplicaError> {
-        self.copy_in(&image, own, space, clock)
+        let target = self
+            .file_path()
+            .ok_or_else(|| bad("a replica in memory has no file to replace"))?;
+        let mut file = Connection::open(path)?;
+        write_own(&mut file, own, space, clock)?;
+        file.close().map_err(|(_, e)| e)?;
+        self.replace_file(path, &target)
     }
 }
 
@@ -399,6 +433,18 @@ fn write_own(
     Ok(())
 }
 
+/// A replica closed to take an image in place of its file
+/// ([`Replica::close_for_image`]).
+#[derive(Debug, Clone)]
+pub struct ImageSwap {
+    /// The replica's file.
+    pub path: std::path::PathBuf,
+    /// Its own `meta` rows (id, clock, space, settings).
+    own: Vec<(String, rusqlite::types::Value)>,
+    space: Option<String>,
+    root: Option<NodeId>,
+}
+
 /// What [`check_image`] read from a good image.
 struct Checked {
     space: String,
@@ -406,9 +452,25 @@ struct Checked {
     max_hlc: i64,
 }
 
+/// Checks `image` against what the replica expects: its space (`None`:
+/// any) and subtree root, and `info`'s seq. A file SQLite cannot read as
+/// a database is a bad image.
 fn check_image(
     image: &Connection,
-    replica: &Replica,
+    space: Option<String>,
+    root: Option<NodeId>,
+    info: &ImageInfo,
+) -> Result<Checked, ReplicaError> {
+    check_image_file(image, space, root, info).map_err(|e| match e {
+        ReplicaError::Sqlite(e) => bad(format!("the image is not a replica: {e}")),
+        e => e,
+    })
+}
+
+fn check_image_file(
+    image: &Connection,
+    space: Option<String>,
+    root: Option<NodeId>,
     info: &ImageInfo,
 ) -> Result<Checked, ReplicaError> {
     let version: i64 = image.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -418,15 +480,15 @@ fn check_image(
             schema::VERSION
         )));
     }
-    let space = match meta_get(image, key::SPACE)? {
+    let image_space = match meta_get(image, key::SPACE)? {
         Some(rusqlite::types::Value::Text(s)) => s,
         _ => return Err(bad("the image names no space")),
     };
-    if let Some(have) = replica.space()?
-        && have != space
+    if let Some(have) = space.as_deref()
+        && have != image_space
     {
         return Err(bad(format!(
-            "an image of thoughtspace {space}, the replica's is {have}"
+            "an image of thoughtspace {image_space}, the replica's is {have}"
         )));
     }
     let image_root = match meta_get(image, key::ROOT)? {
@@ -434,7 +496,7 @@ fn check_image(
         None => None,
         Some(_) => return Err(bad("the image's root is not an id")),
     };
-    if image_root != replica.subtree_root()? {
+    if image_root != root {
         return Err(bad("the image is of another subtree"));
     }
     let cursor = meta_i64(image, key::CURSOR)?;
@@ -451,7 +513,7 @@ fn check_image(
         |r| r.get(0),
     )?;
     Ok(Checked {
-        space,
+        space: image_space,
         max_hlc: max_hlc.unwrap_or(0),
     })
 }

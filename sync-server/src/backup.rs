@@ -585,7 +585,6 @@ async fn run_locked(
     known: &mut Known,
 ) -> Result<RunReport, BackupError> {
     let keep = options.keep.max(1);
-    let part_bytes = options.part_bytes.max(1);
     let spaces = {
         let conn = db.client().await?;
         conn.query(
@@ -630,17 +629,8 @@ async fn run_locked(
                 continue;
             }
         }
-        let Some(uploaded) = back_up_space(
-            db,
-            target,
-            &name,
-            id,
-            tenant,
-            part_bytes,
-            options.images,
-            &mut manifest,
-        )
-        .await?
+        let Some(uploaded) =
+            back_up_space(db, target, &name, id, tenant, options, &mut manifest).await?
         else {
             report.missing.push(name);
             continue;
@@ -701,10 +691,10 @@ async fn back_up_space(
     name: &str,
     id: i64,
     tenant: Option<String>,
-    part_bytes: usize,
-    images: bool,
+    options: &RunOptions,
     manifest: &mut Manifest,
 ) -> Result<Option<(Entry, usize)>, BackupError> {
+    let part_bytes = options.part_bytes.max(1);
     let taken_at_ms = now_ms();
     let (header, body) = match snapshot(db, name, Scope::Export).await {
         Ok(got) => got,
@@ -739,7 +729,7 @@ async fn back_up_space(
         .collect::<Result<Vec<[i64; 3]>, tokio_postgres::Error>>()
         .map_err(DbError::from)?
     };
-    let image = if images {
+    let image = if options.images {
         Some(back_up_image(db, target, name, &object, part_bytes).await?)
     } else {
         None

@@ -61,6 +61,8 @@ export async function startServer(webDir = join(repo, "web/dist")) {
     token: banner.token,
     /** The admin listener's metrics URL. */
     metrics: banner.admin,
+    /** Its data folder (Postgres, replica images in `images/`). */
+    dir,
     async stop() {
       child.kill("SIGTERM");
       await new Promise((ok) => (child.exitCode !== null ? ok() : child.on("exit", ok)));

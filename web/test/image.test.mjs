@@ -3,6 +3,8 @@
 // (imported into its OPFS pool and copied in), catches up what came after
 // it, and then edits and syncs as any replica does.
 import assert from "node:assert/strict";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { launch, openDemo, startServer, until } from "./harness.mjs";
 
@@ -96,5 +98,35 @@ test("a fresh browser cold-starts from the replica image and catches up after it
   } finally {
     await alice.close();
     await bob.close();
+  }
+});
+
+test("a corrupt image is refused: the browser loads rows, and its replica is whole", { timeout: 240_000 }, async () => {
+  // A flipped byte in the middle of every cached image (the server sends
+  // it as it is: its CRC-32 no longer matches).
+  const images = join(server.dir, "images");
+  const files = readdirSync(images).filter((f) => f.endsWith(".image.zst"));
+  assert.ok(files.length > 0, "an image is cached (the test above built it)");
+  for (const f of files) {
+    const bytes = readFileSync(join(images, f));
+    bytes[bytes.length >> 1] ^= 0x5a;
+    writeFileSync(join(images, f), bytes);
+  }
+  const carol = await launch();
+  try {
+    const rowsBefore = await counter("arbor_snapshots_total", 'scope="space"');
+    const sentBefore = await counter("arbor_images_sent_total");
+    const c = await openDemo(carol.context, server, "demo", "carol");
+    await until("carol live", () => c.evaluate(() => window.arbor.status().state === "live"), 60_000);
+    assert.equal(await counter("arbor_images_sent_total"), sentBefore + 1, "the image was sent");
+    assert.equal(await counter("arbor_snapshots_total", 'scope="space"'), rowsBefore + 1, "then rows were loaded");
+    // Her replica is whole and hers: it edits, syncs, and opens again.
+    const made = await c.evaluate((root) => window.arbor.create(root, "first", { title: "from carol" }), ROOT);
+    await until("carol pushed", () => c.evaluate(() => window.arbor.status().outbox === 0));
+    await c.reload();
+    await c.waitForFunction(() => window.arbor !== undefined, null, { timeout: 60_000 });
+    await until("carol's node is back", () => c.evaluate((id) => window.arbor.node(id).then((n) => n?.fields.title === "from carol"), made));
+  } finally {
+    await carol.close();
   }
 });

@@ -114,8 +114,7 @@ pub struct Replica {
     checkpointer: Option<checkpoint::Checkpointer>,
     /// `OpenOptions::synchronous_full`, for a connection opened again
     /// (`replace_file`).
-    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
-    synchronous_full: bool,
+    pub(crate) synchronous_full: bool,
     /// Whether local edits are held in an open transaction
     /// ([`Replica::set_write_behind`]).
     write_behind: bool,

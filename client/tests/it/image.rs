@@ -96,6 +96,9 @@ async fn a_cold_start_takes_the_image_and_catches_up_from_its_seq() {
 
     let b = dir.replica("b");
     let b_id = b.lock().unwrap().replica_id();
+    // What a crash mid-download leaves: a partial decoded file. The next
+    // download overwrites it.
+    std::fs::write(dir.0.join("b.db.image"), b"SQLite format 3\0 cut short").unwrap();
     let report = sync_report(&server, &b).await;
     assert_eq!((report.cold_starts, report.image_starts), (1, 1));
     let pg = server.db.state("s").await.unwrap();
