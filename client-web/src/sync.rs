@@ -396,7 +396,7 @@ impl Driver {
             let mut import = pool
                 .begin_import(&name, info.size)
                 .map_err(|e| image_err(&e))?;
-            let mut decoder = ImageDecoder::new(&info);
+            let mut decoder = ImageDecoder::new(&info)?;
             let mut sink = |bytes: &[u8]| import.write(bytes).map_err(|e| image_err(&e));
             loop {
                 if !self.current() {

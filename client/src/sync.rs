@@ -602,7 +602,7 @@ fn decode_image_file(
     let _ = std::fs::remove_file(path);
     let mut file =
         std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create_new(path).map_err(io)?);
-    let mut decoder = ImageDecoder::new(info);
+    let mut decoder = ImageDecoder::new(info)?;
     let mut sink = |bytes: &[u8]| file.write_all(bytes).map_err(io);
     while let Some(chunk) = next() {
         decoder.push(&chunk, &mut sink)?;

@@ -611,7 +611,7 @@ async fn a_backup_stores_the_replica_image_and_a_replica_starts_from_it() {
         crc32: u32::from_str_radix(&image.crc32, 16).unwrap(),
     };
     let mut decoded = Vec::new();
-    let mut decoder = ImageDecoder::new(&info);
+    let mut decoder = ImageDecoder::new(&info).unwrap();
     let mut sink = |b: &[u8]| {
         decoded.extend_from_slice(b);
         Ok(())

@@ -181,7 +181,7 @@ fn decode_and_install(
 ) -> Result<u64, ReplicaError> {
     let _ = std::fs::remove_file(file);
     let mut out = Vec::new();
-    let mut decoder = ImageDecoder::new(info);
+    let mut decoder = ImageDecoder::new(info).unwrap();
     let mut sink = |b: &[u8]| {
         out.extend_from_slice(b);
         Ok(())
