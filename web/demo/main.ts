@@ -142,6 +142,9 @@ function renderStatus(s: Status): void {
   // Leaving a cold start: the replica was replaced; the `reset` event does
   // the same, this is a safety net.
   if (lastState === "cold_start" && s.state !== "cold_start") outline?.reloadAll();
+  // Entering one: the lists show the server's first pages meanwhile
+  // (progressive hydration, docs/BROWSER.md).
+  if (lastState !== "cold_start" && s.state === "cold_start") outline?.reloadAll();
   lastState = s.state;
   renderEmpty();
 }

@@ -4,9 +4,10 @@
 // image built once, then each run opens a fresh browser (an empty OPFS)
 // twice, once loading rows and once taking the image, and times, from the
 // call that opens the replica: until sync is live (the replica holds the
-// whole space and is usable), and until the first children page of ROOT
-// is read; and the browser's peak resident memory (every process of its
-// profile, sampled every 100 ms).
+// whole space and is usable), and until the first children page of ROOT,
+// asked for right after `connect`, is answered (from the server while the
+// cold start runs: progressive hydration); and the browser's peak resident
+// memory (every process of its profile, sampled every 100 ms).
 //
 //   bash scripts/build-web.sh && cargo build -p arbor-sync-server --bin arbor-server
 //   node web/scripts/bench-cold.mjs    # ARBOR_BENCH_RUNS=3, ARBOR_BENCH_NODES=1000000
@@ -47,10 +48,15 @@ async function coldStart({ images }) {
     });
   });
   await arbor.connect({ server: location.origin, token, images });
+  // Asked at once: while the cold start runs it comes from the server's
+  // children endpoint (progressive hydration), not from the replica.
+  const first = arbor.children(ROOT, { limit: 100 }).then((page) => {
+    if (page.length !== 100) throw new Error(`the first page has ${page.length} rows`);
+    return performance.now() - t0;
+  });
   const liveMs = await live;
-  const page = await arbor.children(ROOT, { limit: 100 });
-  const firstPageMs = performance.now() - t0;
-  if (page.length !== 100) throw new Error(`the first page has ${page.length} rows`);
+  const firstPageMs = await first;
+  // And an edit made at once is applied once the cold start is over.
   return { liveMs, firstPageMs, status: arbor.status() };
 }
 
@@ -101,6 +107,6 @@ console.log(`| browser cold start of ${NODES} nodes, median of ${RUNS} | rows | 
 console.log("|---|---|---|");
 const row = (name, f) => console.log(`| ${name} | ${f(results.rows)} | ${f(results.image)} |`);
 row("open to sync live (replica usable), ms", (xs) => median(xs.map((x) => x.liveMs)).toFixed(0));
-row("open to the first page of ROOT read, ms", (xs) => median(xs.map((x) => x.firstPageMs)).toFixed(0));
+row("open to the first page of ROOT (asked at connect), ms", (xs) => median(xs.map((x) => x.firstPageMs)).toFixed(0));
 row("peak browser RSS (all its processes), MiB", (xs) => (median(xs.map((x) => x.peak)) / 2 ** 20).toFixed(0));
 console.log(`| image / rows (live) | | ${(median(results.image.map((x) => x.liveMs)) / median(results.rows.map((x) => x.liveMs))).toFixed(2)}x |`);

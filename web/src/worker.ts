@@ -162,6 +162,7 @@ function run(r: WebReplica, method: string, args: unknown[]): unknown {
       return JSON.parse(r.size());
     case "connect": {
       wanted = args[0] as ConnectOptions;
+      connectedSilently = true;
       r.connect(wanted.server, wanted.realtime ?? "", wanted.token, wanted.keepaliveMs ?? 0, wanted.images ?? true);
       return null;
     }
@@ -178,6 +179,119 @@ function run(r: WebReplica, method: string, args: unknown[]): unknown {
 
 /** The calls that write to the replica: run once per key. */
 const WRITES = new Set(["create", "move", "delete", "restore", "set", "undo", "redo", "revertSubtree"]);
+
+// Progressive hydration: while the replica's first cold start is pending
+// (connected, never loaded: `connecting` or `cold_start` with no cursor),
+// or a cold start holds the replica (a call fails `busy`), a write or a
+// read of the tree is not refused: it waits for the cold start and runs
+// then, in the order the calls came. The first page of a node's children
+// does not wait: it is read from the server's children endpoint with the
+// connection's token, so a page shows at once whatever the size of the
+// space. (docs/BROWSER.md, "Progressive hydration".)
+
+/** The calls that wait for a pending cold start. */
+const WAITS = new Set([...WRITES, "children", "node", "count", "canUndo", "canRedo", "beginStep", "endStep", "localHistory"]);
+
+/** `connect` ran and the session has not said anything yet. */
+let connectedSilently = false;
+
+/** Whether the replica's first cold start is pending. */
+function firstLoadPending(): boolean {
+  const s = lastStatus;
+  if (wanted === null || s === null || s.cursor !== null) return false;
+  return connectedSilently || s.state === "connecting" || s.state === "cold_start";
+}
+
+/** Resolves when the status next changes (the calls waiting for a cold
+ * start look again then). */
+let statusChanged: { promise: Promise<void>; resolve: () => void } | null = null;
+
+function nextStatus(): Promise<void> {
+  if (!statusChanged) {
+    let resolve: () => void = () => {};
+    const promise = new Promise<void>((r) => (resolve = r));
+    statusChanged = { promise, resolve };
+  }
+  // Also after a moment: a replica still held by an older session's cold
+  // start lets go without a status of its own.
+  return Promise.race([statusChanged.promise, new Promise<void>((r) => setTimeout(r, 100))]);
+}
+
+function isBusy(e: unknown): boolean {
+  return error(e).code === "busy";
+}
+
+/** Calls waiting for the cold start, in order: each runs once the one
+ * before it has started. */
+let waiting: Promise<unknown> = Promise.resolve();
+
+/** Runs `f` (a call of `method`), or, while a cold start is pending or
+ * holds the replica, once it is over, after the calls that waited before
+ * it. The first page of children comes from the server meanwhile. */
+function patiently(method: string, args: unknown[], f: () => unknown): unknown {
+  const wait = async (): Promise<unknown> => {
+    for (;;) {
+      if (!firstLoadPending()) {
+        try {
+          return await f();
+        } catch (e) {
+          if (!isBusy(e)) throw e;
+        }
+      }
+      await nextStatus();
+    }
+  };
+  const queued = (): Promise<unknown> => {
+    const run = waiting.then(wait, wait);
+    waiting = run.catch(() => {});
+    return run;
+  };
+  if (method === "children" && args[1] == null && (firstLoadPending() || lastStatus?.state === "cold_start")) {
+    return serverChildren(args[0] as string, (args[2] as number | undefined) ?? 1000).then((page) => page ?? queued());
+  }
+  if (!WAITS.has(method)) return f();
+  if (firstLoadPending()) return queued();
+  try {
+    const v = f();
+    return v instanceof Promise ? v.catch((e: unknown) => (isBusy(e) ? queued() : Promise.reject(e))) : v;
+  } catch (e) {
+    if (isBusy(e)) return queued();
+    throw e;
+  }
+}
+
+/** The first page of `parent`'s children from the server (its children
+ * endpoint, with the connection's server and token), as `children`
+ * answers; null when it cannot say (not connected, the root of a subtree
+ * replica, an error): the call then waits for the replica. */
+async function serverChildren(parent: string, limit: number): Promise<unknown[] | null> {
+  const ROOT = "00000000-0000-0000-0000-000000000000";
+  const c = wanted;
+  // A subtree replica shows its root under ROOT: the server's ROOT is
+  // another list.
+  if (!c || (root !== null && parent === ROOT)) return null;
+  const base = c.server.replace(/\/+$/, "");
+  const url = `${base}/v1/spaces/${encodeURIComponent(space)}/nodes/${encodeURIComponent(parent)}/children?limit=${Math.min(Math.max(limit, 1), 1000)}`;
+  try {
+    const res = await fetch(url, { headers: { authorization: `Bearer ${c.token}` } });
+    if (!res.ok) return null;
+    const body = (await res.json()) as {
+      children: { id: string; key: string; payloads: Record<string, { value: string | null }>; has_children?: boolean }[];
+    };
+    return body.children.map((n) => ({
+      id: n.id,
+      key: n.key,
+      fields: Object.fromEntries(
+        Object.entries(n.payloads)
+          .filter(([, p]) => p.value !== null)
+          .map(([f, p]) => [f, p.value as string]),
+      ),
+      hasChildren: n.has_children ?? false,
+    }));
+  } catch {
+    return null;
+  }
+}
 
 /** Runs a forwarded call (`key`: its forwarder's id and number) once: a
  * write whose key the replica holds already happened, and is answered
@@ -226,6 +340,9 @@ async function becomeOwner(): Promise<void> {
   r.onStatus((json: string) => {
     const status = JSON.parse(json) as Status;
     lastStatus = status;
+    connectedSilently = false;
+    statusChanged?.resolve();
+    statusChanged = null;
     post({ event: "status", status: toPage(status, "owner") });
     channel?.postMessage({ kind: "status", status } satisfies PeerMsg);
   });
@@ -236,7 +353,7 @@ async function becomeOwner(): Promise<void> {
   // Calls this tab had forwarded to the old owner run here now.
   for (const [cid, c] of forwarded) {
     forwarded.delete(cid);
-    answer(c.page, () => runKeyed(r, c.method, c.args, `${me}:${cid}`));
+    answer(c.page, () => patiently(c.method, c.args, () => runKeyed(r, c.method, c.args, `${me}:${cid}`)));
   }
 }
 
@@ -264,7 +381,7 @@ function onPeer(msg: PeerMsg): void {
       if (!replica) return;
       const r = replica;
       settle(
-        () => runKeyed(r, msg.method, msg.args, `${msg.from}:${msg.cid}`),
+        () => patiently(msg.method, msg.args, () => runKeyed(r, msg.method, msg.args, `${msg.from}:${msg.cid}`)),
         (ok, err) => holdReplies || channel?.postMessage((err ? { kind: "reply", to: msg.from, cid: msg.cid, err } : { kind: "reply", to: msg.from, cid: msg.cid, ok }) satisfies PeerMsg),
       );
       return;
@@ -358,7 +475,7 @@ scope.onmessage = (e: MessageEvent<CallMsg>) => {
   if (method === "disconnect") wanted = null;
   if (replica) {
     const r = replica;
-    answer(id, () => execute(r, method, args));
+    answer(id, () => patiently(method, args, () => execute(r, method, args)));
     return;
   }
   const cid = nextCid++;

@@ -46,6 +46,9 @@ pub struct ChildJson {
     pub key: OrderKey,
     /// Its registers by field.
     pub payloads: BTreeMap<String, RegisterJson>,
+    /// Whether it has children of its own (absent from older servers).
+    #[serde(default)]
+    pub has_children: bool,
 }
 
 /// A page of children.
@@ -100,6 +103,7 @@ pub(super) async fn children(
             .map(|c| ChildJson {
                 id: c.id,
                 key: c.key,
+                has_children: c.has_children,
                 payloads: c
                     .payloads
                     .into_iter()

@@ -141,7 +141,10 @@ async fn children_page<C: deadpool_postgres::GenericClient>(
 ) -> Result<Vec<ChildRow>, DbError> {
     // Two statements rather than `$3 IS NULL OR ...`, which would keep
     // the planner from seeking the (space, parent, key, id) index.
-    const PAGE: &str = "SELECT page.id, page.key, p.field, p.value, p.hlc, p.replica
+    // Whether each child has children of its own: one probe of the same
+    // index per child (a page shows an expand mark without a second read).
+    const PAGE: &str = "SELECT page.id, page.key, p.field, p.value, p.hlc, p.replica,
+                    EXISTS (SELECT 1 FROM nodes c WHERE c.space = $1 AND c.parent = page.id)
              FROM page LEFT JOIN payloads p ON p.space = $1 AND p.node = page.id
              ORDER BY page.key, page.id, p.field";
     let limit = i64::from(limit);
@@ -184,6 +187,7 @@ async fn children_page<C: deadpool_postgres::GenericClient>(
                 id,
                 key,
                 payloads: Vec::new(),
+                has_children: row.try_get(6)?,
             });
         }
         if let Some(field) = row.try_get::<_, Option<String>>(2)? {

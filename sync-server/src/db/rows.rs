@@ -70,6 +70,8 @@ pub struct ChildRow {
     pub key: OrderKey,
     /// Its registers, sorted by field.
     pub payloads: Vec<(String, Payload)>,
+    /// Whether it has children of its own.
+    pub has_children: bool,
 }
 
 /// Stored replica ids are the u64 with the sign bit flipped, so that bigint
