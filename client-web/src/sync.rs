@@ -402,19 +402,10 @@ impl Driver {
                 if !self.current() {
                     return Ok(false);
                 }
-                let chunk = JsFuture::from(reader.read())
-                    .await
-                    .map_err(|e| ReplicaError::Image(js::message(&e)))?;
-                let done = js_sys::Reflect::get(&chunk, &"done".into())
-                    .ok()
-                    .and_then(|d| d.as_bool())
-                    .unwrap_or(true);
-                if done {
+                let Some(bytes) = next_chunk(&reader).await.map_err(ReplicaError::Image)? else {
                     break;
-                }
-                let value = js_sys::Reflect::get(&chunk, &"value".into())
-                    .map_err(|e| ReplicaError::Image(js::message(&e)))?;
-                decoder.push(&js_sys::Uint8Array::new(&value).to_vec(), &mut sink)?;
+                };
+                decoder.push(&bytes, &mut sink)?;
                 let progress = arbor_client::snapshot::Progress {
                     bytes: decoder.decoded(),
                     total_bytes: info.size,
@@ -497,19 +488,12 @@ impl Driver {
                 // Dropping the load rolls it back.
                 return Ok(false);
             }
-            let chunk = JsFuture::from(reader.read())
+            let Some(bytes) = next_chunk(&reader)
                 .await
-                .map_err(|e| SnapshotFailure::Transport(js::message(&e)))?;
-            let done = js_sys::Reflect::get(&chunk, &"done".into())
-                .ok()
-                .and_then(|d| d.as_bool())
-                .unwrap_or(true);
-            if done {
+                .map_err(SnapshotFailure::Transport)?
+            else {
                 break;
-            }
-            let value = js_sys::Reflect::get(&chunk, &"value".into())
-                .map_err(|e| SnapshotFailure::Transport(js::message(&e)))?;
-            let bytes = js_sys::Uint8Array::new(&value).to_vec();
+            };
             let p = load.push(&bytes).map_err(loaded)?;
             for action in self.session.on_snapshot_progress(p) {
                 if let Action::Status(s) = action {
@@ -522,6 +506,24 @@ impl Driver {
         self.inner.flush_changes();
         Ok(true)
     }
+}
+
+/// The next chunk of a `fetch` body (`None`: it ended).
+async fn next_chunk(
+    reader: &web_sys::ReadableStreamDefaultReader,
+) -> Result<Option<Vec<u8>>, String> {
+    let chunk = JsFuture::from(reader.read())
+        .await
+        .map_err(|e| js::message(&e))?;
+    let done = js_sys::Reflect::get(&chunk, &"done".into())
+        .ok()
+        .and_then(|d| d.as_bool())
+        .unwrap_or(true);
+    if done {
+        return Ok(None);
+    }
+    let value = js_sys::Reflect::get(&chunk, &"value".into()).map_err(|e| js::message(&e))?;
+    Ok(Some(js_sys::Uint8Array::new(&value).to_vec()))
 }
 
 /// The session's status, as `web/src/types.ts` `Status` has it.

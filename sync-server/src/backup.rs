@@ -790,15 +790,7 @@ async fn back_up_image(
         let file = tokio::fs::File::open(dir.join(&meta.file))
             .await
             .map_err(|e| failed(&e))?;
-        let body = futures_util::stream::unfold(file, |mut file| async move {
-            use tokio::io::AsyncReadExt as _;
-            let mut buf = bytes::BytesMut::with_capacity(1 << 20);
-            match file.read_buf(&mut buf).await {
-                Ok(0) => None,
-                Ok(_) => Some((Ok(buf.freeze()), file)),
-                Err(e) => Some((Err(e), file)),
-            }
-        });
+        let body = crate::image::file_chunks(file, 1 << 20);
         let (bytes, _) = match upload(&target.store, &path, body, part_bytes).await {
             Ok(done) => done,
             Err(Failed::Export(e)) => return Err(failed(&e)),

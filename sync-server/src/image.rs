@@ -274,6 +274,23 @@ impl Images {
     }
 }
 
+/// The bytes of an open file as a stream of chunks of up to `chunk` bytes
+/// (an image sent to a client or uploaded to a bucket).
+pub fn file_chunks(
+    file: tokio::fs::File,
+    chunk: usize,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
+    futures_util::stream::unfold(file, move |mut file| async move {
+        use tokio::io::AsyncReadExt as _;
+        let mut buf = bytes::BytesMut::with_capacity(chunk);
+        match file.read_buf(&mut buf).await {
+            Ok(0) => None,
+            Ok(_) => Some((Ok(buf.freeze()), file)),
+            Err(e) => Some((Err(e), file)),
+        }
+    })
+}
+
 /// Builds started by this process (names their files).
 static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 

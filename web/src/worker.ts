@@ -180,16 +180,19 @@ function run(r: WebReplica, method: string, args: unknown[]): unknown {
 /** The calls that write to the replica: run once per key. */
 const WRITES = new Set(["create", "move", "delete", "restore", "set", "undo", "redo", "revertSubtree"]);
 
-// Progressive hydration: while the replica's first cold start is pending
-// (connected, never loaded: `connecting` or `cold_start` with no cursor),
-// or a cold start holds the replica (a call fails `busy`), a write or a
-// read of the tree is not refused: it waits for the cold start and runs
-// then, in the order the calls came. The first page of a node's children
-// does not wait: it is read from the server's children endpoint with the
-// connection's token, so a page shows at once whatever the size of the
-// space. (docs/BROWSER.md, "Progressive hydration".)
+// Progressive hydration: while a cold start holds the replica (a call
+// fails `busy`), a write or a read of the tree is not refused: it waits
+// for the cold start and runs then, in the order the calls came. While the
+// replica's first cold start is pending (connected, never loaded), the
+// first page of a node's children is read from the server's children
+// endpoint with the connection's token, so a page shows at once whatever
+// the size of the space; other calls run on the replica as they come (an
+// edit made before the load starts goes into the outbox and is rebased on
+// the snapshot, as any offline edit: a first load that never comes, the
+// server down or refusing, blocks nothing). (docs/BROWSER.md, "Progressive
+// hydration".)
 
-/** The calls that wait for a pending cold start. */
+/** The calls that wait for a cold start holding the replica. */
 const WAITS = new Set([...WRITES, "children", "node", "count", "canUndo", "canRedo", "beginStep", "endStep", "localHistory"]);
 
 /** `connect` ran and the session has not said anything yet. */
@@ -222,7 +225,7 @@ function isBusy(e: unknown): boolean {
 }
 
 /** Calls waiting for the cold start, in order: each runs once the one
- * before it has started. */
+ * before it has run. */
 let waiting: Promise<unknown> = Promise.resolve();
 
 /** Runs `f` (a call of `method`), or, while a cold start is pending or
@@ -231,12 +234,10 @@ let waiting: Promise<unknown> = Promise.resolve();
 function patiently(method: string, args: unknown[], f: () => unknown): unknown {
   const wait = async (): Promise<unknown> => {
     for (;;) {
-      if (!firstLoadPending()) {
-        try {
-          return await f();
-        } catch (e) {
-          if (!isBusy(e)) throw e;
-        }
+      try {
+        return await f();
+      } catch (e) {
+        if (!isBusy(e)) throw e;
       }
       await nextStatus();
     }
@@ -250,7 +251,6 @@ function patiently(method: string, args: unknown[], f: () => unknown): unknown {
     return serverChildren(args[0] as string, (args[2] as number | undefined) ?? 1000).then((page) => page ?? queued());
   }
   if (!WAITS.has(method)) return f();
-  if (firstLoadPending()) return queued();
   try {
     const v = f();
     return v instanceof Promise ? v.catch((e: unknown) => (isBusy(e) ? queued() : Promise.reject(e))) : v;

@@ -98,16 +98,7 @@ async fn send(
         .await
         .map_err(|_| no_image("it was just replaced"))?;
     metrics::counter!(crate::metrics::IMAGES_SENT).increment(1);
-    let chunks = futures_util::stream::unfold(file, |mut file| async move {
-        use tokio::io::AsyncReadExt as _;
-        let mut buf = bytes::BytesMut::with_capacity(256 * 1024);
-        match file.read_buf(&mut buf).await {
-            Ok(0) => None,
-            Ok(_) => Some((Ok(buf.freeze()), file)),
-            Err(e) => Some((Err(e), file)),
-        }
-    })
-    .boxed();
+    let chunks = crate::image::file_chunks(file, 256 * 1024).boxed();
     let body = crate::limits::stall_guarded(chunks, state.stall_timeout, permit);
     let meta = &cached.meta;
     let mut response = axum::body::Body::from_stream(body).into_response();
