@@ -326,7 +326,14 @@ test("the demo: Ctrl+Z undoes a create with its typed title as one step, Ctrl+Sh
   await a.click('[data-testid="add"]');
   await a.keyboard.type("typed in the demo");
   await until("the row has its title", async () => (await titles(a)).includes("typed in the demo"));
-  const id = await a.evaluate(() => window.outline.rows().find((r) => r.title === "typed in the demo")?.id);
+  // The row's id once the worker has answered the create (until then the
+  // row is a placeholder, "tmp-...").
+  const id = await until("the row has its node id", () =>
+    a.evaluate(() => {
+      const row = window.outline.rows().find((r) => r.title === "typed in the demo");
+      return row && !row.id.startsWith("tmp-") ? row.id : null;
+    }),
+  );
   await until("bob has the row", async () => (await titles(b)).includes("typed in the demo"));
 
   // Still typing in the new row: Ctrl+Z takes the whole row away (create
