@@ -137,9 +137,9 @@ pub(crate) struct Inner {
     pub(crate) checkpoint: checkpoint::IdleCheckpoint,
     /// When held edits are committed (`save.rs`).
     pub(crate) save: save::SaveTimer,
-    /// The OPFS pool the replica file lives in (`None`: in memory), and
-    /// the file's name in it: a replica image is imported beside it.
-    pub(crate) pool: Option<(sqlite_wasm_vfs::sahpool::OpfsSAHPoolUtil, String)>,
+    /// The OPFS pool the replica file lives in (`None`: in memory): a
+    /// replica image is imported into it under the replica file's name.
+    pub(crate) pool: Option<sqlite_wasm_vfs::sahpool::OpfsSAHPoolUtil>,
     /// This `Inner` itself (for the tasks it spawns).
     me: std::rc::Weak<Inner>,
 }
@@ -392,9 +392,8 @@ impl WebReplica {
                 .map_err(|e| err(ErrorCode::Storage, &e))?
         };
         let durable = pool.is_some();
-        let file = format!("/{name}.arbor");
         let mut replica = if durable {
-            Replica::open(std::path::Path::new(&file)).map_err(replica_err)?
+            Replica::open(std::path::Path::new(&format!("/{name}.arbor"))).map_err(replica_err)?
         } else {
             Replica::open_in_memory().map_err(replica_err)?
         };
@@ -456,7 +455,7 @@ impl WebReplica {
             generation: Cell::new(0),
             http: RefCell::new(None),
             wake: RefCell::new(None),
-            pool: pool.map(|p| (p, file)),
+            pool,
         });
         Ok(WebReplica { inner })
     }

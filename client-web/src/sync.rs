@@ -358,7 +358,7 @@ impl Driver {
         use rsqlite_vfs::VfsFilesManager as _;
         use rsqlite_vfs::transfer::DbTransfer as _;
         let inner = self.inner.clone();
-        let Some((pool, _)) = inner.pool.as_ref() else {
+        let Some(pool) = inner.pool.as_ref() else {
             return Err("a replica in memory loads rows".into());
         };
         let url = format!(
