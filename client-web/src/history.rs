@@ -117,7 +117,10 @@ pub(crate) fn history_json(body: &NodeHistoryBody) -> String {
 /// `GET {server}/v1/spaces/{space}{path}` with the connection's token, its
 /// JSON body read as `T`. A refusal keeps the server's code; no connection
 /// or no answer is `unavailable`.
-async fn get_json<T: serde::de::DeserializeOwned>(inner: &Inner, path: &str) -> JsResult<T> {
+pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
+    inner: &Inner,
+    path: &str,
+) -> JsResult<T> {
     let http = inner.http.borrow().clone().ok_or_else(|| {
         err(
             ErrorCode::Unavailable,
@@ -222,7 +225,9 @@ async fn revert(
 }
 
 /// A future as a JS promise of a string.
-fn promise(f: impl std::future::Future<Output = JsResult<String>> + 'static) -> js_sys::Promise {
+pub(crate) fn promise(
+    f: impl std::future::Future<Output = JsResult<String>> + 'static,
+) -> js_sys::Promise {
     wasm_bindgen_futures::future_to_promise(async move { f.await.map(|s| JsValue::from_str(&s)) })
 }
 

@@ -21,6 +21,8 @@
 //!   from the server and reverting a subtree to a past seq.
 //! - [`inspect`]: the inspector's reads (outbox, recent ops, restores,
 //!   sizes).
+//! - [`values`]: lookups by value (a value's holders from the replica
+//!   or the server, children by value, merging duplicate children).
 //! - [`sync`]: the browser driver of `arbor_client::session` (the same
 //!   session the native client drives): the `web-sys` WebSocket, one
 //!   timer, and the streamed cold start over `fetch`.
@@ -37,6 +39,7 @@ pub mod inspect;
 pub mod js;
 pub mod save;
 pub mod sync;
+pub mod values;
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;

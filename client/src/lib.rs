@@ -11,7 +11,9 @@
 //!   apply, change notifications, export.
 //! - [`store`]: [`store::SqliteStore`], the storage trait over the replica's
 //!   tables, and [`Changes`].
-//! - [`schema`]: the SQLite schema and its migrations.
+//! - [`schema`]: the SQLite schema and its migrations (the value index's
+//!   triggers among them).
+//! - [`normalize`]: the value index's normalization of field values.
 //! - [`snapshot`]: cold start from a snapshot stream (one transaction,
 //!   indexes built after, outbox rebased) and the replica encoded as a
 //!   snapshot file (fork).
@@ -29,6 +31,7 @@
 #[cfg(feature = "native")]
 pub mod fork;
 pub mod image;
+pub mod normalize;
 pub mod replica;
 pub mod schema;
 pub mod session;
@@ -38,9 +41,9 @@ pub mod store;
 pub mod sync;
 
 pub use replica::{
-    CallDone, Conflict, ConflictKind, Kept, LastMove, MAX_CALLS, MAX_UNDO_STEPS, NodeView,
-    OpenOptions, OutboxEntry, Position, RejectedOp, Replica, ReplicaError, ReplicaSize,
-    RevertReport, RowCount, SubtreeFrame, UndoReport,
+    CallDone, Conflict, ConflictKind, Holder, Kept, LastMove, MAX_CALLS, MAX_HOLDERS_PAGE,
+    MAX_UNDO_STEPS, NodeView, OpenOptions, OutboxEntry, Position, RejectedOp, Replica,
+    ReplicaError, ReplicaSize, RevertReport, RowCount, SubtreeFrame, UndoReport,
 };
 pub use session::{SyncReport, SyncState, SyncStatus};
 pub use store::Changes;

@@ -7,6 +7,45 @@
 
 use rusqlite::Connection;
 
+/// The value index's lookup indexes and the triggers that keep it: made
+/// by migration 6, dropped before a snapshot load and made again after it
+/// (which fills the index in one pass: [`VALUE_INDEX_FILL`]).
+macro_rules! value_index_ddl {
+    () => {
+        "CREATE INDEX value_index_value ON value_index (field, norm, node);
+         CREATE INDEX value_index_child ON value_index (parent, field, norm, key, node);
+         CREATE TRIGGER value_index_insert AFTER INSERT ON payloads
+         WHEN NEW.value IS NOT NULL BEGIN
+             INSERT OR REPLACE INTO value_index (node, field, norm, parent, key)
+             VALUES (NEW.node, NEW.field, arbor_normalize(NEW.value),
+                     (SELECT parent FROM nodes WHERE id = NEW.node),
+                     (SELECT key FROM nodes WHERE id = NEW.node));
+         END;
+         CREATE TRIGGER value_index_update AFTER UPDATE OF value ON payloads
+         WHEN NEW.value IS NOT OLD.value BEGIN
+             DELETE FROM value_index WHERE node = OLD.node AND field = OLD.field;
+             INSERT INTO value_index (node, field, norm, parent, key)
+             SELECT NEW.node, NEW.field, arbor_normalize(NEW.value),
+                    (SELECT parent FROM nodes WHERE id = NEW.node),
+                    (SELECT key FROM nodes WHERE id = NEW.node)
+             WHERE NEW.value IS NOT NULL;
+         END;
+         CREATE TRIGGER value_index_delete AFTER DELETE ON payloads BEGIN
+             DELETE FROM value_index WHERE node = OLD.node AND field = OLD.field;
+         END;
+         CREATE TRIGGER value_index_node_insert AFTER INSERT ON nodes BEGIN
+             UPDATE value_index SET parent = NEW.parent, key = NEW.key WHERE node = NEW.id;
+         END;
+         CREATE TRIGGER value_index_node_update AFTER UPDATE OF parent, key ON nodes
+         WHEN NEW.parent IS NOT OLD.parent OR NEW.key IS NOT OLD.key BEGIN
+             UPDATE value_index SET parent = NEW.parent, key = NEW.key WHERE node = NEW.id;
+         END;
+         CREATE TRIGGER value_index_node_delete AFTER DELETE ON nodes BEGIN
+             UPDATE value_index SET parent = NULL, key = NULL WHERE node = OLD.id;
+         END;"
+    };
+}
+
 /// Each migration's SQL, in order; `user_version` counts those applied.
 const MIGRATIONS: &[&str] = &[
     // 1: the replica.
@@ -113,7 +152,50 @@ const MIGRATIONS: &[&str] = &[
          key     TEXT NOT NULL UNIQUE,
          created BLOB
      );",
+    // 6: the value index (`replica/values.rs`): every set field's value,
+    // normalized (`normalize.rs`), with its node's place, kept by triggers
+    // in the transaction that writes the field or moves the node, so every
+    // write path (local edits, remote apply with undo and redo, restores,
+    // subtree changes) keeps it exact. `parent` and `key` are NULL while
+    // the node is not in the tree (its field arrived before its create).
+    concat!(
+        "CREATE TABLE value_index (
+             node   BLOB NOT NULL,
+             field  TEXT NOT NULL,
+             norm   TEXT NOT NULL,
+             parent BLOB,
+             key    BLOB,
+             PRIMARY KEY (node, field)
+         ) WITHOUT ROWID;",
+        value_index_ddl!(),
+        "INSERT INTO value_index (node, field, norm, parent, key)
+         SELECT p.node, p.field, arbor_normalize(p.value), n.parent, n.key
+         FROM payloads p LEFT JOIN nodes n ON n.id = p.node
+         WHERE p.value IS NOT NULL;"
+    ),
 ];
+
+/// [`value_index_ddl`]'s indexes and triggers (after a snapshot load).
+pub(crate) const VALUE_INDEX_DDL: &str = value_index_ddl!();
+
+/// Drops what [`VALUE_INDEX_DDL`] makes and empties the index (before a
+/// snapshot load: a trigger per inserted row would cost more than one
+/// pass at the end).
+pub(crate) const VALUE_INDEX_DROP: &str = "DROP INDEX IF EXISTS value_index_value;
+     DROP INDEX IF EXISTS value_index_child;
+     DROP TRIGGER IF EXISTS value_index_insert;
+     DROP TRIGGER IF EXISTS value_index_update;
+     DROP TRIGGER IF EXISTS value_index_delete;
+     DROP TRIGGER IF EXISTS value_index_node_insert;
+     DROP TRIGGER IF EXISTS value_index_node_update;
+     DROP TRIGGER IF EXISTS value_index_node_delete;
+     DELETE FROM value_index;";
+
+/// Fills the emptied value index from `payloads` and `nodes` in one pass.
+pub(crate) const VALUE_INDEX_FILL: &str = "INSERT INTO value_index (node, field, norm, parent, key)
+     SELECT p.node, p.field, arbor_normalize(p.value), n.parent, n.key
+     FROM payloads p LEFT JOIN nodes n ON n.id = p.node
+     WHERE p.value IS NOT NULL;";
 
 /// The schema version this build writes.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
@@ -148,6 +230,7 @@ pub fn migrate(conn: &mut Connection, synchronous_full: bool) -> Result<(), Sche
         if synchronous_full { "FULL" } else { "NORMAL" },
     )?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
+    register_functions(conn)?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > VERSION {
         return Err(SchemaError::TooNew(version));
@@ -159,4 +242,22 @@ pub fn migrate(conn: &mut Connection, synchronous_full: bool) -> Result<(), Sche
         tx.commit()?;
     }
     Ok(())
+}
+
+/// Registers the SQL functions the schema's triggers call
+/// (`arbor_normalize`, [`crate::normalize::normalize`]) on `conn`: every
+/// connection that writes `payloads` or `nodes` needs them ([`migrate`]
+/// does it). Another SQLite tool may read a replica file, but not write
+/// those two tables.
+pub fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function(
+        "arbor_normalize",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let value: Option<String> = ctx.get(0)?;
+            Ok(value.map(|v| crate::normalize::normalize(&v)))
+        },
+    )
 }

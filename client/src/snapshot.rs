@@ -164,10 +164,15 @@ impl<'r> SnapshotLoad<'r> {
             open: true,
             history: false,
         };
-        load.replica.conn.execute_batch(
-            "DROP INDEX IF EXISTS nodes_children; DROP INDEX IF EXISTS ops_node;
-             DELETE FROM nodes; DELETE FROM payloads; DELETE FROM ops;",
-        )?;
+        load.replica
+            .conn
+            .execute_batch("DROP INDEX IF EXISTS nodes_children; DROP INDEX IF EXISTS ops_node;")?;
+        load.replica
+            .conn
+            .execute_batch(crate::schema::VALUE_INDEX_DROP)?;
+        load.replica
+            .conn
+            .execute_batch("DELETE FROM nodes; DELETE FROM payloads; DELETE FROM ops;")?;
         Ok(load)
     }
 
@@ -344,6 +349,8 @@ impl<'r> SnapshotLoad<'r> {
             "CREATE INDEX nodes_children ON nodes (parent, key, id);
              CREATE INDEX ops_node ON ops (node, hlc, replica);",
         )?;
+        tx.execute_batch(crate::schema::VALUE_INDEX_FILL)?;
+        tx.execute_batch(crate::schema::VALUE_INDEX_DDL)?;
         meta_set(
             tx,
             key::CURSOR,

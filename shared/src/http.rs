@@ -1,9 +1,13 @@
 //! JSON bodies of the sync server's HTTP API that other components read or write (the Worker, clients, tests).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
+use crate::clock::Stamp;
 use crate::error::ErrorDetail;
 use crate::id::{NodeId, ReplicaId};
+use crate::key::OrderKey;
 use crate::op::Op;
 pub use crate::protocol::Origin;
 
@@ -271,4 +275,59 @@ impl SubtreeChangesAnswer {
             })
             .collect()
     }
+}
+
+/// One register on the wire.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RegisterJson {
+    /// The value (`null`: cleared).
+    pub value: Option<String>,
+    /// The winning write's stamp.
+    pub stamp: Stamp,
+}
+
+/// One child on the wire.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChildJson {
+    /// The child.
+    pub id: NodeId,
+    /// Its order key (hex).
+    pub key: OrderKey,
+    /// Its registers by field.
+    pub payloads: BTreeMap<String, RegisterJson>,
+    /// Whether it has children of its own (absent from older servers).
+    #[serde(default)]
+    pub has_children: bool,
+}
+
+/// A page of children.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChildrenBody {
+    /// In sibling order.
+    pub children: Vec<ChildJson>,
+    /// The page holds every op of the space up to this seq (it may come
+    /// from a standby a little behind the primary).
+    pub head_seq: u64,
+}
+
+/// A node holding a value (`GET .../values`).
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HolderJson {
+    /// Its parent.
+    pub parent: NodeId,
+    /// The node, its key and registers.
+    #[serde(flatten)]
+    pub node: ChildJson,
+}
+
+/// A page of a value's holders (`GET .../values`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HoldersBody {
+    /// In node id order.
+    pub holders: Vec<HolderJson>,
+    /// The `after` of the next page, or `null`: no more. A page may hold
+    /// fewer holders than its limit and still have a next.
+    pub next: Option<NodeId>,
+    /// The page holds every op of the space up to this seq.
+    pub head_seq: u64,
 }

@@ -9,6 +9,8 @@ import {
   type Conflict,
   type ConnectOptions,
   type HistoryPage,
+  type HoldersPage,
+  type MergeReport,
   type NodeId,
   type NodeInfo,
   type NodeView,
@@ -166,6 +168,39 @@ export class Arbor {
   /** A page of `parent`'s children in order, after the child `after`. */
   async children(parent: NodeId, opts: { after?: NodeId; limit?: number } = {}): Promise<NodeView[]> {
     return (await this.#call("children", parent, opts.after ?? null, opts.limit ?? 1000)) as NodeView[];
+  }
+
+  // ---------------------------------------------------------------- lookups by value
+
+  /** A page of the nodes whose `field` holds `value` (em's contexts of a
+   * thought), compared normalized: lowercase, Unicode NFC, runs of
+   * whitespace as one space, trimmed (docs/PROTOCOL.md, "Lookups by
+   * value"). Deleted nodes are left out; pages go in node id order:
+   * continue with `after: page.next` while it is not null. `server: true`
+   * asks the server instead of the replica: a subtree replica holds only
+   * its subtree's holders (the server answers what the token may see). */
+  async holders(field: string, value: string, opts: { after?: NodeId; limit?: number; server?: boolean } = {}): Promise<HoldersPage> {
+    return (await this.#call("holders", field, value, opts.after ?? null, opts.limit ?? 100, opts.server ?? false)) as HoldersPage;
+  }
+
+  /** The child of `parent` whose `field` holds `value` (normalized), in
+   * one indexed lookup, or null. Of several (made concurrently on two
+   * devices), the canonical one: the first in sibling order. */
+  async childByValue(parent: NodeId, field: string, value: string): Promise<NodeId | null> {
+    return (await this.childrenByValue(parent, field, value))[0] ?? null;
+  }
+
+  /** Every child of `parent` whose `field` holds `value`, in sibling
+   * order: the canonical one first, then its duplicates. */
+  async childrenByValue(parent: NodeId, field: string, value: string): Promise<NodeId[]> {
+    return (await this.#call("childrenByValue", parent, field, value)) as NodeId[];
+  }
+
+  /** Merges the duplicates among `parent`'s children holding `value` into
+   * the canonical one: their children move to its end, in order, and they
+   * are deleted (restorable). One undo step; null if no child holds it. */
+  async mergeChildrenByValue(parent: NodeId, field: string, value: string): Promise<MergeReport | null> {
+    return (await this.#call("mergeChildrenByValue", parent, field, value)) as MergeReport | null;
   }
 
   /** A node's parent and fields, or null if the replica does not have it. */

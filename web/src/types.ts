@@ -312,6 +312,32 @@ export interface RejectedOp {
   message: string;
 }
 
+/** A node whose field holds a value (`Arbor.holders`): a context of the
+ * value, in em's words. */
+export interface Holder {
+  id: NodeId;
+  parent: NodeId;
+  /** Its set fields. */
+  fields: Record<string, string>;
+}
+
+/** A page of holders. */
+export interface HoldersPage {
+  /** In node id order. */
+  holders: Holder[];
+  /** The `after` of the next page, or null: no more. A page from the
+   * server may hold fewer than its limit and still have a next. */
+  next: NodeId | null;
+}
+
+/** What `Arbor.mergeChildrenByValue` did. */
+export interface MergeReport {
+  /** The canonical child, which now has the others' children. */
+  canonical: NodeId;
+  /** How many duplicates were merged into it (and deleted). */
+  merged: number;
+}
+
 /** A node's place: its parent and its order key among the siblings
  * (lowercase hex; siblings sort by key, then id). */
 export interface PlaceJson {

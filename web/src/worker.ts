@@ -115,6 +115,14 @@ function run(r: WebReplica, method: string, args: unknown[]): unknown {
       return JSON.parse(r.node(args[0] as string));
     case "count":
       return r.count();
+    case "holders":
+      return args[4]
+        ? parse(r.serverHolders(args[0] as string, args[1] as string, (args[2] as string | null) ?? undefined, args[3] as number))
+        : JSON.parse(r.holders(args[0] as string, args[1] as string, (args[2] as string | null) ?? undefined, args[3] as number));
+    case "childrenByValue":
+      return JSON.parse(r.childrenByValue(args[0] as string, args[1] as string, args[2] as string));
+    case "mergeChildrenByValue":
+      return JSON.parse(r.mergeChildrenByValue(args[0] as string, args[1] as string, args[2] as string));
     case "saved":
       return r.saved();
     case "rejected":
@@ -178,7 +186,7 @@ function run(r: WebReplica, method: string, args: unknown[]): unknown {
 }
 
 /** The calls that write to the replica: run once per key. */
-const WRITES = new Set(["create", "move", "delete", "restore", "set", "undo", "redo", "revertSubtree"]);
+const WRITES = new Set(["create", "move", "delete", "restore", "set", "undo", "redo", "revertSubtree", "mergeChildrenByValue"]);
 
 // Progressive hydration: while a cold start holds the replica (a call
 // fails `busy`), a write or a read of the tree is not refused: it waits
@@ -193,7 +201,7 @@ const WRITES = new Set(["create", "move", "delete", "restore", "set", "undo", "r
 // hydration".)
 
 /** The calls that wait for a cold start holding the replica. */
-const WAITS = new Set([...WRITES, "children", "node", "count", "canUndo", "canRedo", "beginStep", "endStep", "localHistory"]);
+const WAITS = new Set([...WRITES, "children", "node", "count", "holders", "childrenByValue", "canUndo", "canRedo", "beginStep", "endStep", "localHistory"]);
 
 /** `connect` ran and the session has not said anything yet. */
 let connectedSilently = false;

@@ -8,6 +8,7 @@
 //! arbor --db a.db tree
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -107,6 +108,24 @@ enum Command {
         /// Show deleted nodes (TRASH).
         #[arg(long)]
         trash: bool,
+    },
+    /// Find the nodes whose field holds a value (compared after
+    /// lowercasing, NFC and collapsing whitespace), with their parent and
+    /// text; with `--parent`, that node's children holding it, the
+    /// canonical one first.
+    Find {
+        /// The value.
+        value: String,
+        /// The field.
+        #[arg(long, default_value = "text")]
+        field: String,
+        /// Only this node's children.
+        #[arg(long)]
+        parent: Option<String>,
+        /// Ask the server instead of the replica (a subtree replica holds
+        /// only its subtree's nodes).
+        #[arg(long)]
+        server: bool,
     },
     /// Print a subtree (default ROOT), indented, in order. Past
     /// `--max-indent` levels the depth is printed as a number instead of
@@ -257,6 +276,75 @@ fn main() -> anyhow::Result<()> {
                     Some(last) if page.len() == 500 => after = Some(last.id),
                     _ => break,
                 }
+            }
+        }
+        Command::Find {
+            value,
+            field,
+            parent,
+            server,
+        } => {
+            let parent = match parent {
+                Some(p) => Some(resolve(&replica, &p)?),
+                None => None,
+            };
+            let q = [("field", field.as_str()), ("value", value.as_str())];
+            let lines: Vec<(NodeId, Option<NodeId>, BTreeMap<String, String>)> =
+                match (parent, server) {
+                    (Some(p), false) => replica
+                        .children_by_value(p, &field, &value)?
+                        .into_iter()
+                        .map(|id| Ok((id, Some(p), replica.fields(id)?)))
+                        .collect::<Result<_, arbor_client::ReplicaError>>()?,
+                    (None, false) => {
+                        let mut out = Vec::new();
+                        let mut after = None;
+                        loop {
+                            let page = replica.holders(&field, &value, after, 500)?;
+                            for h in &page {
+                                out.push((h.node, Some(h.parent), replica.fields(h.node)?));
+                            }
+                            match page.last() {
+                                Some(last) if page.len() == 500 => after = Some(last.node),
+                                _ => break,
+                            }
+                        }
+                        out
+                    }
+                    (Some(p), true) => {
+                        let config = sync_config(&replica, cli.token.as_deref())?;
+                        let page: arbor_shared::http::ChildrenBody =
+                            get_json_query(&config, &format!("/nodes/{p}/children/by-value"), &q)?;
+                        page.children
+                            .into_iter()
+                            .map(|c| (c.id, Some(p), registers(c.payloads)))
+                            .collect()
+                    }
+                    (None, true) => {
+                        let config = sync_config(&replica, cli.token.as_deref())?;
+                        let mut out = Vec::new();
+                        let mut after: Option<String> = None;
+                        loop {
+                            let mut query = q.to_vec();
+                            if let Some(a) = &after {
+                                query.push(("after", a));
+                            }
+                            let page: arbor_shared::http::HoldersBody =
+                                get_json_query(&config, "/values", &query)?;
+                            for h in page.holders {
+                                out.push((h.node.id, Some(h.parent), registers(h.node.payloads)));
+                            }
+                            match page.next {
+                                Some(n) => after = Some(n.to_string()),
+                                None => break,
+                            }
+                        }
+                        out
+                    }
+                };
+            for (id, parent, fields) in lines {
+                let parent = parent.map_or_else(String::new, short);
+                println!("{}  in {parent}  {}", short(id), describe(&fields));
             }
         }
         Command::Tree {
@@ -587,6 +675,25 @@ fn run_sync(
 
 /// `GET {server}/v1/spaces/{space}{path}` as JSON.
 fn get_json<T: serde::de::DeserializeOwned>(config: &SyncConfig, path: &str) -> anyhow::Result<T> {
+    get_json_query(config, path, &[])
+}
+
+/// The set values of registers on the wire.
+fn registers(
+    payloads: BTreeMap<String, arbor_shared::http::RegisterJson>,
+) -> BTreeMap<String, String> {
+    payloads
+        .into_iter()
+        .filter_map(|(f, r)| r.value.map(|v| (f, v)))
+        .collect()
+}
+
+/// [`get_json`] with query parameters (encoded here).
+fn get_json_query<T: serde::de::DeserializeOwned>(
+    config: &SyncConfig,
+    path: &str,
+    query: &[(&str, &str)],
+) -> anyhow::Result<T> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -594,6 +701,7 @@ fn get_json<T: serde::de::DeserializeOwned>(config: &SyncConfig, path: &str) -> 
     runtime.block_on(async {
         let r = reqwest::Client::new()
             .get(&url)
+            .query(query)
             .bearer_auth(&config.token)
             .send()
             .await?;

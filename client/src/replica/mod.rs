@@ -30,6 +30,8 @@
 //! - `inspect.rs`: the inspector's reads, each indexed or bounded (the
 //!   outbox with each op's effect [`OutboxEntry`], recent ops, restores,
 //!   the move that placed a node [`LastMove`], [`ReplicaSize`]).
+//! - `values.rs`: lookups through the value index ([`Holder`]: a value's
+//!   holders, a child by value, merging duplicate children).
 //! - `write_behind.rs`: local edits held in one open write transaction,
 //!   shown at once and committed together later (browser replicas).
 
@@ -49,6 +51,7 @@ mod remote;
 mod revert;
 mod subtree;
 mod undo;
+mod values;
 mod write_behind;
 
 use std::path::Path;
@@ -76,6 +79,7 @@ pub use read::NodeView;
 pub use revert::RevertReport;
 pub use subtree::SubtreeFrame;
 pub use undo::{Kept, MAX_UNDO_STEPS, UndoReport};
+pub use values::{Holder, MAX_HOLDERS_PAGE};
 
 /// Open options.
 #[derive(Debug, Clone, Copy, Default)]

@@ -154,6 +154,7 @@ impl Replica {
 
     /// Checks the CRDT's invariants over the whole replica (O(n)).
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
-        self.tree().check_invariants().map_err(|e| e.to_string())
+        self.tree().check_invariants().map_err(|e| e.to_string())?;
+        self.check_value_index()
     }
 }

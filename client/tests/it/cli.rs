@@ -98,6 +98,23 @@ async fn two_cli_replicas_edit_offline_and_converge() {
                 "{local}\nis not the start of\n{history}"
             );
         }
+        // Found by value, from the replica and from the server alike.
+        let found = arbor(&a, &["find", "  MILK "]);
+        assert!(
+            found.contains("milk") && found.contains(&format!("in {}", &groceries[..8])),
+            "{found}"
+        );
+        assert_eq!(found, arbor(&a, &["find", "--server", "milk"]));
+        let child = arbor(&b, &["find", "--parent", &groceries[..8], "Bread"]);
+        assert!(child.contains("bread"), "{child}");
+        assert_eq!(
+            child,
+            arbor(
+                &b,
+                &["find", "--server", "--parent", &groceries[..8], "bread"]
+            )
+        );
+        assert_eq!(arbor(&b, &["find", "nothing"]), "");
         (ta, tb, ls, exported, history)
     })
     .await

@@ -22,4 +22,5 @@ mod revert;
 mod sync;
 mod transcripts;
 mod undo;
+mod values;
 mod write_behind;

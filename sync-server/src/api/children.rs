@@ -1,18 +1,19 @@
 //! The children endpoint: one ordered page of a node's children with their registers (`GET .../nodes/{id}/children`).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arbor_shared::auth::Need;
-use arbor_shared::{ErrorCode, NodeId, OrderKey, Stamp};
+use arbor_shared::http::{ChildJson, ChildrenBody, RegisterJson};
+use arbor_shared::{ErrorCode, NodeId, OrderKey};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::auth::authorize;
 use super::{ApiError, AppState};
+use crate::db::ChildRow;
 
 /// Query of a children page.
 #[derive(Debug, Deserialize)]
@@ -26,39 +27,6 @@ pub struct ChildrenQuery {
     /// The page must hold every op up to this seq (the caller's cursor):
     /// a standby that has not replayed that far does not serve it.
     pub min_seq: Option<u64>,
-}
-
-/// One register on the wire.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct RegisterJson {
-    /// The value (`null`: cleared).
-    pub value: Option<String>,
-    /// The winning write's stamp.
-    pub stamp: Stamp,
-}
-
-/// One child on the wire.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ChildJson {
-    /// The child.
-    pub id: NodeId,
-    /// Its order key (hex).
-    pub key: OrderKey,
-    /// Its registers by field.
-    pub payloads: BTreeMap<String, RegisterJson>,
-    /// Whether it has children of its own (absent from older servers).
-    #[serde(default)]
-    pub has_children: bool,
-}
-
-/// A page of children.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ChildrenBody {
-    /// In sibling order.
-    pub children: Vec<ChildJson>,
-    /// The page holds every op of the space up to this seq (it may come
-    /// from a standby a little behind the primary).
-    pub head_seq: u64,
 }
 
 pub(super) async fn children(
@@ -98,26 +66,28 @@ pub(super) async fn children(
         .await?;
     Ok(Json(ChildrenBody {
         head_seq,
-        children: rows
+        children: rows.into_iter().map(child_json).collect(),
+    }))
+}
+
+/// A stored node on the wire.
+pub(super) fn child_json(c: ChildRow) -> ChildJson {
+    ChildJson {
+        id: c.id,
+        key: c.key,
+        has_children: c.has_children,
+        payloads: c
+            .payloads
             .into_iter()
-            .map(|c| ChildJson {
-                id: c.id,
-                key: c.key,
-                has_children: c.has_children,
-                payloads: c
-                    .payloads
-                    .into_iter()
-                    .map(|(f, p)| {
-                        (
-                            f,
-                            RegisterJson {
-                                value: p.value,
-                                stamp: p.stamp,
-                            },
-                        )
-                    })
-                    .collect(),
+            .map(|(f, p)| {
+                (
+                    f,
+                    RegisterJson {
+                        value: p.value,
+                        stamp: p.stamp,
+                    },
+                )
             })
             .collect(),
-    }))
+    }
 }

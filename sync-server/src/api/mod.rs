@@ -13,6 +13,7 @@
 //! - `spaces.rs`: create, fork.
 //! - `ops.rs`: ingest, group ingest (the Durable Object's), catch-up.
 //! - `children.rs`: the children endpoint.
+//! - `values.rs`: lookups by value (a value's holders, children by value).
 //! - `history.rs`: a node's history, a subtree at a seq.
 //! - `websocket.rs`: the realtime upgrade.
 //! - `upstream.rs`: the Durable Object's upstream socket (group commits).
@@ -34,6 +35,7 @@ mod snapshots;
 mod spaces;
 mod subtree;
 mod upstream;
+mod values;
 mod websocket;
 
 use std::sync::Arc;
@@ -46,9 +48,10 @@ use axum::routing::{get, post, put};
 
 use crate::db::Db;
 
+pub use arbor_shared::http::{ChildJson, ChildrenBody, HolderJson, HoldersBody, RegisterJson};
 pub use arbor_shared::http::{CommittedJson, GroupIngestBody, IngestBody, OpsBody};
 pub use auth::token_key;
-pub use children::{ChildJson, ChildrenBody, ChildrenQuery, RegisterJson};
+pub use children::ChildrenQuery;
 pub use error::{ApiError, db_refusal};
 pub use ops::{CatchUpQuery, IngestQuery};
 
@@ -196,6 +199,11 @@ fn api_routes(state: Arc<AppState>, max_body_bytes: usize) -> Router {
             "/v1/spaces/{space}/nodes/{node}/children",
             get(children::children),
         )
+        .route(
+            "/v1/spaces/{space}/nodes/{node}/children/by-value",
+            get(values::children_by_value),
+        )
+        .route("/v1/spaces/{space}/values", get(values::holders))
         .route(
             "/v1/spaces/{space}/nodes/{node}/history",
             get(history::node_history),

@@ -107,6 +107,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0017_subtree_at.sql",
         sql: include_str!("../../../migrations/0017_subtree_at.sql"),
     },
+    Migration {
+        version: 18,
+        name: "0018_value_index.sql",
+        sql: include_str!("../../../migrations/0018_value_index.sql"),
+    },
 ];
 
 /// Key of the session advisory lock held while migrating (two-int form, so it

@@ -7,7 +7,7 @@
 //! - `error.rs`: [`DbError`], [`RejectCode`].
 //! - `rows.rs`: answers and encodings (rows, arrays, replica ids).
 //! - `apply.rs`: `apply_ops` calls, one batch or a group.
-//! - `reads.rs`: catch-up, children pages, state.
+//! - `reads.rs`: catch-up, children pages (and the page query other reads share), state.
 //! - `history.rs`: a node's history ([`HistoryEntry`]).
 //! - `spaces.rs`: create, look up, fork, horizon.
 //! - `quotas.rs`: [`Quotas`], the tenant's count of spaces, usage.
@@ -15,6 +15,7 @@
 //! - `tls.rs`: [`PgTls`], libpq's TLS settings over rustls.
 //! - `readers.rs`: [`Readers`], reads served by hot standbys within a lag bound.
 //! - `subtree.rs`: the subtree feed's reads (what changed in a subtree since a seq).
+//! - `values.rs`: lookups through the value index (a value's holders, a child by value).
 
 mod apply;
 mod error;
@@ -27,6 +28,7 @@ mod rows;
 mod spaces;
 mod subtree;
 mod tls;
+mod values;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 
@@ -44,6 +46,7 @@ pub use rows::*;
 use rows::{committed_from_row, node, stamp_from, u64_of, uuid};
 pub use subtree::{MAX_CHANGED_NODES, MAX_ENTERED_NODES, MAX_REGISTER_BYTES};
 pub use tls::{PgTls, PgTlsError, RootCert, Verify, parse_database_url};
+pub use values::{HolderRow, HoldersPage, MAX_VALUE_PAGE};
 
 /// The database: a connection pool over the schema of `migrations/`.
 #[derive(Clone)]

@@ -131,6 +131,16 @@ impl Db {
     }
 }
 
+/// The tail of a query over a CTE `page (id, key)` in order: each node
+/// with its registers, one row per register (none: one row of NULLs), and
+/// whether it has children of its own (one probe of the children index
+/// per node: a page shows an expand mark without a second read). Read by
+/// [`child_rows`].
+pub(super) const PAGE: &str = "SELECT page.id, page.key, p.field, p.value, p.hlc, p.replica,
+                    EXISTS (SELECT 1 FROM nodes c WHERE c.space = $1 AND c.parent = page.id)
+             FROM page LEFT JOIN payloads p ON p.space = $1 AND p.node = page.id
+             ORDER BY page.key, page.id, p.field";
+
 /// One page of `parent`'s children with their registers, on `client`.
 async fn children_page<C: deadpool_postgres::GenericClient>(
     client: &C,
@@ -141,12 +151,6 @@ async fn children_page<C: deadpool_postgres::GenericClient>(
 ) -> Result<Vec<ChildRow>, DbError> {
     // Two statements rather than `$3 IS NULL OR ...`, which would keep
     // the planner from seeking the (space, parent, key, id) index.
-    // Whether each child has children of its own: one probe of the same
-    // index per child (a page shows an expand mark without a second read).
-    const PAGE: &str = "SELECT page.id, page.key, p.field, p.value, p.hlc, p.replica,
-                    EXISTS (SELECT 1 FROM nodes c WHERE c.space = $1 AND c.parent = page.id)
-             FROM page LEFT JOIN payloads p ON p.space = $1 AND p.node = page.id
-             ORDER BY page.key, page.id, p.field";
     let limit = i64::from(limit);
     let rows = match after {
         None => {
@@ -176,6 +180,11 @@ async fn children_page<C: deadpool_postgres::GenericClient>(
                 .await?
         }
     };
+    child_rows(&rows)
+}
+
+/// The nodes of a [`PAGE`] query's rows, in their order.
+pub(super) fn child_rows(rows: &[tokio_postgres::Row]) -> Result<Vec<ChildRow>, DbError> {
     let mut out: Vec<ChildRow> = Vec::new();
     for row in rows {
         let id = node(row.try_get(0)?);

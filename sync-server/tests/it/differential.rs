@@ -271,6 +271,7 @@ async fn run_case(db: &Db, legacy: &Db, case_seed: u64, stats: &mut Stats) {
             }
             check_same(db, &space, &mut reference, &got).await;
             check_log(db, &space, &reference).await;
+            crate::values::check_value_index(db, &space).await;
         }
         stats.skipped_moves += reference
             .store()

@@ -130,6 +130,22 @@ async fn export_then_import_copies_the_state_and_bad_files_create_nothing() {
         db.state("copy").await.unwrap(),
         db.state("src").await.unwrap()
     );
+    // The import's rows are in the value index: 2,999 holders of the
+    // text (n3 is deleted), read in bounded pages.
+    crate::values::check_value_index(&db, "copy").await;
+    let (mut holders, mut after) = (0, None);
+    loop {
+        let page = db
+            .holders("copy", "text", &text.to_uppercase(), after, 1_000, None)
+            .await
+            .unwrap();
+        holders += page.holders.len();
+        after = page.next;
+        if after.is_none() {
+            break;
+        }
+    }
+    assert_eq!(holders, 2_999);
     let copy = db.space("copy").await.unwrap().unwrap();
     assert_eq!(copy.head_seq, 0);
     assert_eq!(copy.horizon, Some(Stamp::new(t0 + 10_001, 3)));

@@ -33,4 +33,5 @@ mod snapshot;
 mod subtree_changes;
 mod tls;
 mod validation;
+mod values;
 mod ws;

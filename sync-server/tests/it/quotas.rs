@@ -100,6 +100,8 @@ async fn usage_is_exact_through_undo_restores_fork_and_import() {
 
     db.fork("s", "copy").await.unwrap();
     assert_exact(&db, "copy").await;
+    crate::values::check_value_index(&db, "s").await;
+    crate::values::check_value_index(&db, "copy").await;
     assert_eq!(
         db.usage("copy").await.unwrap(),
         db.usage("s").await.unwrap()

@@ -1,0 +1,121 @@
+// Lookups by value in the browser client, in real headless Chromium
+// against a real `arbor-server dev`: two browsers (alice and bob) on one
+// thoughtspace.
+//
+// - `holders` finds a value's nodes compared normalized, from the replica
+//   and from the server alike, in pages; a deleted holder is left out.
+// - Two children with the same value made offline on both sides: after
+//   sync both browsers name the same canonical one (`childByValue`), and
+//   `mergeChildrenByValue` in one browser leaves one child, with every
+//   grandchild, in both.
+//
+//   node --test --test-concurrency=1 web/test/values.test.mjs
+//   (after scripts/build-web.sh and cargo build -p arbor-sync-server)
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { aliceAndBob, startServer, until } from "./harness.mjs";
+
+const ROOT = "00000000-0000-0000-0000-000000000000";
+let server;
+let alice;
+let bob;
+let a;
+let b;
+
+before(async () => {
+  server = await startServer();
+  ({ alice, bob, a, b } = await aliceAndBob(server, "demo"));
+});
+
+after(async () => {
+  await alice?.close();
+  await bob?.close();
+  await server?.stop();
+});
+
+/** Goes offline or back online with the demo's toggle (so the demo and
+ * the replica agree on it). */
+async function setOffline(page, offline) {
+  const toggle = page.locator('[data-testid="offline-toggle"]');
+  if ((await toggle.getAttribute("data-offline")) !== String(offline)) await toggle.click();
+  await until(offline ? "offline" : "live", () =>
+    page.evaluate((offline) => (offline ? window.arbor.status().state === "offline" : window.arbor.status().state === "live"), offline),
+  );
+}
+
+function drained(page, who) {
+  return until(`${who}'s outbox drained`, () => page.evaluate(() => window.arbor.status().state === "live" && window.arbor.status().outbox === 0));
+}
+
+/** Every holder of `value` in `title`, page by page. */
+function allHolders(page, value, server) {
+  return page.evaluate(
+    async ({ value, server }) => {
+      const out = [];
+      let after;
+      for (;;) {
+        const p = await window.arbor.holders("title", value, { after, limit: 2, server });
+        out.push(...p.holders.map((h) => `${h.id} in ${h.parent}`));
+        if (p.next === null) return out;
+        after = p.next;
+      }
+    },
+    { value, server },
+  );
+}
+
+test("holders are found by normalized value, locally and from the server", async () => {
+  const made = await a.evaluate(async (root) => {
+    const x = await window.arbor.create(root, "last", { title: "Contexts" });
+    const ids = [];
+    for (const t of ["Shared  Thought", "shared thought", " SHARED THOUGHT ", "other"]) {
+      ids.push(await window.arbor.create(x, "last", { title: t }));
+    }
+    return { x, ids };
+  }, ROOT);
+  await drained(a, "alice");
+  const local = await allHolders(a, "shared thought", false);
+  assert.equal(local.length, 3);
+  assert.ok(local.every((l) => l.endsWith(`in ${made.x}`)));
+  assert.deepEqual(await allHolders(a, "SHARED thought", true), local);
+  await until("bob has them", async () => (await allHolders(b, "shared thought", false)).length === 3);
+  // Deleted: left out everywhere.
+  await a.evaluate((id) => window.arbor.delete(id), made.ids[0]);
+  await drained(a, "alice");
+  assert.equal((await allHolders(a, "shared thought", false)).length, 2);
+  assert.equal((await allHolders(a, "shared thought", true)).length, 2);
+  await until("bob sees the delete", async () => (await allHolders(b, "shared thought", false)).length === 2);
+});
+
+test("duplicate children made on two devices have one canonical child, and merge", async () => {
+  const p = await a.evaluate((root) => window.arbor.create(root, "last", { title: "with attributes" }), ROOT);
+  await drained(a, "alice");
+  await until("bob has the parent", () => b.evaluate(async (p) => (await window.arbor.node(p)) !== null, p));
+  for (const page of [a, b]) await setOffline(page, true);
+  const xa = await a.evaluate(async (p) => {
+    const x = await window.arbor.create(p, "last", { title: "=pin" });
+    await window.arbor.create(x, "last", { title: "from alice" });
+    return x;
+  }, p);
+  const xb = await b.evaluate(async (p) => {
+    const x = await window.arbor.create(p, "last", { title: "=Pin " });
+    await window.arbor.create(x, "last", { title: "from bob" });
+    return x;
+  }, p);
+  for (const page of [a, b]) await setOffline(page, false);
+  const both = (page) => page.evaluate((p) => window.arbor.childrenByValue(p, "title", "=PIN"), p);
+  await until("both see both", async () => (await both(a)).length === 2 && (await both(b)).length === 2);
+  assert.deepEqual(await both(a), await both(b));
+  // Both made under an empty parent offline: either may sort first, and
+  // both browsers agree on which.
+  const [canon, dup] = await both(a);
+  assert.deepEqual(new Set([canon, dup]), new Set([xa, xb]));
+  assert.equal(await b.evaluate((p) => window.arbor.childByValue(p, "title", "=pin"), p), canon);
+
+  const report = await a.evaluate((p) => window.arbor.mergeChildrenByValue(p, "title", "=pin"), p);
+  assert.deepEqual(report, { canonical: canon, merged: 1 });
+  await drained(a, "alice");
+  await until("bob sees the merge", async () => (await both(b)).length === 1);
+  const kids = await b.evaluate(async (x) => (await window.arbor.children(x)).map((c) => c.fields.title), canon);
+  assert.deepEqual(kids, canon === xb ? ["from bob", "from alice"] : ["from alice", "from bob"]);
+});
