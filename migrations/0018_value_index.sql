@@ -38,15 +38,26 @@ CREATE TABLE value_index (
     key    bytea,
     PRIMARY KEY (space, node, field)
 );
--- Lookups compare the first 200 characters in the index (a btree entry
--- has a size limit; a value may be 64 KiB) and the whole value after.
-CREATE INDEX value_index_value ON value_index (space, field, left(norm, 200), node);
-CREATE INDEX value_index_child ON value_index (space, parent, field, left(norm, 200), key, node);
+-- Full-text search (GET .../search): each value's words ('simple': split
+-- on non-word characters, lowercased, no stemming, as the client's FTS5
+-- unicode61 tokenizer) and a lexeme naming the space, so that the GIN
+-- index finds one space's matches without visiting every space's.
+CREATE FUNCTION arbor_search_doc(p_space bigint, p_norm text) RETURNS tsvector
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT to_tsvector('simple'::regconfig, p_norm) || array_to_tsvector(ARRAY['@space' || p_space])
+$$;
 
+-- Filled first, indexed after (one sort per index, not a million inserts).
 INSERT INTO value_index (space, node, field, norm, parent, key)
 SELECT p.space, p.node, p.field, arbor_normalize(p.value), n.parent, n.key
 FROM payloads p LEFT JOIN nodes n ON n.space = p.space AND n.id = p.node
 WHERE p.value IS NOT NULL;
+
+-- Lookups compare the first 200 characters in the index (a btree entry
+-- has a size limit; a value may be 64 KiB) and the whole value after.
+CREATE INDEX value_index_value ON value_index (space, field, left(norm, 200), node);
+CREATE INDEX value_index_child ON value_index (space, parent, field, left(norm, 200), key, node);
+CREATE INDEX value_index_search ON value_index USING gin (arbor_search_doc(space, norm));
 
 -- Each statement appears twice, for a few rows and for many: PL/pgSQL
 -- keeps one plan per statement, and a plan made for a one-row transition

@@ -21,6 +21,7 @@
 //!   from the server and reverting a subtree to a past seq.
 //! - [`inspect`]: the inspector's reads (outbox, recent ops, restores,
 //!   sizes).
+//! - [`search`]: full-text search from the replica or the server.
 //! - [`values`]: lookups by value (a value's holders from the replica
 //!   or the server, children by value, merging duplicate children).
 //! - [`sync`]: the browser driver of `arbor_client::session` (the same
@@ -38,6 +39,7 @@ pub mod history;
 pub mod inspect;
 pub mod js;
 pub mod save;
+pub mod search;
 pub mod sync;
 pub mod values;
 

@@ -43,7 +43,7 @@ pub mod sync;
 pub use replica::{
     CallDone, Conflict, ConflictKind, Holder, Kept, LastMove, MAX_CALLS, MAX_HOLDERS_PAGE,
     MAX_UNDO_STEPS, NodeView, OpenOptions, OutboxEntry, Position, RejectedOp, Replica,
-    ReplicaError, ReplicaSize, RevertReport, RowCount, SubtreeFrame, UndoReport,
+    ReplicaError, ReplicaSize, RevertReport, RowCount, SearchHit, SubtreeFrame, UndoReport,
 };
 pub use session::{SyncReport, SyncState, SyncStatus};
 pub use store::Changes;

@@ -14,9 +14,16 @@ macro_rules! value_index_ddl {
     () => {
         "CREATE INDEX value_index_value ON value_index (field, norm, node);
          CREATE INDEX value_index_child ON value_index (parent, field, norm, key, node);
+         CREATE TRIGGER value_search_insert AFTER INSERT ON value_index BEGIN
+             INSERT INTO value_search (rowid, norm) VALUES (NEW.id, NEW.norm);
+         END;
+         CREATE TRIGGER value_search_delete AFTER DELETE ON value_index BEGIN
+             DELETE FROM value_search WHERE rowid = OLD.id;
+         END;
          CREATE TRIGGER value_index_insert AFTER INSERT ON payloads
          WHEN NEW.value IS NOT NULL BEGIN
-             INSERT OR REPLACE INTO value_index (node, field, norm, parent, key)
+             DELETE FROM value_index WHERE node = NEW.node AND field = NEW.field;
+             INSERT INTO value_index (node, field, norm, parent, key)
              VALUES (NEW.node, NEW.field, arbor_normalize(NEW.value),
                      (SELECT parent FROM nodes WHERE id = NEW.node),
                      (SELECT key FROM nodes WHERE id = NEW.node));
@@ -160,13 +167,20 @@ const MIGRATIONS: &[&str] = &[
     // the node is not in the tree (its field arrived before its create).
     concat!(
         "CREATE TABLE value_index (
+             id     INTEGER PRIMARY KEY,
              node   BLOB NOT NULL,
              field  TEXT NOT NULL,
              norm   TEXT NOT NULL,
              parent BLOB,
              key    BLOB,
-             PRIMARY KEY (node, field)
-         ) WITHOUT ROWID;",
+             UNIQUE (node, field)
+         );
+         -- Full-text search over the normalized values (`replica/search.rs`):
+         -- contentless (the text is in value_index), rows deleted by id.
+         CREATE VIRTUAL TABLE value_search USING fts5(
+             norm, content = '', contentless_delete = 1,
+             tokenize = 'unicode61 remove_diacritics 0'
+         );",
         value_index_ddl!(),
         "INSERT INTO value_index (node, field, norm, parent, key)
          SELECT p.node, p.field, arbor_normalize(p.value), n.parent, n.key
@@ -189,13 +203,18 @@ pub(crate) const VALUE_INDEX_DROP: &str = "DROP INDEX IF EXISTS value_index_valu
      DROP TRIGGER IF EXISTS value_index_node_insert;
      DROP TRIGGER IF EXISTS value_index_node_update;
      DROP TRIGGER IF EXISTS value_index_node_delete;
-     DELETE FROM value_index;";
+     DROP TRIGGER IF EXISTS value_search_insert;
+     DROP TRIGGER IF EXISTS value_search_delete;
+     DELETE FROM value_index;
+     INSERT INTO value_search (value_search) VALUES ('delete-all');";
 
-/// Fills the emptied value index from `payloads` and `nodes` in one pass.
+/// Fills the emptied value index from `payloads` and `nodes`, and its
+/// full-text index from it, in one pass each.
 pub(crate) const VALUE_INDEX_FILL: &str = "INSERT INTO value_index (node, field, norm, parent, key)
      SELECT p.node, p.field, arbor_normalize(p.value), n.parent, n.key
      FROM payloads p LEFT JOIN nodes n ON n.id = p.node
-     WHERE p.value IS NOT NULL;";
+     WHERE p.value IS NOT NULL;
+     INSERT INTO value_search (rowid, norm) SELECT id, norm FROM value_index;";
 
 /// The schema version this build writes.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;

@@ -331,3 +331,25 @@ pub struct HoldersBody {
     /// The page holds every op of the space up to this seq.
     pub head_seq: u64,
 }
+
+/// A register whose value matched a search (`GET .../search`).
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct SearchHitJson {
+    /// The node.
+    pub id: NodeId,
+    /// Its parent.
+    pub parent: NodeId,
+    /// The field that matched.
+    pub field: String,
+    /// Its value.
+    pub value: String,
+}
+
+/// The answer of a search (`GET .../search`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SearchBody {
+    /// Best first.
+    pub hits: Vec<SearchHitJson>,
+    /// The answer holds every op of the space up to this seq.
+    pub head_seq: u64,
+}

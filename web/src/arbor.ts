@@ -23,6 +23,7 @@ import {
   type RejectedOp,
   type ReplicaSize,
   type RevertReport,
+  type SearchHit,
   type SubtreeAt,
   type Status,
   type UndoReport,
@@ -181,6 +182,16 @@ export class Arbor {
    * its subtree's holders (the server answers what the token may see). */
   async holders(field: string, value: string, opts: { after?: NodeId; limit?: number; server?: boolean } = {}): Promise<HoldersPage> {
     return (await this.#call("holders", field, value, opts.after ?? null, opts.limit ?? 100, opts.server ?? false)) as HoldersPage;
+  }
+
+  /** Full-text search: the registers whose value holds every word of
+   * `query` (runs of letters and digits, any case; the last word as a
+   * prefix, so it can follow typing), best first. `field` and `root` (a
+   * node and its descendants) narrow it; deleted nodes are left out.
+   * `server: true` asks the server (needs `connect`): a subtree replica
+   * holds only its subtree. */
+  async search(query: string, opts: { field?: string; root?: NodeId; limit?: number; server?: boolean } = {}): Promise<SearchHit[]> {
+    return (await this.#call("search", query, opts.field ?? null, opts.root ?? null, opts.limit ?? 20, opts.server ?? false)) as SearchHit[];
   }
 
   /** The child of `parent` whose `field` holds `value` (normalized), in

@@ -330,6 +330,16 @@ export interface HoldersPage {
   next: NodeId | null;
 }
 
+/** A register whose value matched `Arbor.search`. */
+export interface SearchHit {
+  id: NodeId;
+  parent: NodeId;
+  /** The field that matched. */
+  field: string;
+  /** Its value. */
+  value: string;
+}
+
 /** What `Arbor.mergeChildrenByValue` did. */
 export interface MergeReport {
   /** The canonical child, which now has the others' children. */

@@ -119,6 +119,12 @@ function run(r: WebReplica, method: string, args: unknown[]): unknown {
       return args[4]
         ? parse(r.serverHolders(args[0] as string, args[1] as string, (args[2] as string | null) ?? undefined, args[3] as number))
         : JSON.parse(r.holders(args[0] as string, args[1] as string, (args[2] as string | null) ?? undefined, args[3] as number));
+    case "search": {
+      const [q, field, root, limit, server] = args as [string, string | null, string | null, number, boolean];
+      return server
+        ? parse(r.serverSearch(q, field ?? undefined, root ?? undefined, limit))
+        : JSON.parse(r.search(q, field ?? undefined, root ?? undefined, limit));
+    }
     case "childrenByValue":
       return JSON.parse(r.childrenByValue(args[0] as string, args[1] as string, args[2] as string));
     case "mergeChildrenByValue":
@@ -201,7 +207,7 @@ const WRITES = new Set(["create", "move", "delete", "restore", "set", "undo", "r
 // hydration".)
 
 /** The calls that wait for a cold start holding the replica. */
-const WAITS = new Set([...WRITES, "children", "node", "count", "holders", "childrenByValue", "canUndo", "canRedo", "beginStep", "endStep", "localHistory"]);
+const WAITS = new Set([...WRITES, "children", "node", "count", "holders", "search", "childrenByValue", "canUndo", "canRedo", "beginStep", "endStep", "localHistory"]);
 
 /** `connect` ran and the session has not said anything yet. */
 let connectedSilently = false;

@@ -4,6 +4,8 @@
 //
 // - `holders` finds a value's nodes compared normalized, from the replica
 //   and from the server alike, in pages; a deleted holder is left out.
+// - `search` finds registers by words (the last a prefix), the same from
+//   the replica and from the server, within a subtree too.
 // - Two children with the same value made offline on both sides: after
 //   sync both browsers name the same canonical one (`childByValue`), and
 //   `mergeChildrenByValue` in one browser leaves one child, with every
@@ -118,4 +120,25 @@ test("duplicate children made on two devices have one canonical child, and merge
   await until("bob sees the merge", async () => (await both(b)).length === 1);
   const kids = await b.evaluate(async (x) => (await window.arbor.children(x)).map((c) => c.fields.title), canon);
   assert.deepEqual(kids, canon === xb ? ["from bob", "from alice"] : ["from alice", "from bob"]);
+});
+
+test("search finds words as they are typed, locally and from the server, within a subtree", async () => {
+  const made = await a.evaluate(async (root) => {
+    const s = await window.arbor.create(root, "last", { title: "Search section" });
+    const x = await window.arbor.create(s, "last", { title: "Quarterly budget review" });
+    const y = await window.arbor.create(root, "last", { title: "budgeting, elsewhere" });
+    return { s, x, y };
+  }, ROOT);
+  await drained(a, "alice");
+  const ids = (hits) => hits.map((h) => h.id).sort();
+  for (const server of [false, true]) {
+    const all = await a.evaluate((server) => window.arbor.search("BUDG", { server }), server);
+    assert.deepEqual(ids(all), [made.x, made.y].sort(), `server: ${server}`);
+    const typed = await a.evaluate((server) => window.arbor.search("budget rev", { server }), server);
+    assert.deepEqual(typed.map((h) => [h.id, h.parent, h.field, h.value]), [[made.x, made.s, "title", "Quarterly budget review"]]);
+    const within = await a.evaluate(({ server, root }) => window.arbor.search("budget", { server, root }), { server, root: made.s });
+    assert.deepEqual(ids(within), [made.x]);
+    assert.deepEqual(await a.evaluate((server) => window.arbor.search('" ( *', { server }), server), []);
+  }
+  await until("bob finds it too", async () => (await b.evaluate(() => window.arbor.search("quarterly"))).length === 1);
 });

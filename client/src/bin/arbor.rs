@@ -127,6 +127,24 @@ enum Command {
         #[arg(long)]
         server: bool,
     },
+    /// Full-text search: the nodes whose fields hold every word of the
+    /// query (the last as a prefix), best first.
+    Search {
+        /// The words.
+        query: String,
+        /// Only this field.
+        #[arg(long)]
+        field: Option<String>,
+        /// Only this node's subtree.
+        #[arg(long)]
+        root: Option<String>,
+        /// Most hits.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Ask the server instead of the replica.
+        #[arg(long)]
+        server: bool,
+    },
     /// Print a subtree (default ROOT), indented, in order. Past
     /// `--max-indent` levels the depth is printed as a number instead of
     /// spaces, so a deep chain prints in bounded width.
@@ -345,6 +363,44 @@ fn main() -> anyhow::Result<()> {
             for (id, parent, fields) in lines {
                 let parent = parent.map_or_else(String::new, short);
                 println!("{}  in {parent}  {}", short(id), describe(&fields));
+            }
+        }
+        Command::Search {
+            query,
+            field,
+            root,
+            limit,
+            server,
+        } => {
+            let root = match root {
+                Some(r) => Some(resolve(&replica, &r)?),
+                None => None,
+            };
+            let hits: Vec<(NodeId, NodeId, String, String)> = if server {
+                let config = sync_config(&replica, cli.token.as_deref())?;
+                let limit = limit.to_string();
+                let root = root.map(|r| r.to_string());
+                let mut q = vec![("q", query.as_str()), ("limit", limit.as_str())];
+                if let Some(f) = &field {
+                    q.push(("field", f));
+                }
+                if let Some(r) = &root {
+                    q.push(("root", r));
+                }
+                let body: arbor_shared::http::SearchBody = get_json_query(&config, "/search", &q)?;
+                body.hits
+                    .into_iter()
+                    .map(|h| (h.id, h.parent, h.field, h.value))
+                    .collect()
+            } else {
+                replica
+                    .search(&query, field.as_deref(), root, limit as usize)?
+                    .into_iter()
+                    .map(|h| (h.node, h.parent, h.field, h.value))
+                    .collect()
+            };
+            for (id, parent, field, value) in hits {
+                println!("{}  in {}  [{field}] {value}", short(id), short(parent));
             }
         }
         Command::Tree {

@@ -30,6 +30,8 @@
 //! - `inspect.rs`: the inspector's reads, each indexed or bounded (the
 //!   outbox with each op's effect [`OutboxEntry`], recent ops, restores,
 //!   the move that placed a node [`LastMove`], [`ReplicaSize`]).
+//! - `search.rs`: full-text search over field values ([`SearchHit`]),
+//!   optionally within a subtree.
 //! - `values.rs`: lookups through the value index ([`Holder`]: a value's
 //!   holders, a child by value, merging duplicate children).
 //! - `write_behind.rs`: local edits held in one open write transaction,
@@ -49,6 +51,7 @@ mod outbox;
 mod read;
 mod remote;
 mod revert;
+mod search;
 mod subtree;
 mod undo;
 mod values;
@@ -77,6 +80,7 @@ pub(crate) use meta::{key, meta_delete, meta_get, meta_i64, meta_set, meta_text,
 pub use outbox::RejectedOp;
 pub use read::NodeView;
 pub use revert::RevertReport;
+pub use search::{MAX_SEARCH_HITS, SearchHit, search_words};
 pub use subtree::SubtreeFrame;
 pub use undo::{Kept, MAX_UNDO_STEPS, UndoReport};
 pub use values::{Holder, MAX_HOLDERS_PAGE};

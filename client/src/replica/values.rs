@@ -169,6 +169,20 @@ impl Replica {
                        WHERE p.value IS NOT NULL";
         let extra = diff(index, derived).map_err(|e| e.to_string())?;
         let missing = diff(derived, index).map_err(|e| e.to_string())?;
+        // The full-text index has one row per value index row.
+        let (searchable, indexed): (i64, i64) = self
+            .conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM value_search), (SELECT count(*) FROM value_index)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| e.to_string())?;
+        if searchable != indexed {
+            return Err(format!(
+                "search index: {searchable} rows for {indexed} values"
+            ));
+        }
         if extra + missing > 0 {
             return Err(format!(
                 "value index: {extra} rows not derived from the tree, {missing} rows missing"

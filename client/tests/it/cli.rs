@@ -115,6 +115,17 @@ async fn two_cli_replicas_edit_offline_and_converge() {
             )
         );
         assert_eq!(arbor(&b, &["find", "nothing"]), "");
+        // Full-text search, locally and on the server.
+        let hits = arbor(&a, &["search", "BRE"]);
+        assert!(hits.contains("[text] bread"), "{hits}");
+        assert_eq!(hits, arbor(&a, &["search", "--server", "bre"]));
+        let within = arbor(&a, &["search", "--root", &todo[..8], "milk"]);
+        assert!(within.contains("[text] milk"), "{within}");
+        assert_eq!(
+            within,
+            arbor(&a, &["search", "--server", "--root", &todo[..8], "milk"])
+        );
+        assert_eq!(arbor(&a, &["search", "--field", "color", "milk"]), "");
         (ta, tb, ls, exported, history)
     })
     .await

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use arbor_client::normalize::normalize;
+use arbor_client::replica::search_words;
 use arbor_client::{Holder, Position, Replica, ReplicaError};
 use arbor_shared::protocol::SeqOp;
 use arbor_shared::{NodeId, Op, OrderKey};
@@ -96,6 +97,69 @@ fn holders_and_children_are_found_by_normalized_value() {
         Some(b1)
     );
     assert_eq!(r.child_by_value(b, "text", "shared value").unwrap(), None);
+    r.check_invariants().unwrap();
+}
+
+#[test]
+fn search_finds_words_best_first_within_a_subtree_and_not_deleted() {
+    let dir = TempDir::new("search");
+    let mut r = Replica::open(&dir.0.join("r.db")).unwrap();
+    let a = r
+        .create_with(NodeId::ROOT, Position::Last, &[("text", "Project notes")])
+        .unwrap();
+    let a1 = r
+        .create_with(
+            a,
+            Position::Last,
+            &[("text", "Meeting notes: budget, budget and BUDGET")],
+        )
+        .unwrap();
+    let a2 = r
+        .create_with(
+            a,
+            Position::Last,
+            &[("text", "budget draft"), ("tag", "finance")],
+        )
+        .unwrap();
+    let b = r
+        .create_with(
+            NodeId::ROOT,
+            Position::Last,
+            &[("text", "Budgeting elsewhere")],
+        )
+        .unwrap();
+    let hits = |r: &Replica, q: &str, field: Option<&str>, within: Option<NodeId>| -> Vec<NodeId> {
+        r.search(q, field, within, 10)
+            .unwrap()
+            .into_iter()
+            .map(|h| h.node)
+            .collect()
+    };
+    // Every word, the last as a prefix; case does not matter.
+    assert_eq!(hits(&r, "NOTES", None, None).len(), 2);
+    let budget = hits(&r, "budget", None, None);
+    assert_eq!(budget.len(), 3, "{budget:?}");
+    // BM25: the value that says it three times first.
+    assert_eq!(budget[0], a1);
+    assert!(budget.contains(&b), "a prefix of budgeting");
+    assert_eq!(hits(&r, "budget dra", None, None), vec![a2]);
+    assert_eq!(hits(&r, "budget", None, Some(a)).len(), 2);
+    assert_eq!(hits(&r, "fin", Some("tag"), None), vec![a2]);
+    assert!(hits(&r, "fin", Some("text"), None).is_empty());
+    // Query syntax is never an error: only words count.
+    assert_eq!(hits(&r, "\"budget\" (draft*", None, None), vec![a2]);
+    assert!(hits(&r, "  ** \" ", None, None).is_empty());
+    let hit = &r.search("draft", None, None, 1).unwrap()[0];
+    assert_eq!(
+        (hit.parent, hit.field.as_str(), hit.value.as_str()),
+        (a, "text", "budget draft")
+    );
+    // Deleted: gone; changed: found by the new words only.
+    r.delete(a2).unwrap();
+    assert!(hits(&r, "draft", None, None).is_empty());
+    r.set(b, "text", Some("something else")).unwrap();
+    assert!(hits(&r, "budgeting", None, None).is_empty());
+    assert_eq!(hits(&r, "something", None, None), vec![b]);
     r.check_invariants().unwrap();
 }
 
@@ -209,7 +273,52 @@ fn expected(r: &Replica) -> (HoldersByValue, ChildrenByValue) {
     (holders, children)
 }
 
+/// Searches, and what each must find.
+const QUERIES: &[&str] = &[
+    "alpha", "AL", "be", "be ta", "ta", "caf", "café", "pin", "=p", "\"x", "",
+];
+
+/// The nodes whose text holds every word of `query` (the last as a
+/// prefix), not deleted: a search computed from the state alone.
+fn searched(r: &Replica, query: &str) -> std::collections::BTreeSet<NodeId> {
+    let state = r.state().unwrap();
+    let words = search_words(query);
+    let mut out = std::collections::BTreeSet::new();
+    if words.is_empty() {
+        return out;
+    }
+    for ((node, field), payload) in &state.payloads {
+        let (Some(value), Some(place)) = (&payload.value, state.nodes.get(node)) else {
+            continue;
+        };
+        let mut up = place.parent;
+        while let Some(p) = state.nodes.get(&up) {
+            up = p.parent;
+        }
+        if field != "text" || up == NodeId::TRASH {
+            continue;
+        }
+        let have = search_words(&normalize(value));
+        let (last, rest) = words.split_last().unwrap();
+        if rest.iter().all(|w| have.contains(w))
+            && have.iter().any(|h| h.starts_with(last.as_str()))
+        {
+            out.insert(*node);
+        }
+    }
+    out
+}
+
 fn check_lookups(r: &Replica) {
+    for q in QUERIES {
+        let got: std::collections::BTreeSet<NodeId> = r
+            .search(q, Some("text"), None, 1_000)
+            .unwrap()
+            .into_iter()
+            .map(|h| h.node)
+            .collect();
+        assert_eq!(got, searched(r, q), "search {q:?}");
+    }
     let (holders, children) = expected(r);
     for v in VALUES {
         let want = holders.get(&normalize(v)).cloned().unwrap_or_default();

@@ -13,6 +13,7 @@
 //! - `spaces.rs`: create, fork.
 //! - `ops.rs`: ingest, group ingest (the Durable Object's), catch-up.
 //! - `children.rs`: the children endpoint.
+//! - `search.rs`: full-text search.
 //! - `values.rs`: lookups by value (a value's holders, children by value).
 //! - `history.rs`: a node's history, a subtree at a seq.
 //! - `websocket.rs`: the realtime upgrade.
@@ -31,6 +32,7 @@ mod images;
 mod ops;
 mod request_metrics;
 mod revocations;
+mod search;
 mod snapshots;
 mod spaces;
 mod subtree;
@@ -48,7 +50,9 @@ use axum::routing::{get, post, put};
 
 use crate::db::Db;
 
-pub use arbor_shared::http::{ChildJson, ChildrenBody, HolderJson, HoldersBody, RegisterJson};
+pub use arbor_shared::http::{
+    ChildJson, ChildrenBody, HolderJson, HoldersBody, RegisterJson, SearchBody, SearchHitJson,
+};
 pub use arbor_shared::http::{CommittedJson, GroupIngestBody, IngestBody, OpsBody};
 pub use auth::token_key;
 pub use children::ChildrenQuery;
@@ -204,6 +208,7 @@ fn api_routes(state: Arc<AppState>, max_body_bytes: usize) -> Router {
             get(values::children_by_value),
         )
         .route("/v1/spaces/{space}/values", get(values::holders))
+        .route("/v1/spaces/{space}/search", get(search::search))
         .route(
             "/v1/spaces/{space}/nodes/{node}/history",
             get(history::node_history),

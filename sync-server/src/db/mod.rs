@@ -15,6 +15,7 @@
 //! - `tls.rs`: [`PgTls`], libpq's TLS settings over rustls.
 //! - `readers.rs`: [`Readers`], reads served by hot standbys within a lag bound.
 //! - `subtree.rs`: the subtree feed's reads (what changed in a subtree since a seq).
+//! - `search.rs`: full-text search over register values.
 //! - `values.rs`: lookups through the value index (a value's holders, a child by value).
 
 mod apply;
@@ -25,6 +26,7 @@ mod quotas;
 mod readers;
 mod reads;
 mod rows;
+mod search;
 mod spaces;
 mod subtree;
 mod tls;
@@ -44,6 +46,7 @@ pub(crate) use quotas::{claim_space_slot, set_tenant};
 pub use readers::Readers;
 pub use rows::*;
 use rows::{committed_from_row, node, stamp_from, u64_of, uuid};
+pub use search::{MAX_SEARCH_HITS, SEARCH_CANDIDATES, SearchRow, tsquery_text};
 pub use subtree::{MAX_CHANGED_NODES, MAX_ENTERED_NODES, MAX_REGISTER_BYTES};
 pub use tls::{PgTls, PgTlsError, RootCert, Verify, parse_database_url};
 pub use values::{HolderRow, HoldersPage, MAX_VALUE_PAGE};
