@@ -260,7 +260,7 @@ pub(crate) fn replica_err(e: ReplicaError) -> JsValue {
         ReplicaError::Reserved(_) => ErrorCode::ReservedNode,
         ReplicaError::NotASibling { .. } => ErrorCode::NotASibling,
         ReplicaError::Cycle { .. } => ErrorCode::Cycle,
-        ReplicaError::Op(_) => ErrorCode::BadOp,
+        ReplicaError::Op(_) | ReplicaError::Outline(_) => ErrorCode::BadOp,
         ReplicaError::WrongSpace { .. } => ErrorCode::WrongSpace,
         ReplicaError::Snapshot(_) | ReplicaError::Image(_) => ErrorCode::Snapshot,
         _ => ErrorCode::Replica,

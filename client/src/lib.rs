@@ -14,6 +14,9 @@
 //! - [`schema`]: the SQLite schema and its migrations (the value index's
 //!   triggers among them).
 //! - [`normalize`]: the value index's normalization of field values.
+//! - [`outline`]: outlines from other outliners (OPML, Markdown, Logseq,
+//!   em, Roam JSON) read into items, and subtrees written as Markdown or
+//!   OPML.
 //! - [`snapshot`]: cold start from a snapshot stream (one transaction,
 //!   indexes built after, outbox rebased) and the replica encoded as a
 //!   snapshot file (fork).
@@ -32,6 +35,7 @@
 pub mod fork;
 pub mod image;
 pub mod normalize;
+pub mod outline;
 pub mod replica;
 pub mod schema;
 pub mod session;

@@ -127,6 +127,34 @@ enum Command {
         #[arg(long)]
         server: bool,
     },
+    /// Import an outline file (OPML, Markdown or indented text, Logseq,
+    /// em, Roam JSON) under a node, as new nodes; prints what was made and
+    /// every part of the file that could not be taken.
+    Import {
+        /// The file.
+        file: PathBuf,
+        /// Its format: opml, markdown (also text, logseq, em) or roam
+        /// (default: from the file's extension).
+        #[arg(long)]
+        format: Option<String>,
+        /// Where the outline goes (default ROOT).
+        #[arg(long)]
+        parent: Option<String>,
+        /// The field the texts go in.
+        #[arg(long, default_value = "text")]
+        field: String,
+    },
+    /// Print a node and its subtree as an outline (Markdown or OPML).
+    Outline {
+        /// The node.
+        node: String,
+        /// markdown or opml.
+        #[arg(long, default_value = "markdown")]
+        format: String,
+        /// The field the texts are in.
+        #[arg(long, default_value = "text")]
+        field: String,
+    },
     /// Full-text search: the nodes whose fields hold every word of the
     /// query (the last as a prefix), best first.
     Search {
@@ -363,6 +391,54 @@ fn main() -> anyhow::Result<()> {
             for (id, parent, fields) in lines {
                 let parent = parent.map_or_else(String::new, short);
                 println!("{}  in {parent}  {}", short(id), describe(&fields));
+            }
+        }
+        Command::Import {
+            file,
+            format,
+            parent,
+            field,
+        } => {
+            use arbor_client::outline::{Format, parse};
+            let format: Format = match format {
+                Some(f) => f.parse().map_err(anyhow::Error::msg)?,
+                None => match file.extension().and_then(|e| e.to_str()) {
+                    Some("opml") | Some("xml") => Format::Opml,
+                    Some("json") => Format::Roam,
+                    _ => Format::Markdown,
+                },
+            };
+            let parent = match parent {
+                Some(p) => resolve(&replica, &p)?,
+                None => NodeId::ROOT,
+            };
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let parsed = parse(format, &text);
+            let made = replica.import_outline(parent, &parsed.items, &field)?;
+            println!("imported {} nodes under {}", made.len(), short(parent));
+            for s in &parsed.skipped {
+                println!("not imported: {}: {}", s.at, s.reason);
+            }
+            for (name, n) in &parsed.ignored {
+                println!("ignored: {name} ({n} times)");
+            }
+        }
+        Command::Outline {
+            node,
+            format,
+            field,
+        } => {
+            let root = resolve(&replica, &node)?;
+            let items = replica.outline_items(root, &field)?;
+            let (text, skipped) = match format.as_str() {
+                "markdown" | "md" => arbor_client::outline::write_markdown(&items),
+                "opml" => arbor_client::outline::write_opml(&items, &items[0].text),
+                other => bail!("unknown outline format {other:?} (markdown, opml)"),
+            };
+            print!("{text}");
+            for s in &skipped {
+                eprintln!("not exported: {}: {}", s.at, s.reason);
             }
         }
         Command::Search {

@@ -67,6 +67,9 @@ pub enum ReplicaError {
     /// snapshot is the way instead.
     #[error("image: {0}")]
     Image(String),
+    /// An outline to import is not one (nothing was made).
+    #[error("outline: {0}")]
+    Outline(String),
     /// A snapshot could not be loaded (nothing changed).
     #[error("snapshot: {0}")]
     Snapshot(String),

@@ -30,6 +30,8 @@
 //! - `inspect.rs`: the inspector's reads, each indexed or bounded (the
 //!   outbox with each op's effect [`OutboxEntry`], recent ops, restores,
 //!   the move that placed a node [`LastMove`], [`ReplicaSize`]).
+//! - `outline.rs`: outlines imported as new nodes (one undo step) and a
+//!   subtree read back as outline items.
 //! - `search.rs`: full-text search over field values ([`SearchHit`]),
 //!   optionally within a subtree.
 //! - `values.rs`: lookups through the value index ([`Holder`]: a value's
@@ -48,6 +50,7 @@ pub(crate) mod history;
 mod inspect;
 pub(crate) mod meta;
 mod outbox;
+mod outline;
 mod read;
 mod remote;
 mod revert;

@@ -177,3 +177,40 @@ fn tree_prints_a_deep_chain_in_bounded_width() {
     let narrow = arbor(&db, &["tree", "--max-indent", "2"]);
     assert!(narrow.lines().nth(3).unwrap().starts_with("    [4] "));
 }
+
+/// An outline file imported with `arbor import` prints back the same with
+/// `arbor outline`, and what could not be taken is listed.
+#[test]
+fn import_and_outline_round_trip_through_the_cli() {
+    let dir = TempDir::new("cli-outline");
+    let db = dir.0.join("o.db");
+    let md = dir.0.join("notes.md");
+    let text = "- Book\n  author:: Le Guin\n  - chapter one\n    - a & b\n  - chapter two\n";
+    std::fs::write(&md, text).unwrap();
+    let out = arbor(&db, &["import", md.to_str().unwrap()]);
+    assert!(out.starts_with("imported 4 nodes under "), "{out}");
+    assert_eq!(out.lines().count(), 1, "nothing left out: {out}");
+    let book = arbor(&db, &["ls"]);
+    let id = book.split_whitespace().next().unwrap().to_string();
+    let back = arbor(&db, &["outline", &id]);
+    assert_eq!(back, text);
+    let opml = arbor(&db, &["outline", &id, "--format", "opml"]);
+    assert!(opml.contains("<outline text=\"a &amp; b\"/>"), "{opml}");
+    let file = dir.0.join("back.opml");
+    std::fs::write(&file, &opml).unwrap();
+    let out = arbor(&db, &["import", file.to_str().unwrap(), "--parent", &id]);
+    assert!(out.starts_with("imported 4 nodes"), "{out}");
+    let roam = dir.0.join("r.json");
+    std::fs::write(
+        &roam,
+        r#"[{"title": "P", "edit-time": 1, "children": "x"}]"#,
+    )
+    .unwrap();
+    let out = arbor(&db, &["import", roam.to_str().unwrap()]);
+    assert!(out.contains("imported 1 nodes"), "{out}");
+    assert!(
+        out.contains("not imported: item 1: its children are not a JSON array"),
+        "{out}"
+    );
+    assert!(out.contains("ignored: edit-time (1 times)"), "{out}");
+}

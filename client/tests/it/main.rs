@@ -17,6 +17,7 @@ mod history;
 mod image;
 mod inspect;
 mod local;
+mod outline;
 mod presence;
 mod revert;
 mod sync;
