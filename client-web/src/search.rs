@@ -63,7 +63,7 @@ impl WebReplica {
         let root = root.as_deref().map(node_id).transpose()?;
         let hits = self
             .inner
-            .replica()?
+            .replica_mut()?
             .search(query, field.as_deref(), root, limit as usize)
             .map_err(replica_err)?;
         Ok(hits_json(hits.into_iter().map(|h| {

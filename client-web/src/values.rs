@@ -65,8 +65,13 @@ impl WebReplica {
     ) -> Result<String, JsValue> {
         let after = after.as_deref().map(node_id).transpose()?;
         let limit = (limit as usize).clamp(1, arbor_client::MAX_HOLDERS_PAGE);
-        let r = self.inner.replica()?;
+        let mut r = self.inner.replica_mut()?;
+        // The first lookup after a cold start completes the index (a write).
+        let pending = !r.value_index_ready().map_err(replica_err)?;
         let page = r.holders(field, value, after, limit).map_err(replica_err)?;
+        if pending {
+            crate::checkpoint::wrote(&self.inner);
+        }
         let mut holders = Vec::with_capacity(page.len());
         for h in &page {
             holders.push(json!({
@@ -115,7 +120,7 @@ impl WebReplica {
         let parent = node_id(parent)?;
         let ids = self
             .inner
-            .replica()?
+            .replica_mut()?
             .children_by_value(parent, field, value)
             .map_err(replica_err)?;
         let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();

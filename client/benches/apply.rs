@@ -1,6 +1,8 @@
-//! The cost of the local history record on the path of committed ops:
-//! `Replica::apply_remote` with the record (the default) and without it
-//! (`OpenOptions::no_history`), side by side in one run.
+//! The cost of the local history record and of the value index on the
+//! path of committed ops: `Replica::apply_remote` as the client runs (the
+//! default), without the record (`OpenOptions::no_history`) and without
+//! the value index (its triggers dropped from the file: no value index or
+//! search index writes), side by side in one run.
 //!
 //!     cargo bench -p arbor-client --bench apply
 //!
@@ -90,8 +92,15 @@ struct Run {
     file_bytes: u64,
 }
 
-fn run(ops: &[SeqOp], dir: &std::path::Path, no_history: bool, round: usize) -> Run {
-    let path = dir.join(format!("apply-{round}-{no_history}.db"));
+/// The value index's triggers (client schema 6), dropped for the
+/// "no value index" variant.
+const VALUE_TRIGGERS: &str = "DROP TRIGGER value_index_insert; DROP TRIGGER value_index_update;
+     DROP TRIGGER value_index_delete; DROP TRIGGER value_index_node_insert;
+     DROP TRIGGER value_index_node_update; DROP TRIGGER value_index_node_delete;";
+
+fn run(ops: &[SeqOp], dir: &std::path::Path, variant: usize, round: usize) -> Run {
+    let no_history = variant == 1;
+    let path = dir.join(format!("apply-{round}-{variant}.db"));
     let mut r = Replica::open_with(
         &path,
         OpenOptions {
@@ -100,6 +109,9 @@ fn run(ops: &[SeqOp], dir: &std::path::Path, no_history: bool, round: usize) -> 
         },
     )
     .expect("open");
+    if variant == 2 {
+        r.connection().execute_batch(VALUE_TRIGGERS).expect("drop");
+    }
     let split = ops.len() - SINGLES as usize;
     let start = Instant::now();
     for batch in ops[..split].chunks(100) {
@@ -140,16 +152,13 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("arbor-bench-apply-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let ops = workload();
-    let mut with = Vec::new();
-    let mut without = Vec::new();
+    // Default, no history record, no value index.
+    let mut runs: [Vec<Run>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     for round in 0..ROUNDS {
-        // Alternate which goes first.
-        if round % 2 == 0 {
-            with.push(run(&ops, &dir, false, round));
-            without.push(run(&ops, &dir, true, round));
-        } else {
-            without.push(run(&ops, &dir, true, round));
-            with.push(run(&ops, &dir, false, round));
+        // Rotate which goes first.
+        for k in 0..3 {
+            let variant = (round + k) % 3;
+            runs[variant].push(run(&ops, &dir, variant, round));
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -161,7 +170,12 @@ fn main() {
         "| variant | batches of 100: ops/s | single op p50 ms | single op p99 ms | file MiB |"
     );
     println!("|---|---|---|---|---|");
-    for (name, runs) in [("with history (default)", &with), ("no_history", &without)] {
+    let names = [
+        "default (history record, value index)",
+        "no_history",
+        "no value index",
+    ];
+    for (name, runs) in names.iter().zip(&runs) {
         println!(
             "| {name} | {:.0} | {:.3} | {:.3} | {:.1} |",
             median(runs.iter().map(|r| r.batched_ops_per_s).collect()),
@@ -182,11 +196,14 @@ fn main() {
             ),
         );
     }
-    let ratio = median(
-        with.iter()
-            .zip(&without)
-            .map(|(w, n)| n.batched_ops_per_s / w.batched_ops_per_s)
-            .collect(),
-    );
-    println!("batched throughput without / with history (median of rounds): {ratio:.2}x");
+    for (k, what) in [(1, "history"), (2, "the value index")] {
+        let ratio = median(
+            runs[0]
+                .iter()
+                .zip(&runs[k])
+                .map(|(w, n)| n.batched_ops_per_s / w.batched_ops_per_s)
+                .collect(),
+        );
+        println!("batched throughput without / with {what} (median of rounds): {ratio:.2}x");
+    }
 }

@@ -141,7 +141,8 @@ type MoveRow = (
 );
 
 /// The plain bulk insert of the floor: the same rows, already in memory,
-/// into a fresh file with the replica's schema, the index built after.
+/// into a fresh file with the replica's schema, the indexes (the value
+/// index and its search index among them) built after.
 fn bulk_insert(
     path: &Path,
     nodes: &[NodeRow],
@@ -154,9 +155,13 @@ fn bulk_insert(
     let replica = Replica::open(path).unwrap();
     drop(replica);
     let mut conn = rusqlite_open(path);
+    arbor_client::schema::register_functions(&conn).unwrap();
     let t = Instant::now();
     let tx = conn.transaction().unwrap();
     tx.execute_batch("DROP INDEX nodes_children").unwrap();
+    // The value index is filled after the rows, as the cold start does.
+    tx.execute_batch(arbor_client::schema::VALUE_INDEX_DROP)
+        .unwrap();
     {
         let mut n = tx
             .prepare("INSERT INTO nodes (id, parent, key) VALUES (?1, ?2, ?3)")
@@ -182,6 +187,10 @@ fn bulk_insert(
         }
     }
     tx.execute_batch("CREATE INDEX nodes_children ON nodes (parent, key, id)")
+        .unwrap();
+    tx.execute_batch(arbor_client::schema::VALUE_INDEX_FILL)
+        .unwrap();
+    tx.execute_batch(arbor_client::schema::VALUE_INDEX_DDL)
         .unwrap();
     tx.commit().unwrap();
     t.elapsed()

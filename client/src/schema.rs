@@ -190,12 +190,12 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// [`value_index_ddl`]'s indexes and triggers (after a snapshot load).
-pub(crate) const VALUE_INDEX_DDL: &str = value_index_ddl!();
+pub const VALUE_INDEX_DDL: &str = value_index_ddl!();
 
 /// Drops what [`VALUE_INDEX_DDL`] makes and empties the index (before a
 /// snapshot load: a trigger per inserted row would cost more than one
 /// pass at the end).
-pub(crate) const VALUE_INDEX_DROP: &str = "DROP INDEX IF EXISTS value_index_value;
+pub const VALUE_INDEX_DROP: &str = "DROP INDEX IF EXISTS value_index_value;
      DROP INDEX IF EXISTS value_index_child;
      DROP TRIGGER IF EXISTS value_index_insert;
      DROP TRIGGER IF EXISTS value_index_update;
@@ -208,9 +208,18 @@ pub(crate) const VALUE_INDEX_DROP: &str = "DROP INDEX IF EXISTS value_index_valu
      DELETE FROM value_index;
      INSERT INTO value_search (value_search) VALUES ('delete-all');";
 
+/// Marks the (emptied) value index as pending after a bulk load: its
+/// triggers are made again, so later writes keep what they touch, and
+/// `Replica::build_value_index_step` fills the rest in chunks, in
+/// `(node, field)` order (the replica's images and cold starts leave it to
+/// the client: an image carrying the index would be twice the size).
+pub const VALUE_INDEX_PENDING: &str =
+    "INSERT OR REPLACE INTO meta (key, value) VALUES ('value_index_pending', 1);
+     DELETE FROM meta WHERE key IN ('value_index_after_node', 'value_index_after_field');";
+
 /// Fills the emptied value index from `payloads` and `nodes`, and its
 /// full-text index from it, in one pass each.
-pub(crate) const VALUE_INDEX_FILL: &str = "INSERT INTO value_index (node, field, norm, parent, key)
+pub const VALUE_INDEX_FILL: &str = "INSERT INTO value_index (node, field, norm, parent, key)
      SELECT p.node, p.field, arbor_normalize(p.value), n.parent, n.key
      FROM payloads p LEFT JOIN nodes n ON n.id = p.node
      WHERE p.value IS NOT NULL;

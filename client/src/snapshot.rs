@@ -349,8 +349,8 @@ impl<'r> SnapshotLoad<'r> {
             "CREATE INDEX nodes_children ON nodes (parent, key, id);
              CREATE INDEX ops_node ON ops (node, hlc, replica);",
         )?;
-        tx.execute_batch(crate::schema::VALUE_INDEX_FILL)?;
         tx.execute_batch(crate::schema::VALUE_INDEX_DDL)?;
+        tx.execute_batch(crate::schema::VALUE_INDEX_PENDING)?;
         meta_set(
             tx,
             key::CURSOR,

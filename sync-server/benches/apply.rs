@@ -18,7 +18,10 @@
 //!   moves (undo/redo of that many entries);
 //! - the same in-order batches on a fork of the space through `apply_ops`
 //!   itself, which records no place changes: the cost of the record the
-//!   subtree feed reads (migration 0013).
+//!   subtree feed reads (migration 0013);
+//! - the same batches on another fork with the value index's triggers
+//!   disabled for that run: the cost of the value index and its search
+//!   index (migration 0018).
 //!
 //! The baseline (`benches/naive.sql`) applies op by op and walks ancestors
 //! with one query per level.
@@ -325,9 +328,14 @@ async fn main() {
     // batches through `Db::apply` on a fork, with the index dropped for
     // that run only.
     db.fork("main", "unindexed").await.unwrap();
+    // The cost of the value index (migration 0018: its table, lookup and
+    // search indexes and the triggers that keep them): the same batches
+    // on a fork with its triggers disabled for that run only.
+    db.fork("main", "unvalued").await.unwrap();
     setup.batch_execute("VACUUM ANALYZE").await.unwrap();
     let mut tracking = Vec::new();
     let mut indexing = Vec::new();
+    let mut valuing = Vec::new();
     let client = db.client().await.unwrap();
     for (size, count) in plan {
         let mut head = db.space("main").await.unwrap().unwrap().head_seq;
@@ -398,6 +406,39 @@ async fn main() {
             .batch_execute("CREATE INDEX ops_node_seq ON ops (space, node, seq)")
             .await
             .unwrap();
+        const VALUE_TRIGGERS: [(&str, &str); 6] = [
+            ("payloads", "payloads_index_insert"),
+            ("payloads", "payloads_index_update"),
+            ("payloads", "payloads_index_delete"),
+            ("nodes", "nodes_index_insert"),
+            ("nodes", "nodes_index_update"),
+            ("nodes", "nodes_index_delete"),
+        ];
+        let toggle = |on: &str| {
+            VALUE_TRIGGERS
+                .iter()
+                .map(|(t, g)| format!("ALTER TABLE {t} {on} TRIGGER {g};"))
+                .collect::<String>()
+        };
+        setup.batch_execute(&toggle("DISABLE")).await.unwrap();
+        let mut unvalued = Run::default();
+        for b in &batches {
+            let t = Instant::now();
+            db.apply("unvalued", Some(ReplicaId(REPLICA)), b)
+                .await
+                .unwrap();
+            unvalued.lat.push(t.elapsed());
+            unvalued.ops += b.len();
+        }
+        setup.batch_execute(&toggle("ENABLE")).await.unwrap();
+        valuing.push(format!(
+            "| {size} | {:.0} | {:.2} | {:.0} | {:.2} | {:.2}x |",
+            ours.ops_per_s(),
+            ms(ours.pct(0.99)),
+            unvalued.ops_per_s(),
+            ms(unvalued.pct(0.99)),
+            unvalued.ops_per_s() / ours.ops_per_s()
+        ));
         indexing.push(format!(
             "| {size} | {:.0} | {:.2} | {:.0} | {:.2} | {:.2}x |",
             ours.ops_per_s(),
@@ -440,6 +481,15 @@ async fn main() {
     );
     println!("|---|---|---|---|---|---|");
     for line in indexing {
+        println!("{line}");
+    }
+
+    println!();
+    println!(
+        "| in-order batch | with the value index ops/s | p99 ms | without ops/s | p99 ms | cost of the index |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for line in valuing {
         println!("{line}");
     }
 

@@ -42,7 +42,7 @@ impl Replica {
     /// one field; `within` to that node and its descendants. Deleted nodes
     /// are left out. A query without words finds nothing.
     pub fn search(
-        &self,
+        &mut self,
         query: &str,
         field: Option<&str>,
         within: Option<NodeId>,
@@ -53,6 +53,7 @@ impl Replica {
         if words.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
+        self.build_value_index()?;
         // Each word a quoted FTS5 string (no operator can get in: words are
         // alphanumeric), the last one a prefix.
         let last = words.len() - 1;

@@ -1,10 +1,13 @@
 //! Lookups by value through the value index: a value's holders (em's contexts), a child by value, and merging duplicate children.
 
 use arbor_shared::NodeId;
-use rusqlite::params;
+use rusqlite::{OptionalExtension as _, params};
 
 use super::edit::Position;
 use super::{Replica, Result};
+
+/// The `meta` key present while the value index is being built.
+const PENDING: &str = "value_index_pending";
 use crate::normalize::normalize;
 use crate::store::{id_blob, id_from_blob};
 
@@ -29,7 +32,7 @@ impl Replica {
     /// The server's `GET .../values/{field}` answers the same page for a
     /// replica that does not hold the whole space.
     pub fn holders(
-        &self,
+        &mut self,
         field: &str,
         value: &str,
         after: Option<NodeId>,
@@ -40,6 +43,7 @@ impl Replica {
         if limit == 0 {
             return Ok(out);
         }
+        self.build_value_index()?;
         let after = after.map_or_else(Vec::new, |a| id_blob(a).to_vec());
         let mut stmt = self.conn.prepare_cached(
             "SELECT node, parent FROM value_index
@@ -71,7 +75,7 @@ impl Replica {
     /// same children. [`Replica::children_by_value`] lists them all and
     /// [`Replica::merge_children_by_value`] merges them.
     pub fn child_by_value(
-        &self,
+        &mut self,
         parent: NodeId,
         field: &str,
         value: &str,
@@ -85,7 +89,7 @@ impl Replica {
     /// Every child of `parent` whose `field` holds `value` (normalized), in
     /// sibling order: the canonical one first.
     pub fn children_by_value(
-        &self,
+        &mut self,
         parent: NodeId,
         field: &str,
         value: &str,
@@ -94,12 +98,13 @@ impl Replica {
     }
 
     fn children_by_value_limit(
-        &self,
+        &mut self,
         parent: NodeId,
         field: &str,
         value: &str,
         limit: i64,
     ) -> Result<Vec<NodeId>> {
+        self.build_value_index()?;
         let mut stmt = self.conn.prepare_cached(
             "SELECT node FROM value_index
              WHERE parent = ?1 AND field = ?2 AND norm = ?3
@@ -154,8 +159,99 @@ impl Replica {
         Ok(Some((canonical, merged?)))
     }
 
+    /// Whether the value index holds every register (false after a cold
+    /// start until [`Replica::build_value_index`] has run: lookups run it
+    /// first).
+    pub fn value_index_ready(&self) -> Result<bool> {
+        Ok(crate::replica::meta::meta_i64(&self.conn, PENDING)?.is_none())
+    }
+
+    /// Fills the value index after a cold start, at most `rows` registers
+    /// in one transaction, in `(node, field)` order from where the last
+    /// step stopped; returns true once it is complete. Writes made since
+    /// the cold start have kept their own rows (the triggers run), and a
+    /// step takes the registers as they are now, so steps may interleave
+    /// with any edit or sync.
+    pub fn build_value_index_step(&mut self, rows: usize) -> Result<bool> {
+        if self.value_index_ready()? {
+            return Ok(true);
+        }
+        self.commit_held()?;
+        let tx = self.conn.transaction()?;
+        let after_node: Vec<u8> = tx
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'value_index_after_node'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or_default();
+        let after_field: String = tx
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'value_index_after_field'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or_default();
+        let rows = i64::try_from(rows.max(1)).unwrap_or(i64::MAX);
+        // The last register of this step's chunk.
+        let last: Option<(Vec<u8>, String)> = tx
+            .query_row(
+                "SELECT node, field FROM (
+                     SELECT node, field FROM payloads WHERE (node, field) > (?1, ?2)
+                     ORDER BY node, field LIMIT ?3)
+                 ORDER BY node DESC, field DESC LIMIT 1",
+                params![after_node, after_field, rows],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let done = match last {
+            None => {
+                tx.execute(
+                    "DELETE FROM meta WHERE key IN
+                     ('value_index_pending', 'value_index_after_node', 'value_index_after_field')",
+                    [],
+                )?;
+                true
+            }
+            Some((node, field)) => {
+                // A register a write indexed since the cold start keeps its
+                // row (the trigger's is as new as this).
+                tx.execute(
+                    "INSERT INTO value_index (node, field, norm, parent, key)
+                     SELECT p.node, p.field, arbor_normalize(p.value), n.parent, n.key
+                     FROM payloads p LEFT JOIN nodes n ON n.id = p.node
+                     WHERE p.value IS NOT NULL
+                       AND (p.node, p.field) > (?1, ?2) AND (p.node, p.field) <= (?3, ?4)
+                     ON CONFLICT (node, field) DO NOTHING",
+                    params![after_node, after_field, node, field],
+                )?;
+                tx.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES
+                     ('value_index_after_node', ?1), ('value_index_after_field', ?2)",
+                    params![node, field],
+                )?;
+                false
+            }
+        };
+        tx.commit()?;
+        Ok(done)
+    }
+
+    /// Completes the value index ([`Replica::build_value_index_step`] until
+    /// done). Lookups by value and search call it first, so the first one
+    /// after a cold start of a large space waits for it (about 3 s per
+    /// million registers natively); call it (or its steps, when idle)
+    /// earlier to spare them.
+    pub fn build_value_index(&mut self) -> Result<()> {
+        while !self.build_value_index_step(50_000)? {}
+        Ok(())
+    }
+
     /// Checks the value index against a recomputation from `payloads` and
-    /// `nodes` (part of [`Replica::check_invariants`]).
+    /// `nodes` (part of [`Replica::check_invariants`]). While it is still
+    /// being built, only the rows it has are checked.
     pub(super) fn check_value_index(&self) -> std::result::Result<(), String> {
         let diff = |a: &str, b: &str| -> rusqlite::Result<i64> {
             self.conn
@@ -178,6 +274,11 @@ impl Replica {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(|e| e.to_string())?;
+        let missing = if self.value_index_ready().map_err(|e| e.to_string())? {
+            missing
+        } else {
+            0
+        };
         if searchable != indexed {
             return Err(format!(
                 "search index: {searchable} rows for {indexed} values"

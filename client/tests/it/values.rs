@@ -128,27 +128,28 @@ fn search_finds_words_best_first_within_a_subtree_and_not_deleted() {
             &[("text", "Budgeting elsewhere")],
         )
         .unwrap();
-    let hits = |r: &Replica, q: &str, field: Option<&str>, within: Option<NodeId>| -> Vec<NodeId> {
-        r.search(q, field, within, 10)
-            .unwrap()
-            .into_iter()
-            .map(|h| h.node)
-            .collect()
-    };
+    let hits =
+        |r: &mut Replica, q: &str, field: Option<&str>, within: Option<NodeId>| -> Vec<NodeId> {
+            r.search(q, field, within, 10)
+                .unwrap()
+                .into_iter()
+                .map(|h| h.node)
+                .collect()
+        };
     // Every word, the last as a prefix; case does not matter.
-    assert_eq!(hits(&r, "NOTES", None, None).len(), 2);
-    let budget = hits(&r, "budget", None, None);
+    assert_eq!(hits(&mut r, "NOTES", None, None).len(), 2);
+    let budget = hits(&mut r, "budget", None, None);
     assert_eq!(budget.len(), 3, "{budget:?}");
     // BM25: the value that says it three times first.
     assert_eq!(budget[0], a1);
     assert!(budget.contains(&b), "a prefix of budgeting");
-    assert_eq!(hits(&r, "budget dra", None, None), vec![a2]);
-    assert_eq!(hits(&r, "budget", None, Some(a)).len(), 2);
-    assert_eq!(hits(&r, "fin", Some("tag"), None), vec![a2]);
-    assert!(hits(&r, "fin", Some("text"), None).is_empty());
+    assert_eq!(hits(&mut r, "budget dra", None, None), vec![a2]);
+    assert_eq!(hits(&mut r, "budget", None, Some(a)).len(), 2);
+    assert_eq!(hits(&mut r, "fin", Some("tag"), None), vec![a2]);
+    assert!(hits(&mut r, "fin", Some("text"), None).is_empty());
     // Query syntax is never an error: only words count.
-    assert_eq!(hits(&r, "\"budget\" (draft*", None, None), vec![a2]);
-    assert!(hits(&r, "  ** \" ", None, None).is_empty());
+    assert_eq!(hits(&mut r, "\"budget\" (draft*", None, None), vec![a2]);
+    assert!(hits(&mut r, "  ** \" ", None, None).is_empty());
     let hit = &r.search("draft", None, None, 1).unwrap()[0];
     assert_eq!(
         (hit.parent, hit.field.as_str(), hit.value.as_str()),
@@ -156,10 +157,10 @@ fn search_finds_words_best_first_within_a_subtree_and_not_deleted() {
     );
     // Deleted: gone; changed: found by the new words only.
     r.delete(a2).unwrap();
-    assert!(hits(&r, "draft", None, None).is_empty());
+    assert!(hits(&mut r, "draft", None, None).is_empty());
     r.set(b, "text", Some("something else")).unwrap();
-    assert!(hits(&r, "budgeting", None, None).is_empty());
-    assert_eq!(hits(&r, "something", None, None), vec![b]);
+    assert!(hits(&mut r, "budgeting", None, None).is_empty());
+    assert_eq!(hits(&mut r, "something", None, None), vec![b]);
     r.check_invariants().unwrap();
 }
 
@@ -309,7 +310,7 @@ fn searched(r: &Replica, query: &str) -> std::collections::BTreeSet<NodeId> {
     out
 }
 
-fn check_lookups(r: &Replica) {
+fn check_lookups(r: &mut Replica) {
     for q in QUERIES {
         let got: std::collections::BTreeSet<NodeId> = r
             .search(q, Some("text"), None, 1_000)
@@ -436,4 +437,54 @@ fn random_concurrent_edits_keep_the_index_exact() {
     for r in &replicas[1..] {
         assert_eq!(r.state().unwrap(), state, "seed {seed}");
     }
+}
+
+#[test]
+fn after_a_cold_start_the_index_is_built_in_steps_and_edits_meanwhile_keep_it_exact() {
+    use arbor_client::snapshot::{load_snapshot, write_snapshot};
+    let dir = TempDir::new("values-cold");
+    let mut a = Replica::open(&dir.0.join("a.db")).unwrap();
+    a.bind_space("s").unwrap();
+    let mut made = Vec::new();
+    for i in 0..3_000 {
+        let text = VALUES[i % VALUES.len()];
+        made.push(
+            a.create_with(NodeId::ROOT, Position::Last, &[("text", text)])
+                .unwrap(),
+        );
+    }
+    let mut bytes = Vec::new();
+    write_snapshot(&a, "s", |chunk| {
+        bytes.extend(chunk);
+        Ok(())
+    })
+    .unwrap();
+    let mut b = Replica::open(&dir.0.join("b.db")).unwrap();
+    load_snapshot(
+        &mut b,
+        bytes
+            .chunks(4096)
+            .map(|c| Ok::<_, String>(bytes::Bytes::copy_from_slice(c))),
+        |_| {},
+    )
+    .unwrap();
+    // Left to the client: not ready, and what it has is right.
+    assert!(!b.value_index_ready().unwrap());
+    b.check_invariants().unwrap();
+    // A step, then edits on both sides of where it stopped, then the rest.
+    assert!(!b.build_value_index_step(1_000).unwrap());
+    b.check_invariants().unwrap();
+    b.set(made[0], "text", Some("changed early")).unwrap();
+    b.set(made[2_999], "text", Some("changed late")).unwrap();
+    b.delete(made[1_500]).unwrap();
+    b.set(made[1_501], "text", None).unwrap();
+    b.check_invariants().unwrap();
+    // A lookup completes it first.
+    let mut want = a.holders("text", "alpha", None, 1_000).unwrap();
+    want.retain(|h| ![made[0], made[1_500], made[1_501], made[2_999]].contains(&h.node));
+    let got = b.holders("text", "alpha", None, 1_000).unwrap();
+    assert!(b.value_index_ready().unwrap());
+    assert_eq!(got, want);
+    b.check_invariants().unwrap();
+    assert_eq!(b.search("changed", None, None, 10).unwrap().len(), 2);
 }
