@@ -141,8 +141,8 @@ type MoveRow = (
 );
 
 /// The plain bulk insert of the floor: the same rows, already in memory,
-/// into a fresh file with the replica's schema, the indexes (the value
-/// index and its search index among them) built after.
+/// into a fresh file with the replica's schema, the indexes built after
+/// (the value index is left to the client, as after a cold start).
 fn bulk_insert(
     path: &Path,
     nodes: &[NodeRow],
@@ -159,7 +159,7 @@ fn bulk_insert(
     let t = Instant::now();
     let tx = conn.transaction().unwrap();
     tx.execute_batch("DROP INDEX nodes_children").unwrap();
-    // The value index is filled after the rows, as the cold start does.
+    // No value index triggers while the rows go in, as in the cold start.
     tx.execute_batch(arbor_client::schema::VALUE_INDEX_DROP)
         .unwrap();
     {
@@ -188,8 +188,8 @@ fn bulk_insert(
     }
     tx.execute_batch("CREATE INDEX nodes_children ON nodes (parent, key, id)")
         .unwrap();
-    tx.execute_batch(arbor_client::schema::VALUE_INDEX_FILL)
-        .unwrap();
+    // As the cold start: the value index's triggers made again, the index
+    // left for the client to build (`Replica::build_value_index`).
     tx.execute_batch(arbor_client::schema::VALUE_INDEX_DDL)
         .unwrap();
     tx.commit().unwrap();

@@ -241,7 +241,7 @@ impl Replica {
 
     /// Completes the value index ([`Replica::build_value_index_step`] until
     /// done). Lookups by value and search call it first, so the first one
-    /// after a cold start of a large space waits for it (about 3 s per
+    /// after a cold start of a large space waits for it (about 10 s per
     /// million registers natively); call it (or its steps, when idle)
     /// earlier to spare them.
     pub fn build_value_index(&mut self) -> Result<()> {
