@@ -56,12 +56,16 @@ pub struct ImageMeta {
 }
 
 /// A cached image ready to send.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Cached {
     /// Its compressed file.
     pub path: PathBuf,
     /// What it is.
     pub meta: ImageMeta,
+    /// The file, opened when its pointer was read: a build that replaces
+    /// it (and removes the old file) after that cannot take it from the
+    /// response that is about to send it.
+    pub file: tokio::fs::File,
 }
 
 /// The image cache of a server.
@@ -143,14 +147,26 @@ impl Images {
     }
 
     async fn read_meta(&self, key: &str) -> Option<Cached> {
+        // Twice: a build may replace the file between the pointer and the
+        // open (the old file is removed then); the pointer read again names
+        // the new one.
+        match self.read_meta_once(key).await {
+            Some(c) => Some(c),
+            None => self.read_meta_once(key).await,
+        }
+    }
+
+    async fn read_meta_once(&self, key: &str) -> Option<Cached> {
         let json = tokio::fs::read(self.config.dir.join(format!("{key}.json")))
             .await
             .ok()?;
         let meta: ImageMeta = serde_json::from_slice(&json).ok()?;
         let path = self.config.dir.join(&meta.file);
-        // A file removed by hand (or never finished) is no image.
-        let on_disk = tokio::fs::metadata(&path).await.ok()?;
-        (on_disk.len() == meta.compressed).then_some(Cached { path, meta })
+        // A file removed by hand (or by a newer build since the pointer
+        // was read), or never finished, is no image.
+        let file = tokio::fs::File::open(&path).await.ok()?;
+        let on_disk = file.metadata().await.ok()?;
+        (on_disk.len() == meta.compressed).then_some(Cached { path, meta, file })
     }
 
     fn start_build(self: &Arc<Self>, space: &str, root: Option<NodeId>, key: String) {

@@ -94,11 +94,8 @@ async fn send(
         .streams
         .try_start(&super::token_key(claims))
         .map_err(ApiError::limited)?;
-    let file = tokio::fs::File::open(&cached.path)
-        .await
-        .map_err(|_| no_image("it was just replaced"))?;
     metrics::counter!(crate::metrics::IMAGES_SENT).increment(1);
-    let chunks = crate::image::file_chunks(file, 256 * 1024).boxed();
+    let chunks = crate::image::file_chunks(cached.file, 256 * 1024).boxed();
     let body = crate::limits::stall_guarded(chunks, state.stall_timeout, permit);
     let meta = &cached.meta;
     let mut response = axum::body::Body::from_stream(body).into_response();
