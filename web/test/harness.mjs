@@ -161,3 +161,19 @@ export async function aliceAndBob(server, space = "demo") {
   await until("bob live", () => b.evaluate(() => window.arbor.status().state === "live"));
   return { alice, bob, a, b };
 }
+
+/** Goes offline or back online with the demo's toggle (so the demo and
+ * the replica agree on it), and waits for the state. */
+export async function setOffline(page, offline) {
+  const toggle = page.locator('[data-testid="offline-toggle"]');
+  if ((await toggle.getAttribute("data-offline")) !== String(offline)) await toggle.click();
+  await until(offline ? "offline" : "live", () =>
+    page.evaluate((offline) => (offline ? window.arbor.status().state === "offline" : window.arbor.status().state === "live"), offline),
+  );
+}
+
+/** Waits until `page`'s outbox is empty (everything it wrote is on the
+ * server). */
+export function drained(page, who) {
+  return until(`${who}'s outbox drained`, () => page.evaluate(() => window.arbor.status().state === "live" && window.arbor.status().outbox === 0));
+}

@@ -29,7 +29,7 @@ import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { extname, join, normalize } from "node:path";
 import { build } from "esbuild";
-import { aliceAndBob, launch, openDemo, repo, startServer, until } from "./harness.mjs";
+import { aliceAndBob, drained, launch, openDemo, repo, setOffline, startServer, until } from "./harness.mjs";
 
 const ROOT = "00000000-0000-0000-0000-000000000000";
 const TRASH = "ffffffff-ffff-ffff-ffff-ffffffffffff";
@@ -57,18 +57,7 @@ async function openInspector(page) {
   await until("the inspector shows", async () => (await page.getByTestId("inspector").isVisible()) && Number(await page.getByTestId("inspector").getAttribute("data-refreshes")) > 0);
 }
 
-/** Goes offline or back online with the demo's toggle. */
-async function setOffline(page, offline) {
-  const toggle = page.getByTestId("offline-toggle");
-  if ((await toggle.getAttribute("data-offline")) !== String(offline)) await toggle.click();
-  await until(offline ? "offline" : "live", () =>
-    page.evaluate((offline) => (offline ? window.arbor.status().state === "offline" : window.arbor.status().state === "live"), offline),
-  );
-}
 
-function drained(page, who) {
-  return until(`${who}'s outbox drained`, () => page.evaluate(() => window.arbor.status().state === "live" && window.arbor.status().outbox === 0));
-}
 
 /** The `data-*` attributes of every element with `testid` inside the panel. */
 function listed(page, testid) {

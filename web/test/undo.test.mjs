@@ -16,7 +16,7 @@
 //   (after scripts/build-web.sh and cargo build -p arbor-sync-server)
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { aliceAndBob, openDemo, startServer, titles, until } from "./harness.mjs";
+import { aliceAndBob, drained, openDemo, setOffline, startServer, titles, until } from "./harness.mjs";
 
 const ROOT = "00000000-0000-0000-0000-000000000000";
 const TRASH = "ffffffff-ffff-ffff-ffff-ffffffffffff";
@@ -43,20 +43,7 @@ function nodeIn(page, id) {
   return page.evaluate((id) => window.arbor.node(id), id);
 }
 
-/** Waits until `page`'s outbox is empty (everything it wrote is on the server). */
-function drained(page, who) {
-  return until(`${who}'s outbox drained`, () => page.evaluate(() => window.arbor.status().state === "live" && window.arbor.status().outbox === 0));
-}
 
-/** Goes offline or back online with the demo's toggle (so the demo and
- * the replica agree on it). */
-async function setOffline(page, offline) {
-  const toggle = page.locator('[data-testid="offline-toggle"]');
-  if ((await toggle.getAttribute("data-offline")) !== String(offline)) await toggle.click();
-  await until(offline ? "offline" : "live", () =>
-    page.evaluate((offline) => (offline ? window.arbor.status().state === "offline" : window.arbor.status().state === "live"), offline),
-  );
-}
 
 /** The ids of `parent`'s children in `page`'s replica. */
 function childIds(page, parent) {

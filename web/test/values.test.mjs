@@ -15,7 +15,7 @@
 //   (after scripts/build-web.sh and cargo build -p arbor-sync-server)
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { aliceAndBob, startServer, until } from "./harness.mjs";
+import { aliceAndBob, drained, setOffline, startServer, until } from "./harness.mjs";
 
 const ROOT = "00000000-0000-0000-0000-000000000000";
 let server;
@@ -35,19 +35,7 @@ after(async () => {
   await server?.stop();
 });
 
-/** Goes offline or back online with the demo's toggle (so the demo and
- * the replica agree on it). */
-async function setOffline(page, offline) {
-  const toggle = page.locator('[data-testid="offline-toggle"]');
-  if ((await toggle.getAttribute("data-offline")) !== String(offline)) await toggle.click();
-  await until(offline ? "offline" : "live", () =>
-    page.evaluate((offline) => (offline ? window.arbor.status().state === "offline" : window.arbor.status().state === "live"), offline),
-  );
-}
 
-function drained(page, who) {
-  return until(`${who}'s outbox drained`, () => page.evaluate(() => window.arbor.status().state === "live" && window.arbor.status().outbox === 0));
-}
 
 /** Every holder of `value` in `title`, page by page. */
 function allHolders(page, value, server) {

@@ -65,19 +65,7 @@ impl Db {
         let rows = match within {
             Some(root) if root != parent => {
                 let tx = read_snapshot(&mut client).await?;
-                let inside: bool = tx
-                    .query_one(
-                        "SELECT EXISTS (SELECT 1 FROM arbor_scope_members($1, $2, ARRAY[$3::uuid]))",
-                        &[&info.id, &uuid(root), &uuid(parent)],
-                    )
-                    .await?
-                    .try_get(0)?;
-                if !inside {
-                    return Err(DbError::rejected(
-                        RejectCode::OutOfScope,
-                        format!("out_of_scope: node {parent} is not in the token's subtree"),
-                    ));
-                }
+                require_in_scope(&tx, info.id, root, parent).await?;
                 let rows = children_page(&tx, info.id, parent, after, limit).await?;
                 tx.commit().await?;
                 rows
@@ -208,4 +196,32 @@ pub(super) fn child_rows(rows: &[tokio_postgres::Row]) -> Result<Vec<ChildRow>, 
         }
     }
     Ok(out)
+}
+
+/// `out_of_scope` unless `node` is `root` or below it (a node the space has
+/// not stored counts as outside: the two are not told apart).
+pub(super) async fn require_in_scope<C: deadpool_postgres::GenericClient>(
+    client: &C,
+    space_id: i64,
+    root: NodeId,
+    node: NodeId,
+) -> Result<(), DbError> {
+    if root == node {
+        return Ok(());
+    }
+    let inside: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM arbor_scope_members($1, $2, ARRAY[$3::uuid]))",
+            &[&space_id, &uuid(root), &uuid(node)],
+        )
+        .await?
+        .try_get(0)?;
+    if inside {
+        Ok(())
+    } else {
+        Err(DbError::rejected(
+            RejectCode::OutOfScope,
+            format!("out_of_scope: node {node} is not in the token's subtree"),
+        ))
+    }
 }

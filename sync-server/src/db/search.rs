@@ -2,6 +2,7 @@
 
 use arbor_shared::NodeId;
 
+use super::reads::require_in_scope;
 use super::*;
 
 /// Most hits a search returns.
@@ -68,19 +69,7 @@ impl Db {
         let mut client = self.client().await?;
         let tx = read_snapshot(&mut client).await?;
         if let (Some(root), Some(w)) = (scope, within) {
-            let inside: bool = tx
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM arbor_scope_members($1, $2, ARRAY[$3::uuid]))",
-                    &[&info.id, &uuid(root), &uuid(w)],
-                )
-                .await?
-                .try_get(0)?;
-            if !inside {
-                return Err(DbError::rejected(
-                    RejectCode::OutOfScope,
-                    format!("out_of_scope: node {w} is not in the token's subtree"),
-                ));
-            }
+            require_in_scope(&tx, info.id, root, w).await?;
         }
         if words.is_empty() {
             tx.commit().await?;

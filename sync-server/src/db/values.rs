@@ -2,7 +2,7 @@
 
 use arbor_shared::NodeId;
 
-use super::reads::{PAGE, child_rows};
+use super::reads::{PAGE, child_rows, require_in_scope};
 use super::*;
 
 /// Most holders or children a value lookup returns.
@@ -124,20 +124,8 @@ impl Db {
         let limit = i64::from(limit.clamp(1, MAX_VALUE_PAGE));
         let mut client = self.client().await?;
         let tx = read_snapshot(&mut client).await?;
-        if let Some(root) = within.filter(|r| *r != parent) {
-            let inside: bool = tx
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM arbor_scope_members($1, $2, ARRAY[$3::uuid]))",
-                    &[&info.id, &uuid(root), &uuid(parent)],
-                )
-                .await?
-                .try_get(0)?;
-            if !inside {
-                return Err(DbError::rejected(
-                    RejectCode::OutOfScope,
-                    format!("out_of_scope: node {parent} is not in the token's subtree"),
-                ));
-            }
+        if let Some(root) = within {
+            require_in_scope(&tx, info.id, root, parent).await?;
         }
         let stmt = tx
             .prepare_cached(&format!(

@@ -272,7 +272,7 @@ async fn a_scoped_create_cannot_take_an_id_that_outside_nodes_hang_under() {
     assert_eq!(state.nodes[&waited].parent, D);
 }
 
-fn scoped_token(space: &str, role: Role, root: NodeId) -> String {
+pub(crate) fn scoped_token(space: &str, role: Role, root: NodeId) -> String {
     let claims = Claims {
         root: Some(root),
         ..arbor_testkit::tokens::claims("scoped", space, role, 60)

@@ -7,14 +7,15 @@
 
 use arbor_client::normalize::normalize;
 use arbor_client::replica::search_words;
-use arbor_shared::auth::{Claims, Role, mint};
+use arbor_shared::auth::Role;
 use arbor_shared::http::{ChildrenBody, HoldersBody, SearchBody};
 use arbor_shared::sim::splitmix;
 use arbor_shared::{NodeId, Op};
 use arbor_sync_server::db::Db;
 
 use crate::harness::*;
-use crate::http::{Server, error_code, key, token};
+use crate::http::{Server, error_code, token};
+use crate::scope::scoped_token;
 
 /// Asserts that `space`'s value index equals what its registers and places
 /// imply, with the client's normalization of each value.
@@ -163,14 +164,6 @@ fn seed_ops(t: u64) -> Vec<Op> {
     ]
 }
 
-fn scoped_token(space: &str, root: NodeId) -> String {
-    let claims = Claims {
-        root: Some(root),
-        ..arbor_testkit::tokens::claims("scoped", space, Role::Read, 60)
-    };
-    mint(&claims, &key())
-}
-
 fn ids(body: &HoldersBody) -> Vec<NodeId> {
     body.holders.iter().map(|h| h.node.id).collect()
 }
@@ -241,7 +234,7 @@ async fn holders_and_children_by_value_over_http() {
     assert_eq!(kid_ids, [F, D]);
 
     // A token limited to B sees B's subtree only.
-    let scoped = scoped_token("demo", B);
+    let scoped = scoped_token("demo", Role::Read, B);
     let mine: HoldersBody = s
         .get_json("/v1/spaces/demo/values?field=text&value=pin", &scoped)
         .await;
@@ -463,7 +456,7 @@ async fn search_over_http_is_scoped_ranked_and_refuses_bad_input() {
     let under_b = find(&format!("q=budget&root={B}"), &admin).await;
     assert_eq!(under_b.hits.iter().map(|h| h.id).collect::<Vec<_>>(), [D]);
     // A token limited to B: its subtree only, and no root outside it.
-    let scoped = scoped_token("demo", B);
+    let scoped = scoped_token("demo", Role::Read, B);
     let mine = find("q=budget", &scoped).await;
     assert_eq!(mine.hits.iter().map(|h| h.id).collect::<Vec<_>>(), [D]);
     assert_eq!(
