@@ -27,7 +27,8 @@ use crate::snapshot::Scope;
 #[derive(Debug, Clone)]
 pub struct ImageConfig {
     /// The cache folder (created if missing). Images of a space are
-    /// `<hex of its name>[~<root>].image.zst` with a `.json` beside.
+    /// `<hex of its name>[~<root>]-<seq>-<build>.image.zst`, with
+    /// `<hex of its name>[~<root>].json` beside naming the current one.
     pub dir: PathBuf,
     /// An image this many ops behind the head is rebuilt (it is still
     /// served meanwhile: catch-up brings a client the rest).
@@ -317,7 +318,7 @@ fn remove_if_there(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Compresses the SQLite file at `sqlite` into `<key>-<seq>.image.zst` in
+/// Compresses the SQLite file at `sqlite` into `<key>-<seq>-<build>.image.zst` in
 /// `dir`, hashing the uncompressed bytes on the way.
 fn compress(
     sqlite: &Path,
@@ -327,7 +328,10 @@ fn compress(
     seq: u64,
     level: i32,
 ) -> Result<(ImageMeta, PathBuf), BuildError> {
-    let file = format!("{key}-{seq}.image.zst");
+    // Its own name per build: two builds of one seq (a second server, or a
+    // build asked for while the server's own runs) never rename over a
+    // file a response has just been given the headers of.
+    let file = format!("{key}-{seq}-{build_id}.image.zst");
     let path = dir.join(&file);
     let tmp = dir.join(format!("{file}.{build_id}.tmp"));
     let mut input = std::fs::File::open(sqlite)?;
